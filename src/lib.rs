@@ -1,0 +1,9 @@
+//! relaunch: in-place, graceful container restarts for Kubernetes.
+//!
+//! The node agent restarts containers through the node's container runtime ([`cri`]); the
+//! coordinator authenticates the agents' reports and owns every status write.
+
+pub mod cri;
+
+#[cfg(feature = "testbed")]
+pub mod testbed;
