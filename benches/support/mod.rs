@@ -1,0 +1,158 @@
+//! Shared pieces of the benchmark harness: timing samples and the raw CRI floor.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use relaunch::cri::{ContainerState, RuntimeClient};
+use relaunch::testbed::pod::{self, ContainerTemplate, PodIdentity};
+use relaunch::testbed::{Containerd, eventually};
+
+/// A container that exits 0 as soon as SIGTERM arrives.
+pub const EXITS_ON_SIGTERM: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
+
+/// Durations of one measured step over repeated runs.
+#[derive(Default)]
+pub struct Samples {
+    pub name: String,
+    values: Vec<Duration>,
+}
+
+impl Samples {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            values: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, d: Duration) {
+        self.values.push(d);
+    }
+
+    /// The `q` quantile (0.0..=1.0) by nearest rank.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.values.clone();
+        sorted.sort();
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    }
+
+    pub fn row(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        format!(
+            "{:<34} {:>5} {:>10.2} {:>10.2} {:>10.2}",
+            self.name,
+            self.values.len(),
+            ms(self.quantile(0.0)),
+            ms(self.quantile(0.5)),
+            ms(self.quantile(0.99)),
+        )
+    }
+}
+
+pub fn header() -> String {
+    format!(
+        "{:<34} {:>5} {:>10} {:>10} {:>10}",
+        "step", "runs", "min ms", "median ms", "p99 ms"
+    )
+}
+
+/// Iterations from `RELAUNCH_BENCH_ITERATIONS`, else `default`.
+pub fn iterations(default: usize) -> usize {
+    std::env::var("RELAUNCH_BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The raw CRI floor: what the runtime itself costs for the steps a recreate is made of.
+pub struct Floor {
+    pub sandbox_create: Samples,
+    pub container_create_start: Samples,
+    pub exec: Samples,
+    pub graceful_stop: Samples,
+}
+
+impl Floor {
+    pub fn rows(&self) -> Vec<String> {
+        [
+            &self.sandbox_create,
+            &self.container_create_start,
+            &self.exec,
+            &self.graceful_stop,
+        ]
+        .iter()
+        .map(|s| s.row())
+        .collect()
+    }
+}
+
+/// Measures the raw CRI floor on `containerd` over `runs` pods.
+pub async fn measure_floor(containerd: &Containerd, client: &RuntimeClient, runs: usize) -> Floor {
+    let mut floor = Floor {
+        sandbox_create: Samples::new("cri: sandbox create"),
+        container_create_start: Samples::new("cri: container create+start"),
+        exec: Samples::new("cri: exec (true)"),
+        graceful_stop: Samples::new("cri: stop (exits on SIGTERM)"),
+    };
+    for run in 0..runs {
+        let identity = PodIdentity {
+            name: format!("floor-{run}"),
+            namespace: "bench".into(),
+            uid: format!("floor-uid-{run}"),
+        };
+        let t = Instant::now();
+        let sandbox = pod::run_pod_sandbox(client, &identity, &containerd.pod_log_root())
+            .await
+            .expect("sandbox");
+        floor.sandbox_create.push(t.elapsed());
+
+        let t = Instant::now();
+        let id = pod::start_container(
+            client,
+            &sandbox,
+            &identity,
+            &ContainerTemplate::shell("app", EXITS_ON_SIGTERM),
+        )
+        .await
+        .expect("container");
+        floor.container_create_start.push(t.elapsed());
+
+        // The shell must have installed its trap before the stop is meaningful.
+        eventually("shell ready", Duration::from_secs(10), || async {
+            let out = client
+                .exec_sync(&id, &["true".into()], Duration::from_secs(5), 1024)
+                .await
+                .ok()?;
+            (out.exit_code == 0).then_some(())
+        })
+        .await
+        .expect("container answers exec");
+
+        let t = Instant::now();
+        client
+            .exec_sync(&id, &["true".into()], Duration::from_secs(5), 1024)
+            .await
+            .expect("exec");
+        floor.exec.push(t.elapsed());
+
+        let t = Instant::now();
+        client
+            .stop_container(&id, Duration::from_secs(30))
+            .await
+            .expect("stop");
+        floor.graceful_stop.push(t.elapsed());
+        let status = client.container_status(&id).await.expect("status");
+        assert_eq!(status.state, ContainerState::Exited);
+        assert_eq!(status.exit_code, 0, "exited on SIGTERM, not killed");
+
+        pod::remove_pod_sandbox(client, &sandbox.id)
+            .await
+            .expect("remove sandbox");
+    }
+    floor
+}
