@@ -4,6 +4,7 @@
 //! coordinator authenticates the agents' reports and owns every status write.
 
 pub mod cri;
+pub mod telemetry;
 
 #[cfg(feature = "testbed")]
 pub mod testbed;

@@ -2,9 +2,13 @@
 //! way the kubelet creates them. Behind the `testbed` cargo feature; never part of the production
 //! binaries.
 
+pub mod apiserver;
 mod containerd;
+pub mod controllers;
 mod image;
+pub mod kubelet;
 pub mod pod;
+pub mod sandbox;
 
 pub use containerd::Containerd;
 pub use image::{BUSYBOX, TEST_IMAGE, build_test_image};

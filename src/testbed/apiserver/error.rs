@@ -1,0 +1,182 @@
+//! Kubernetes `Status` errors with the codes and reasons the real API server uses.
+
+use serde_json::{Value, json};
+
+use super::resources::ResourceType;
+
+/// An error answer: HTTP code, `reason`, message and optional details.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    details: Option<Value>,
+}
+
+impl ApiError {
+    fn new(code: u16, reason: &'static str, message: String) -> Self {
+        Self {
+            code,
+            reason,
+            message,
+            details: None,
+        }
+    }
+
+    fn with_details(mut self, rt: &ResourceType, name: &str) -> Self {
+        let mut details = json!({"name": name, "kind": rt.plural});
+        if !rt.group.is_empty() {
+            details["group"] = json!(rt.group);
+        }
+        self.details = Some(details);
+        self
+    }
+
+    pub fn not_found(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} {name:?} not found", qualified(rt)),
+        )
+        .with_details(rt, name)
+    }
+
+    pub fn namespace_not_found(ns: &str) -> Self {
+        Self::new(404, "NotFound", format!("namespaces {ns:?} not found"))
+    }
+
+    pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} {name:?} already exists", qualified(rt)),
+        )
+        .with_details(rt, name)
+    }
+
+    pub fn conflict(rt: &ResourceType, name: &str) -> Self {
+        Self::conflict_message(
+            rt,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
+    }
+
+    pub fn conflict_message(rt: &ResourceType, name: &str, why: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} {name:?}: {why}",
+                qualified(rt)
+            ),
+        )
+        .with_details(rt, name)
+    }
+
+    pub fn invalid(rt: &ResourceType, name: &str, why: &str) -> Self {
+        Self::new(
+            422,
+            "Invalid",
+            format!("{} {name:?} is invalid: {why}", rt.kind),
+        )
+        .with_details(rt, name)
+    }
+
+    pub fn bad_request(message: &str) -> Self {
+        Self::new(400, "BadRequest", message.to_string())
+    }
+
+    pub fn gone(requested: u64, oldest: u64) -> Self {
+        Self::new(
+            410,
+            "Expired",
+            format!("too old resource version: {requested} ({oldest})"),
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized".into())
+    }
+
+    pub fn forbidden(user: &str, verb: &str, rt: &ResourceType, ns: Option<&str>) -> Self {
+        let scope = match ns {
+            Some(ns) => format!(" in the namespace {ns:?}"),
+            None => " at the cluster scope".into(),
+        };
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} is forbidden: User {user:?} cannot {verb} resource {:?} in API group {:?}{scope}",
+                rt.plural, rt.plural, rt.group
+            ),
+        )
+    }
+
+    pub fn method_not_allowed(message: &str) -> Self {
+        Self::new(405, "MethodNotAllowed", message.to_string())
+    }
+
+    pub fn unsupported_media_type(message: &str) -> Self {
+        Self::new(415, "UnsupportedMediaType", message.to_string())
+    }
+
+    pub fn too_large() -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            "the request body is too large".into(),
+        )
+    }
+
+    pub fn not_found_path(path: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+    }
+
+    /// An injected fault (500 or 429).
+    pub fn injected(code: u16) -> Self {
+        match code {
+            429 => Self::new(
+                429,
+                "TooManyRequests",
+                "injected fault: too many requests, please try again later".into(),
+            ),
+            _ => Self::new(
+                500,
+                "InternalError",
+                "injected fault: internal error".into(),
+            ),
+        }
+    }
+
+    /// The `Status` object sent as the body.
+    pub fn to_status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(details) = &self.details {
+            status["details"] = details.clone();
+        }
+        status
+    }
+}
+
+/// `pods` or `statefulsets.apps`, as upstream names resources in messages.
+fn qualified(rt: &ResourceType) -> String {
+    if rt.group.is_empty() {
+        rt.plural.clone()
+    } else {
+        format!("{}.{}", rt.plural, rt.group)
+    }
+}

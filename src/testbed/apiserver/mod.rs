@@ -1,0 +1,220 @@
+//! Test Kubernetes API server: the REST API subset relaunch, kube-rs and `kubectl` use, served
+//! over plain HTTP on a loopback port. See `docs/testbed.md` for what is faithful, approximated
+//! and missing.
+
+mod error;
+mod http;
+mod patch;
+mod resources;
+mod selectors;
+mod store;
+mod table;
+mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+pub use resources::ResourceType;
+pub use tokens::API_AUDIENCE;
+
+use super::TestbedError;
+use store::Store;
+
+/// Faults tests inject into the server.
+pub struct Faults {
+    fail_next: AtomicU32,
+    fail_code: AtomicU32,
+    delay_ms: AtomicU64,
+    /// Bumped to end every open watch.
+    watch_generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            fail_next: AtomicU32::new(0),
+            fail_code: AtomicU32::new(500),
+            delay_ms: AtomicU64::new(0),
+            watch_generation: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl Faults {
+    /// Answers the next `count` API requests with `code` (500 or 429).
+    pub fn fail_next(&self, count: u32, code: u16) {
+        self.fail_code.store(u32::from(code), Ordering::SeqCst);
+        self.fail_next.store(count, Ordering::SeqCst);
+    }
+
+    /// How many injected failures are still armed.
+    pub fn remaining(&self) -> u32 {
+        self.fail_next.load(Ordering::SeqCst)
+    }
+
+    /// Delays every API response by `delay` (zero to stop).
+    pub fn delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Ends every open watch; clients must re-watch.
+    pub fn close_watches(&self) {
+        self.watch_generation.send_modify(|g| *g += 1);
+    }
+
+    fn watch_closer(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.watch_generation.subscribe()
+    }
+
+    /// Takes one injected failure, if armed.
+    fn take_failure(&self) -> Option<u16> {
+        self.fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| self.fail_code.load(Ordering::SeqCst) as u16)
+    }
+
+    fn current_delay(&self) -> Duration {
+        Duration::from_millis(self.delay_ms.load(Ordering::SeqCst))
+    }
+}
+
+/// State shared by all connections.
+pub(crate) struct Shared {
+    store: Store,
+    faults: Faults,
+    tokens: tokens::Tokens,
+    shutdown: CancellationToken,
+    addr: SocketAddr,
+}
+
+/// A running test API server. Dropping it stops the server.
+pub struct ApiServer {
+    shared: Arc<Shared>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Starts serving on `addr` (port 0 picks a free port).
+    pub async fn start(addr: SocketAddr) -> Result<Self, TestbedError> {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            TestbedError::Setup(format!(
+                "cannot listen on {addr} for the test API server: {e}"
+            ))
+        })?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            store: Store::new(),
+            faults: Faults::default(),
+            tokens: tokens::Tokens::default(),
+            shutdown: CancellationToken::new(),
+            addr,
+        });
+        let task = tokio::spawn(http::serve(listener, shared.clone()));
+        Ok(Self {
+            shared,
+            task: Some(task),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.shared.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// Fault injection.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// Forgets the watch history: the next watch from an older version gets `410 Gone`.
+    pub fn expire_history(&self) {
+        self.shared.store.expire_history();
+    }
+
+    /// Lets service account `namespace/name` write (by default service accounts may only read).
+    pub fn grant_write(&self, namespace: &str, name: &str) {
+        self.shared.tokens.grant_write(namespace, name);
+    }
+
+    /// Makes an issued token expire now.
+    pub fn expire_token(&self, token: &str) {
+        self.shared.tokens.expire(token);
+    }
+
+    /// A kube-rs client with full access (like a cluster admin).
+    pub fn client(&self) -> Result<kube::Client, TestbedError> {
+        client_for(&self.url(), None)
+    }
+
+    /// A kubeconfig for this server; with `token`, requests authenticate as its owner.
+    pub fn kubeconfig(&self, token: Option<&str>) -> String {
+        kubeconfig(&self.url(), token)
+    }
+
+    /// Stops serving and ends all watches.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        self.shared.faults.close_watches();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+        self.shared.faults.close_watches();
+    }
+}
+
+/// A kube-rs client for the server at `url`, optionally with a bearer token.
+pub fn client_for(url: &str, token: Option<&str>) -> Result<kube::Client, TestbedError> {
+    let uri = url
+        .parse()
+        .map_err(|e| TestbedError::Setup(format!("bad API server URL {url}: {e}")))?;
+    let mut config = kube::Config::new(uri);
+    config.default_namespace = "default".into();
+    if let Some(token) = token {
+        config.auth_info.token = Some(token.to_string().into());
+    }
+    kube::Client::try_from(config).map_err(|e| TestbedError::Setup(format!("kube client: {e}")))
+}
+
+/// A kubeconfig file's text for the server at `url`.
+pub fn kubeconfig(url: &str, token: Option<&str>) -> String {
+    let user = match token {
+        Some(token) => format!("{{token: \"{token}\"}}"),
+        None => "{}".to_string(),
+    };
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: relaunch-testbed
+  cluster:
+    server: {url}
+contexts:
+- name: relaunch-testbed
+  context:
+    cluster: relaunch-testbed
+    user: relaunch-testbed
+    namespace: default
+current-context: relaunch-testbed
+users:
+- name: relaunch-testbed
+  user: {user}
+"
+    )
+}

@@ -1,0 +1,311 @@
+//! Service account tokens: issued through the TokenRequest API (`serviceaccounts/<name>/token`),
+//! checked on every request, and reviewed through TokenReview exactly as the real API server
+//! reviews bound projected tokens (audiences, expiry, the bound pod, node extras).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::store::Store;
+
+/// The audience of tokens meant for the API server itself.
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// Who a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// No credentials: full access, like a cluster admin's kubeconfig.
+    Admin,
+    ServiceAccount {
+        namespace: String,
+        name: String,
+        may_write: bool,
+    },
+}
+
+impl Identity {
+    pub fn username(&self) -> String {
+        match self {
+            Identity::Admin => "system:admin".into(),
+            Identity::ServiceAccount {
+                namespace, name, ..
+            } => {
+                format!("system:serviceaccount:{namespace}:{name}")
+            }
+        }
+    }
+
+    pub fn may_write(&self) -> bool {
+        match self {
+            Identity::Admin => true,
+            Identity::ServiceAccount { may_write, .. } => *may_write,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Issued {
+    namespace: String,
+    service_account: String,
+    service_account_uid: String,
+    audiences: Vec<String>,
+    expires: jiff::Timestamp,
+    /// The pod the token is bound to: (name, uid).
+    pod: Option<(String, String)>,
+    credential_id: String,
+}
+
+/// Issued tokens and write grants.
+#[derive(Default)]
+pub struct Tokens {
+    issued: Mutex<HashMap<String, Issued>>,
+    writers: Mutex<HashSet<(String, String)>>,
+}
+
+impl Tokens {
+    pub fn grant_write(&self, namespace: &str, name: &str) {
+        self.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((namespace.to_string(), name.to_string()));
+    }
+
+    /// Issues a token for service account `ns/name` (the TokenRequest subresource).
+    pub fn request(
+        &self,
+        store: &Store,
+        ns: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
+        let sa_rt = store
+            .resource("", "v1", "serviceaccounts")
+            .expect("built in");
+        let sa = store.get(&sa_rt, Some(ns), name)?;
+        let spec = &body["spec"];
+        let mut audiences: Vec<String> = spec["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if audiences.is_empty() {
+            audiences.push(API_AUDIENCE.to_string());
+        }
+        let seconds = spec["expirationSeconds"].as_i64().unwrap_or(3600);
+        if seconds < 600 {
+            return Err(ApiError::bad_request(
+                "spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes",
+            ));
+        }
+        let pod = match &spec["boundObjectRef"] {
+            Value::Object(r) if r.get("kind").and_then(Value::as_str) == Some("Pod") => {
+                let pod_name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+                let pods = store.resource("", "v1", "pods").expect("built in");
+                let pod = store.get(&pods, Some(ns), pod_name)?;
+                let uid = pod["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if let Some(want) = r.get("uid").and_then(Value::as_str)
+                    && want != uid
+                {
+                    return Err(ApiError::bad_request(&format!(
+                        "the UID in the bound object reference ({want}) does not match the UID in record ({uid})"
+                    )));
+                }
+                Some((pod_name.to_string(), uid))
+            }
+            Value::Null => None,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "spec.boundObjectRef.kind: Unsupported value: only Pod is supported by the test API server",
+                ));
+            }
+        };
+        let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds);
+        let token = format!("rlt.{}", uuid::Uuid::new_v4().simple());
+        let issued = Issued {
+            namespace: ns.to_string(),
+            service_account: name.to_string(),
+            service_account_uid: sa["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            audiences,
+            expires,
+            pod,
+            credential_id: format!("JTI={}", uuid::Uuid::new_v4()),
+        };
+        self.issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.clone(), issued);
+        let mut answer = body.clone();
+        answer["apiVersion"] = json!("authentication.k8s.io/v1");
+        answer["kind"] = json!("TokenRequest");
+        answer["metadata"] =
+            json!({"name": name, "namespace": ns, "creationTimestamp": super::store::now()});
+        answer["status"] = json!({
+            "token": token,
+            "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        });
+        Ok(answer)
+    }
+
+    /// Authenticates a request's bearer token for the API server itself.
+    pub fn authenticate(&self, store: &Store, bearer: Option<&str>) -> Result<Identity, ApiError> {
+        let Some(token) = bearer else {
+            return Ok(Identity::Admin);
+        };
+        let issued = self
+            .valid(store, token, &[API_AUDIENCE.to_string()])
+            .map_err(|_| ApiError::unauthorized())?;
+        let may_write = self
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(issued.namespace.clone(), issued.service_account.clone()));
+        Ok(Identity::ServiceAccount {
+            namespace: issued.namespace,
+            name: issued.service_account,
+            may_write,
+        })
+    }
+
+    /// The TokenReview answer for `body`.
+    pub fn review(&self, store: &Store, body: &Value) -> Value {
+        let token = body["spec"]["token"].as_str().unwrap_or_default();
+        let mut wanted: Vec<String> = body["spec"]["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if wanted.is_empty() {
+            wanted.push(API_AUDIENCE.to_string());
+        }
+        let status = match self.valid(store, token, &wanted) {
+            Ok(issued) => {
+                let mut extra = serde_json::Map::new();
+                extra.insert(
+                    "authentication.kubernetes.io/credential-id".into(),
+                    json!([issued.credential_id]),
+                );
+                if let Some((pod_name, pod_uid)) = &issued.pod {
+                    extra.insert(
+                        "authentication.kubernetes.io/pod-name".into(),
+                        json!([pod_name]),
+                    );
+                    extra.insert(
+                        "authentication.kubernetes.io/pod-uid".into(),
+                        json!([pod_uid]),
+                    );
+                    let pods = store.resource("", "v1", "pods").expect("built in");
+                    if let Ok(pod) = store.get(&pods, Some(&issued.namespace), pod_name)
+                        && let Some(node) =
+                            pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())
+                    {
+                        extra.insert(
+                            "authentication.kubernetes.io/node-name".into(),
+                            json!([node]),
+                        );
+                        let nodes = store.resource("", "v1", "nodes").expect("built in");
+                        if let Ok(node) = store.get(&nodes, None, node) {
+                            extra.insert(
+                                "authentication.kubernetes.io/node-uid".into(),
+                                json!([node["metadata"]["uid"]]),
+                            );
+                        }
+                    }
+                }
+                let audiences: Vec<&String> = issued
+                    .audiences
+                    .iter()
+                    .filter(|a| wanted.contains(a))
+                    .collect();
+                json!({
+                    "authenticated": true,
+                    "user": {
+                        "username": format!("system:serviceaccount:{}:{}", issued.namespace, issued.service_account),
+                        "uid": issued.service_account_uid,
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", issued.namespace), "system:authenticated"],
+                        "extra": extra,
+                    },
+                    "audiences": audiences,
+                })
+            }
+            Err(why) => json!({"authenticated": false, "user": {}, "error": why}),
+        };
+        let mut answer = body.clone();
+        answer["apiVersion"] = json!("authentication.k8s.io/v1");
+        answer["kind"] = json!("TokenReview");
+        if !answer["metadata"].is_object() {
+            answer["metadata"] = json!({});
+        }
+        answer["metadata"]["creationTimestamp"] = Value::Null;
+        answer["status"] = status;
+        answer
+    }
+
+    fn valid(&self, store: &Store, token: &str, audiences: &[String]) -> Result<Issued, String> {
+        let issued = self
+            .issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()
+            .ok_or_else(|| "[invalid bearer token, token lookup failed]".to_string())?;
+        if jiff::Timestamp::now() > issued.expires {
+            return Err("[invalid bearer token, service account token has expired]".into());
+        }
+        if !issued.audiences.iter().any(|a| audiences.contains(a)) {
+            return Err(
+                "[invalid bearer token, token audiences don't match the requested audiences]"
+                    .into(),
+            );
+        }
+        let sas = store
+            .resource("", "v1", "serviceaccounts")
+            .expect("built in");
+        match store.get(&sas, Some(&issued.namespace), &issued.service_account) {
+            Ok(sa)
+                if sa["metadata"]["uid"].as_str() == Some(issued.service_account_uid.as_str()) => {}
+            _ => {
+                return Err(
+                    "[invalid bearer token, service account has been deleted or recreated]".into(),
+                );
+            }
+        }
+        if let Some((pod_name, pod_uid)) = &issued.pod {
+            let pods = store.resource("", "v1", "pods").expect("built in");
+            match store.get(&pods, Some(&issued.namespace), pod_name) {
+                Ok(pod) if pod["metadata"]["uid"].as_str() == Some(pod_uid.as_str()) => {}
+                _ => {
+                    return Err(
+                        "[invalid bearer token, pod bound to the token has been deleted]".into(),
+                    );
+                }
+            }
+        }
+        Ok(issued)
+    }
+
+    /// Makes `token` expire now (tests of expiry).
+    pub fn expire(&self, token: &str) {
+        if let Some(issued) = self
+            .issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(token)
+        {
+            issued.expires = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
+        }
+    }
+}

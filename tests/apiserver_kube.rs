@@ -1,0 +1,407 @@
+//! kube-rs against the test API server: watches that survive faults, optimistic concurrency,
+//! selectors, pagination, tokens and TokenReview.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::{
+    TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use relaunch::testbed::apiserver::{self, API_AUDIENCE, ApiServer};
+use relaunch::testbed::eventually;
+use serde_json::json;
+
+async fn server() -> (ApiServer, kube::Client) {
+    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = server.client().unwrap();
+    (server, client)
+}
+
+fn config_map(name: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("app".to_string(), "demo".to_string())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn pod(name: &str, node: Option<&str>) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "relaunch.test/busybox:1"}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn watcher_survives_closed_watches_and_expired_history_without_missing_anything() {
+    let (server, client) = server().await;
+    let api: Api<ConfigMap> = Api::default_namespaced(client);
+    api.create(&PostParams::default(), &config_map("before"))
+        .await
+        .unwrap();
+
+    let (reader, writer) = reflector::store();
+    let stream = reflector(writer, watcher(api.clone(), watcher::Config::default()))
+        .applied_objects()
+        .for_each(|_| async {});
+    let task = tokio::spawn(stream);
+    let names = |reader: &reflector::Store<ConfigMap>| -> BTreeSet<String> {
+        reader
+            .state()
+            .iter()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect()
+    };
+    let wait_for = |want: Vec<&'static str>| {
+        let reader = reader.clone();
+        async move {
+            let want: BTreeSet<String> = want.into_iter().map(String::from).collect();
+            eventually(
+                &format!("store to hold {want:?}"),
+                Duration::from_secs(20),
+                || {
+                    let reader = reader.clone();
+                    let want = want.clone();
+                    async move { (names(&reader) == want).then_some(()) }
+                },
+            )
+            .await
+            .unwrap();
+        }
+    };
+    wait_for(vec!["before"]).await;
+
+    server.faults().close_watches();
+    api.create(&PostParams::default(), &config_map("after-close"))
+        .await
+        .unwrap();
+    wait_for(vec!["after-close", "before"]).await;
+
+    // History gone and watches closed: the re-watch gets 410 Gone and the watcher re-lists.
+    server.expire_history();
+    server.faults().close_watches();
+    api.delete("before", &DeleteParams::default())
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &config_map("after-gone"))
+        .await
+        .unwrap();
+    wait_for(vec!["after-close", "after-gone"]).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn stale_updates_conflict_and_status_subresource_is_separate() {
+    let (_server, client) = server().await;
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let created = pods
+        .create(&PostParams::default(), &pod("p", None))
+        .await
+        .unwrap();
+    let mut fresh = created.clone();
+    fresh.metadata.labels = Some([("a".to_string(), "1".to_string())].into());
+    pods.replace("p", &PostParams::default(), &fresh)
+        .await
+        .unwrap();
+    let mut stale = created;
+    stale.metadata.labels = Some([("a".to_string(), "2".to_string())].into());
+    let err = pods
+        .replace("p", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 409),
+        "{err:?}"
+    );
+
+    let patched = pods
+        .patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running"}, "spec": {"nodeName": "x"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status.unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(
+        patched.spec.unwrap().node_name,
+        None,
+        "status write did not touch spec"
+    );
+
+    let missing = pods.get("nope").await.unwrap_err();
+    assert!(
+        matches!(&missing, kube::Error::Api(s) if s.code == 404 && s.reason == "NotFound"),
+        "{missing:?}"
+    );
+    let invalid = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "bad"}, "spec": {"containers": []}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&invalid, kube::Error::Api(s) if s.code == 422),
+        "{invalid:?}"
+    );
+}
+
+#[tokio::test]
+async fn field_selected_watch_sees_a_pod_when_it_is_bound_to_the_node() {
+    let (_server, client) = server().await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    pods.create(&PostParams::default(), &pod("elsewhere", Some("node-2")))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("unbound", None))
+        .await
+        .unwrap();
+
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default().fields("spec.nodeName=node-1");
+    let task = tokio::spawn(
+        reflector(writer, watcher(pods.clone(), config))
+            .applied_objects()
+            .for_each(|_| async {}),
+    );
+    reader.wait_until_ready().await.unwrap();
+    assert!(reader.state().is_empty(), "no pod on node-1 yet");
+
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "unbound"}, "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"}});
+    pods.create_subresource::<_, serde_json::Value>(
+        "binding",
+        "unbound",
+        &PostParams::default(),
+        &binding,
+    )
+    .await
+    .unwrap();
+    eventually(
+        "bound pod in the node's store",
+        Duration::from_secs(10),
+        || async {
+            let state = reader.state();
+            (state.len() == 1 && state[0].metadata.name.as_deref() == Some("unbound")).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let bound = pods.get("unbound").await.unwrap();
+    let scheduled = bound.status.unwrap().conditions.unwrap();
+    assert!(
+        scheduled
+            .iter()
+            .any(|c| c.type_ == "PodScheduled" && c.status == "True")
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn label_selectors_and_pagination() {
+    let (_server, client) = server().await;
+    let api: Api<ConfigMap> = Api::default_namespaced(client);
+    for i in 0..5 {
+        let mut cm = config_map(&format!("cm-{i}"));
+        if i % 2 == 0 {
+            cm.metadata.labels = Some([("app".to_string(), "other".to_string())].into());
+        }
+        api.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let demo = api
+        .list(&ListParams::default().labels("app=demo"))
+        .await
+        .unwrap();
+    assert_eq!(demo.items.len(), 2);
+    let set = api
+        .list(&ListParams::default().labels("app in (demo,other),app notin (other)"))
+        .await
+        .unwrap();
+    assert_eq!(set.items.len(), 2);
+
+    let mut seen = Vec::new();
+    let mut params = ListParams::default().limit(2);
+    loop {
+        let page = api.list(&params).await.unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.into_iter().filter_map(|c| c.metadata.name));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, vec!["cm-0", "cm-1", "cm-2", "cm-3", "cm-4"]);
+}
+
+#[tokio::test]
+async fn injected_faults_answer_500_then_429_then_recover() {
+    let (server, client) = server().await;
+    let api: Api<ConfigMap> = Api::default_namespaced(client);
+    server.faults().fail_next(1, 500);
+    let err = api.list(&ListParams::default()).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 500),
+        "{err:?}"
+    );
+    // kube-rs retries 429 answers by itself: the request succeeds once the throttling ends.
+    server.faults().fail_next(2, 429);
+    assert!(api.list(&ListParams::default()).await.is_ok());
+    assert_eq!(
+        server.faults().remaining(),
+        0,
+        "both 429 answers were served"
+    );
+}
+
+async fn token(
+    client: &kube::Client,
+    sa: &str,
+    audiences: Vec<String>,
+    pod: Option<(&str, &str)>,
+) -> String {
+    let sas: Api<ServiceAccount> = Api::default_namespaced(client.clone());
+    if sas.get_opt(sa).await.unwrap().is_none() {
+        sas.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let bound =
+        pod.map(|(name, uid)| json!({"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}));
+    let request: TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": audiences, "expirationSeconds": 3600, "boundObjectRef": bound}
+    }))
+    .unwrap();
+    let _: TokenRequestSpec = request.spec.clone();
+    let answer: TokenRequest = sas
+        .create_subresource("token", sa, &PostParams::default(), &request)
+        .await
+        .unwrap();
+    answer.status.unwrap().token
+}
+
+#[tokio::test]
+async fn token_review_reports_the_bound_pods_node_and_rejects_wrong_audiences() {
+    let (server, client) = server().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let agent = pods
+        .create(&PostParams::default(), &pod("agent-x", Some("node-1")))
+        .await
+        .unwrap();
+    let uid = agent.metadata.uid.unwrap();
+    let coordinator = "relaunch-coordinator".to_string();
+    let token = token(
+        &client,
+        "relaunch-agent",
+        vec![coordinator.clone()],
+        Some(("agent-x", &uid)),
+    )
+    .await;
+
+    let reviews: Api<TokenReview> = Api::all(client.clone());
+    let review = |token: String, audiences: Vec<String>| {
+        let reviews = reviews.clone();
+        async move {
+            let request = TokenReview {
+                spec: TokenReviewSpec {
+                    token: Some(token),
+                    audiences: Some(audiences),
+                },
+                ..Default::default()
+            };
+            reviews
+                .create(&PostParams::default(), &request)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+        }
+    };
+    let ok = review(token.clone(), vec![coordinator.clone()]).await;
+    assert_eq!(ok.authenticated, Some(true));
+    let user = ok.user.unwrap();
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:default:relaunch-agent")
+    );
+    let extra = user.extra.unwrap();
+    assert_eq!(
+        extra["authentication.kubernetes.io/node-name"],
+        vec!["node-1".to_string()]
+    );
+    assert_eq!(
+        extra["authentication.kubernetes.io/pod-name"],
+        vec!["agent-x".to_string()]
+    );
+    assert_eq!(
+        extra["authentication.kubernetes.io/pod-uid"],
+        vec![uid.clone()]
+    );
+
+    let wrong_audience = review(token.clone(), vec![API_AUDIENCE.to_string()]).await;
+    assert_eq!(wrong_audience.authenticated, Some(false));
+    let unknown = review("rlt.nope".into(), vec![coordinator.clone()]).await;
+    assert_eq!(unknown.authenticated, Some(false));
+    server.expire_token(&token);
+    let expired = review(token, vec![coordinator]).await;
+    assert_eq!(expired.authenticated, Some(false));
+}
+
+#[tokio::test]
+async fn service_account_tokens_read_but_may_not_write_and_bad_tokens_are_unauthorized() {
+    let (server, admin) = server().await;
+    let api_token = token(&admin, "reader", vec![], None).await;
+    let reader = apiserver::client_for(&server.url(), Some(&api_token)).unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(reader);
+    assert!(cms.list(&ListParams::default()).await.is_ok());
+    let err = cms
+        .create(&PostParams::default(), &config_map("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "{err:?}"
+    );
+
+    server.grant_write("default", "reader");
+    assert!(
+        cms.create(&PostParams::default(), &config_map("x"))
+            .await
+            .is_ok()
+    );
+
+    let stranger = apiserver::client_for(&server.url(), Some("rlt.unknown")).unwrap();
+    let err = Api::<ConfigMap>::default_namespaced(stranger)
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 401),
+        "{err:?}"
+    );
+}
