@@ -1,0 +1,214 @@
+//! The parts of the control plane relaunch relies on besides the API server: the StatefulSet
+//! controller, a stand-in for the PersistentVolume controller that binds every claim, and the
+//! scheduler. They talk to the API only through `kube::Client`, as kube-controller-manager and
+//! kube-scheduler do: watches fill caches, pure functions decide, thin loops write.
+
+mod claims;
+mod scheduler;
+mod statefulset;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::TestbedError;
+
+pub use claims::{ClaimBinding, claim_binding};
+pub use scheduler::{Unschedulable, needs_scheduling, pick_node, pod_counts};
+pub use statefulset::{
+    Action, claim_name, new_claim, new_pod, revision_name, statefulset_actions, statefulset_status,
+};
+
+/// How long `start` waits for the first list of every watched kind.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every loop re-examines the world at least this often, even without watch events; this is
+/// what retries unschedulable pods and notices `minReadySeconds` passing.
+const RESYNC: Duration = Duration::from_secs(1);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The running StatefulSet controller, claim binder and scheduler.
+pub struct Controllers {
+    token: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Controllers {
+    /// Starts the StatefulSet controller, a trivial PVC binder, and the scheduler; returns once
+    /// their caches hold a first full list of StatefulSets, Pods, PersistentVolumeClaims and Nodes.
+    pub async fn start(client: Client) -> Result<Controllers, TestbedError> {
+        let token = CancellationToken::new();
+        let mut controllers = Controllers {
+            token: token.clone(),
+            tasks: Vec::new(),
+        };
+
+        let statefulset_wake = Arc::new(Notify::new());
+        let scheduler_wake = Arc::new(Notify::new());
+        let binder_wake = Arc::new(Notify::new());
+
+        let sets = controllers.spawn_informer(
+            Api::<StatefulSet>::all(client.clone()),
+            vec![statefulset_wake.clone()],
+        );
+        let pods = controllers.spawn_informer(
+            Api::<Pod>::all(client.clone()),
+            vec![statefulset_wake.clone(), scheduler_wake.clone()],
+        );
+        let claims = controllers.spawn_informer(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            vec![statefulset_wake.clone(), binder_wake.clone()],
+        );
+        let nodes = controllers.spawn_informer(
+            Api::<Node>::all(client.clone()),
+            vec![scheduler_wake.clone()],
+        );
+
+        let synced = async {
+            sets.wait_until_ready().await?;
+            pods.wait_until_ready().await?;
+            claims.wait_until_ready().await?;
+            nodes.wait_until_ready().await
+        };
+        match tokio::time::timeout(SYNC_TIMEOUT, synced).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                controllers.shutdown().await;
+                return Err(TestbedError::Timeout(
+                    "the controllers to list StatefulSets, Pods, PersistentVolumeClaims and Nodes"
+                        .into(),
+                ));
+            }
+        }
+
+        let statefulsets = statefulset::StatefulSetController::new(
+            client.clone(),
+            sets,
+            pods.clone(),
+            claims.clone(),
+        );
+        controllers.spawn_loop("statefulset controller", statefulset_wake, move || {
+            let controller = statefulsets.clone();
+            async move { controller.sync_all().await }
+        });
+
+        let binder = claims::ClaimBinder::new(client.clone(), claims);
+        controllers.spawn_loop("claim binder", binder_wake, move || {
+            let binder = binder.clone();
+            async move { binder.sync_all().await }
+        });
+
+        let scheduler = scheduler::Scheduler::new(client, pods, nodes);
+        controllers.spawn_loop("scheduler", scheduler_wake, move || {
+            let scheduler = scheduler.clone();
+            async move { scheduler.schedule_pending().await }
+        });
+
+        Ok(controllers)
+    }
+
+    /// Stops every loop and watch and waits for them to end.
+    pub async fn shutdown(mut self) {
+        self.token.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            if let Err(error) = task.await {
+                warn!(%error, "controller task ended abnormally");
+            }
+        }
+    }
+
+    /// Watches every object of kind `K` into a cache, waking `wake` on every change.
+    fn spawn_informer<K>(&mut self, api: Api<K>, wake: Vec<Arc<Notify>>) -> Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let (store, writer) = reflector::store();
+        let token = self.token.clone();
+        let kind = K::kind(&()).to_string();
+        self.tasks.push(tokio::spawn(async move {
+            let stream = reflector::reflector(
+                writer,
+                watcher(api, watcher::Config::default()).default_backoff(),
+            );
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let event = tokio::select! {
+                    () = token.cancelled() => return,
+                    event = stream.next() => event,
+                };
+                match event {
+                    Some(Ok(
+                        watcher::Event::Apply(_)
+                        | watcher::Event::Delete(_)
+                        | watcher::Event::InitDone,
+                    )) => wake.iter().for_each(|w| w.notify_one()),
+                    Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+                    Some(Err(error)) => warn!(kind, %error, "watch failed; retrying"),
+                    None => return,
+                }
+            }
+        }));
+        store
+    }
+
+    /// Runs `pass` on every wake-up and at least every `RESYNC`; after a pass that failed
+    /// somewhere, waits with exponential back-off instead so a persistent error cannot spin.
+    fn spawn_loop<F, Fut>(&mut self, name: &'static str, wake: Arc<Notify>, mut pass: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send,
+    {
+        let token = self.token.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let mut backoff = MIN_BACKOFF;
+            loop {
+                let healthy = tokio::select! {
+                    () = token.cancelled() => return,
+                    healthy = pass() => healthy,
+                };
+                if healthy {
+                    backoff = MIN_BACKOFF;
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = wake.notified() => {}
+                        () = tokio::time::sleep(RESYNC) => {}
+                    }
+                } else {
+                    debug!(name, ?backoff, "pass failed; retrying after back-off");
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }));
+    }
+}
+
+impl Drop for Controllers {
+    fn drop(&mut self) {
+        // Without an explicit shutdown the tasks must not outlive their owner.
+        self.token.cancel();
+    }
+}
+
+/// Whether `error` says the object is already in the state a write wanted (created, gone), or
+/// changed under us, so the write needs no retry of its own: the next pass sees the new state.
+fn is_benign(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.is_already_exists() || status.is_not_found() || status.is_conflict())
+}
