@@ -1,0 +1,753 @@
+//! Kubelet simulator: one per simulated node. Watches the pods bound to its node through the
+//! Kubernetes API and drives a real containerd through CRI the way the kubelet does
+//! (KUBELET.md): sandboxes and containers with the kubelet's labels and annotations, restarts
+//! per restartPolicy with crash-loop back-off, readiness probes and gates, preStop on deletion,
+//! and pod status written as a strategic merge patch on the status subresource.
+//!
+//! The decisions are pure functions over plain data (`plan`, `status`, `backoff`, `probe`,
+//! `template`); this module is the shell that lists, acts and writes.
+
+mod backoff;
+mod node;
+mod plan;
+mod probe;
+mod runtime;
+mod status;
+mod template;
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use backoff::CrashLoopBackoff;
+
+use self::backoff::BackoffTable;
+use self::plan::{is_sidecar, plan_pod, restart_count_from_logs};
+use self::probe::{Action, ProbeCounter, ProbeTiming};
+use self::runtime::{Instance, PodRuntime, relist};
+use self::status::{StatusInputs, desired_status, status_patch};
+use self::template::{container_template, identity, pod_volumes_dir};
+use super::TestbedError;
+use super::pod::{self as testbed_pod, PodSandbox};
+use crate::cri::{ContainerState, RuntimeClient};
+
+/// Least time the runtime gets to stop a container after preStop, as the kubelet gives.
+const MIN_STOP_GRACE: Duration = Duration::from_secs(2);
+/// The API's default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// Settings of one simulated node.
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    pub node_name: String,
+    /// A loopback address (127.0.0.x); pods report it as podIP and hostIP (host network).
+    pub node_ip: Ipv4Addr,
+    /// Where pod log directories go, like `/var/log/pods`.
+    pub pod_log_root: PathBuf,
+    /// Root of emptyDir (`pods/<uid>/volumes/<name>`) and PVC (`pvc/<ns>/<claim>`) directories.
+    pub volume_root: PathBuf,
+    pub backoff: CrashLoopBackoff,
+    /// How often the runtime is re-listed (the generic PLEG's 1 s).
+    pub relist_period: Duration,
+}
+
+impl KubeletConfig {
+    /// The kubelet's defaults, with logs and volumes under `root_dir`.
+    pub fn new(node_name: impl Into<String>, node_ip: Ipv4Addr, root_dir: &Path) -> Self {
+        Self {
+            node_name: node_name.into(),
+            node_ip,
+            pod_log_root: root_dir.join("log").join("pods"),
+            volume_root: root_dir.join("volumes"),
+            backoff: CrashLoopBackoff::default(),
+            relist_period: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A running kubelet simulator. [`Kubelet::shutdown`] stops it and leaves containers running.
+pub struct Kubelet {
+    token: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Kubelet {
+    /// Registers the Node (Ready, InternalIP = node IP) and starts watching and syncing pods.
+    pub async fn start(
+        client: kube::Client,
+        runtime: RuntimeClient,
+        config: KubeletConfig,
+    ) -> Result<Kubelet, TestbedError> {
+        node::register(&client, &runtime, &config).await?;
+        let token = CancellationToken::new();
+        let (store, writer) = reflector::store::<Pod>();
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kubelet".into(),
+                instance: Some(config.node_name.clone()),
+            },
+        );
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            runtime,
+            config: config.clone(),
+            pods: store,
+            notify: Notify::new(),
+            token: token.clone(),
+            probes: Mutex::default(),
+            terminating: Mutex::default(),
+            killing: Mutex::default(),
+            recorder,
+        });
+
+        let pods: Api<Pod> = Api::all(client);
+        let watch_config =
+            watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
+        let watch_shared = shared.clone();
+        let watch = tokio::spawn(async move {
+            let stream =
+                reflector::reflector(writer, watcher(pods, watch_config)).default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    _ = watch_shared.token.cancelled() => break,
+                    event = stream.next() => match event {
+                        Some(Ok(_)) => watch_shared.notify.notify_one(),
+                        Some(Err(e)) => tracing::warn!(node = %watch_shared.config.node_name, "pod watch failed: {e}"),
+                        None => break,
+                    },
+                }
+            }
+        });
+        let sync = tokio::spawn(SyncLoop::new(shared).run());
+        Ok(Kubelet {
+            token,
+            tasks: vec![watch, sync],
+        })
+    }
+
+    /// Stops the simulator's tasks; containers keep running as they are.
+    pub async fn shutdown(self) {
+        self.token.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// What the sync loop shares with the watch, probe, kill and termination tasks.
+struct Shared {
+    client: kube::Client,
+    runtime: RuntimeClient,
+    config: KubeletConfig,
+    pods: Store<Pod>,
+    notify: Notify,
+    token: CancellationToken,
+    /// Readiness probe results by container ID.
+    probes: Mutex<HashMap<String, bool>>,
+    /// Pods (by UID) whose deletion is being carried out.
+    terminating: Mutex<HashSet<String>>,
+    /// Containers (by ID) being stopped by the kubelet itself.
+    killing: Mutex<HashSet<String>>,
+    recorder: Recorder,
+}
+
+impl Shared {
+    fn event(&self, pod: &Pod, type_: EventType, reason: &str, note: String) {
+        let reference = pod.object_ref(&());
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::debug!("event not recorded: {e}");
+            }
+        });
+    }
+
+    fn pod_api(&self, pod: &Pod) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default())
+    }
+}
+
+/// The state only the sync loop touches.
+struct SyncLoop {
+    shared: Arc<Shared>,
+    backoff: BackoffTable,
+    statuses: HashMap<String, Instance>,
+    probe_workers: HashMap<String, CancellationToken>,
+    /// Pods (by UID) this kubelet created sandboxes for.
+    owned: HashSet<String>,
+    /// Last status patch per pod UID and the resourceVersion it was computed against.
+    written: HashMap<String, (Option<String>, serde_json::Value)>,
+    /// Exited instances a BackOff event was already emitted for.
+    backoff_reported: HashSet<String>,
+}
+
+impl SyncLoop {
+    fn new(shared: Arc<Shared>) -> Self {
+        let backoff = BackoffTable::new(shared.config.backoff);
+        Self {
+            shared,
+            backoff,
+            statuses: HashMap::new(),
+            probe_workers: HashMap::new(),
+            owned: HashSet::new(),
+            written: HashMap::new(),
+            backoff_reported: HashSet::new(),
+        }
+    }
+
+    async fn run(mut self) {
+        let token = self.shared.token.clone();
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tokio::time::sleep(self.shared.config.relist_period) => {}
+                _ = self.shared.notify.notified() => {}
+            }
+            self.sync_all().await;
+        }
+        for (_, worker) in self.probe_workers.drain() {
+            worker.cancel();
+        }
+    }
+
+    async fn sync_all(&mut self) {
+        let snapshot = match relist(&self.shared.runtime, None, &mut self.statuses).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(node = %self.shared.config.node_name, "runtime relist failed: {e}");
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        self.backoff.forget_stale(now);
+        let mut live = HashSet::new();
+        let mut running = HashSet::new();
+        for pod in self.shared.pods.state() {
+            let Some(uid) = pod.metadata.uid.clone() else {
+                continue;
+            };
+            live.insert(uid.clone());
+            if pod.metadata.deletion_timestamp.is_some() {
+                self.start_termination(&pod);
+                continue;
+            }
+            let rt = snapshot.get(&uid).cloned().unwrap_or_default();
+            match self.sync_pod(&pod, rt).await {
+                Ok(rt) => running.extend(rt.running().map(|c| c.id.clone())),
+                Err(e) => tracing::warn!(pod = %pod.name_any(), "pod sync failed: {e}"),
+            }
+        }
+        self.probe_workers.retain(|id, worker| {
+            let keep = running.contains(id);
+            if !keep {
+                worker.cancel();
+            }
+            keep
+        });
+        if let Ok(mut probes) = self.shared.probes.lock() {
+            probes.retain(|id, _| running.contains(id));
+        }
+        self.written.retain(|uid, _| live.contains(uid));
+        // Pods deleted from the API without going through this kubelet's termination.
+        if futures::FutureExt::now_or_never(self.shared.pods.wait_until_ready()).is_some() {
+            let orphans: Vec<String> = self
+                .owned
+                .iter()
+                .filter(|uid| !live.contains(*uid) && !self.is_terminating(uid))
+                .cloned()
+                .collect();
+            for uid in orphans {
+                let rt = snapshot.get(&uid).cloned().unwrap_or_default();
+                match remove_pod_resources(&self.shared, &uid, &rt).await {
+                    Ok(()) => {
+                        self.owned.remove(&uid);
+                    }
+                    Err(e) => tracing::warn!(%uid, "cleaning up a deleted pod failed: {e}"),
+                }
+            }
+        }
+    }
+
+    fn is_terminating(&self, uid: &str) -> bool {
+        self.shared
+            .terminating
+            .lock()
+            .map(|t| t.contains(uid))
+            .unwrap_or(true)
+    }
+
+    /// One pod sync; returns the pod's runtime state after acting.
+    async fn sync_pod(
+        &mut self,
+        pod: &Pod,
+        mut rt: PodRuntime,
+    ) -> Result<PodRuntime, TestbedError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if !rt.sandboxes.is_empty() {
+            self.owned.insert(uid.clone());
+        }
+        let now = SystemTime::now();
+        let plan = plan_pod(pod, &rt, &mut self.backoff, now);
+        let mut acted = false;
+        let mut raw = self.shared.runtime.raw();
+        for id in &plan.remove {
+            acted = true;
+            if let Err(e) = raw
+                .remove_container(cri::RemoveContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await
+            {
+                tracing::warn!(container = %id, "removing an old container failed: {e}");
+            }
+        }
+        for id in &plan.kill {
+            self.spawn_kill(pod, &rt, id);
+        }
+        for (name, message) in &plan.back_off {
+            if let Some(exited) = rt.newest(name)
+                && self.backoff_reported.insert(exited.id.clone())
+            {
+                self.shared
+                    .event(pod, EventType::Warning, "BackOff", message.clone());
+            }
+        }
+        if !plan.start.is_empty() {
+            let identity = identity(pod);
+            let sandbox = match rt.ready_sandbox() {
+                Some(s) if !plan.create_sandbox => PodSandbox {
+                    id: s.id.clone(),
+                    config: testbed_pod::sandbox_config(
+                        &identity,
+                        &self.shared.config.pod_log_root,
+                        0,
+                    ),
+                },
+                _ => {
+                    self.owned.insert(uid.clone());
+                    testbed_pod::run_pod_sandbox(
+                        &self.shared.runtime,
+                        &identity,
+                        &self.shared.config.pod_log_root,
+                    )
+                    .await?
+                }
+            };
+            acted = true;
+            for start in &plan.start {
+                let Some(container) = find_container(pod, &start.name, start.init) else {
+                    continue;
+                };
+                let restart_count = start.restart_count.unwrap_or_else(|| {
+                    let dir = Path::new(sandbox.log_directory()).join(&start.name);
+                    let names: Vec<String> = std::fs::read_dir(dir)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect();
+                    restart_count_from_logs(names.iter().map(String::as_str))
+                });
+                let template = container_template(
+                    pod,
+                    container,
+                    restart_count,
+                    &self.shared.config.volume_root,
+                );
+                for (host, _) in &template.mounts {
+                    if let Err(e) = std::fs::create_dir_all(host) {
+                        tracing::warn!(path = %host.display(), "creating a volume directory failed: {e}");
+                    }
+                }
+                match testbed_pod::start_container(
+                    &self.shared.runtime,
+                    &sandbox,
+                    &identity,
+                    &template,
+                )
+                .await
+                {
+                    Ok(id) => {
+                        self.shared.event(
+                            pod,
+                            EventType::Normal,
+                            "Started",
+                            format!("Started container {} ({id})", start.name),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %pod.name_any(), container = %start.name, "starting a container failed: {e}");
+                        self.remove_unstarted(&uid, &start.name).await;
+                        break;
+                    }
+                }
+            }
+        } else if plan.create_sandbox && !plan::is_terminal(pod) {
+            self.owned.insert(uid.clone());
+            testbed_pod::run_pod_sandbox(
+                &self.shared.runtime,
+                &identity(pod),
+                &self.shared.config.pod_log_root,
+            )
+            .await?;
+            acted = true;
+        }
+        if acted {
+            rt = relist(&self.shared.runtime, Some(&uid), &mut self.statuses)
+                .await?
+                .remove(&uid)
+                .unwrap_or_default();
+        }
+        self.ensure_probe_workers(pod, &rt);
+        self.write_status(pod, &rt, &plan.back_off).await;
+        Ok(rt)
+    }
+
+    /// A container that was created but failed to start would block its slot: remove it.
+    async fn remove_unstarted(&mut self, uid: &str, name: &str) {
+        let Ok(mut snapshot) = relist(&self.shared.runtime, Some(uid), &mut self.statuses).await
+        else {
+            return;
+        };
+        let rt = snapshot.remove(uid).unwrap_or_default();
+        let mut raw = self.shared.runtime.raw();
+        for c in rt.instances(name) {
+            if c.state == ContainerState::Created {
+                let _ = raw
+                    .remove_container(cri::RemoveContainerRequest {
+                        container_id: c.id.clone(),
+                    })
+                    .await;
+            }
+        }
+    }
+
+    async fn write_status(
+        &mut self,
+        pod: &Pod,
+        rt: &PodRuntime,
+        back_off: &std::collections::BTreeMap<String, String>,
+    ) {
+        let probe_ready = self
+            .shared
+            .probes
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        let desired = desired_status(
+            pod,
+            &StatusInputs {
+                runtime: rt,
+                probe_ready: &probe_ready,
+                back_off,
+                node_ip: self.shared.config.node_ip,
+                now: SystemTime::now(),
+            },
+        );
+        let Some(patch) = status_patch(pod, &desired) else {
+            return;
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let version = pod.metadata.resource_version.clone();
+        if self.written.get(&uid) == Some(&(version.clone(), patch.clone())) {
+            // Already sent against this version; the watch has not caught up yet.
+            return;
+        }
+        let name = pod.name_any();
+        match self
+            .shared
+            .pod_api(pod)
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.written.insert(uid, (version, patch));
+            }
+            Err(e) => tracing::warn!(pod = %name, "writing pod status failed: {e}"),
+        }
+    }
+
+    fn ensure_probe_workers(&mut self, pod: &Pod, rt: &PodRuntime) {
+        for instance in rt.running() {
+            if self.probe_workers.contains_key(&instance.id) {
+                continue;
+            }
+            let Some(container) = find_any_container(pod, &instance.name) else {
+                continue;
+            };
+            let Some(probe) = container.readiness_probe.clone() else {
+                continue;
+            };
+            let token = self.shared.token.child_token();
+            self.probe_workers
+                .insert(instance.id.clone(), token.clone());
+            tokio::spawn(readiness_worker(
+                self.shared.clone(),
+                instance.id.clone(),
+                instance.started_at,
+                probe,
+                container.clone(),
+                token,
+            ));
+        }
+    }
+
+    fn spawn_kill(&self, pod: &Pod, rt: &PodRuntime, id: &str) {
+        let Ok(mut killing) = self.shared.killing.lock() else {
+            return;
+        };
+        if !killing.insert(id.to_string()) {
+            return;
+        }
+        let Some(instance) = rt.containers.iter().find(|c| c.id == id).cloned() else {
+            killing.remove(id);
+            return;
+        };
+        let shared = self.shared.clone();
+        let pod = pod.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shared.token.cancelled() => return,
+                _ = kill_container(&shared, &pod, &instance, grace_of(&pod)) => {}
+            }
+            if let Ok(mut killing) = shared.killing.lock() {
+                killing.remove(&instance.id);
+            }
+            shared.notify.notify_one();
+        });
+    }
+
+    fn start_termination(&self, pod: &Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let Ok(mut terminating) = self.shared.terminating.lock() else {
+            return;
+        };
+        if !terminating.insert(uid.clone()) {
+            return;
+        }
+        let shared = self.shared.clone();
+        let pod = pod.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shared.token.cancelled() => return,
+                result = terminate_pod(&shared, &pod) => if let Err(e) = result {
+                    tracing::warn!(pod = %pod.name_any(), "terminating pod failed, will retry: {e}");
+                },
+            }
+            if let Ok(mut terminating) = shared.terminating.lock() {
+                terminating.remove(&uid);
+            }
+        });
+    }
+}
+
+fn find_container<'a>(pod: &'a Pod, name: &str, init: bool) -> Option<&'a Container> {
+    let spec = pod.spec.as_ref()?;
+    if init {
+        spec.init_containers
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == name)
+    } else {
+        spec.containers.iter().find(|c| c.name == name)
+    }
+}
+
+fn find_any_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    find_container(pod, name, false).or_else(|| find_container(pod, name, true))
+}
+
+/// The grace of the kubelet's own kill: the deletion grace, else the pod's termination grace.
+fn grace_of(pod: &Pod) -> Duration {
+    let seconds = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| pod.spec.as_ref()?.termination_grace_period_seconds)
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    Duration::from_secs(seconds.max(0) as u64)
+}
+
+/// The kubelet's kill of one container: preStop within the grace, then StopContainer with what
+/// is left of it (at least 2 s).
+async fn kill_container(shared: &Shared, pod: &Pod, instance: &Instance, grace: Duration) {
+    let started = Instant::now();
+    let container = find_any_container(pod, &instance.name);
+    shared.event(
+        pod,
+        EventType::Normal,
+        "Killing",
+        format!("Stopping container {}", instance.name),
+    );
+    if let Some(handler) = container
+        .and_then(|c| c.lifecycle.as_ref())
+        .and_then(|l| l.pre_stop.as_ref())
+    {
+        let ports = container.and_then(|c| c.ports.clone()).unwrap_or_default();
+        let action = Action::of_handler(handler, &ports);
+        let run = probe::run(
+            &shared.runtime,
+            &instance.id,
+            shared.config.node_ip,
+            &action,
+            grace,
+        );
+        let outcome = tokio::time::timeout(grace, run).await;
+        if !matches!(outcome, Ok(Ok(true))) {
+            let detail = match outcome {
+                Ok(Ok(_)) => "the handler failed".to_string(),
+                Ok(Err(e)) => e,
+                Err(_) => format!("did not finish within {grace:?}"),
+            };
+            shared.event(
+                pod,
+                EventType::Warning,
+                "FailedPreStopHook",
+                format!(
+                    "PreStopHook failed for container {}: {detail}",
+                    instance.name
+                ),
+            );
+        }
+    }
+    let remaining = grace.saturating_sub(started.elapsed()).max(MIN_STOP_GRACE);
+    if let Err(e) = shared.runtime.stop_container(&instance.id, remaining).await {
+        tracing::warn!(container = %instance.id, "stopping container failed: {e}");
+    }
+}
+
+/// Carries out a pod's deletion: kill its containers (regular ones, then sidecars), remove the
+/// sandbox and emptyDirs, then delete the pod object for good.
+async fn terminate_pod(shared: &Shared, pod: &Pod) -> Result<(), TestbedError> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let grace = grace_of(pod);
+    let started = Instant::now();
+    let mut cache = HashMap::new();
+    let rt = relist(&shared.runtime, Some(&uid), &mut cache)
+        .await?
+        .remove(&uid)
+        .unwrap_or_default();
+    let sidecars: Vec<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| is_sidecar(c))
+        .map(|c| c.name.as_str())
+        .collect();
+    let (late, early): (Vec<&Instance>, Vec<&Instance>) = rt
+        .running()
+        .partition(|c| sidecars.contains(&c.name.as_str()));
+    for group in [early, late] {
+        let left = grace.saturating_sub(started.elapsed());
+        futures::future::join_all(
+            group
+                .into_iter()
+                .map(|c| kill_container(shared, pod, c, left)),
+        )
+        .await;
+    }
+    remove_pod_resources(shared, &uid, &rt).await?;
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.clone()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match shared.pod_api(pod).delete(&pod.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(TestbedError::Setup(format!(
+            "deleting pod {} failed: {e}",
+            pod.name_any()
+        ))),
+    }
+}
+
+/// Removes a pod's sandboxes (and with them its containers) and its emptyDir volumes.
+async fn remove_pod_resources(
+    shared: &Shared,
+    uid: &str,
+    rt: &PodRuntime,
+) -> Result<(), TestbedError> {
+    for sandbox in &rt.sandboxes {
+        testbed_pod::remove_pod_sandbox(&shared.runtime, &sandbox.id).await?;
+    }
+    let dir = pod_volumes_dir(&shared.config.volume_root, uid);
+    match std::fs::remove_dir_all(dir.parent().unwrap_or(&dir)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Probes one container's readiness until cancelled, publishing changes of the result.
+async fn readiness_worker(
+    shared: Arc<Shared>,
+    id: String,
+    started_at: Option<SystemTime>,
+    probe: Probe,
+    container: Container,
+    token: CancellationToken,
+) {
+    let timing = ProbeTiming::of(&probe);
+    let action = Action::of_probe(&probe, container.ports.as_deref().unwrap_or_default());
+    let ran = started_at
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default();
+    tokio::select! {
+        _ = token.cancelled() => return,
+        _ = tokio::time::sleep(timing.initial_delay.saturating_sub(ran)) => {}
+    }
+    let mut counter = ProbeCounter::new(&timing);
+    loop {
+        let success = match probe::run(
+            &shared.runtime,
+            &id,
+            shared.config.node_ip,
+            &action,
+            timing.timeout,
+        )
+        .await
+        {
+            Ok(success) => success,
+            Err(e) => {
+                tracing::debug!(container = %id, "readiness probe could not run: {e}");
+                false
+            }
+        };
+        if counter.record(success) {
+            if let Ok(mut probes) = shared.probes.lock() {
+                probes.insert(id.clone(), counter.ready());
+            }
+            shared.notify.notify_one();
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(timing.period) => {}
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The kubelet simulator against the test API server and a real containerd (needs root).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use relaunch::cri::{ContainerState, RuntimeClient};
+use relaunch::testbed::apiserver::ApiServer;
+use relaunch::testbed::kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
+use relaunch::testbed::{Containerd, eventually};
+use serde_json::json;
+
+const NODE: &str = "node-a";
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Bed {
+    _containerd: Containerd,
+    _api: ApiServer,
+    root: tempfile::TempDir,
+    runtime: RuntimeClient,
+    pods: Api<Pod>,
+    kubelet: Option<Kubelet>,
+}
+
+impl Bed {
+    async fn start(backoff: CrashLoopBackoff) -> Self {
+        let containerd = Containerd::start().await.expect("start containerd");
+        let runtime = containerd.client().await.expect("connect to containerd");
+        let api = ApiServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("start API server");
+        let client = api.client().expect("API client");
+        let root = tempfile::tempdir().unwrap();
+        let mut config = KubeletConfig::new(NODE, NODE_IP, root.path());
+        config.backoff = backoff;
+        let kubelet = Kubelet::start(client.clone(), runtime.clone(), config)
+            .await
+            .expect("start kubelet");
+        Self {
+            _containerd: containerd,
+            _api: api,
+            root,
+            runtime,
+            pods: Api::namespaced(client, "default"),
+            kubelet: Some(kubelet),
+        }
+    }
+
+    async fn create(&self, name: &str, spec: serde_json::Value) -> Pod {
+        let mut spec = spec;
+        spec["nodeName"] = json!(NODE);
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        }))
+        .unwrap();
+        self.pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod")
+    }
+
+    /// Waits until `check` holds for the pod's current state; returns that state.
+    async fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Pod {
+        eventually(what, WAIT, || async {
+            let pod = self.pods.get(name).await.ok()?;
+            check(&pod).then_some(pod)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(k) = self.kubelet.take() {
+            k.shutdown().await;
+        }
+    }
+}
+
+fn condition(pod: &Pod, type_: &str) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
+fn container(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.first()
+}
+
+fn container_id(pod: &Pod) -> Option<String> {
+    let id = container(pod)?.container_id.as_ref()?;
+    Some(id.strip_prefix("containerd://")?.to_string())
+}
+
+fn running(pod: &Pod) -> bool {
+    container(pod)
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some())
+}
+
+#[tokio::test]
+async fn runs_the_pods_containers_with_kubelet_labels_and_reports_it_ready() {
+    let bed = Bed::start(CrashLoopBackoff::default()).await;
+    bed.create(
+        "web-0",
+        json!({"containers": [{"name": "web", "image": "busybox", "command": ["sleep", "100000"]}]}),
+    )
+    .await;
+    let pod = bed
+        .wait_pod("web-0", "pod Ready", |p| {
+            condition(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    let status = pod.status.clone().unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(status.pod_ip.as_deref(), Some("127.0.0.2"));
+    assert_eq!(status.host_ip.as_deref(), Some("127.0.0.2"));
+    let id = container_id(&pod).expect("container ID");
+    let details = bed.runtime.container_status(&id).await.unwrap();
+    assert_eq!(details.state, ContainerState::Running);
+    assert_eq!(details.owner.pod_name, "web-0");
+    assert_eq!(details.owner.pod_namespace, "default");
+    assert_eq!(
+        Some(details.owner.pod_uid.as_str()),
+        pod.metadata.uid.as_deref()
+    );
+    assert_eq!(details.owner.container_name, "web");
+    assert_eq!(details.annotations.restart_count, Some(0));
+
+    // Status is written only when it changes: several relists later, the object is untouched.
+    let version = bed
+        .pods
+        .get("web-0")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = bed
+        .pods
+        .get("web-0")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    assert_eq!(version, later, "no status writes without a change");
+    bed.shutdown().await;
+}
+
+#[tokio::test]
+async fn externally_stopped_container_restarts_at_once_then_after_back_off() {
+    let backoff = CrashLoopBackoff {
+        initial: Duration::from_secs(4),
+        max: Duration::from_secs(8),
+        reset_after: Duration::from_secs(16),
+    };
+    let bed = Bed::start(backoff).await;
+    bed.create(
+        "db-0",
+        json!({"containers": [{"name": "db", "image": "busybox", "command": ["sleep", "100000"]}]}),
+    )
+    .await;
+    let pod = bed.wait_pod("db-0", "db running", running).await;
+    let first = container_id(&pod).unwrap();
+
+    bed.runtime
+        .stop_container(&first, Duration::ZERO)
+        .await
+        .unwrap();
+    let stopped = Instant::now();
+    let pod = bed
+        .wait_pod("db-0", "first restart", |p| {
+            running(p) && container(p).is_some_and(|c| c.restart_count == 1)
+        })
+        .await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "first restart is immediate"
+    );
+    let c = container(&pod).unwrap();
+    let last = c.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(last.exit_code, 137);
+    assert_eq!(
+        last.container_id.as_deref(),
+        Some(format!("containerd://{first}").as_str())
+    );
+
+    let second = container_id(&pod).unwrap();
+    bed.runtime
+        .stop_container(&second, Duration::ZERO)
+        .await
+        .unwrap();
+    let stopped = Instant::now();
+    bed.wait_pod("db-0", "CrashLoopBackOff", |p| {
+        container(p)
+            .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+            .as_deref()
+            == Some("CrashLoopBackOff")
+    })
+    .await;
+    let pod = bed
+        .wait_pod("db-0", "second restart", |p| {
+            running(p) && container(p).is_some_and(|c| c.restart_count == 2)
+        })
+        .await;
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(3),
+        "second restart waited for the back-off"
+    );
+    // Only the newest exited instance is kept.
+    let uid = pod.metadata.uid.clone().unwrap();
+    let all = bed.runtime.pod_containers(&uid, Some("db")).await.unwrap();
+    assert_eq!(all.len(), 2, "running + newest exited: {all:?}");
+    bed.shutdown().await;
+}
+
+#[tokio::test]
+async fn clean_exit_under_on_failure_is_not_restarted() {
+    let bed = Bed::start(CrashLoopBackoff::default()).await;
+    bed.create(
+        "job-0",
+        json!({"restartPolicy": "OnFailure",
+               "containers": [{"name": "job", "image": "busybox", "command": ["sh", "-c", "exit 0"]}]}),
+    )
+    .await;
+    let pod = bed
+        .wait_pod("job-0", "pod Succeeded", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+        })
+        .await;
+    let c = container(&pod).unwrap();
+    assert_eq!(c.restart_count, 0);
+    let t = c.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    bed.shutdown().await;
+}
+
+#[tokio::test]
+async fn readiness_gate_holds_the_pod_not_ready_until_true() {
+    let bed = Bed::start(CrashLoopBackoff::default()).await;
+    bed.create(
+        "gated-0",
+        json!({"readinessGates": [{"conditionType": "relaunch.dev/ready"}],
+               "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"]}]}),
+    )
+    .await;
+    bed.wait_pod("gated-0", "containers ready, pod not ready", |p| {
+        condition(p, "ContainersReady").as_deref() == Some("True")
+            && condition(p, "Ready").as_deref() == Some("False")
+    })
+    .await;
+    let gate =
+        |v: &str| json!({"status": {"conditions": [{"type": "relaunch.dev/ready", "status": v}]}});
+    bed.pods
+        .patch_status(
+            "gated-0",
+            &PatchParams::default(),
+            &Patch::Strategic(gate("True")),
+        )
+        .await
+        .unwrap();
+    let pod = bed
+        .wait_pod("gated-0", "pod Ready", |p| {
+            condition(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    assert_eq!(
+        condition(&pod, "relaunch.dev/ready").as_deref(),
+        Some("True")
+    );
+    bed.pods
+        .patch_status(
+            "gated-0",
+            &PatchParams::default(),
+            &Patch::Strategic(gate("False")),
+        )
+        .await
+        .unwrap();
+    bed.wait_pod("gated-0", "pod NotReady again", |p| {
+        condition(p, "Ready").as_deref() == Some("False")
+            && condition(p, "relaunch.dev/ready").as_deref() == Some("False")
+    })
+    .await;
+    bed.shutdown().await;
+}
+
+#[tokio::test]
+async fn exec_readiness_probe_decides_container_ready() {
+    let bed = Bed::start(CrashLoopBackoff::default()).await;
+    bed.create(
+        "probed-0",
+        json!({"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
+               "readinessProbe": {"exec": {"command": ["test", "-e", "/tmp/ready"]}, "periodSeconds": 1}}]}),
+    )
+    .await;
+    let pod = bed.wait_pod("probed-0", "running", running).await;
+    assert_eq!(condition(&pod, "Ready").as_deref(), Some("False"));
+    let id = container_id(&pod).unwrap();
+    bed.runtime
+        .exec_sync(
+            &id,
+            &["touch".into(), "/tmp/ready".into()],
+            Duration::from_secs(5),
+            1024,
+        )
+        .await
+        .unwrap();
+    bed.wait_pod("probed-0", "pod Ready", |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    bed.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_pod_runs_pre_stop_and_removes_everything_but_the_claim() {
+    let bed = Bed::start(CrashLoopBackoff::default()).await;
+    let pod = bed
+        .create(
+            "db-1",
+            json!({
+                "terminationGracePeriodSeconds": 10,
+                "volumes": [
+                    {"name": "scratch", "emptyDir": {}},
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "data-db-1"}},
+                ],
+                "containers": [{
+                    "name": "db", "image": "busybox",
+                    "command": ["sh", "-c", "echo hello > /scratch/x; sleep 100000"],
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"},
+                                     {"name": "data", "mountPath": "/data"}],
+                    "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "cp /scratch/x /data/prestop"]}}},
+                }],
+            }),
+        )
+        .await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    bed.wait_pod("db-1", "db running", running).await;
+    let empty_dir = bed
+        .root
+        .path()
+        .join("volumes/pods")
+        .join(&uid)
+        .join("volumes/scratch");
+    eventually("emptyDir written", WAIT, || async {
+        empty_dir.join("x").exists().then_some(())
+    })
+    .await
+    .unwrap();
+
+    bed.pods
+        .delete("db-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("pod object gone", WAIT, || async {
+        matches!(bed.pods.get_opt("db-1").await, Ok(None)).then_some(())
+    })
+    .await
+    .unwrap();
+    let claim = bed
+        .root
+        .path()
+        .join("volumes/pvc/default/data-db-1/prestop");
+    assert_eq!(
+        std::fs::read_to_string(claim).unwrap(),
+        "hello\n",
+        "preStop ran"
+    );
+    assert!(!empty_dir.exists(), "emptyDir removed");
+    assert!(
+        bed.runtime
+            .pod_containers(&uid, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    bed.shutdown().await;
+}
