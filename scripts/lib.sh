@@ -17,6 +17,7 @@ ensure_packages() {
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
   command -v cc >/dev/null || missing+=(gcc libc6-dev)
   command -v curl >/dev/null || missing+=(curl ca-certificates)
+  command -v kubectl >/dev/null || missing+=(kubernetes-client)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     apt-get update -qq

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The local sandbox: a private containerd, a test Kubernetes API server and simulated nodes.
+# Without arguments it runs the scripted demo; `up --dir DIR` keeps it running for kubectl.
+# Installs what is missing first. Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+require_root
+ensure_packages
+ensure_rust
+cargo build --locked --release --features testbed --bin relaunch-sandbox
+if [ $# -eq 0 ]; then
+  set -- demo
+fi
+exec ./target/release/relaunch-sandbox "$@"

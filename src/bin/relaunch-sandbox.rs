@@ -1,0 +1,224 @@
+//! relaunch-sandbox: the local test bed in one command — a private containerd, a test Kubernetes
+//! API server, workload controllers and simulated nodes — usable with kubectl.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
+use relaunch::telemetry::{LogFormat, init_logging};
+use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "relaunch-sandbox",
+    version,
+    about = "The relaunch test bed: containerd, a test API server and simulated nodes on this machine"
+)]
+struct Cli {
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start everything and run until SIGINT/SIGTERM; writes DIR/kubeconfig and then DIR/ready.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 6443)]
+        port: u16,
+    },
+    /// Run a short scripted demonstration end to end; exits 0 on success.
+    Demo {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// API server port (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, "warn");
+    let result = match cli.command {
+        Command::Up { dir, nodes, port } => up(dir, nodes, port).await,
+        Command::Demo { nodes, port } => demo(nodes, port).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("relaunch-sandbox: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(dir: PathBuf, nodes: usize, port: u16) -> Result<(), String> {
+    let ready = dir.join("ready");
+    let _ = std::fs::remove_file(&ready);
+    let sandbox = Sandbox::start(SandboxConfig::new(dir.clone(), nodes, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    std::fs::write(&ready, "").map_err(|e| format!("cannot write {}: {e}", ready.display()))?;
+    println!(
+        "sandbox up: {} nodes, API server {}",
+        sandbox.nodes.len(),
+        sandbox.api().url()
+    );
+    println!(
+        "  export KUBECONFIG={}",
+        sandbox.kubeconfig_path().display()
+    );
+    println!("stop with Ctrl-C (or SIGTERM)");
+    wait_for_signal().await;
+    println!("shutting down");
+    let _ = std::fs::remove_file(&ready);
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// A StatefulSet whose container behaves like a database: it keeps a counter on its volume and
+/// exits cleanly when told to shut down through an exec'd command (`touch /tmp/shutdown`).
+const DEMO_DB: &str = r#"{
+  "apiVersion": "apps/v1",
+  "kind": "StatefulSet",
+  "metadata": {"name": "demo-db", "namespace": "default"},
+  "spec": {
+    "replicas": 3,
+    "serviceName": "demo-db",
+    "podManagementPolicy": "Parallel",
+    "selector": {"matchLabels": {"app": "demo-db"}},
+    "template": {
+      "metadata": {"labels": {"app": "demo-db"}},
+      "spec": {
+        "terminationGracePeriodSeconds": 10,
+        "containers": [{
+          "name": "db",
+          "image": "relaunch.test/busybox:1",
+          "command": ["sh", "-c", "echo $(( $(cat /data/starts 2>/dev/null || echo 0) + 1 )) > /data/starts; rm -f /tmp/shutdown; touch /tmp/ready; while [ ! -f /tmp/shutdown ]; do sleep 0.2; done; echo clean shutdown; exit 0"],
+          "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1},
+          "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+        }]
+      }
+    },
+    "volumeClaimTemplates": [{
+      "metadata": {"name": "data"},
+      "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }]
+  }
+}"#;
+
+async fn demo(nodes: usize, port: u16) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("relaunch-sandbox-demo-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    println!("== starting the sandbox: containerd, test API server, {nodes} simulated nodes");
+    let started = Instant::now();
+    let sandbox = Sandbox::start(SandboxConfig::new(dir.path().to_path_buf(), nodes, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "   up in {:.1}s; API server {}",
+        started.elapsed().as_secs_f64(),
+        sandbox.api().url()
+    );
+    let result = run_demo(&sandbox).await;
+    println!("== tearing down");
+    sandbox.shutdown().await;
+    result?;
+    println!("== demo succeeded");
+    Ok(())
+}
+
+async fn run_demo(sandbox: &Sandbox) -> Result<(), String> {
+    let client = sandbox.client().map_err(|e| e.to_string())?;
+    let sets: Api<StatefulSet> = Api::default_namespaced(client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let set: StatefulSet = serde_json::from_str(DEMO_DB).map_err(|e| e.to_string())?;
+    println!(
+        "== deploying StatefulSet demo-db (3 replicas, a database-like container with a volume)"
+    );
+    sets.create(&PostParams::default(), &set)
+        .await
+        .map_err(|e| format!("creating the demo StatefulSet: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ready = loop {
+        let list = pods
+            .list(&ListParams::default().labels("app=demo-db"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ready: Vec<Pod> = list.items.into_iter().filter(is_ready).collect();
+        if ready.len() == 3 {
+            break ready;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {} of 3 demo pods became Ready within 2 minutes",
+                ready.len()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("POD        PHASE    IP          NODE      RESTARTS         CONTAINER");
+    for pod in &ready {
+        let status = pod.status.as_ref();
+        let container = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first());
+        println!(
+            "{:<10} {:<8} {:<11} {:<9} {:<16} {}",
+            pod.metadata.name.as_deref().unwrap_or(""),
+            status.and_then(|s| s.phase.as_deref()).unwrap_or(""),
+            status.and_then(|s| s.pod_ip.as_deref()).unwrap_or(""),
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .unwrap_or(""),
+            container.map(|c| c.restart_count).unwrap_or(0),
+            container
+                .and_then(|c| c.container_id.as_deref())
+                .map(short_id)
+                .unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn short_id(id: &str) -> String {
+    match id.split_once("://") {
+        Some((scheme, hex)) => format!("{scheme}://{}", &hex[..hex.len().min(12)]),
+        None => id.to_string(),
+    }
+}
