@@ -3,6 +3,7 @@
 //! The node agent restarts containers through the node's container runtime ([`cri`]); the
 //! coordinator authenticates the agents' reports and owns every status write.
 
+pub mod api;
 pub mod cri;
 pub mod telemetry;
 

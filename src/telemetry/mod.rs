@@ -1,4 +1,6 @@
-//! Logging set-up shared by the binaries.
+//! Logging set-up and the admin endpoint shared by the binaries.
+
+pub mod admin;
 
 use tracing_subscriber::EnvFilter;
 

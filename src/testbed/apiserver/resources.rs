@@ -70,6 +70,10 @@ impl ResourceType {
 
     /// Key of this resource's objects in the store (`group/plural`; versions share objects).
     pub fn key(&self) -> String {
+        // events.k8s.io/v1 Events share storage with core v1 Events, as upstream.
+        if self.group == "events.k8s.io" && self.plural == "events" {
+            return "/events".into();
+        }
         format!("{}/{}", self.group, self.plural)
     }
 
@@ -224,6 +228,7 @@ pub fn builtin() -> Vec<ResourceType> {
                 "source",
                 "type",
             ]),
+        R::builtin("events.k8s.io", "v1", "events", "Event", true).short(&["ev"]),
         R::builtin("", "v1", "nodes", "Node", false)
             .with_status()
             .short(&["no"])

@@ -263,8 +263,9 @@ impl Store {
         &self,
         rt: &ResourceType,
         ns: Option<&str>,
-        mut object: Value,
+        object: Value,
     ) -> Result<Value, ApiError> {
+        let mut object = super::convert::to_storage(rt, object);
         let mut state = self.lock();
         state.check_kind(rt, &object)?;
         let meta = object
@@ -369,6 +370,7 @@ impl Store {
         object: Value,
         status: bool,
     ) -> Result<Value, ApiError> {
+        let object = super::convert::to_storage(rt, object);
         let mut state = self.lock();
         state.check_kind(rt, &object)?;
         let current = state
@@ -417,7 +419,9 @@ impl Store {
             }
             return Err(ApiError::not_found(rt, name));
         };
-        let patched = patch::apply(&current, body, kind).map_err(|e| ApiError::bad_request(&e))?;
+        let served = with_version(&current, rt);
+        let patched = patch::apply(&served, body, kind).map_err(|e| ApiError::bad_request(&e))?;
+        let patched = super::convert::to_storage(rt, patched);
         let given_rv = patched["metadata"]["resourceVersion"]
             .as_str()
             .unwrap_or("");
@@ -988,7 +992,7 @@ fn strip_rv(object: &Value) -> Value {
 
 /// The object as served at `rt`'s version (versions of a CRD share storage, no conversion).
 pub fn with_version(object: &Value, rt: &ResourceType) -> Value {
-    let mut o = object.clone();
+    let mut o = super::convert::from_storage(rt, object.clone());
     o["apiVersion"] = json!(rt.api_version());
     o["kind"] = json!(rt.kind);
     o

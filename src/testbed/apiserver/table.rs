@@ -130,8 +130,8 @@ fn cell(cell: &Cell, o: &Value) -> Value {
         Cell::Name => o["metadata"]["name"].clone(),
         Cell::Path(path) => {
             let mut current = o;
-            for part in path.split('.') {
-                current = &current[part];
+            for part in json_path_parts(path) {
+                current = &current[part.as_str()];
             }
             if current.is_null() {
                 json!("")
@@ -172,6 +172,24 @@ fn cell(cell: &Cell, o: &Value) -> Value {
     }
 }
 
+/// Splits a simple JSONPath (`metadata.labels.relaunch\\.dev/node-name`) at unescaped dots.
+fn json_path_parts(path: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    parts.last_mut().expect("never empty").push(next);
+                }
+            }
+            '.' => parts.push(String::new()),
+            c => parts.last_mut().expect("never empty").push(c),
+        }
+    }
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +215,20 @@ mod tests {
         );
         assert_eq!(t["columnDefinitions"][1]["name"], "Phase");
         assert_eq!(t["columnDefinitions"][2]["format"], "date");
+    }
+
+    #[test]
+    fn json_paths_with_escaped_dots_reach_labels() {
+        let obj = json!({"metadata": {"labels": {"relaunch.dev/node-name": "node-1"}}});
+        let parts = json_path_parts("metadata.labels.relaunch\\.dev/node-name");
+        assert_eq!(parts, vec!["metadata", "labels", "relaunch.dev/node-name"]);
+        assert_eq!(
+            cell(
+                &Cell::Path("metadata.labels.relaunch\\.dev/node-name".into()),
+                &obj
+            ),
+            "node-1"
+        );
     }
 
     #[test]

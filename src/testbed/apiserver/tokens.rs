@@ -54,6 +54,8 @@ struct Issued {
     expires: jiff::Timestamp,
     /// The pod the token is bound to: (name, uid).
     pod: Option<(String, String)>,
+    /// The node the token is bound to (boundObjectRef kind Node): (name, uid).
+    node: Option<(String, String)>,
     credential_id: String,
 }
 
@@ -102,28 +104,42 @@ impl Tokens {
                 "spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes",
             ));
         }
-        let pod = match &spec["boundObjectRef"] {
-            Value::Object(r) if r.get("kind").and_then(Value::as_str) == Some("Pod") => {
-                let pod_name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+        let bound = &spec["boundObjectRef"];
+        let bound_kind = bound["kind"].as_str();
+        let bound_name = bound["name"].as_str().unwrap_or_default();
+        let check_uid = |uid: &str| -> Result<(), ApiError> {
+            match bound["uid"].as_str() {
+                Some(want) if want != uid => Err(ApiError::bad_request(&format!(
+                    "the UID in the bound object reference ({want}) does not match the UID in record ({uid})"
+                ))),
+                _ => Ok(()),
+            }
+        };
+        let (pod, node) = match bound_kind {
+            None if bound.is_null() => (None, None),
+            Some("Pod") => {
                 let pods = store.resource("", "v1", "pods").expect("built in");
-                let pod = store.get(&pods, Some(ns), pod_name)?;
+                let pod = store.get(&pods, Some(ns), bound_name)?;
                 let uid = pod["metadata"]["uid"]
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
-                if let Some(want) = r.get("uid").and_then(Value::as_str)
-                    && want != uid
-                {
-                    return Err(ApiError::bad_request(&format!(
-                        "the UID in the bound object reference ({want}) does not match the UID in record ({uid})"
-                    )));
-                }
-                Some((pod_name.to_string(), uid))
+                check_uid(&uid)?;
+                (Some((bound_name.to_string(), uid)), None)
             }
-            Value::Null => None,
+            Some("Node") => {
+                let nodes = store.resource("", "v1", "nodes").expect("built in");
+                let node = store.get(&nodes, None, bound_name)?;
+                let uid = node["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                check_uid(&uid)?;
+                (None, Some((bound_name.to_string(), uid)))
+            }
             _ => {
                 return Err(ApiError::bad_request(
-                    "spec.boundObjectRef.kind: Unsupported value: only Pod is supported by the test API server",
+                    "spec.boundObjectRef.kind: Unsupported value: supported values: \"Pod\", \"Node\"",
                 ));
             }
         };
@@ -139,6 +155,7 @@ impl Tokens {
             audiences,
             expires,
             pod,
+            node,
             credential_id: format!("JTI={}", uuid::Uuid::new_v4()),
         };
         self.issued
@@ -225,6 +242,16 @@ impl Tokens {
                         }
                     }
                 }
+                if let Some((node_name, node_uid)) = &issued.node {
+                    extra.insert(
+                        "authentication.kubernetes.io/node-name".into(),
+                        json!([node_name]),
+                    );
+                    extra.insert(
+                        "authentication.kubernetes.io/node-uid".into(),
+                        json!([node_uid]),
+                    );
+                }
                 let audiences: Vec<&String> = issued
                     .audiences
                     .iter()
@@ -290,6 +317,17 @@ impl Tokens {
                 _ => {
                     return Err(
                         "[invalid bearer token, pod bound to the token has been deleted]".into(),
+                    );
+                }
+            }
+        }
+        if let Some((node_name, node_uid)) = &issued.node {
+            let nodes = store.resource("", "v1", "nodes").expect("built in");
+            match store.get(&nodes, None, node_name) {
+                Ok(node) if node["metadata"]["uid"].as_str() == Some(node_uid.as_str()) => {}
+                _ => {
+                    return Err(
+                        "[invalid bearer token, node bound to the token has been deleted]".into(),
                     );
                 }
             }

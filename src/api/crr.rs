@@ -1,0 +1,280 @@
+//! `ContainerRecreateRequest` (`crr`): restart some containers of one pod in place.
+//!
+//! Field names follow OpenKruise's `apps.kruise.io/v1alpha1` ContainerRecreateRequest so its
+//! users can move over by changing the group; differences are additions.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Restart containers of one pod in place: graceful shutdown, stop, and the kubelet brings them back.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "relaunch.dev",
+    version = "v1alpha1",
+    kind = "ContainerRecreateRequest",
+    plural = "containerrecreaterequests",
+    singular = "containerrecreaterequest",
+    shortname = "crr",
+    namespaced,
+    status = "ContainerRecreateRequestStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.podName"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".metadata.labels.relaunch\\.dev/node-name"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.message"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecreateRequestSpec {
+    /// Name of the pod, in the request's namespace.
+    pub pod_name: String,
+    /// Containers to recreate (regular containers or restartable init containers), in order.
+    pub containers: Vec<ContainerRecreateRequestContainer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<ContainerRecreateRequestStrategy>,
+    /// Fail the whole request when it has not finished this many seconds after it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline_seconds: Option<i64>,
+    /// Delete the request this many seconds after it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds_after_finished: Option<i32>,
+}
+
+/// One container to recreate.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecreateRequestContainer {
+    pub name: String,
+    /// How to shut the application down gracefully; overrides the container's preStop hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown: Option<ShutdownAction>,
+}
+
+/// A graceful shutdown action: a command run in the container, or an HTTP GET to the pod.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+}
+
+/// A command run in the container (CRI `ExecSync`), e.g. `clickhouse-client -q "SYSTEM SHUTDOWN"`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecAction {
+    pub command: Vec<String>,
+}
+
+/// An HTTP GET to the pod's IP (or `host`) on `port` (a number or a named container port).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGetAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub port: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `HTTP` (default) or `HTTPS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<HttpHeader>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+/// How the containers are recreated.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecreateRequestStrategy {
+    /// `Fail` (default): stop at the first container that fails. `Ignore`: go on with the rest;
+    /// the request still ends Failed if any container failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+    /// Recreate the containers one after another, the next only once the previous is ready again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_recreate: Option<bool>,
+    /// Recreate a container even if it has not started since its last restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_recreate: Option<bool>,
+    /// Grace for shutdown plus stop; defaults to the pod's `terminationGracePeriodSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+    /// Hold the pod NotReady (readiness gate `relaunch.dev/ready`) this long before shutting down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unready_grace_period_seconds: Option<i64>,
+    /// A recreated container must stay ready this long before it counts as done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_started_seconds: Option<i32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FailurePolicy {
+    #[default]
+    Fail,
+    Ignore,
+}
+
+/// Whether the request worked.
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    JsonSchema,
+)]
+pub enum RecreatePhase {
+    #[default]
+    Pending,
+    Recreating,
+    Succeeded,
+    Failed,
+}
+
+impl RecreatePhase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, RecreatePhase::Succeeded | RecreatePhase::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecreatePhase::Pending => "Pending",
+            RecreatePhase::Recreating => "Recreating",
+            RecreatePhase::Succeeded => "Succeeded",
+            RecreatePhase::Failed => "Failed",
+        }
+    }
+}
+
+/// Where one container's recreate is, in the order the steps happen.
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    JsonSchema,
+)]
+pub enum ContainerRecreatePhase {
+    #[default]
+    Pending,
+    /// The pod is held NotReady for `unreadyGracePeriodSeconds`.
+    Unready,
+    /// The shutdown action or preStop hook runs.
+    ShuttingDown,
+    /// CRI `StopContainer` was called (the container ID being stopped is recorded first).
+    Stopping,
+    /// Waiting for the kubelet to start the new container.
+    WaitingForRestart,
+    /// The new container runs; waiting until it is ready for `minStartedSeconds`.
+    WaitingForReady,
+    Succeeded,
+    Failed,
+}
+
+impl ContainerRecreatePhase {
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            ContainerRecreatePhase::Succeeded | ContainerRecreatePhase::Failed
+        )
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecreateRequestStatus {
+    #[serde(default)]
+    pub phase: RecreatePhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_recreate_states: Vec<ContainerRecreateState>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Progress of one container.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecreateState {
+    pub name: String,
+    #[serde(default)]
+    pub phase: ContainerRecreatePhase,
+    /// The container that was (or is being) stopped, `containerd://<id>` as in pod status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_container_id: Option<String>,
+    /// The container the kubelet started in its place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_container_id: Option<String>,
+    /// restartCount of the new container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When each step began (and when the container finished).
+    #[serde(default)]
+    pub timestamps: StepTimestamps,
+}
+
+/// When each step of one container's recreate began; empty when the step did not happen.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepTimestamps {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unready: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Time>,
+}
+
+/// A status condition (the `metav1.Condition` shape).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

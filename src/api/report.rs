@@ -1,0 +1,81 @@
+//! The agent→coordinator protocol (version `v1`), JSON over HTTP(S), documented in `docs/api.md`.
+//!
+//! Every request carries the agent's projected service-account token (audience
+//! [`super::COORDINATOR_AUDIENCE`]) as a bearer token.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ContainerRecreateState, RecreatePhase};
+
+/// Path of progress reports.
+pub const REPORTS_PATH: &str = "/v1/reports";
+/// Path of readiness-gate requests.
+pub const READINESS_PATH: &str = "/v1/readiness";
+/// Largest request body the coordinator accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Which ContainerRecreateRequest a message is about (the UID guards against a recreated name).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// `POST /v1/reports`: the agent's view of a request's progress. Reports are idempotent and the
+/// coordinator merges them so that status only moves forward.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecreateReport {
+    pub request: RequestRef,
+    /// Increases with every report the agent sends for this request (reset by an agent restart;
+    /// the coordinator does not rely on it for ordering, only for logs).
+    #[serde(default)]
+    pub sequence: u64,
+    pub phase: RecreatePhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<ContainerRecreateState>,
+}
+
+/// `POST /v1/readiness`: hold the request's pod NotReady (`ready: false`) through the
+/// `relaunch.dev/ready` readiness gate, or release it (`ready: true`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadinessRequest {
+    pub request: RequestRef,
+    pub ready: bool,
+}
+
+/// Answer to a readiness request.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadinessAnswer {
+    /// False when the pod has no `relaunch.dev/ready` readiness gate: its Ready condition cannot
+    /// be held and the unready step has no effect on traffic.
+    pub gated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Body of every 4xx/5xx answer.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorDetail {
+    pub code: u16,
+    /// Machine-readable: `Unauthenticated`, `Forbidden`, `BadRequest`, `NotFound`,
+    /// `PayloadTooLarge`, `UnsupportedMediaType`, `MethodNotAllowed`, `Unavailable`.
+    pub reason: String,
+    pub message: String,
+}

@@ -1,0 +1,13 @@
+//! The CRD YAML committed under manifests/crds/ is exactly what the Rust types generate.
+
+#[test]
+fn committed_crds_match_the_rust_types() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/crds");
+    for (file, generated) in relaunch::api::crd_manifests() {
+        let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "manifests/crds/{file} is out of date; regenerate with: cargo run --bin relaunch-coordinator -- crds --dir manifests/crds"
+        );
+    }
+}
