@@ -34,3 +34,19 @@ ensure_rust() {
     . "$HOME/.cargo/env"
   fi
 }
+
+# A private Python with the official kubernetes client, for the client-compatibility test.
+ensure_python_client() {
+  local venv="${CARGO_TARGET_DIR:-$PWD/target}/python"
+  if ! "$venv/bin/python" -c "import kubernetes" 2>/dev/null; then
+    if ! command -v python3 >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    fi
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install -q kubernetes
+  fi
+  export RELAUNCH_PYTHON="$venv/bin/python"
+}

@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 require_root
 ensure_packages
 ensure_rust
+ensure_python_client
 cargo test --locked "$@"
