@@ -1,0 +1,260 @@
+//! The crash-safety journal: one file per unfinished (or not yet acknowledged) request under
+//! the state directory, holding the request's whole progress — above all the container ID the
+//! agent is about to stop, written durably *before* `StopContainer` is called.
+//!
+//! Resuming after a crash or restart (see [`machine::decide`](super::machine::decide), phase
+//! `Stopping`): the journaled container is stopped again only if the runtime says that very
+//! container ID still runs and the pod status shows no replacement — i.e. the earlier stop never
+//! took effect. A container whose ID changed is never stopped again; the agent only waits for it
+//! to be ready. So each journaled stop restarts the container at most once.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::machine::RequestProgress;
+
+/// Version of the journal file format.
+pub const JOURNAL_VERSION: u32 = 1;
+
+/// One journal file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalEntry {
+    pub version: u32,
+    pub progress: RequestProgress,
+}
+
+/// Why the journal could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(
+        "cannot use state directory {path}: {source} (set --state-dir to a writable directory)"
+    )]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write journal file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot remove journal file {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Encodes an entry as the bytes of its file.
+pub fn encode(progress: &RequestProgress) -> Vec<u8> {
+    let entry = JournalEntry {
+        version: JOURNAL_VERSION,
+        progress: progress.clone(),
+    };
+    // Serialising plain data with string keys cannot fail.
+    serde_json::to_vec_pretty(&entry).unwrap_or_default()
+}
+
+/// Decodes a journal file; `None` for a file from another version or a torn/garbled one
+/// (which cannot happen with rename-into-place, but a disk can still lie).
+pub fn decode(bytes: &[u8]) -> Option<RequestProgress> {
+    let entry: JournalEntry = serde_json::from_slice(bytes).ok()?;
+    (entry.version == JOURNAL_VERSION).then_some(entry.progress)
+}
+
+/// What to do with a journaled request at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Carry on from the journaled progress (checked against the live state before any stop).
+    Resume(RequestProgress),
+    /// Finished here but maybe not delivered: send the final report again.
+    Redeliver(RequestProgress),
+}
+
+/// The start-up decision for one journal entry.
+pub fn recover(progress: RequestProgress) -> Recovery {
+    if progress.phase.is_finished() {
+        Recovery::Redeliver(progress)
+    } else {
+        Recovery::Resume(progress)
+    }
+}
+
+/// The journal directory.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// Opens (creating) `<state_dir>/requests`.
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        let dir = state_dir.join("requests");
+        std::fs::create_dir_all(&dir).map_err(|source| JournalError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, uid: &str) -> PathBuf {
+        // UIDs are UUIDs; anything else is made file-name safe.
+        let safe: String = uid
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join(format!("{safe}.json"))
+    }
+
+    /// Durably records `progress`: temp file, fsync, rename, fsync of the directory.
+    pub fn write(&self, progress: &RequestProgress) -> Result<(), JournalError> {
+        let path = self.path(&progress.request.uid);
+        let tmp = path.with_extension("json.tmp");
+        let err = |source| JournalError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::File::create(&tmp).map_err(err)?;
+        file.write_all(&encode(progress)).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)
+    }
+
+    /// Forgets a request (finished and acknowledged, or deleted).
+    pub fn remove(&self, uid: &str) -> Result<(), JournalError> {
+        let path = self.path(uid);
+        match std::fs::remove_file(&path) {
+            Ok(()) => std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| JournalError::Remove { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(JournalError::Remove { path, source }),
+        }
+    }
+
+    /// The UIDs of the journaled requests (no reads, no clean-up: safe while workers write).
+    pub fn uids(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".json").map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// Every readable entry (call at start-up: it also removes leftover temp files); unreadable files are logged and left for a person to look at.
+    pub fn load(&self) -> Result<Vec<RequestProgress>, JournalError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| JournalError::Dir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                // Leftover temp files of a write that never got renamed.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            match std::fs::read(&path).ok().as_deref().and_then(decode) {
+                Some(progress) => out.push(progress),
+                None => tracing::warn!(path = %path.display(), "ignoring unreadable journal file"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::machine::ContainerProgress;
+    use crate::api::report::RequestRef;
+    use crate::api::{ContainerRecreatePhase, RecreatePhase};
+    use jiff::Timestamp;
+
+    fn progress(phase: RecreatePhase) -> RequestProgress {
+        let mut c = ContainerProgress::new("db");
+        c.phase = ContainerRecreatePhase::Stopping;
+        c.previous_container_id = Some("containerd://aaa".into());
+        c.previous_restart_count = Some(2);
+        c.steps.shutdown = Some(Timestamp::from_second(1_700_000_000).unwrap());
+        RequestProgress {
+            request: RequestRef {
+                namespace: "ns".into(),
+                name: "r".into(),
+                uid: "0b1c-uid".into(),
+            },
+            pod_uid: "pod".into(),
+            phase,
+            message: None,
+            start_time: Some(Timestamp::from_second(1_700_000_000).unwrap()),
+            completion_time: None,
+            containers: vec![c],
+            sequence: 0,
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trips_the_container_to_stop() {
+        let p = progress(RecreatePhase::Recreating);
+        let decoded = decode(&encode(&p)).unwrap();
+        assert_eq!(decoded, p);
+        assert_eq!(
+            decoded.containers[0].previous_container_id.as_deref(),
+            Some("containerd://aaa")
+        );
+    }
+
+    #[test]
+    fn garbage_and_other_versions_are_not_resumed() {
+        assert_eq!(decode(b"{not json"), None);
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&encode(&progress(RecreatePhase::Recreating))).unwrap();
+        v["version"] = 99.into();
+        assert_eq!(decode(&serde_json::to_vec(&v).unwrap()), None);
+    }
+
+    #[test]
+    fn unfinished_requests_resume_and_finished_ones_are_redelivered() {
+        assert!(matches!(
+            recover(progress(RecreatePhase::Recreating)),
+            Recovery::Resume(_)
+        ));
+        assert!(matches!(
+            recover(progress(RecreatePhase::Succeeded)),
+            Recovery::Redeliver(_)
+        ));
+    }
+
+    #[test]
+    fn writes_durably_loads_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let p = progress(RecreatePhase::Recreating);
+        journal.write(&p).unwrap();
+        std::fs::write(dir.path().join("requests/x.json.tmp"), b"torn").unwrap();
+        assert_eq!(journal.load().unwrap(), vec![p.clone()]);
+        assert!(!dir.path().join("requests/x.json.tmp").exists());
+        journal.remove(&p.request.uid).unwrap();
+        journal.remove(&p.request.uid).unwrap();
+        assert!(journal.load().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,563 @@
+use super::*;
+use crate::agent::plan::{ShutdownSource, ShutdownStep};
+
+const OLD: &str = "containerd://aaa";
+const NEW: &str = "containerd://bbb";
+
+fn t(s: i64) -> Timestamp {
+    Timestamp::from_second(1_700_000_000 + s).unwrap()
+}
+
+fn plan() -> ContainerPlan {
+    ContainerPlan {
+        name: "db".into(),
+        shutdown: None,
+        grace: Duration::from_secs(10),
+        unready_grace: None,
+        min_started: Duration::ZERO,
+        force: false,
+    }
+}
+
+fn running(id: &str, restarts: i32) -> PodContainerView {
+    PodContainerView {
+        container_id: Some(id.into()),
+        restart_count: restarts,
+        ready: true,
+        started: true,
+        running: true,
+    }
+}
+
+fn obs(now: i64, pod: Option<PodContainerView>, runtime: Option<RuntimeView>) -> Observation {
+    Observation {
+        now: t(now),
+        pod,
+        runtime,
+    }
+}
+
+fn rt(newest: &str, newest_running: bool, previous_running: bool) -> RuntimeView {
+    RuntimeView {
+        newest_id: Some(raw_id(newest).into()),
+        newest_running,
+        previous_running,
+    }
+}
+
+/// Drives a container from Pending to Succeeded with a cooperative world.
+#[test]
+fn happy_path_stops_the_old_container_once_and_succeeds_when_the_new_one_is_ready() {
+    let plan = plan();
+    let mut p = ContainerProgress::new("db");
+    let d = decide(&mut p, &plan, &obs(0, Some(running(OLD, 3)), None), None);
+    assert_eq!(d, Decision::ObserveRuntime);
+    assert_eq!(p.phase, ContainerRecreatePhase::Stopping);
+    assert_eq!(p.previous_container_id.as_deref(), Some(OLD));
+    let d = decide(
+        &mut p,
+        &plan,
+        &obs(0, Some(running(OLD, 3)), Some(rt(OLD, true, true))),
+        None,
+    );
+    assert_eq!(
+        d,
+        Decision::Stop {
+            container_id: "aaa".into(),
+            grace: Duration::from_secs(10)
+        }
+    );
+    p.stop_done(t(1));
+    assert_eq!(p.phase, ContainerRecreatePhase::WaitingForRestart);
+    // The pod status still shows the old container: wait.
+    let d = decide(&mut p, &plan, &obs(2, Some(running(OLD, 3)), None), None);
+    assert!(matches!(d, Decision::Wait { .. }));
+    // New ID but restartCount did not grow yet: wait.
+    let d = decide(&mut p, &plan, &obs(2, Some(running(NEW, 3)), None), None);
+    assert!(matches!(d, Decision::Wait { .. }));
+    let d = decide(&mut p, &plan, &obs(3, Some(running(NEW, 4)), None), None);
+    assert_eq!(d, Decision::ObserveRuntime);
+    let d = decide(
+        &mut p,
+        &plan,
+        &obs(3, Some(running(NEW, 4)), Some(rt(NEW, true, false))),
+        None,
+    );
+    assert_eq!(d, Decision::Finished);
+    assert_eq!(p.phase, ContainerRecreatePhase::Succeeded);
+    assert_eq!(p.new_container_id.as_deref(), Some(NEW));
+    assert_eq!(p.restart_count, Some(4));
+    let state = p.state();
+    assert!(state.timestamps.stop.is_some() && state.timestamps.restarted.is_some());
+    assert!(state.timestamps.ready.is_some() && state.timestamps.finished.is_some());
+}
+
+#[test]
+fn runtime_must_confirm_the_new_container_runs() {
+    let plan = plan();
+    let mut p = ContainerProgress::new("db");
+    p.phase = ContainerRecreatePhase::WaitingForRestart;
+    p.previous_container_id = Some(OLD.into());
+    p.previous_restart_count = Some(0);
+    let d = decide(
+        &mut p,
+        &plan,
+        &obs(3, Some(running(NEW, 1)), Some(rt(OLD, false, false))),
+        None,
+    );
+    assert!(matches!(d, Decision::Wait { .. }));
+    assert_eq!(p.phase, ContainerRecreatePhase::WaitingForRestart);
+}
+
+#[test]
+fn ready_must_hold_for_min_started_seconds_without_interruption() {
+    let mut plan = plan();
+    plan.min_started = Duration::from_secs(5);
+    let mut p = ContainerProgress::new("db");
+    p.phase = ContainerRecreatePhase::WaitingForReady;
+    p.new_container_id = Some(NEW.into());
+    p.restart_count = Some(1);
+    let d = decide(&mut p, &plan, &obs(0, Some(running(NEW, 1)), None), None);
+    assert_eq!(
+        d,
+        Decision::Wait {
+            recheck: Duration::from_secs(5)
+        }
+    );
+    let mut not_ready = running(NEW, 1);
+    not_ready.ready = false;
+    decide(&mut p, &plan, &obs(3, Some(not_ready), None), None);
+    assert_eq!(p.ready_since, None, "readiness interrupted: start over");
+    decide(&mut p, &plan, &obs(4, Some(running(NEW, 1)), None), None);
+    assert_eq!(p.phase, ContainerRecreatePhase::WaitingForReady);
+    assert_eq!(
+        decide(&mut p, &plan, &obs(9, Some(running(NEW, 1)), None), None),
+        Decision::Finished
+    );
+    assert_eq!(p.phase, ContainerRecreatePhase::Succeeded);
+    assert_eq!(p.steps.ready, Some(t(4)));
+}
+
+#[test]
+fn unready_step_asks_the_coordinator_then_waits_the_grace() {
+    let mut plan = plan();
+    plan.unready_grace = Some(Duration::from_secs(3));
+    let mut p = ContainerProgress::new("db");
+    let d = decide(&mut p, &plan, &obs(0, Some(running(OLD, 0)), None), None);
+    assert_eq!(d, Decision::RequestUnready);
+    assert_eq!(p.phase, ContainerRecreatePhase::Unready);
+    // Not acknowledged: ask again, never move on to the shutdown.
+    assert_eq!(
+        decide(&mut p, &plan, &obs(5, Some(running(OLD, 0)), None), None),
+        Decision::RequestUnready
+    );
+    p.unready_done(t(5));
+    assert_eq!(
+        decide(&mut p, &plan, &obs(6, Some(running(OLD, 0)), None), None),
+        Decision::Wait {
+            recheck: Duration::from_secs(2)
+        }
+    );
+    assert_eq!(
+        decide(&mut p, &plan, &obs(8, Some(running(OLD, 0)), None), None),
+        Decision::ObserveRuntime
+    );
+    assert_eq!(p.phase, ContainerRecreatePhase::Stopping);
+    assert_eq!(p.steps.shutdown, Some(t(8)));
+}
+
+#[test]
+fn shutdown_runs_within_the_grace_and_the_stop_gets_the_rest_but_at_least_two_seconds() {
+    let mut plan = plan();
+    plan.shutdown = Some((
+        ShutdownSource::Request,
+        ShutdownStep::Exec(vec!["x".into()]),
+    ));
+    let mut p = ContainerProgress::new("db");
+    assert_eq!(
+        decide(&mut p, &plan, &obs(0, Some(running(OLD, 0)), None), None),
+        Decision::Shutdown {
+            budget: Duration::from_secs(10)
+        }
+    );
+    p.shutdown_done(None);
+    let world = Some(rt(OLD, true, true));
+    assert_eq!(
+        decide(
+            &mut p,
+            &plan,
+            &obs(4, Some(running(OLD, 0)), world.clone()),
+            None
+        ),
+        Decision::Stop {
+            container_id: "aaa".into(),
+            grace: Duration::from_secs(6)
+        }
+    );
+    // A shutdown that used the whole grace still leaves the runtime two seconds.
+    assert_eq!(
+        decide(&mut p, &plan, &obs(30, Some(running(OLD, 0)), world), None),
+        Decision::Stop {
+            container_id: "aaa".into(),
+            grace: MIN_STOP_GRACE
+        }
+    );
+}
+
+#[test]
+fn a_container_that_already_exited_is_not_stopped() {
+    let plan = plan();
+    let mut p = ContainerProgress::new("db");
+    decide(&mut p, &plan, &obs(0, Some(running(OLD, 0)), None), None);
+    let d = decide(
+        &mut p,
+        &plan,
+        &obs(0, Some(running(OLD, 0)), Some(rt(OLD, false, false))),
+        None,
+    );
+    assert!(matches!(d, Decision::Wait { .. }), "{d:?}");
+    assert_eq!(p.phase, ContainerRecreatePhase::WaitingForRestart);
+}
+
+#[test]
+fn not_started_container_is_refused_unless_forced() {
+    let plan = plan();
+    let mut exited = running(OLD, 2);
+    exited.running = false;
+    exited.started = false;
+    exited.ready = false;
+    let mut p = ContainerProgress::new("db");
+    assert_eq!(
+        decide(&mut p, &plan, &obs(0, Some(exited.clone()), None), None),
+        Decision::Finished
+    );
+    assert_eq!(p.phase, ContainerRecreatePhase::Failed);
+    assert!(
+        p.message
+            .as_deref()
+            .unwrap()
+            .contains("forceRecreate: true")
+    );
+    assert!(p.steps.stop.is_none());
+
+    let mut forced = plan.clone();
+    forced.force = true;
+    let mut p = ContainerProgress::new("db");
+    let d = decide(&mut p, &forced, &obs(0, Some(exited), None), None);
+    assert!(
+        matches!(d, Decision::Wait { .. }),
+        "exited: only wait for the kubelet"
+    );
+    assert_eq!(p.phase, ContainerRecreatePhase::WaitingForRestart);
+}
+
+#[test]
+fn forced_recreate_of_a_running_but_unstarted_container_stops_it() {
+    let mut plan = plan();
+    plan.force = true;
+    let mut pod = running(OLD, 0);
+    pod.started = false;
+    let mut p = ContainerProgress::new("db");
+    decide(&mut p, &plan, &obs(0, Some(pod.clone()), None), None);
+    assert!(matches!(
+        decide(
+            &mut p,
+            &plan,
+            &obs(0, Some(pod), Some(rt(OLD, true, true))),
+            None
+        ),
+        Decision::Stop { .. }
+    ));
+}
+
+#[test]
+fn nothing_is_stopped_after_the_deadline() {
+    let plan = plan();
+    let mut p = ContainerProgress::new("db");
+    decide(
+        &mut p,
+        &plan,
+        &obs(0, Some(running(OLD, 0)), None),
+        Some(t(10)),
+    );
+    let d = decide(
+        &mut p,
+        &plan,
+        &obs(10, Some(running(OLD, 0)), Some(rt(OLD, true, true))),
+        Some(t(10)),
+    );
+    assert_eq!(d, Decision::Finished);
+    assert_eq!(p.phase, ContainerRecreatePhase::Failed);
+    assert!(
+        p.message
+            .as_deref()
+            .unwrap()
+            .contains("activeDeadlineSeconds")
+    );
+}
+
+#[test]
+fn waits_never_outlast_the_deadline() {
+    let mut plan = plan();
+    plan.unready_grace = Some(Duration::from_secs(60));
+    let mut p = ContainerProgress::new("db");
+    decide(
+        &mut p,
+        &plan,
+        &obs(0, Some(running(OLD, 0)), None),
+        Some(t(5)),
+    );
+    p.unready_done(t(0));
+    assert_eq!(
+        decide(
+            &mut p,
+            &plan,
+            &obs(1, Some(running(OLD, 0)), None),
+            Some(t(5))
+        ),
+        Decision::Wait {
+            recheck: Duration::from_secs(4)
+        }
+    );
+}
+
+#[test]
+fn no_container_id_in_pod_status_fails_without_stopping() {
+    let mut p = ContainerProgress::new("db");
+    assert_eq!(
+        decide(&mut p, &plan(), &obs(0, None, None), None),
+        Decision::Finished
+    );
+    assert_eq!(p.phase, ContainerRecreatePhase::Failed);
+}
+
+/// Recovery after a crash: the journal says Stopping with the recorded ID.
+fn journaled() -> ContainerProgress {
+    let mut p = ContainerProgress::new("db");
+    p.phase = ContainerRecreatePhase::Stopping;
+    p.previous_container_id = Some(OLD.into());
+    p.previous_restart_count = Some(3);
+    p.steps.shutdown = Some(t(0));
+    p
+}
+
+#[test]
+fn after_a_crash_a_restarted_container_is_never_stopped_again() {
+    let mut p = journaled();
+    let d = decide(&mut p, &plan(), &obs(5, Some(running(NEW, 4)), None), None);
+    assert_eq!(d, Decision::ObserveRuntime, "cross-check the new container");
+    assert_eq!(p.phase, ContainerRecreatePhase::WaitingForRestart);
+    let d = decide(
+        &mut p,
+        &plan(),
+        &obs(5, Some(running(NEW, 4)), Some(rt(NEW, true, false))),
+        None,
+    );
+    assert_eq!(d, Decision::Finished);
+    assert_eq!(p.phase, ContainerRecreatePhase::Succeeded);
+}
+
+#[test]
+fn after_a_crash_with_stale_pod_status_an_exited_container_is_not_stopped() {
+    let mut p = journaled();
+    let d = decide(
+        &mut p,
+        &plan(),
+        &obs(5, Some(running(OLD, 3)), Some(rt(OLD, false, false))),
+        None,
+    );
+    assert!(matches!(d, Decision::Wait { .. }));
+    assert_eq!(p.phase, ContainerRecreatePhase::WaitingForRestart);
+}
+
+#[test]
+fn after_a_crash_before_the_stop_the_same_container_id_is_stopped_again() {
+    let mut p = journaled();
+    let d = decide(
+        &mut p,
+        &plan(),
+        &obs(5, Some(running(OLD, 3)), Some(rt(OLD, true, true))),
+        None,
+    );
+    assert_eq!(
+        d,
+        Decision::Stop {
+            container_id: "aaa".into(),
+            grace: Duration::from_secs(5)
+        }
+    );
+}
+
+/// Exhaustive over small worlds: whatever the pod status and runtime say, a Stop only ever
+/// targets the recorded container, and never one the pod status shows was replaced.
+#[test]
+fn stop_only_ever_targets_the_recorded_container() {
+    let ids = [None, Some(OLD), Some(NEW), Some("containerd://ccc")];
+    for phase in [
+        ContainerRecreatePhase::Pending,
+        ContainerRecreatePhase::ShuttingDown,
+        ContainerRecreatePhase::Stopping,
+        ContainerRecreatePhase::WaitingForRestart,
+        ContainerRecreatePhase::WaitingForReady,
+    ] {
+        for pod_id in ids {
+            for restarts in [3, 4] {
+                for (running_now, started) in [(true, true), (false, false), (true, false)] {
+                    for rt_prev in [false, true] {
+                        for force in [false, true] {
+                            let mut plan = plan();
+                            plan.force = force;
+                            let mut p = if phase == ContainerRecreatePhase::Pending {
+                                ContainerProgress::new("db")
+                            } else {
+                                let mut p = journaled();
+                                p.phase = phase;
+                                p
+                            };
+                            let recorded_before = p.previous_container_id.clone();
+                            let pod = pod_id.map(|id| PodContainerView {
+                                container_id: Some(id.into()),
+                                restart_count: restarts,
+                                ready: running_now,
+                                started,
+                                running: running_now,
+                            });
+                            let o = obs(1, pod.clone(), None);
+                            let mut d = decide(&mut p, &plan, &o, None);
+                            if d == Decision::ObserveRuntime {
+                                let mut o = o.clone();
+                                o.runtime = Some(RuntimeView {
+                                    newest_id: pod_id.map(|i| raw_id(i).to_string()),
+                                    newest_running: running_now,
+                                    previous_running: rt_prev,
+                                });
+                                d = decide(&mut p, &plan, &o, None);
+                            }
+                            if let Decision::Stop {
+                                container_id,
+                                grace,
+                            } = d
+                            {
+                                let recorded = p.previous_container_id.clone().unwrap();
+                                assert_eq!(container_id, raw_id(&recorded));
+                                if let Some(before) = recorded_before {
+                                    assert_eq!(before, recorded, "the recorded ID never changes");
+                                }
+                                assert!(
+                                    pod_id.is_none_or(|id| raw_id(id) == container_id),
+                                    "the pod status does not show a replacement"
+                                );
+                                assert!(rt_prev, "the runtime says it still runs");
+                                assert!(grace >= MIN_STOP_GRACE);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn request_plan(n: usize, ordered: bool, policy: FailurePolicy) -> RequestPlan {
+    RequestPlan {
+        containers: (0..n)
+            .map(|i| ContainerPlan {
+                name: format!("c{i}"),
+                ..plan()
+            })
+            .collect(),
+        ordered,
+        failure_policy: policy,
+        active_deadline: None,
+    }
+}
+
+fn request(plan: &RequestPlan) -> RequestProgress {
+    RequestProgress::new(
+        RequestRef {
+            namespace: "ns".into(),
+            name: "r".into(),
+            uid: "u".into(),
+        },
+        "pod-uid",
+        plan,
+        t(0),
+    )
+}
+
+#[test]
+fn ordered_recreate_runs_one_container_at_a_time() {
+    let plan = request_plan(3, true, FailurePolicy::Fail);
+    let mut r = request(&plan);
+    assert_eq!(r.active(&plan), vec![0]);
+    r.containers[0].phase = ContainerRecreatePhase::WaitingForReady;
+    assert_eq!(
+        r.active(&plan),
+        vec![0],
+        "the next waits until the previous is ready"
+    );
+    r.containers[0].phase = ContainerRecreatePhase::Succeeded;
+    assert_eq!(r.active(&plan), vec![1]);
+    let parallel = request_plan(3, false, FailurePolicy::Fail);
+    assert_eq!(request(&parallel).active(&parallel), vec![0, 1, 2]);
+}
+
+#[test]
+fn failure_policy_fail_stops_at_the_first_failure_and_ignore_goes_on() {
+    let plan = request_plan(3, true, FailurePolicy::Fail);
+    let mut r = request(&plan);
+    r.containers[0].fail("boom", t(1));
+    r.settle(&plan, t(1));
+    assert_eq!(r.phase, RecreatePhase::Failed);
+    assert!(
+        r.containers
+            .iter()
+            .all(|c| c.phase == ContainerRecreatePhase::Failed)
+    );
+    assert!(r.message.as_deref().unwrap().contains("boom"));
+
+    let plan = request_plan(3, true, FailurePolicy::Ignore);
+    let mut r = request(&plan);
+    r.containers[0].fail("boom", t(1));
+    r.settle(&plan, t(1));
+    assert_eq!(r.phase, RecreatePhase::Recreating);
+    assert_eq!(r.active(&plan), vec![1]);
+    r.containers[1].phase = ContainerRecreatePhase::Succeeded;
+    r.containers[2].phase = ContainerRecreatePhase::Succeeded;
+    r.settle(&plan, t(2));
+    assert_eq!(
+        r.phase,
+        RecreatePhase::Failed,
+        "any failed container fails the request"
+    );
+}
+
+#[test]
+fn failure_policy_fail_keeps_following_containers_already_stopped() {
+    let plan = request_plan(2, false, FailurePolicy::Fail);
+    let mut r = request(&plan);
+    r.containers[1].phase = ContainerRecreatePhase::WaitingForRestart;
+    r.containers[0].fail("boom", t(1));
+    r.settle(&plan, t(1));
+    assert_eq!(
+        r.containers[1].phase,
+        ContainerRecreatePhase::WaitingForRestart
+    );
+    assert_eq!(r.phase, RecreatePhase::Recreating);
+}
+
+#[test]
+fn all_succeeded_makes_the_request_succeed_and_reports_carry_rfc3339_times() {
+    let plan = request_plan(1, false, FailurePolicy::Fail);
+    let mut r = request(&plan);
+    r.containers[0].phase = ContainerRecreatePhase::Succeeded;
+    r.settle(&plan, t(9));
+    assert_eq!(r.phase, RecreatePhase::Succeeded);
+    let report = r.report();
+    assert_eq!(report.sequence, 1);
+    assert_eq!(
+        report.completion_time.as_deref(),
+        Some("2023-11-14T22:13:29Z")
+    );
+    assert_eq!(r.report().sequence, 2);
+}

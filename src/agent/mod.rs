@@ -1,0 +1,353 @@
+//! relaunch-agent: recreates containers of its node's pods in place, as
+//! ContainerRecreateRequests ask, and reports progress to the coordinator.
+//!
+//! Pure parts: [`plan`] (checking a request against its pod), [`machine`] (the per-container
+//! state machine and the request's aggregation), [`order`] (one request per pod, in creation
+//! order), [`journal`] (encode/decode and recovery), [`report::ReportQueue`]. Shells: [`watch`]
+//! (pruned reflectors), [`recreate`] (one request's worker), [`report`] (HTTP to the
+//! coordinator), [`shutdown`] (exec/httpGet/sleep), and [`run`] (the scheduler and lifecycle).
+
+pub mod journal;
+pub mod machine;
+pub mod metrics;
+pub mod order;
+pub mod plan;
+pub mod recreate;
+pub mod report;
+pub mod shutdown;
+pub mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cri::{ClientConfig, CriMetrics, RuntimeClient};
+use crate::telemetry::LogFormat;
+use crate::telemetry::admin::{self, Health};
+
+pub use metrics::AgentMetrics;
+
+/// Default path of the projected service-account token for the coordinator.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/relaunch/token";
+
+/// How long SIGTERM waits for queued reports.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on waiting for in-flight stops at shutdown (a stop's own bound is its grace plus the
+/// CRI margin).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// The agent's flags (each also settable through the environment variable shown).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "relaunch-agent",
+    version,
+    about = "The relaunch node agent: in-place container recreates"
+)]
+pub struct AgentArgs {
+    /// This node's name (from the downward API: spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// kubeconfig to use; in-cluster configuration (or the usual inference) when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// CRI socket; the usual containerd, CRI-O and cri-dockerd paths are tried when absent.
+    #[arg(long, env = "RELAUNCH_CRI_SOCKET")]
+    pub cri_socket: Option<PathBuf>,
+    /// Coordinator base URL, http:// or https://.
+    #[arg(long, env = "RELAUNCH_COORDINATOR_URL")]
+    pub coordinator_url: String,
+    /// PEM CA bundle to trust for an https coordinator (system roots when absent).
+    #[arg(long, env = "RELAUNCH_COORDINATOR_CA")]
+    pub coordinator_ca: Option<PathBuf>,
+    /// Bearer token for the coordinator; read again for every request.
+    #[arg(long, env = "RELAUNCH_TOKEN_FILE", default_value = DEFAULT_TOKEN_FILE)]
+    pub token_file: PathBuf,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "RELAUNCH_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// Most recreates carried out at once on this node.
+    #[arg(long, env = "RELAUNCH_MAX_PARALLEL", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parallel: u32,
+    /// Where the crash-safety journal lives.
+    #[arg(long, env = "RELAUNCH_STATE_DIR", default_value = "/var/lib/relaunch")]
+    pub state_dir: PathBuf,
+    #[arg(long, env = "RELAUNCH_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot load the Kubernetes client configuration: {0}")]
+    KubeConfig(String),
+    #[error("cannot create the Kubernetes client: {0}")]
+    KubeClient(#[from] kube::Error),
+    #[error(transparent)]
+    Coordinator(#[from] report::CoordinatorError),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error("cannot listen on {addr} for the admin endpoint: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("TLS set-up: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+async fn kube_client(args: &AgentArgs) -> Result<kube::Client, AgentError> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| AgentError::KubeConfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| AgentError::KubeConfig(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| AgentError::KubeConfig(e.to_string()))?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Connects to the runtime, retrying until it answers or `stop` is cancelled.
+async fn connect_runtime(
+    socket: Option<&PathBuf>,
+    metrics: CriMetrics,
+    stop: &CancellationToken,
+) -> Option<RuntimeClient> {
+    let mut backoff = Duration::ZERO;
+    loop {
+        let attempt = match socket {
+            Some(path) => {
+                RuntimeClient::connect(path.clone(), ClientConfig::default(), metrics.clone()).await
+            }
+            None => RuntimeClient::detect_default(ClientConfig::default(), metrics.clone()).await,
+        };
+        match attempt {
+            Ok(client) => return Some(client),
+            Err(e) => {
+                backoff = report::next_backoff(backoff);
+                warn!(retry_in = ?backoff, "container runtime not available: {e}");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled (SIGTERM), then finishes or checkpoints the
+/// work in flight, flushes reports (at most [`FLUSH_TIMEOUT`]) and returns.
+pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let registry = admin::registry_with_process_metrics();
+    let metrics = AgentMetrics::register(&registry)?;
+    let cri_metrics = CriMetrics::register(&registry)?;
+    let health = Arc::new(Health::default());
+    let background = CancellationToken::new();
+    let listener = admin::bind(args.admin_listen)
+        .await
+        .map_err(|source| AgentError::Admin {
+            addr: args.admin_listen,
+            source,
+        })?;
+    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoint listening");
+    tokio::spawn(admin::serve(
+        listener,
+        registry,
+        health.clone(),
+        background.clone(),
+    ));
+
+    let journal = journal::Journal::open(&args.state_dir)?;
+    let coordinator = report::CoordinatorClient::new(
+        &args.coordinator_url,
+        args.coordinator_ca.as_deref(),
+        args.token_file.clone(),
+    )?;
+    let hooks = shutdown::HookClient::new()?;
+    let client = kube_client(&args).await?;
+    let reporter =
+        report::Reporter::start(coordinator.clone(), metrics.clone(), background.clone());
+
+    let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
+    let stores = watch::start(
+        client,
+        &args.node_name,
+        metrics.clone(),
+        changes_tx,
+        background.clone(),
+    );
+    let Some(runtime) = connect_runtime(args.cri_socket.as_ref(), cri_metrics, &shutdown).await
+    else {
+        background.cancel();
+        return Ok(());
+    };
+    info!(socket = %runtime.socket().display(), node = %args.node_name, "connected to the container runtime");
+
+    // Journal: resume unfinished requests, redeliver results that may not have arrived.
+    let mut resumed = HashMap::new();
+    let mut done_here: HashSet<String> = HashSet::new();
+    for progress in journal.load()? {
+        match journal::recover(progress) {
+            journal::Recovery::Resume(p) => {
+                info!(crr = %p.request.name, namespace = %p.request.namespace, "found unfinished request in the journal");
+                resumed.insert(p.request.uid.clone(), p);
+            }
+            journal::Recovery::Redeliver(mut p) => {
+                done_here.insert(p.request.uid.clone());
+                reporter.submit(p.report());
+            }
+        }
+    }
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            background.cancel();
+            return Ok(());
+        }
+        synced = stores.synced() => if !synced {
+            background.cancel();
+            return Ok(());
+        }
+    }
+    match runtime.version().await {
+        Ok(_) => health.set_ready(true),
+        Err(e) => warn!("the container runtime did not answer Version: {e}"),
+    }
+    info!("watches synced; ready");
+
+    let ctx = Arc::new(recreate::Context {
+        node: args.node_name.clone(),
+        runtime: runtime.clone(),
+        hooks,
+        stores: stores.clone(),
+        changes: changes.clone(),
+        reporter: reporter.clone(),
+        coordinator,
+        journal: journal.clone(),
+        metrics,
+        permits: Arc::new(Semaphore::new(args.max_parallel as usize)),
+        stop: shutdown.clone(),
+    });
+    schedule(&ctx, &health, resumed, done_here, changes).await;
+
+    // SIGTERM: new work was refused; workers stopped at safe points (stops in progress finish).
+    health.set_ready(false);
+    if !reporter.flush(FLUSH_TIMEOUT).await {
+        warn!(
+            pending = reporter.pending(),
+            "reports not delivered before exit; the journal keeps the results"
+        );
+    }
+    background.cancel();
+    info!("stopped");
+    Ok(())
+}
+
+/// Starts the head request of every pod as soon as it may run, reaps finished workers, keeps
+/// the journal tidy, until `ctx.stop` is cancelled; then waits for the workers.
+async fn schedule(
+    ctx: &Arc<recreate::Context>,
+    health: &Health,
+    mut resumed: HashMap<String, machine::RequestProgress>,
+    mut done_here: HashSet<String>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut workers: JoinSet<(String, recreate::Outcome)> = JoinSet::new();
+    let mut running: HashSet<String> = HashSet::new();
+    let mut last_runtime_check = tokio::time::Instant::now();
+    loop {
+        let requests = ctx.stores.requests.state();
+        let mut candidates = Vec::new();
+        let mut live: HashMap<String, bool> = HashMap::new();
+        for crr in &requests {
+            let uid = crr.uid().unwrap_or_default();
+            let finished_in_status = crr.status.as_ref().is_some_and(|s| s.phase.is_finished());
+            live.insert(uid.clone(), finished_in_status);
+            if recreate::request_pod(&ctx.stores, crr).is_none() {
+                continue;
+            }
+            candidates.push(order::Candidate {
+                uid: uid.clone(),
+                namespace: crr.namespace().unwrap_or_default(),
+                name: crr.name_any(),
+                pod_name: crr.spec.pod_name.clone(),
+                created: crr.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                finished: finished_in_status || done_here.contains(&uid),
+            });
+        }
+        for head in order::heads(&candidates) {
+            if running.contains(&head.uid) || ctx.stop.is_cancelled() {
+                continue;
+            }
+            let Some(crr) = requests
+                .iter()
+                .find(|r| r.uid().as_deref() == Some(head.uid.as_str()))
+            else {
+                continue;
+            };
+            running.insert(head.uid.clone());
+            let uid = head.uid.clone();
+            let worker = recreate::run_request(ctx.clone(), crr.clone(), resumed.remove(&uid));
+            workers.spawn(async move { (uid, worker.await) });
+        }
+        // Forget what is gone; drop journal entries the coordinator has acknowledged.
+        done_here.retain(|uid| live.contains_key(uid));
+        for uid in ctx.journal.uids() {
+            let acknowledged = live.get(&uid).copied().unwrap_or(true);
+            if acknowledged && !running.contains(&uid) {
+                if let Err(e) = ctx.journal.remove(&uid) {
+                    warn!("{e}");
+                }
+                resumed.remove(&uid);
+            }
+        }
+        if last_runtime_check.elapsed() > Duration::from_secs(10) {
+            last_runtime_check = tokio::time::Instant::now();
+            health.set_ready(ctx.runtime.version().await.is_ok());
+        }
+
+        tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            Some(joined) = workers.join_next(), if !workers.is_empty() => {
+                if let Ok((uid, outcome)) = joined {
+                    running.remove(&uid);
+                    match outcome {
+                        recreate::Outcome::Finished(_) => {
+                            done_here.insert(uid);
+                        }
+                        recreate::Outcome::Gone => ctx.reporter.forget(&uid),
+                        recreate::Outcome::Interrupted => {}
+                    }
+                }
+            }
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    info!(
+        in_flight = workers.len(),
+        "shutting down: no new work; waiting for work in flight to reach a safe point"
+    );
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("work in flight did not reach a safe point in time; the journal resumes it");
+    }
+}

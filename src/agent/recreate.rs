@@ -1,0 +1,532 @@
+//! The thin shell around the state machine: carries out one request — observes the pod status
+//! and the runtime, asks [`machine::decide`] what to do, does it, journals, reports.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
+
+use super::journal::Journal;
+use super::machine::{
+    self, Decision, Observation, PodContainerView, RequestProgress, RuntimeView, raw_id, since,
+};
+use super::metrics::AgentMetrics;
+use super::plan::{self, RequestPlan};
+use super::report::{CoordinatorClient, Reporter};
+use super::shutdown::{self, HookClient};
+use super::watch::Stores;
+use crate::api::report::{ReadinessRequest, RequestRef};
+use crate::api::{ContainerRecreateRequest, LABEL_POD_UID, RecreatePhase};
+use crate::cri::{ContainerState, CriError, RuntimeClient};
+
+/// How long the unready step keeps asking an unreachable coordinator when the request has no
+/// earlier deadline. Nothing is stopped without the coordinator's answer.
+pub const UNREADY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Test bed only: when set, the agent aborts right after journaling a stop and before issuing
+/// it, so tests can prove the journal makes that crash safe.
+#[cfg(feature = "testbed")]
+pub const TESTBED_ABORT_AFTER_STOP_JOURNAL: &str = "RELAUNCH_TESTBED_ABORT_AFTER_STOP_JOURNAL";
+
+/// Everything a request's worker needs.
+pub struct Context {
+    pub node: String,
+    pub runtime: RuntimeClient,
+    pub hooks: HookClient,
+    pub stores: Stores,
+    pub changes: watch::Receiver<u64>,
+    pub reporter: Reporter,
+    pub coordinator: CoordinatorClient,
+    pub journal: Journal,
+    pub metrics: AgentMetrics,
+    pub permits: Arc<Semaphore>,
+    /// Cancelled on SIGTERM: stop at the next safe point.
+    pub stop: CancellationToken,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Succeeded or Failed here; the final report is queued.
+    Finished(RecreatePhase),
+    /// The request was deleted or finished by the coordinator meanwhile.
+    Gone,
+    /// The agent is shutting down; progress is journaled.
+    Interrupted,
+}
+
+/// Why one container's driver returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Finished,
+    Gone,
+    PodGone,
+    Interrupted,
+}
+
+/// The namespace/name/uid of a request.
+pub fn request_ref(crr: &ContainerRecreateRequest) -> RequestRef {
+    RequestRef {
+        namespace: crr.namespace().unwrap_or_default(),
+        name: crr.name_any(),
+        uid: crr.uid().unwrap_or_default(),
+    }
+}
+
+/// The request's pod as cached, if it is the pod the request was made for.
+pub fn request_pod(stores: &Stores, crr: &ContainerRecreateRequest) -> Option<Arc<Pod>> {
+    let namespace = crr.namespace().unwrap_or_default();
+    let pod = stores
+        .pods
+        .get(&ObjectRef::new(&crr.spec.pod_name).within(&namespace))?;
+    match crr.labels().get(LABEL_POD_UID) {
+        Some(uid) if pod.uid().as_deref() != Some(uid.as_str()) => None,
+        _ => Some(pod),
+    }
+}
+
+/// Carries out one request from its start (or its journaled progress) to the end.
+pub async fn run_request(
+    ctx: Arc<Context>,
+    crr: Arc<ContainerRecreateRequest>,
+    resumed: Option<RequestProgress>,
+) -> Outcome {
+    let request = request_ref(&crr);
+    let span = tracing::info_span!("recreate", crr = %request.name, namespace = %request.namespace, pod = %crr.spec.pod_name, node = %ctx.node);
+    run_request_inner(ctx, crr, request, resumed)
+        .instrument(span)
+        .await
+}
+
+async fn run_request_inner(
+    ctx: Arc<Context>,
+    crr: Arc<ContainerRecreateRequest>,
+    request: RequestRef,
+    resumed: Option<RequestProgress>,
+) -> Outcome {
+    let Some(pod) = request_pod(&ctx.stores, &crr) else {
+        return Outcome::Gone;
+    };
+    let pod_uid = pod.uid().unwrap_or_default();
+    let plan = match plan::plan(&crr.spec, &pod) {
+        Ok(plan) => plan,
+        Err(refusal) => {
+            info!(reason = refusal.reason(), "refused: {refusal}");
+            let mut progress =
+                RequestProgress::refused(request, &pod_uid, refusal.to_string(), Timestamp::now());
+            ctx.reporter.submit(progress.report());
+            ctx.metrics.recreates.with_label_values(&["refused"]).inc();
+            return Outcome::Finished(RecreatePhase::Failed);
+        }
+    };
+    let now = Timestamp::now();
+    let mut progress = match resumed {
+        Some(p)
+            if p.pod_uid == pod_uid
+                && p.containers
+                    .iter()
+                    .map(|c| &c.name)
+                    .eq(plan.containers.iter().map(|c| &c.name)) =>
+        {
+            info!("resuming from the journal");
+            p
+        }
+        _ => RequestProgress::new(request.clone(), &pod_uid, &plan, now),
+    };
+    let created = crr
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or(progress.start_time)
+        .unwrap_or(now);
+    let deadline = plan.active_deadline.and_then(|d| {
+        created
+            .checked_add(jiff::SignedDuration::try_from(d).ok()?)
+            .ok()
+    });
+
+    let permit = match ctx.permits.clone().try_acquire_owned() {
+        Ok(permit) => Ok(permit),
+        Err(_) => {
+            // Tell the coordinator the request is accepted and waiting, not lost.
+            let mut queued = progress.report();
+            queued.phase = RecreatePhase::Pending;
+            queued.message = Some(
+                "queued: the node is recreating as many containers as --max-parallel allows".into(),
+            );
+            ctx.reporter.submit(queued);
+            tokio::select! {
+                _ = ctx.stop.cancelled() => return Outcome::Interrupted,
+                permit = ctx.permits.clone().acquire_owned() => permit,
+            }
+        }
+    };
+    let Ok(_permit) = permit else {
+        return Outcome::Interrupted;
+    };
+    ctx.metrics.in_flight.inc();
+    let _in_flight = scopeguard(ctx.metrics.clone());
+    let started = Instant::now();
+    info!(
+        containers = plan.containers.len(),
+        ordered = plan.ordered,
+        "recreating"
+    );
+    ctx.reporter.submit(progress.report());
+    let shared = Arc::new(Mutex::new(progress));
+
+    loop {
+        let active = lock(&shared).active(&plan);
+        if active.is_empty() {
+            break;
+        }
+        let exits = join_all(
+            active
+                .into_iter()
+                .map(|idx| drive_container(&ctx, &shared, &plan, idx, &pod_uid, &crr, deadline)),
+        )
+        .await;
+        if exits.contains(&Exit::Interrupted) {
+            let snapshot = lock(&shared).clone();
+            if let Err(e) = ctx.journal.write(&snapshot) {
+                warn!("cannot checkpoint progress: {e}");
+            }
+            return Outcome::Interrupted;
+        }
+        if exits.contains(&Exit::Gone) {
+            info!("the request was deleted or finished elsewhere; stopping work on it");
+            if let Err(e) = ctx.journal.remove(&request.uid) {
+                warn!("{e}");
+            }
+            return Outcome::Gone;
+        }
+        if exits.contains(&Exit::PodGone) {
+            lock(&shared).fail_all(
+                "the pod was deleted or replaced (its UID changed) during the recreate",
+                Timestamp::now(),
+            );
+            break;
+        }
+    }
+
+    let report = {
+        let mut p = lock(&shared);
+        p.settle(&plan, Timestamp::now());
+        if !p.phase.is_finished() {
+            // Every container finished, so settle finished the request; be explicit anyway.
+            p.fail_all(
+                "internal: containers finished but the request did not",
+                Timestamp::now(),
+            );
+        }
+        p.report()
+    };
+    let final_progress = lock(&shared).clone();
+    // Kept until the coordinator's status shows the request finished, so a restart between
+    // here and the report's delivery never starts the request over.
+    if let Err(e) = ctx.journal.write(&final_progress) {
+        warn!("cannot journal the result: {e}");
+    }
+    ctx.reporter.submit(report);
+    observe_durations(&ctx.metrics, &final_progress, started.elapsed());
+    let result = if final_progress.phase == RecreatePhase::Succeeded {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    ctx.metrics.recreates.with_label_values(&[result]).inc();
+    info!(
+        phase = final_progress.phase.as_str(),
+        message = final_progress.message.as_deref().unwrap_or_default(),
+        "finished"
+    );
+    Outcome::Finished(final_progress.phase)
+}
+
+fn observe_durations(metrics: &AgentMetrics, progress: &RequestProgress, total: Duration) {
+    let h = |phase: &str, d: Duration| {
+        metrics
+            .duration
+            .with_label_values(&[phase])
+            .observe(d.as_secs_f64())
+    };
+    for c in &progress.containers {
+        let s = &c.steps;
+        let pairs = [
+            ("unready", s.unready, s.shutdown),
+            ("shutdown", s.shutdown, s.stop),
+            ("stop", s.stop, s.stopped),
+            ("restart", s.stopped, s.restarted),
+            ("ready", s.restarted, s.finished),
+        ];
+        for (phase, from, to) in pairs {
+            if let (Some(from), Some(to)) = (from, to) {
+                h(phase, since(to, from));
+            }
+        }
+    }
+    h("total", total);
+}
+
+struct InFlight(AgentMetrics);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+fn scopeguard(metrics: AgentMetrics) -> InFlight {
+    InFlight(metrics)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pod status of container `name` (regular or init).
+pub fn pod_view(pod: &Pod, name: &str) -> Option<PodContainerView> {
+    let status = pod.status.as_ref()?;
+    let s = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|s| s.name == name)?;
+    Some(PodContainerView {
+        container_id: s.container_id.clone().filter(|id| !id.is_empty()),
+        restart_count: s.restart_count,
+        ready: s.ready,
+        started: s.started.unwrap_or(false),
+        running: s.state.as_ref().is_some_and(|st| st.running.is_some()),
+    })
+}
+
+async fn runtime_view(
+    runtime: &RuntimeClient,
+    pod_uid: &str,
+    name: &str,
+    previous: Option<&str>,
+) -> Result<RuntimeView, CriError> {
+    let containers = runtime.pod_containers(pod_uid, Some(name)).await?;
+    let newest = containers.first();
+    let previous_running = previous.is_some_and(|prev| {
+        containers
+            .iter()
+            .any(|c| c.id == raw_id(prev) && c.state == ContainerState::Running)
+    });
+    Ok(RuntimeView {
+        newest_id: newest.map(|c| c.id.clone()),
+        newest_running: newest.is_some_and(|c| c.state == ContainerState::Running),
+        previous_running,
+    })
+}
+
+fn still_wanted(stores: &Stores, crr: &ContainerRecreateRequest) -> bool {
+    let key = ObjectRef::new(&crr.name_any()).within(&crr.namespace().unwrap_or_default());
+    stores.requests.get(&key).is_some_and(|current| {
+        current.uid() == crr.uid()
+            && !current
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase.is_finished())
+    })
+}
+
+async fn drive_container(
+    ctx: &Context,
+    shared: &Mutex<RequestProgress>,
+    plan: &RequestPlan,
+    idx: usize,
+    pod_uid: &str,
+    crr: &ContainerRecreateRequest,
+    deadline: Option<Timestamp>,
+) -> Exit {
+    let Some(cplan) = plan.containers.get(idx) else {
+        return Exit::Finished;
+    };
+    let name = cplan.name.as_str();
+    let span = tracing::info_span!("container", container = name);
+    async {
+        let mut changes = ctx.changes.clone();
+        loop {
+            if ctx.stop.is_cancelled() {
+                return Exit::Interrupted;
+            }
+            if !still_wanted(&ctx.stores, crr) {
+                return Exit::Gone;
+            }
+            let Some(pod) = request_pod(&ctx.stores, crr).filter(|p| p.uid().as_deref() == Some(pod_uid)) else {
+                return Exit::PodGone;
+            };
+            let mut obs = Observation {
+                now: Timestamp::now(),
+                pod: pod_view(&pod, name),
+                runtime: None,
+            };
+            let decision = loop {
+                let (decision, previous, report) = {
+                    let mut p = lock(shared);
+                    let before = p.visible();
+                    p.settle(plan, obs.now);
+                    let decision = match p.containers.get_mut(idx) {
+                        Some(c) => machine::decide(c, cplan, &obs, deadline),
+                        None => Decision::Finished,
+                    };
+                    p.settle(plan, obs.now);
+                    let previous = p.containers.get(idx).and_then(|c| c.previous_container_id.clone());
+                    let report = (p.visible() != before).then(|| p.report());
+                    (decision, previous, report)
+                };
+                if let Some(report) = report {
+                    ctx.reporter.submit(report);
+                }
+                if decision != Decision::ObserveRuntime || obs.runtime.is_some() {
+                    break decision;
+                }
+                match runtime_view(&ctx.runtime, pod_uid, name, previous.as_deref()).await {
+                    Ok(view) => obs.runtime = Some(view),
+                    Err(e) => {
+                        warn!("cannot read the container from the runtime, retrying: {e}");
+                        break Decision::Wait { recheck: Duration::from_secs(1) };
+                    }
+                }
+            };
+            match decision {
+                Decision::Finished => return Exit::Finished,
+                Decision::ObserveRuntime => {}
+                Decision::Wait { recheck } => {
+                    tokio::select! {
+                        _ = ctx.stop.cancelled() => return Exit::Interrupted,
+                        _ = changes.changed() => {}
+                        _ = tokio::time::sleep(recheck.max(Duration::from_millis(10))) => {}
+                    }
+                }
+                Decision::RequestUnready => {
+                    let request = ReadinessRequest {
+                        request: lock(shared).request.clone(),
+                        ready: false,
+                    };
+                    let give_up = Timestamp::now()
+                        .checked_add(jiff::SignedDuration::try_from(UNREADY_TIMEOUT).unwrap_or_default())
+                        .ok()
+                        .map(|t| deadline.map_or(t, |d| d.min(t)));
+                    match ask_unready(ctx, &request, give_up).await {
+                        Ok(gated) => {
+                            if !gated {
+                                warn!("the pod has no relaunch.dev/ready readiness gate: the unready step cannot hold traffic off");
+                            }
+                            lock(shared).containers[idx].unready_done(Timestamp::now());
+                        }
+                        Err(UnreadyFailure::Interrupted) => return Exit::Interrupted,
+                        Err(UnreadyFailure::Failed(message)) => {
+                            let mut p = lock(shared);
+                            p.containers[idx].fail(message, Timestamp::now());
+                        }
+                    }
+                }
+                Decision::Shutdown { budget } => {
+                    let Some((_, step)) = &cplan.shutdown else {
+                        lock(shared).containers[idx].shutdown_done(None);
+                        continue;
+                    };
+                    let previous = lock(shared).containers[idx]
+                        .previous_container_id
+                        .clone()
+                        .unwrap_or_default();
+                    let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+                    let note = tokio::select! {
+                        _ = ctx.stop.cancelled() => return Exit::Interrupted,
+                        note = shutdown::run(&ctx.runtime, &ctx.hooks, raw_id(&previous), pod_ip.as_deref(), step, budget) => note,
+                    };
+                    if let Some(note) = &note {
+                        warn!("{note}");
+                    }
+                    lock(shared).containers[idx].shutdown_done(note);
+                }
+                Decision::Stop { container_id, grace } => {
+                    // Durably record what is about to be stopped before stopping it.
+                    let snapshot = lock(shared).clone();
+                    if let Err(e) = ctx.journal.write(&snapshot) {
+                        lock(shared).containers[idx].fail(
+                            format!("{e}; nothing was stopped"),
+                            Timestamp::now(),
+                        );
+                        continue;
+                    }
+                    #[cfg(feature = "testbed")]
+                    if std::env::var_os(TESTBED_ABORT_AFTER_STOP_JOURNAL).is_some() {
+                        // Test bed only: die like a SIGKILL between the journal and the stop.
+                        std::process::abort();
+                    }
+                    info!(container_id = %container_id, grace_seconds = grace.as_secs(), "stopping");
+                    // Not cancelled by SIGTERM: a stop in progress is finished.
+                    match ctx.runtime.stop_container(&container_id, grace).await {
+                        Ok(()) | Err(CriError::NotFound { .. }) => {
+                            lock(shared).containers[idx].stop_done(Timestamp::now());
+                        }
+                        Err(e) if e.is_transient() => {
+                            warn!("stopping failed, retrying: {e}");
+                            tokio::select! {
+                                _ = ctx.stop.cancelled() => return Exit::Interrupted,
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                        }
+                        Err(e) => {
+                            lock(shared).containers[idx]
+                                .fail(format!("StopContainer failed: {e}"), Timestamp::now());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+enum UnreadyFailure {
+    Interrupted,
+    Failed(String),
+}
+
+/// Asks the coordinator to hold the pod NotReady until it answers, `give_up` passes, or it
+/// refuses. Returns whether the pod has the readiness gate.
+async fn ask_unready(
+    ctx: &Context,
+    request: &ReadinessRequest,
+    give_up: Option<Timestamp>,
+) -> Result<bool, UnreadyFailure> {
+    let mut backoff = Duration::ZERO;
+    loop {
+        match ctx.coordinator.readiness(request).await {
+            Ok(answer) => return Ok(answer.gated),
+            Err(e) if !e.is_transient() => {
+                return Err(UnreadyFailure::Failed(format!(
+                    "the coordinator refused to hold the pod NotReady ({e}); nothing was stopped"
+                )));
+            }
+            Err(e) => {
+                if give_up.is_some_and(|t| Timestamp::now() >= t) {
+                    return Err(UnreadyFailure::Failed(format!(
+                        "the coordinator did not accept the unready request in time ({e}); nothing was stopped"
+                    )));
+                }
+                backoff = super::report::next_backoff(backoff);
+                warn!(retry_in = ?backoff, "unready request failed: {e}");
+                tokio::select! {
+                    _ = ctx.stop.cancelled() => return Err(UnreadyFailure::Interrupted),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+}

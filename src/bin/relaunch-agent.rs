@@ -1,0 +1,43 @@
+//! relaunch-agent: the per-node agent that recreates containers in place.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use relaunch::agent::{self, AgentArgs};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = AgentArgs::parse();
+    relaunch::telemetry::init_logging(args.log_format, "info");
+    let shutdown = CancellationToken::new();
+    match signals(shutdown.clone()) {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match agent::run(args, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM or SIGINT cancels `shutdown`.
+fn signals(shutdown: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
