@@ -1,10 +1,16 @@
 //! relaunch-coordinator: authenticates the agents' reports, owns every status write, and runs the
 //! controllers (CRR admission and lifecycle).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use relaunch::coordinator::{self, Context, ReportListener, ServiceAccountRef, Settings, TlsFiles};
+use relaunch::telemetry::{self, LogFormat, admin};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -25,13 +31,163 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Serve the agents' report API and run the controllers.
+    Run(Box<RunArgs>),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Kubeconfig file; without it, the usual inference (KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Address of the report API.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// PEM certificate chain for the report API; with --tls-key it serves HTTPS, else plain HTTP.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    admin_listen: SocketAddr,
+    /// The agents' service account, NAMESPACE:NAME; only its tokens may report.
+    #[arg(long, default_value = coordinator::DEFAULT_AGENT_SERVICE_ACCOUNT)]
+    agent_service_account: ServiceAccountRef,
+    /// Audience the agents' tokens must carry.
+    #[arg(long, default_value = relaunch::api::COORDINATOR_AUDIENCE)]
+    audience: String,
+    /// Fail a request still Pending or Recreating when its agent has not reported for this long
+    /// (e.g. 300s, 5m).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    agent_timeout: Duration,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration such as 90s or 5m, got {text:?}"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}; use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds { dir } => write_crds(dir),
+        Command::Run(args) => {
+            telemetry::init_logging(args.log_format, "info");
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("relaunch-coordinator: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let shutdown = CancellationToken::new();
+    signals(shutdown.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let client = client(args.kubeconfig.as_deref()).await?;
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let listener = ReportListener::bind(args.listen, tls.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin_listener = admin::bind(args.admin_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.admin_listen))?;
+    let registry = admin::registry_with_process_metrics();
+    let settings = Settings {
+        agents: args.agent_service_account,
+        audience: args.audience,
+        agent_timeout: args.agent_timeout,
+        instance: std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "relaunch-coordinator".into()),
+        ..Settings::default()
+    };
+    let ctx = Context::new(client, settings, &registry).map_err(|e| e.to_string())?;
+    let health = Arc::new(admin::Health::default());
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        registry,
+        health.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        listen = %listener.local_addr().map_err(|e| e.to_string())?,
+        admin = %args.admin_listen,
+        "relaunch-coordinator starting"
+    );
+    let result = coordinator::run(ctx, listener, health, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = admin_task.await;
+    tracing::info!("relaunch-coordinator stopped");
+    result.map_err(|e| e.to_string())
+}
+
+async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("bad kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("cannot create the Kubernetes client: {e}"))
+}
+
+/// SIGTERM or SIGINT cancels `shutdown`.
+fn signals(shutdown: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
 }
 
 fn write_crds(dir: Option<PathBuf>) -> ExitCode {

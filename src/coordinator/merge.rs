@@ -1,0 +1,777 @@
+//! Merging an agent's report into a request's status so that status only moves forward.
+//!
+//! Reports are full snapshots of the agent's view, but they may arrive repeated, late or out of
+//! order (an agent's queue after a coordinator outage, a restarted agent). The merge is therefore
+//! monotonic: phases never go back, a finished request or container never changes phase again,
+//! step timestamps keep the earliest value seen, and a stale report only fills gaps.
+
+use std::collections::HashSet;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::report::RecreateReport;
+use crate::api::{
+    ContainerRecreatePhase, ContainerRecreateRequestSpec, ContainerRecreateRequestStatus,
+    ContainerRecreateState, RecreatePhase, StepTimestamps,
+};
+
+/// Why a report cannot be merged (the agent sent something the request cannot contain).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    #[error("containers not in the request: {}", .0.join(", "))]
+    UnknownContainers(Vec<String>),
+    #[error("container {0} appears more than once in the report")]
+    DuplicateContainer(String),
+    #[error("{field}: not an RFC 3339 timestamp: {value:?}")]
+    BadTimestamp { field: &'static str, value: String },
+}
+
+/// A step a person would look for in `kubectl describe`, derived from a status change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The agent started working on the request.
+    Started,
+    /// A container was stopped (`previous_id` is the container that was stopped).
+    ContainerStopped {
+        container: String,
+        previous_id: Option<String>,
+    },
+    /// The kubelet started a new container in place of the stopped one.
+    ContainerRestarted {
+        container: String,
+        previous_id: Option<String>,
+        new_id: String,
+        restart_count: Option<i32>,
+    },
+    Succeeded,
+    Failed {
+        message: String,
+    },
+}
+
+/// The result of merging a report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merged {
+    pub status: ContainerRecreateRequestStatus,
+    /// False when the report brought nothing new: nothing is written.
+    pub changed: bool,
+    pub steps: Vec<Step>,
+}
+
+/// Merges `report` into `current` (None: the request has no status yet).
+pub fn merge_report(
+    spec: &ContainerRecreateRequestSpec,
+    current: Option<&ContainerRecreateRequestStatus>,
+    report: &RecreateReport,
+    now: Timestamp,
+) -> Result<Merged, MergeError> {
+    check_containers(spec, report)?;
+    let report_start = parse_time("startTime", report.start_time.as_deref())?;
+    let report_completion = parse_time("completionTime", report.completion_time.as_deref())?;
+
+    let old = current.cloned().unwrap_or_default();
+    if old.phase.is_finished() {
+        return Ok(Merged {
+            status: old,
+            changed: false,
+            steps: Vec::new(),
+        });
+    }
+    let mut new = old.clone();
+
+    for reported in &report.containers {
+        match new
+            .container_recreate_states
+            .iter_mut()
+            .find(|c| c.name == reported.name)
+        {
+            Some(state) => merge_container(state, reported, now),
+            None => {
+                let mut state = reported.clone();
+                if state.phase.is_finished() && state.timestamps.finished.is_none() {
+                    state.timestamps.finished = Some(Time(now));
+                }
+                new.container_recreate_states.push(state);
+            }
+        }
+    }
+    let position = |name: &str| spec.containers.iter().position(|c| c.name == name);
+    new.container_recreate_states
+        .sort_by_key(|c| position(&c.name));
+
+    let mut phase = report.phase;
+    if phase == RecreatePhase::Pending
+        && new
+            .container_recreate_states
+            .iter()
+            .any(|c| c.phase > ContainerRecreatePhase::Pending)
+    {
+        phase = RecreatePhase::Recreating;
+    }
+    if phase > old.phase {
+        new.phase = phase;
+        if report.message.is_some() {
+            new.message = report.message.clone();
+        }
+    } else if phase == old.phase && new.message.is_none() {
+        new.message = report.message.clone();
+    }
+    if new.phase == RecreatePhase::Failed && new.message.is_none() {
+        new.message = Some(failure_message(&new.container_recreate_states));
+    }
+
+    new.start_time = earliest(new.start_time.take(), report_start.map(Time));
+    if new.phase >= RecreatePhase::Recreating && new.start_time.is_none() {
+        new.start_time = Some(Time(now));
+    }
+    if new.phase.is_finished() && new.completion_time.is_none() {
+        new.completion_time = Some(Time(report_completion.unwrap_or(now)));
+    }
+
+    let changed = new != old;
+    let steps = if changed {
+        steps_between(&old, &new)
+    } else {
+        Vec::new()
+    };
+    Ok(Merged {
+        status: new,
+        changed,
+        steps,
+    })
+}
+
+fn check_containers(
+    spec: &ContainerRecreateRequestSpec,
+    report: &RecreateReport,
+) -> Result<(), MergeError> {
+    let mut seen = HashSet::new();
+    let mut unknown = Vec::new();
+    for c in &report.containers {
+        if !seen.insert(c.name.as_str()) {
+            return Err(MergeError::DuplicateContainer(c.name.clone()));
+        }
+        if !spec.containers.iter().any(|s| s.name == c.name) {
+            unknown.push(c.name.clone());
+        }
+    }
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(MergeError::UnknownContainers(unknown))
+    }
+}
+
+fn parse_time(field: &'static str, value: Option<&str>) -> Result<Option<Timestamp>, MergeError> {
+    match value {
+        None | Some("") => Ok(None),
+        Some(text) => text
+            .parse::<Timestamp>()
+            .map(Some)
+            .map_err(|_| MergeError::BadTimestamp {
+                field,
+                value: text.to_string(),
+            }),
+    }
+}
+
+/// Merges one container's reported state into the recorded one.
+fn merge_container(
+    state: &mut ContainerRecreateState,
+    reported: &ContainerRecreateState,
+    now: Timestamp,
+) {
+    // A report that is not behind the recorded phase is current: its values win. A stale one
+    // (or any report about a finished container) only fills what is still missing.
+    let current = !state.phase.is_finished() && reported.phase >= state.phase;
+    if current {
+        state.phase = reported.phase;
+    }
+    take(
+        &mut state.previous_container_id,
+        &reported.previous_container_id,
+        current,
+    );
+    take(
+        &mut state.new_container_id,
+        &reported.new_container_id,
+        current,
+    );
+    take(&mut state.restart_count, &reported.restart_count, current);
+    take(&mut state.message, &reported.message, current);
+    merge_timestamps(&mut state.timestamps, &reported.timestamps);
+    if state.phase.is_finished() && state.timestamps.finished.is_none() {
+        state.timestamps.finished = Some(Time(now));
+    }
+}
+
+fn take<T: Clone>(field: &mut Option<T>, reported: &Option<T>, overwrite: bool) {
+    if reported.is_some() && (overwrite || field.is_none()) {
+        field.clone_from(reported);
+    }
+}
+
+fn merge_timestamps(recorded: &mut StepTimestamps, reported: &StepTimestamps) {
+    let pairs = [
+        (&mut recorded.unready, &reported.unready),
+        (&mut recorded.shutdown, &reported.shutdown),
+        (&mut recorded.stop, &reported.stop),
+        (&mut recorded.restarted, &reported.restarted),
+        (&mut recorded.ready, &reported.ready),
+        (&mut recorded.finished, &reported.finished),
+    ];
+    for (field, value) in pairs {
+        *field = earliest(field.take(), value.clone());
+    }
+}
+
+fn earliest(a: Option<Time>, b: Option<Time>) -> Option<Time> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The overall message of a failed request the agent did not explain: its failed containers'.
+fn failure_message(states: &[ContainerRecreateState]) -> String {
+    let failed: Vec<String> = states
+        .iter()
+        .filter(|c| c.phase == ContainerRecreatePhase::Failed)
+        .map(|c| match &c.message {
+            Some(m) => format!("container {}: {m}", c.name),
+            None => format!("container {} failed", c.name),
+        })
+        .collect();
+    if failed.is_empty() {
+        "the agent reported the request as failed".into()
+    } else {
+        failed.join("; ")
+    }
+}
+
+/// The steps that happened between two statuses of one request, in the order they happened.
+pub fn steps_between(
+    old: &ContainerRecreateRequestStatus,
+    new: &ContainerRecreateRequestStatus,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if old.phase == RecreatePhase::Pending && new.phase != RecreatePhase::Pending {
+        steps.push(Step::Started);
+    }
+    for state in &new.container_recreate_states {
+        let before = old
+            .container_recreate_states
+            .iter()
+            .find(|c| c.name == state.name);
+        let phase_before = before.map_or(ContainerRecreatePhase::Pending, |c| c.phase);
+        let stopped = |p: ContainerRecreatePhase| {
+            p >= ContainerRecreatePhase::WaitingForRestart && p != ContainerRecreatePhase::Failed
+        };
+        if stopped(state.phase) && !stopped(phase_before) {
+            steps.push(Step::ContainerStopped {
+                container: state.name.clone(),
+                previous_id: state.previous_container_id.clone(),
+            });
+        }
+        let new_id_before = before.and_then(|c| c.new_container_id.as_ref());
+        if let Some(new_id) = &state.new_container_id
+            && new_id_before != Some(new_id)
+        {
+            steps.push(Step::ContainerRestarted {
+                container: state.name.clone(),
+                previous_id: state.previous_container_id.clone(),
+                new_id: new_id.clone(),
+                restart_count: state.restart_count,
+            });
+        }
+    }
+    if !old.phase.is_finished() {
+        match new.phase {
+            RecreatePhase::Succeeded => steps.push(Step::Succeeded),
+            RecreatePhase::Failed => steps.push(Step::Failed {
+                message: new.message.clone().unwrap_or_default(),
+            }),
+            _ => {}
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ContainerRecreateRequestContainer;
+    use crate::api::report::RequestRef;
+
+    fn spec(names: &[&str]) -> ContainerRecreateRequestSpec {
+        ContainerRecreateRequestSpec {
+            pod_name: "db-0".into(),
+            containers: names
+                .iter()
+                .map(|n| ContainerRecreateRequestContainer {
+                    name: n.to_string(),
+                    shutdown: None,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    fn report(phase: RecreatePhase, containers: Vec<ContainerRecreateState>) -> RecreateReport {
+        RecreateReport {
+            request: RequestRef {
+                namespace: "default".into(),
+                name: "r".into(),
+                uid: "u".into(),
+            },
+            sequence: 1,
+            phase,
+            message: None,
+            start_time: None,
+            completion_time: None,
+            containers,
+        }
+    }
+
+    fn container(name: &str, phase: ContainerRecreatePhase) -> ContainerRecreateState {
+        ContainerRecreateState {
+            name: name.into(),
+            phase,
+            ..Default::default()
+        }
+    }
+
+    fn apply(
+        spec: &ContainerRecreateRequestSpec,
+        status: Option<&ContainerRecreateRequestStatus>,
+        r: &RecreateReport,
+    ) -> Merged {
+        merge_report(spec, status, r, at(100)).unwrap()
+    }
+
+    #[test]
+    fn first_report_starts_the_request() {
+        let s = spec(&["app"]);
+        let mut c = container("app", ContainerRecreatePhase::ShuttingDown);
+        c.previous_container_id = Some("containerd://a".into());
+        let merged = apply(&s, None, &report(RecreatePhase::Recreating, vec![c]));
+        assert!(merged.changed);
+        assert_eq!(merged.status.phase, RecreatePhase::Recreating);
+        assert_eq!(merged.status.start_time, Some(Time(at(100))));
+        assert_eq!(merged.steps, vec![Step::Started]);
+    }
+
+    #[test]
+    fn repeated_report_changes_nothing() {
+        let s = spec(&["app"]);
+        let r = report(
+            RecreatePhase::Recreating,
+            vec![container("app", ContainerRecreatePhase::Stopping)],
+        );
+        let first = apply(&s, None, &r);
+        let again = merge_report(&s, Some(&first.status), &r, at(500)).unwrap();
+        assert!(!again.changed);
+        assert!(again.steps.is_empty());
+        assert_eq!(again.status, first.status);
+    }
+
+    #[test]
+    fn late_recreating_report_after_success_changes_nothing() {
+        let s = spec(&["app"]);
+        let done = apply(
+            &s,
+            None,
+            &report(
+                RecreatePhase::Succeeded,
+                vec![container("app", ContainerRecreatePhase::Succeeded)],
+            ),
+        );
+        let late = apply(
+            &s,
+            Some(&done.status),
+            &report(
+                RecreatePhase::Recreating,
+                vec![container("app", ContainerRecreatePhase::Stopping)],
+            ),
+        );
+        assert!(!late.changed);
+        assert_eq!(late.status.phase, RecreatePhase::Succeeded);
+    }
+
+    #[test]
+    fn failed_request_stays_failed_when_success_arrives_late() {
+        let s = spec(&["app"]);
+        let failed = ContainerRecreateRequestStatus {
+            phase: RecreatePhase::Failed,
+            message: Some("deadline exceeded".into()),
+            ..Default::default()
+        };
+        let merged = apply(
+            &s,
+            Some(&failed),
+            &report(
+                RecreatePhase::Succeeded,
+                vec![container("app", ContainerRecreatePhase::Succeeded)],
+            ),
+        );
+        assert!(!merged.changed);
+        assert_eq!(merged.status, failed);
+    }
+
+    #[test]
+    fn stale_container_phase_does_not_go_back_but_fills_gaps() {
+        let s = spec(&["app"]);
+        let mut ahead = container("app", ContainerRecreatePhase::WaitingForRestart);
+        ahead.timestamps.stop = Some(Time(at(10)));
+        let first = apply(&s, None, &report(RecreatePhase::Recreating, vec![ahead]));
+        let mut stale = container("app", ContainerRecreatePhase::ShuttingDown);
+        stale.previous_container_id = Some("containerd://old".into());
+        stale.timestamps.shutdown = Some(Time(at(5)));
+        stale.message = Some("running preStop".into());
+        let merged = apply(
+            &s,
+            Some(&first.status),
+            &report(RecreatePhase::Recreating, vec![stale]),
+        );
+        let c = &merged.status.container_recreate_states[0];
+        assert_eq!(c.phase, ContainerRecreatePhase::WaitingForRestart);
+        assert_eq!(c.previous_container_id.as_deref(), Some("containerd://old"));
+        assert_eq!(c.timestamps.shutdown, Some(Time(at(5))));
+        assert_eq!(c.timestamps.stop, Some(Time(at(10))));
+        assert_eq!(c.message.as_deref(), Some("running preStop"));
+    }
+
+    #[test]
+    fn stale_report_does_not_overwrite_known_values() {
+        let s = spec(&["app"]);
+        let mut ahead = container("app", ContainerRecreatePhase::WaitingForReady);
+        ahead.new_container_id = Some("containerd://new".into());
+        ahead.restart_count = Some(3);
+        ahead.message = Some("waiting for ready".into());
+        let first = apply(&s, None, &report(RecreatePhase::Recreating, vec![ahead]));
+        let mut stale = container("app", ContainerRecreatePhase::Stopping);
+        stale.new_container_id = Some("containerd://other".into());
+        stale.restart_count = Some(2);
+        stale.message = Some("stopping".into());
+        let merged = apply(
+            &s,
+            Some(&first.status),
+            &report(RecreatePhase::Recreating, vec![stale]),
+        );
+        assert!(!merged.changed);
+    }
+
+    #[test]
+    fn current_report_overwrites_values() {
+        let s = spec(&["app"]);
+        let mut before = container("app", ContainerRecreatePhase::Stopping);
+        before.message = Some("stopping".into());
+        let first = apply(&s, None, &report(RecreatePhase::Recreating, vec![before]));
+        let mut after = container("app", ContainerRecreatePhase::WaitingForRestart);
+        after.message = Some("waiting for the kubelet".into());
+        let merged = apply(
+            &s,
+            Some(&first.status),
+            &report(RecreatePhase::Recreating, vec![after]),
+        );
+        let c = &merged.status.container_recreate_states[0];
+        assert_eq!(c.message.as_deref(), Some("waiting for the kubelet"));
+    }
+
+    #[test]
+    fn earliest_timestamps_are_kept() {
+        let s = spec(&["app"]);
+        let mut a = container("app", ContainerRecreatePhase::Stopping);
+        a.timestamps.shutdown = Some(Time(at(20)));
+        let first = apply(&s, None, &report(RecreatePhase::Recreating, vec![a]));
+        let mut b = container("app", ContainerRecreatePhase::Stopping);
+        b.timestamps.shutdown = Some(Time(at(10)));
+        b.timestamps.stop = Some(Time(at(30)));
+        let merged = apply(
+            &s,
+            Some(&first.status),
+            &report(RecreatePhase::Recreating, vec![b]),
+        );
+        let t = &merged.status.container_recreate_states[0].timestamps;
+        assert_eq!(t.shutdown, Some(Time(at(10))));
+        assert_eq!(t.stop, Some(Time(at(30))));
+        let mut c = container("app", ContainerRecreatePhase::Stopping);
+        c.timestamps.shutdown = Some(Time(at(40)));
+        let merged = apply(
+            &s,
+            Some(&merged.status),
+            &report(RecreatePhase::Recreating, vec![c]),
+        );
+        assert!(!merged.changed);
+    }
+
+    #[test]
+    fn finished_container_is_sticky_but_fills_gaps() {
+        let s = spec(&["app"]);
+        let first = apply(
+            &s,
+            None,
+            &report(
+                RecreatePhase::Recreating,
+                vec![container("app", ContainerRecreatePhase::Failed)],
+            ),
+        );
+        let mut late = container("app", ContainerRecreatePhase::WaitingForReady);
+        late.new_container_id = Some("containerd://n".into());
+        late.timestamps.restarted = Some(Time(at(3)));
+        let merged = apply(
+            &s,
+            Some(&first.status),
+            &report(RecreatePhase::Recreating, vec![late]),
+        );
+        let c = &merged.status.container_recreate_states[0];
+        assert_eq!(c.phase, ContainerRecreatePhase::Failed);
+        assert_eq!(c.timestamps.restarted, Some(Time(at(3))));
+        assert_eq!(c.new_container_id.as_deref(), Some("containerd://n"));
+    }
+
+    #[test]
+    fn finished_container_gets_a_finished_timestamp() {
+        let s = spec(&["app"]);
+        let merged = apply(
+            &s,
+            None,
+            &report(
+                RecreatePhase::Succeeded,
+                vec![container("app", ContainerRecreatePhase::Succeeded)],
+            ),
+        );
+        let c = &merged.status.container_recreate_states[0];
+        assert_eq!(c.timestamps.finished, Some(Time(at(100))));
+        assert_eq!(merged.status.completion_time, Some(Time(at(100))));
+    }
+
+    #[test]
+    fn reported_times_are_used() {
+        let s = spec(&["app"]);
+        let mut r = report(RecreatePhase::Succeeded, vec![]);
+        r.start_time = Some("2023-11-14T22:13:30Z".into());
+        r.completion_time = Some("2023-11-14T22:13:40Z".into());
+        let merged = apply(&s, None, &r);
+        assert_eq!(merged.status.start_time, Some(Time(at(10))));
+        assert_eq!(merged.status.completion_time, Some(Time(at(20))));
+    }
+
+    #[test]
+    fn bad_timestamp_is_rejected() {
+        let s = spec(&["app"]);
+        let mut r = report(RecreatePhase::Recreating, vec![]);
+        r.start_time = Some("yesterday".into());
+        assert_eq!(
+            merge_report(&s, None, &r, at(0)),
+            Err(MergeError::BadTimestamp {
+                field: "startTime",
+                value: "yesterday".into()
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_and_duplicate_containers_are_rejected() {
+        let s = spec(&["app"]);
+        let r = report(
+            RecreatePhase::Recreating,
+            vec![container("sidecar", ContainerRecreatePhase::Stopping)],
+        );
+        assert_eq!(
+            merge_report(&s, None, &r, at(0)),
+            Err(MergeError::UnknownContainers(vec!["sidecar".into()]))
+        );
+        let r = report(
+            RecreatePhase::Recreating,
+            vec![
+                container("app", ContainerRecreatePhase::Stopping),
+                container("app", ContainerRecreatePhase::Stopping),
+            ],
+        );
+        assert_eq!(
+            merge_report(&s, None, &r, at(0)),
+            Err(MergeError::DuplicateContainer("app".into()))
+        );
+    }
+
+    #[test]
+    fn container_states_follow_spec_order() {
+        let s = spec(&["a", "b"]);
+        let first = apply(
+            &s,
+            None,
+            &report(
+                RecreatePhase::Recreating,
+                vec![container("b", ContainerRecreatePhase::Stopping)],
+            ),
+        );
+        let merged = apply(
+            &s,
+            Some(&first.status),
+            &report(
+                RecreatePhase::Recreating,
+                vec![container("a", ContainerRecreatePhase::Pending)],
+            ),
+        );
+        let names: Vec<_> = merged
+            .status
+            .container_recreate_states
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn pending_report_with_progress_counts_as_recreating() {
+        let s = spec(&["app"]);
+        let merged = apply(
+            &s,
+            None,
+            &report(
+                RecreatePhase::Pending,
+                vec![container("app", ContainerRecreatePhase::Unready)],
+            ),
+        );
+        assert_eq!(merged.status.phase, RecreatePhase::Recreating);
+    }
+
+    #[test]
+    fn pending_report_on_pending_request_changes_nothing() {
+        let s = spec(&["app"]);
+        let pending = ContainerRecreateRequestStatus::default();
+        let merged = apply(&s, Some(&pending), &report(RecreatePhase::Pending, vec![]));
+        assert!(!merged.changed);
+    }
+
+    #[test]
+    fn failure_without_message_is_explained_by_containers() {
+        let s = spec(&["app"]);
+        let mut c = container("app", ContainerRecreatePhase::Failed);
+        c.message = Some("restartPolicy Never".into());
+        let merged = apply(&s, None, &report(RecreatePhase::Failed, vec![c]));
+        assert_eq!(
+            merged.status.message.as_deref(),
+            Some("container app: restartPolicy Never")
+        );
+        assert_eq!(
+            merged.steps.last(),
+            Some(&Step::Failed {
+                message: "container app: restartPolicy Never".into()
+            })
+        );
+    }
+
+    #[test]
+    fn steps_name_stopped_and_restarted_containers() {
+        let s = spec(&["app"]);
+        let mut stopping = container("app", ContainerRecreatePhase::Stopping);
+        stopping.previous_container_id = Some("containerd://old".into());
+        let first = apply(&s, None, &report(RecreatePhase::Recreating, vec![stopping]));
+        assert_eq!(first.steps, vec![Step::Started]);
+
+        let mut stopped = container("app", ContainerRecreatePhase::WaitingForRestart);
+        stopped.previous_container_id = Some("containerd://old".into());
+        let second = apply(
+            &s,
+            Some(&first.status),
+            &report(RecreatePhase::Recreating, vec![stopped]),
+        );
+        assert_eq!(
+            second.steps,
+            vec![Step::ContainerStopped {
+                container: "app".into(),
+                previous_id: Some("containerd://old".into())
+            }]
+        );
+
+        let mut done = container("app", ContainerRecreatePhase::Succeeded);
+        done.new_container_id = Some("containerd://new".into());
+        done.restart_count = Some(1);
+        let third = apply(
+            &s,
+            Some(&second.status),
+            &report(RecreatePhase::Succeeded, vec![done]),
+        );
+        assert_eq!(
+            third.steps,
+            vec![
+                Step::ContainerRestarted {
+                    container: "app".into(),
+                    previous_id: Some("containerd://old".into()),
+                    new_id: "containerd://new".into(),
+                    restart_count: Some(1)
+                },
+                Step::Succeeded
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_stop_is_not_a_stopped_container() {
+        let s = spec(&["app"]);
+        let merged = apply(
+            &s,
+            None,
+            &report(
+                RecreatePhase::Failed,
+                vec![container("app", ContainerRecreatePhase::Failed)],
+            ),
+        );
+        assert!(
+            !merged
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::ContainerStopped { .. }))
+        );
+    }
+
+    /// Whatever order reports arrive in, the phases never go back.
+    #[test]
+    fn phases_never_go_back_in_any_order() {
+        use ContainerRecreatePhase as C;
+        let s = spec(&["app"]);
+        let sequence = [
+            (RecreatePhase::Pending, C::Pending),
+            (RecreatePhase::Recreating, C::Unready),
+            (RecreatePhase::Recreating, C::ShuttingDown),
+            (RecreatePhase::Recreating, C::Stopping),
+            (RecreatePhase::Recreating, C::WaitingForRestart),
+            (RecreatePhase::Recreating, C::WaitingForReady),
+            (RecreatePhase::Succeeded, C::Succeeded),
+        ];
+        // Every order of a 7-report sequence would be 5040 cases; all pairs and reversed runs are enough.
+        let mut orders: Vec<Vec<usize>> = vec![(0..7).rev().collect()];
+        for i in 0..7 {
+            for j in 0..7 {
+                orders.push(vec![i, j, i]);
+            }
+        }
+        for order in orders {
+            let mut status: Option<ContainerRecreateRequestStatus> = None;
+            for i in order {
+                let (phase, cphase) = sequence[i];
+                let merged = apply(
+                    &s,
+                    status.as_ref(),
+                    &report(phase, vec![container("app", cphase)]),
+                );
+                if let Some(before) = &status {
+                    assert!(merged.status.phase >= before.phase);
+                    let (b, a) = (
+                        before.container_recreate_states.first().map(|c| c.phase),
+                        merged.status.container_recreate_states[0].phase,
+                    );
+                    assert!(b.is_none_or(|b| a >= b));
+                }
+                status = Some(merged.status);
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The `relaunch.dev/ready` readiness gate: whether a pod has it, who holds it, and the pod
+//! status patch that holds or releases it.
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use serde_json::{Value, json};
+
+use crate::api::READINESS_GATE;
+
+/// Reason of the gate condition while a request holds the pod NotReady.
+pub const REASON_HELD: &str = "RecreateRequested";
+/// Reason of the gate condition once released.
+pub const REASON_RELEASED: &str = "RecreateFinished";
+/// Reason of the gate condition set on a gated pod that had none.
+pub const REASON_OPENED: &str = "Initialized";
+
+/// Whether the pod lists `relaunch.dev/ready` in `spec.readinessGates`.
+pub fn has_gate(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|gates| gates.iter().any(|g| g.condition_type == READINESS_GATE))
+}
+
+/// The pod's `relaunch.dev/ready` condition, if any.
+pub fn gate_condition(pod: &Pod) -> Option<&PodCondition> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == READINESS_GATE))
+}
+
+/// The condition message naming the request that holds the pod NotReady.
+pub fn hold_message(namespace: &str, name: &str) -> String {
+    format!("held NotReady by ContainerRecreateRequest {namespace}/{name}")
+}
+
+/// Whether request `namespace/name` holds the pod NotReady.
+pub fn is_held_by(pod: &Pod, namespace: &str, name: &str) -> bool {
+    gate_condition(pod).is_some_and(|c| {
+        c.status == "False" && c.message.as_deref() == Some(hold_message(namespace, name).as_str())
+    })
+}
+
+/// What a readiness request means for the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateChange {
+    /// The pod has no `relaunch.dev/ready` gate: nothing to hold.
+    NotGated,
+    /// The condition already says so: nothing to write.
+    Unchanged,
+    /// Write the condition with this status.
+    Set { ready: bool },
+}
+
+/// Decides what `ready` asked for by request `namespace/name` changes on `pod`.
+pub fn gate_change(pod: &Pod, ready: bool, namespace: &str, name: &str) -> GateChange {
+    if !has_gate(pod) {
+        return GateChange::NotGated;
+    }
+    let done = match gate_condition(pod) {
+        None => false,
+        Some(c) if ready => c.status == "True",
+        Some(_) => is_held_by(pod, namespace, name),
+    };
+    if done {
+        GateChange::Unchanged
+    } else {
+        GateChange::Set { ready }
+    }
+}
+
+/// Whether a gated pod has no gate condition yet: nobody holds it, so it is opened (set True);
+/// without this a pod with the `relaunch.dev/ready` gate would never become Ready.
+pub fn needs_opening(pod: &Pod) -> bool {
+    has_gate(pod) && gate_condition(pod).is_none() && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// The patch that opens a gated pod's `relaunch.dev/ready` condition for the first time.
+pub fn opening_patch(now: Timestamp) -> Value {
+    json!({
+        "status": {
+            "conditions": [{
+                "type": READINESS_GATE,
+                "status": "True",
+                "reason": REASON_OPENED,
+                "message": "no ContainerRecreateRequest holds this pod",
+                "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            }]
+        }
+    })
+}
+
+/// The strategic merge patch on `pods/status` that sets the gate condition (other conditions,
+/// merged by `type`, stay as they are).
+pub fn gate_patch(ready: bool, namespace: &str, name: &str, now: Timestamp) -> Value {
+    let (status, reason, message) = if ready {
+        (
+            "True",
+            REASON_RELEASED,
+            format!("released by ContainerRecreateRequest {namespace}/{name}"),
+        )
+    } else {
+        ("False", REASON_HELD, hold_message(namespace, name))
+    };
+    json!({
+        "status": {
+            "conditions": [{
+                "type": READINESS_GATE,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            }]
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodReadinessGate, PodSpec, PodStatus};
+
+    fn pod(gated: bool, condition: Option<(&str, &str)>) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                readiness_gates: gated.then(|| {
+                    vec![PodReadinessGate {
+                        condition_type: READINESS_GATE.into(),
+                    }]
+                }),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                conditions: condition.map(|(status, message)| {
+                    vec![
+                        PodCondition {
+                            type_: "Ready".into(),
+                            status: "True".into(),
+                            ..Default::default()
+                        },
+                        PodCondition {
+                            type_: READINESS_GATE.into(),
+                            status: status.into(),
+                            message: Some(message.into()),
+                            ..Default::default()
+                        },
+                    ]
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_gated_pod_without_the_condition_is_opened_once() {
+        assert!(needs_opening(&pod(true, None)));
+        assert!(!needs_opening(&pod(true, Some(("True", "")))));
+        assert!(!needs_opening(&pod(true, Some(("False", "held")))));
+        assert!(!needs_opening(&pod(false, None)));
+        assert_eq!(
+            opening_patch(Timestamp::UNIX_EPOCH)["status"]["conditions"][0]["status"],
+            "True"
+        );
+    }
+
+    #[test]
+    fn pod_without_gate_cannot_be_held() {
+        assert_eq!(
+            gate_change(&pod(false, None), false, "ns", "r"),
+            GateChange::NotGated
+        );
+        assert_eq!(
+            gate_change(&pod(false, None), true, "ns", "r"),
+            GateChange::NotGated
+        );
+    }
+
+    #[test]
+    fn holding_writes_once() {
+        assert_eq!(
+            gate_change(&pod(true, Some(("True", "x"))), false, "ns", "r"),
+            GateChange::Set { ready: false }
+        );
+        let held = pod(true, Some(("False", &hold_message("ns", "r"))));
+        assert_eq!(gate_change(&held, false, "ns", "r"), GateChange::Unchanged);
+        assert!(is_held_by(&held, "ns", "r"));
+        assert!(!is_held_by(&held, "ns", "other"));
+        assert_eq!(
+            gate_change(&held, false, "ns", "other"),
+            GateChange::Set { ready: false }
+        );
+    }
+
+    #[test]
+    fn releasing_writes_once() {
+        let held = pod(true, Some(("False", &hold_message("ns", "r"))));
+        assert_eq!(
+            gate_change(&held, true, "ns", "r"),
+            GateChange::Set { ready: true }
+        );
+        assert_eq!(
+            gate_change(&pod(true, Some(("True", "x"))), true, "ns", "r"),
+            GateChange::Unchanged
+        );
+        assert_eq!(
+            gate_change(&pod(true, None), true, "ns", "r"),
+            GateChange::Set { ready: true }
+        );
+    }
+
+    #[test]
+    fn patch_names_the_request() {
+        let p = gate_patch(false, "ns", "r", Timestamp::UNIX_EPOCH);
+        let c = &p["status"]["conditions"][0];
+        assert_eq!(c["type"], READINESS_GATE);
+        assert_eq!(c["status"], "False");
+        assert_eq!(c["reason"], REASON_HELD);
+        assert_eq!(
+            c["message"],
+            "held NotReady by ContainerRecreateRequest ns/r"
+        );
+        assert_eq!(c["lastTransitionTime"], "1970-01-01T00:00:00Z");
+        let p = gate_patch(true, "ns", "r", Timestamp::UNIX_EPOCH);
+        assert_eq!(p["status"]["conditions"][0]["status"], "True");
+    }
+}

@@ -1,0 +1,1015 @@
+//! The coordinator against the in-process test API server: admission, the authenticated report
+//! API (reports, readiness gate, refusals that write nothing) and the lifecycle controllers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Event, Pod, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{CustomResourceExt, ResourceExt};
+use relaunch::api::report::{MAX_BODY_BYTES, READINESS_PATH, REPORTS_PATH};
+use relaunch::api::{
+    ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, READINESS_GATE, RecreatePhase,
+};
+use relaunch::coordinator::{self, Context, ReportListener, Settings};
+use relaunch::telemetry::admin::Health;
+use relaunch::testbed::apiserver::{API_AUDIENCE, ApiServer};
+use relaunch::testbed::eventually;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+const AGENT_NS: &str = "relaunch-system";
+const AGENT_SA: &str = "relaunch-agent";
+
+struct Bed {
+    _server: ApiServer,
+    client: kube::Client,
+    url: String,
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), coordinator::CoordinatorError>>>,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Bed {
+    async fn start(agent_timeout: Duration) -> Bed {
+        Self::start_with(agent_timeout, true).await
+    }
+
+    /// With `controllers` false only the report API runs (as on a replica without the Lease).
+    async fn start_with(agent_timeout: Duration, controllers: bool) -> Bed {
+        let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let client = server.client().unwrap();
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .create(&PostParams::default(), &ContainerRecreateRequest::crd())
+            .await
+            .unwrap();
+        create(
+            &client,
+            "namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": AGENT_NS}}),
+        )
+        .await;
+        for (ns, sa) in [(AGENT_NS, AGENT_SA), ("default", "intruder")] {
+            Api::<ServiceAccount>::namespaced(client.clone(), ns)
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        for node in ["node-1", "node-2"] {
+            create(
+                &client,
+                "nodes",
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}),
+            )
+            .await;
+        }
+        running_pod(&client, "db-0", Some("node-1"), true).await;
+        running_pod(&client, "web-0", Some("node-2"), false).await;
+        running_pod(&client, "plain-0", Some("node-1"), false).await;
+
+        let registry = prometheus::Registry::new();
+        let settings = Settings {
+            agent_timeout,
+            ..Settings::default()
+        };
+        let ctx = Context::new(client.clone(), settings, &registry).unwrap();
+        let listener = ReportListener::bind("127.0.0.1:0".parse().unwrap(), None)
+            .await
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let health = Arc::new(Health::default());
+        let shutdown = CancellationToken::new();
+        let task = if controllers {
+            let task = tokio::spawn(coordinator::run(
+                ctx,
+                listener,
+                health.clone(),
+                shutdown.clone(),
+            ));
+            eventually("the coordinator is ready", WAIT, || {
+                let ready = health.is_ready();
+                async move { ready.then_some(()) }
+            })
+            .await
+            .unwrap();
+            task
+        } else {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                coordinator::server::serve(listener, ctx, shutdown).await;
+                Ok(())
+            })
+        };
+        Bed {
+            _server: server,
+            client,
+            url,
+            registry,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    fn requests(&self) -> Api<ContainerRecreateRequest> {
+        Api::default_namespaced(self.client.clone())
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::default_namespaced(self.client.clone())
+    }
+
+    /// A token of the agents' service account bound to `node`, for `audience`.
+    async fn node_token(&self, node: &str, audience: &str) -> String {
+        token(
+            &self.client,
+            AGENT_NS,
+            AGENT_SA,
+            audience,
+            json!({"apiVersion": "v1", "kind": "Node", "name": node}),
+        )
+        .await
+    }
+
+    async fn create_request(
+        &self,
+        name: &str,
+        pod: &str,
+        containers: &[&str],
+        extra: Value,
+    ) -> ContainerRecreateRequest {
+        let mut body = json!({
+            "apiVersion": "relaunch.dev/v1alpha1", "kind": "ContainerRecreateRequest",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"podName": pod, "containers": containers.iter().map(|c| json!({"name": c})).collect::<Vec<_>>()}
+        });
+        if let (Some(spec), Some(extra)) = (body["spec"].as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        self.requests()
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(body).unwrap(),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the request has a status for which `check` holds.
+    async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&ContainerRecreateRequest) -> bool,
+    ) -> ContainerRecreateRequest {
+        let api = self.requests();
+        eventually(what, WAIT, || {
+            let api = api.clone();
+            let check = &check;
+            async move { api.get_opt(name).await.ok().flatten().filter(|r| check(r)) }
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn admitted(
+        &self,
+        name: &str,
+        pod: &str,
+        containers: &[&str],
+    ) -> ContainerRecreateRequest {
+        self.create_request(name, pod, containers, json!({})).await;
+        self.wait_for(name, "admission", |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == RecreatePhase::Pending)
+                && r.labels().contains_key(LABEL_NODE_NAME)
+        })
+        .await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: impl Into<Bytes>) -> (u16, Value) {
+        self.send("POST", path, token, "application/json", body.into())
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Bytes,
+    ) -> (u16, Value) {
+        let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url))
+            .header("content-type", content_type);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = client
+            .request(request.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
+        let code = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn counter(&self, name: &str, label: &str) -> u64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == label))
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    async fn events(&self, object: &str) -> Vec<(String, String)> {
+        Api::<Event>::default_namespaced(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(object))
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect()
+    }
+}
+
+async fn create(client: &kube::Client, plural: &str, object: Value) {
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("", "v1", object["kind"].as_str().unwrap()),
+        plural,
+    );
+    Api::<kube::api::DynamicObject>::all_with(client.clone(), &ar)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(object).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn running_pod(client: &kube::Client, name: &str, node: Option<&str>, gated: bool) -> Pod {
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let gates = if gated {
+        json!([{"conditionType": READINESS_GATE}])
+    } else {
+        json!([])
+    };
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "readinessGates": gates,
+            "containers": [{"name": "app", "image": "relaunch.test/busybox:1"}, {"name": "sidecar", "image": "relaunch.test/busybox:1"}]
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let mut conditions = vec![json!({"type": "Ready", "status": "True"})];
+    if gated {
+        conditions.push(json!({"type": READINESS_GATE, "status": "True"}));
+    }
+    pods.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "conditions": conditions}})),
+    )
+    .await
+    .unwrap()
+}
+
+async fn token(client: &kube::Client, ns: &str, sa: &str, audience: &str, bound: Value) -> String {
+    let request: TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [audience], "expirationSeconds": 3600, "boundObjectRef": bound}
+    }))
+    .unwrap();
+    let answer: TokenRequest = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_subresource("token", sa, &PostParams::default(), &request)
+        .await
+        .unwrap();
+    answer.status.unwrap().token
+}
+
+fn report(crr: &ContainerRecreateRequest, phase: &str, container: Value) -> Value {
+    json!({
+        "request": {"namespace": "default", "name": crr.name_any(), "uid": crr.uid().unwrap()},
+        "sequence": 1,
+        "phase": phase,
+        "containers": [container],
+    })
+}
+
+fn bytes(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap())
+}
+
+fn message(r: &ContainerRecreateRequest) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn admission_labels_valid_requests_and_fails_invalid_ones_with_clear_messages() {
+    let bed = Bed::start(Duration::from_secs(300)).await;
+    let db = bed.pods().get("db-0").await.unwrap();
+    let valid = bed.admitted("valid", "db-0", &["app"]).await;
+    assert_eq!(valid.labels()[LABEL_NODE_NAME], "node-1");
+    assert_eq!(valid.labels()[LABEL_POD_UID], db.uid().unwrap());
+
+    let pods = bed.pods();
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "unscheduled"}, "spec": {"containers": [{"name": "app", "image": "x"}]}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "starting"}, "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "x"}]}})).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let cases: [(&str, &str, &[&str], Value, &str); 7] = [
+        (
+            "no-pod",
+            "nope",
+            &["app"],
+            json!({}),
+            "pod nope not found in namespace default",
+        ),
+        (
+            "unscheduled",
+            "unscheduled",
+            &["app"],
+            json!({}),
+            "not scheduled",
+        ),
+        (
+            "not-running",
+            "starting",
+            &["app"],
+            json!({}),
+            "not Running",
+        ),
+        (
+            "unknown",
+            "db-0",
+            &["app", "ghost"],
+            json!({}),
+            "has no container ghost",
+        ),
+        (
+            "duplicate",
+            "db-0",
+            &["app", "app"],
+            json!({}),
+            "more than once: app",
+        ),
+        (
+            "negative",
+            "db-0",
+            &["app"],
+            json!({"strategy": {"minStartedSeconds": -1}}),
+            "spec.strategy.minStartedSeconds",
+        ),
+        ("empty", "db-0", &[], json!({}), "spec.containers is empty"),
+    ];
+    for (name, pod, containers, extra, _) in &cases {
+        bed.create_request(name, pod, containers, extra.clone())
+            .await;
+    }
+    for (name, _, _, _, expected) in &cases {
+        let failed = bed
+            .wait_for(name, "refusal", |r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == RecreatePhase::Failed)
+            })
+            .await;
+        assert!(
+            message(&failed).contains(expected),
+            "{name}: {:?}",
+            message(&failed)
+        );
+        assert!(failed.status.unwrap().completion_time.is_some());
+    }
+    let events = eventually("a Refused event", WAIT, || async {
+        let events = bed.events("unknown").await;
+        events
+            .iter()
+            .any(|(reason, _)| reason == "Refused")
+            .then_some(events)
+    })
+    .await
+    .unwrap();
+    assert!(
+        events.iter().any(|(_, m)| m.contains("ghost")),
+        "{events:?}"
+    );
+    assert!(bed.counter("relaunch_coordinator_crr_total", "refused") >= 7);
+}
+
+#[tokio::test]
+async fn reports_move_status_forward_and_stale_or_repeated_reports_write_nothing() {
+    let bed = Bed::start(Duration::from_secs(300)).await;
+    let crr = bed.admitted("restart-db", "db-0", &["app"]).await;
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+
+    let stopping = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping", "previousContainerId": "containerd://old", "timestamps": {"shutdown": "2030-01-01T00:00:00Z", "stop": "2030-01-01T00:00:02Z"}}),
+    );
+    let (code, body) = bed.post(REPORTS_PATH, Some(&token), bytes(&stopping)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["phase"], "Recreating");
+
+    let waiting = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "WaitingForRestart", "previousContainerId": "containerd://old"}),
+    );
+    assert_eq!(
+        bed.post(REPORTS_PATH, Some(&token), bytes(&waiting))
+            .await
+            .0,
+        200
+    );
+    let after = bed.requests().get("restart-db").await.unwrap();
+    let state = &after.status.as_ref().unwrap().container_recreate_states[0];
+    assert_eq!(format!("{:?}", state.phase), "WaitingForRestart");
+    assert!(
+        state.timestamps.stop.is_some(),
+        "timestamps from the earlier report are kept"
+    );
+
+    // A stale report (from before the stop) and a repeated one change nothing.
+    let rv = after.resource_version();
+    for again in [&stopping, &waiting] {
+        let (code, body) = bed.post(REPORTS_PATH, Some(&token), bytes(again)).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            bed.requests()
+                .get("restart-db")
+                .await
+                .unwrap()
+                .resource_version(),
+            rv
+        );
+    }
+    assert!(bed.counter("relaunch_coordinator_reports_total", "unchanged") >= 2);
+
+    let done = report(
+        &crr,
+        "Succeeded",
+        json!({"name": "app", "phase": "Succeeded", "previousContainerId": "containerd://old", "newContainerId": "containerd://new", "restartCount": 1}),
+    );
+    assert_eq!(
+        bed.post(REPORTS_PATH, Some(&token), bytes(&done)).await.0,
+        200
+    );
+    let finished = bed.requests().get("restart-db").await.unwrap();
+    let status = finished.status.as_ref().unwrap();
+    assert_eq!(status.phase, RecreatePhase::Succeeded);
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    assert_eq!(
+        status.container_recreate_states[0]
+            .new_container_id
+            .as_deref(),
+        Some("containerd://new")
+    );
+
+    // A late Recreating report after success changes nothing.
+    let (code, body) = bed.post(REPORTS_PATH, Some(&token), bytes(&stopping)).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["phase"], "Succeeded");
+    assert_eq!(
+        bed.requests()
+            .get("restart-db")
+            .await
+            .unwrap()
+            .resource_version(),
+        finished.resource_version()
+    );
+
+    for object in ["restart-db", "db-0"] {
+        let events = eventually("the steps' events", WAIT, || async {
+            let events = bed.events(object).await;
+            let reasons: Vec<&str> = events.iter().map(|(r, _)| r.as_str()).collect();
+            [
+                "Recreating",
+                "ContainerStopped",
+                "ContainerRestarted",
+                "Succeeded",
+            ]
+            .iter()
+            .all(|r| reasons.contains(r))
+            .then_some(events)
+        })
+        .await
+        .unwrap();
+        let restarted = events
+            .iter()
+            .find(|(r, _)| r == "ContainerRestarted")
+            .unwrap();
+        assert!(
+            restarted.1.contains("containerd://old -> containerd://new"),
+            "{restarted:?}"
+        );
+    }
+    assert_eq!(
+        bed.counter("relaunch_coordinator_crr_total", "succeeded"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_token_bound_to_the_agent_pod_identifies_its_node() {
+    let bed = Bed::start(Duration::from_secs(300)).await;
+    let crr = bed.admitted("via-pod", "db-0", &["app"]).await;
+    let agents: Api<Pod> = Api::namespaced(bed.client.clone(), AGENT_NS);
+    let agent: Pod = serde_json::from_value(json!({"metadata": {"name": "agent-1"}, "spec": {"nodeName": "node-1", "containers": [{"name": "agent", "image": "x"}]}})).unwrap();
+    let agent = agents.create(&PostParams::default(), &agent).await.unwrap();
+    let token = token(
+        &bed.client,
+        AGENT_NS,
+        AGENT_SA,
+        "relaunch-coordinator",
+        json!({"apiVersion": "v1", "kind": "Pod", "name": "agent-1", "uid": agent.uid()}),
+    )
+    .await;
+    let r = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "ShuttingDown"}),
+    );
+    let (code, body) = bed.post(REPORTS_PATH, Some(&token), bytes(&r)).await;
+    assert_eq!(code, 200, "{body}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_right_code_and_change_nothing() {
+    let bed = Bed::start(Duration::from_secs(300)).await;
+    let crr = bed.admitted("guarded", "db-0", &["app"]).await;
+    let web = bed.admitted("guarded-web", "web-0", &["app"]).await;
+    let rv = crr.resource_version();
+    let web_rv = web.resource_version();
+    let good = bed.node_token("node-1", "relaunch-coordinator").await;
+    let other_node = bed.node_token("node-2", "relaunch-coordinator").await;
+    let wrong_audience = bed.node_token("node-1", API_AUDIENCE).await;
+    let intruder = token(
+        &bed.client,
+        "default",
+        "intruder",
+        "relaunch-coordinator",
+        json!({"apiVersion": "v1", "kind": "Node", "name": "node-1"}),
+    )
+    .await;
+    let expired = bed.node_token("node-1", "relaunch-coordinator").await;
+    bed._server.expire_token(&expired);
+    let valid = bytes(&report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping"}),
+    ));
+    let mut unknown = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping"}),
+    );
+    unknown["request"]["name"] = json!("nope");
+    let mut wrong_uid = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping"}),
+    );
+    wrong_uid["request"]["uid"] = json!("00000000-0000-0000-0000-000000000000");
+    let mut extra_field = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping"}),
+    );
+    extra_field["surprise"] = json!(true);
+    let mut traversal = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping"}),
+    );
+    traversal["request"]["name"] = json!("../../../api/v1/secrets");
+    let huge = {
+        let mut r = report(
+            &crr,
+            "Recreating",
+            json!({"name": "app", "phase": "Stopping"}),
+        );
+        r["message"] = json!("x".repeat(MAX_BODY_BYTES));
+        bytes(&r)
+    };
+
+    let cases: Vec<(&str, Option<&str>, Bytes, u16, &str)> = vec![
+        ("no token", None, valid.clone(), 401, "Unauthenticated"),
+        (
+            "garbage token",
+            Some("not-a-token"),
+            valid.clone(),
+            401,
+            "Unauthenticated",
+        ),
+        (
+            "expired token",
+            Some(&expired),
+            valid.clone(),
+            401,
+            "Unauthenticated",
+        ),
+        (
+            "wrong audience",
+            Some(&wrong_audience),
+            valid.clone(),
+            401,
+            "Unauthenticated",
+        ),
+        (
+            "wrong service account",
+            Some(&intruder),
+            valid.clone(),
+            401,
+            "Unauthenticated",
+        ),
+        (
+            "another node's pod",
+            Some(&other_node),
+            valid.clone(),
+            403,
+            "Forbidden",
+        ),
+        (
+            "garbage JSON",
+            Some(&good),
+            Bytes::from_static(b"{not json"),
+            400,
+            "BadRequest",
+        ),
+        (
+            "unknown field",
+            Some(&good),
+            bytes(&extra_field),
+            400,
+            "BadRequest",
+        ),
+        (
+            "path traversal",
+            Some(&good),
+            bytes(&traversal),
+            400,
+            "BadRequest",
+        ),
+        ("huge body", Some(&good), huge, 413, "PayloadTooLarge"),
+        (
+            "unknown request",
+            Some(&good),
+            bytes(&unknown),
+            404,
+            "NotFound",
+        ),
+        (
+            "request re-created",
+            Some(&good),
+            bytes(&wrong_uid),
+            404,
+            "NotFound",
+        ),
+    ];
+    for (what, token, body, code, reason) in cases {
+        let (got, answer) = bed.post(REPORTS_PATH, token, body).await;
+        assert_eq!(got, code, "{what}: {answer}");
+        assert_eq!(answer["error"]["reason"], reason, "{what}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{what}");
+        assert!(
+            !answer["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{what}"
+        );
+    }
+    let (code, _) = bed
+        .send(
+            "GET",
+            REPORTS_PATH,
+            Some(&good),
+            "application/json",
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(code, 405);
+    let (code, _) = bed
+        .send(
+            "POST",
+            REPORTS_PATH,
+            Some(&good),
+            "text/plain",
+            valid.clone(),
+        )
+        .await;
+    assert_eq!(code, 415);
+    // node-1's agent may not hold node-2's pod NotReady either.
+    let hold = json!({"request": {"namespace": "default", "name": "guarded-web", "uid": web.uid()}, "ready": false});
+    assert_eq!(
+        bed.post(READINESS_PATH, Some(&good), bytes(&hold)).await.0,
+        403
+    );
+
+    assert_eq!(
+        bed.requests()
+            .get("guarded")
+            .await
+            .unwrap()
+            .resource_version(),
+        rv
+    );
+    assert_eq!(
+        bed.requests()
+            .get("guarded-web")
+            .await
+            .unwrap()
+            .resource_version(),
+        web_rv
+    );
+    for reason in [
+        "missing_token",
+        "invalid_token",
+        "wrong_audience",
+        "wrong_service_account",
+        "wrong_node",
+    ] {
+        assert!(
+            bed.counter("relaunch_coordinator_auth_failures_total", reason) >= 1,
+            "{reason}"
+        );
+    }
+    // And the right agent still gets through.
+    assert_eq!(bed.post(REPORTS_PATH, Some(&good), valid).await.0, 200);
+}
+
+#[tokio::test]
+async fn readiness_requests_flip_the_pods_gate_condition_and_keep_the_others() {
+    let bed = Bed::start(Duration::from_secs(300)).await;
+    let crr = bed.admitted("drain", "db-0", &["app"]).await;
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+    let request = |ready: bool| {
+        bytes(
+            &json!({"request": {"namespace": "default", "name": "drain", "uid": crr.uid()}, "ready": ready}),
+        )
+    };
+    let gate = |pod: &Pod| {
+        let conditions = pod
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .clone()
+            .unwrap_or_default();
+        let gate = conditions
+            .iter()
+            .find(|c| c.type_ == READINESS_GATE)
+            .cloned()
+            .unwrap();
+        assert!(
+            conditions.iter().any(|c| c.type_ == "Ready"),
+            "other conditions stay"
+        );
+        gate
+    };
+
+    let (code, answer) = bed.post(READINESS_PATH, Some(&token), request(false)).await;
+    assert_eq!(
+        (code, answer["gated"].clone()),
+        (200, json!(true)),
+        "{answer}"
+    );
+    let held = gate(&bed.pods().get("db-0").await.unwrap());
+    assert_eq!(held.status, "False");
+    assert_eq!(held.reason.as_deref(), Some("RecreateRequested"));
+    assert!(held.message.unwrap().contains("default/drain"));
+
+    let (code, _) = bed.post(READINESS_PATH, Some(&token), request(true)).await;
+    assert_eq!(code, 200);
+    assert_eq!(gate(&bed.pods().get("db-0").await.unwrap()).status, "True");
+
+    // A pod without the gate: answered, nothing written.
+    let plain = bed.admitted("plain", "plain-0", &["app"]).await;
+    let before = bed.pods().get("plain-0").await.unwrap().resource_version();
+    let hold = json!({"request": {"namespace": "default", "name": "plain", "uid": plain.uid()}, "ready": false});
+    let (code, answer) = bed.post(READINESS_PATH, Some(&token), bytes(&hold)).await;
+    assert_eq!(code, 200);
+    assert_eq!(answer["gated"], false);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("readinessGates"),
+        "{answer}"
+    );
+    assert_eq!(
+        bed.pods().get("plain-0").await.unwrap().resource_version(),
+        before
+    );
+}
+
+#[tokio::test]
+async fn deadline_pod_deletion_and_ttl_end_requests_and_the_gate_is_released() {
+    let bed = Bed::start(Duration::from_secs(300)).await;
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+
+    // Deadline exceeded while the pod is held NotReady: Failed, and the gate is released.
+    bed.create_request(
+        "late",
+        "db-0",
+        &["app"],
+        json!({"activeDeadlineSeconds": 2, "ttlSecondsAfterFinished": 3600}),
+    )
+    .await;
+    let crr = bed
+        .wait_for("late", "admission", |r| r.status.is_some())
+        .await;
+    let hold = json!({"request": {"namespace": "default", "name": "late", "uid": crr.uid()}, "ready": false});
+    assert_eq!(
+        bed.post(READINESS_PATH, Some(&token), bytes(&hold)).await.0,
+        200
+    );
+    let failed = bed
+        .wait_for("late", "deadline", |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == RecreatePhase::Failed)
+        })
+        .await;
+    assert!(
+        message(&failed).starts_with("deadline exceeded"),
+        "{}",
+        message(&failed)
+    );
+    let pods = bed.pods();
+    eventually("the gate is released", WAIT, || async {
+        let pod = pods.get("db-0").await.ok()?;
+        let conditions = pod.status?.conditions?;
+        conditions
+            .iter()
+            .any(|c| c.type_ == READINESS_GATE && c.status == "True")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // TTL: a finished request is deleted once ttlSecondsAfterFinished has passed.
+    let quick = bed.admitted("quick", "db-0", &["app"]).await;
+    let mut ttl = bed.requests().get("quick").await.unwrap();
+    ttl.spec.ttl_seconds_after_finished = Some(0);
+    bed.requests()
+        .replace("quick", &PostParams::default(), &ttl)
+        .await
+        .unwrap();
+    let done = report(
+        &quick,
+        "Succeeded",
+        json!({"name": "app", "phase": "Succeeded"}),
+    );
+    assert_eq!(
+        bed.post(REPORTS_PATH, Some(&token), bytes(&done)).await.0,
+        200
+    );
+    let api = bed.requests();
+    eventually("the TTL deletes the request", WAIT, || async {
+        api.get_opt("quick").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The pod deleted mid-way: Failed.
+    bed.admitted("orphan", "web-0", &["app"]).await;
+    bed.pods()
+        .delete("web-0", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let orphan = bed
+        .wait_for("orphan", "pod deletion", |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == RecreatePhase::Failed)
+        })
+        .await;
+    assert!(
+        message(&orphan).contains("pod web-0 was deleted"),
+        "{}",
+        message(&orphan)
+    );
+    assert!(bed.counter("relaunch_coordinator_crr_total", "deadline_exceeded") == 1);
+    assert!(bed.counter("relaunch_coordinator_crr_total", "pod_gone") == 1);
+}
+
+#[tokio::test]
+async fn a_silent_agent_fails_the_request_naming_its_node() {
+    let bed = Bed::start(Duration::from_secs(1)).await;
+    bed.create_request("unheard", "db-0", &["app"], json!({}))
+        .await;
+    let failed = bed
+        .wait_for("unheard", "agent timeout", |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == RecreatePhase::Failed)
+        })
+        .await;
+    assert!(
+        message(&failed).contains("agent on node node-1"),
+        "{}",
+        message(&failed)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_coordinator_cleanly() {
+    let mut bed = Bed::start(Duration::from_secs(300)).await;
+    bed.shutdown.cancel();
+    let result = tokio::time::timeout(WAIT, bed.task.take().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_report_before_admission_admits_the_request_or_fails_an_invalid_one() {
+    let bed = Bed::start_with(Duration::from_secs(300), false).await;
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+    let early = bed
+        .create_request("early", "db-0", &["app"], json!({}))
+        .await;
+    let r = report(
+        &early,
+        "Recreating",
+        json!({"name": "app", "phase": "ShuttingDown"}),
+    );
+    let (code, body) = bed.post(REPORTS_PATH, Some(&token), bytes(&r)).await;
+    assert_eq!(code, 200, "{body}");
+    let early = bed.requests().get("early").await.unwrap();
+    assert_eq!(
+        early.status.as_ref().unwrap().phase,
+        RecreatePhase::Recreating
+    );
+    assert_eq!(early.labels()[LABEL_NODE_NAME], "node-1");
+    assert!(early.labels().contains_key(LABEL_POD_UID));
+
+    let bad = bed
+        .create_request(
+            "bad",
+            "db-0",
+            &["app"],
+            json!({"activeDeadlineSeconds": -1}),
+        )
+        .await;
+    let r = report(
+        &bad,
+        "Recreating",
+        json!({"name": "app", "phase": "ShuttingDown"}),
+    );
+    let (code, body) = bed.post(REPORTS_PATH, Some(&token), bytes(&r)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["phase"], "Failed");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.activeDeadlineSeconds"),
+        "{body}"
+    );
+}
