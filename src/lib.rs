@@ -3,7 +3,9 @@
 //! The node agent restarts containers through the node's container runtime ([`cri`]); the
 //! coordinator authenticates the agents' reports and owns every status write.
 
+pub mod agent;
 pub mod api;
+pub mod coordinator;
 pub mod cri;
 pub mod telemetry;
 

@@ -33,7 +33,7 @@ pub struct ContainerRecreateRequestSpec {
     pub containers: Vec<ContainerRecreateRequestContainer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<ContainerRecreateRequestStrategy>,
-    /// Fail the whole request when it has not finished this many seconds after it started.
+    /// Fail the whole request when it has not finished this many seconds after it was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_deadline_seconds: Option<i64>,
     /// Delete the request this many seconds after it finished.

@@ -3,8 +3,10 @@
 
 mod crr;
 pub mod report;
+mod rollout;
 
 pub use crr::*;
+pub use rollout::*;
 
 use kube::CustomResourceExt;
 
@@ -15,6 +17,10 @@ pub const GROUP: &str = "relaunch.dev";
 pub const LABEL_NODE_NAME: &str = "relaunch.dev/node-name";
 /// Label on a ContainerRecreateRequest: the UID of its pod.
 pub const LABEL_POD_UID: &str = "relaunch.dev/pod-uid";
+/// Label on a ContainerRecreateRequest created by a RollingRestart: the rollout's name.
+pub const LABEL_ROLLING_RESTART: &str = "relaunch.dev/rolling-restart";
+/// Annotation on a workload that starts one RollingRestart per distinct value.
+pub const ANNOTATION_RESTART_AT: &str = "relaunch.dev/restart-at";
 
 /// Readiness gate / pod condition the coordinator sets False to drain a pod before a recreate.
 pub const READINESS_GATE: &str = "relaunch.dev/ready";
@@ -24,7 +30,7 @@ pub const COORDINATOR_AUDIENCE: &str = "relaunch-coordinator";
 
 /// The CRDs as (file name, YAML), as committed under `manifests/crds/`.
 pub fn crd_manifests() -> Vec<(String, String)> {
-    [ContainerRecreateRequest::crd()]
+    [ContainerRecreateRequest::crd(), RollingRestart::crd()]
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();

@@ -1,0 +1,203 @@
+//! `RollingRestart`: restart the pods of a whole workload in place, batch by batch.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, ContainerRecreateRequestStrategy, ShutdownAction};
+
+/// Restart the pods of a workload (or of a pod selector) in place, within a disruption budget.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "relaunch.dev",
+    version = "v1alpha1",
+    kind = "RollingRestart",
+    plural = "rollingrestarts",
+    singular = "rollingrestart",
+    shortname = "rr",
+    namespaced,
+    status = "RollingRestartStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.target"}"#,
+    printcolumn = r#"{"name":"Restarted","type":"integer","jsonPath":".status.restarted"}"#,
+    printcolumn = r#"{"name":"Total","type":"integer","jsonPath":".status.total"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.message"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingRestartSpec {
+    pub target: RolloutTarget,
+    /// Containers to restart in each pod; default: all regular containers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+    /// Graceful shutdown actions per container, passed to each pod's ContainerRecreateRequest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shutdown: Vec<ContainerShutdown>,
+    /// Recreate strategy passed to each ContainerRecreateRequest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recreate_strategy: Option<ContainerRecreateRequestStrategy>,
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+    /// Stop for good: no new batches; the rollout ends Failed ("aborted").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abort: bool,
+}
+
+/// What to restart: a workload (resolved through its selector) or a pod selector.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_ref: Option<WorkloadRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// A StatefulSet, Deployment, DaemonSet or ReplicaSet in the rollout's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    pub kind: String,
+    pub name: String,
+}
+
+/// A shutdown action for one container.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerShutdown {
+    pub container: String,
+    #[serde(flatten)]
+    pub action: ShutdownAction,
+}
+
+/// How pods are chosen and paced.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStrategy {
+    /// Most target pods unavailable at once (count or percent of the targets, default 1); pods
+    /// already unavailable for other reasons count against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+    /// StatefulSet ordinals below this are left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<RolloutOrder>,
+    /// Seconds a restarted batch must stay ready before the next batch starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+    /// Never start a batch a PodDisruptionBudget would not allow (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respect_pod_disruption_budgets: Option<bool>,
+    /// What a failed pod restart does to the rollout (default Pause).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<RolloutFailurePolicy>,
+    /// Failed pods tolerated before `failurePolicy` applies (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<i32>,
+    /// No new batches while true; the controller sets it when failures pause the rollout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// The order pods are restarted in.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutOrder {
+    /// `OrdinalDescending` (default, the StatefulSet convention) or `OrdinalAscending`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordinal: Option<OrdinalOrder>,
+    /// Role-aware order: pods whose label `key` has one of `first` go first, one of `last` go
+    /// last (e.g. Patroni `role`: first `replica`, last `primary`/`master`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<RoleOrder>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OrdinalOrder {
+    #[default]
+    OrdinalDescending,
+    OrdinalAscending,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleOrder {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub first: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RolloutFailurePolicy {
+    #[default]
+    Pause,
+    Continue,
+    Abort,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RolloutPhase {
+    #[default]
+    Pending,
+    Progressing,
+    Paused,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingRestartStatus {
+    #[serde(default)]
+    pub phase: RolloutPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `Kind/name` or `selector`, for printing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub total: i32,
+    #[serde(default)]
+    pub restarted: i32,
+    #[serde(default)]
+    pub failed: i32,
+    #[serde(default)]
+    pub in_progress: i32,
+    /// Number of batches started so far.
+    #[serde(default)]
+    pub batches: i32,
+    /// Pods of the batch in progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub current_batch: Vec<String>,
+    /// Per-pod results, most recent last (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodRestartResult>,
+    /// Failures the user has acknowledged by resuming a paused rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_failures: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The outcome of one pod's restart.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRestartResult {
+    pub name: String,
+    /// The ContainerRecreateRequest that restarted it.
+    pub request: String,
+    pub phase: super::RecreatePhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
