@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
+use relaunch::api::{ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID};
 use relaunch::telemetry::{LogFormat, init_logging};
+use relaunch::testbed::processes::Binaries;
 use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
 
 #[derive(Parser)]
@@ -66,9 +68,11 @@ async fn main() -> ExitCode {
 async fn up(dir: PathBuf, nodes: usize, port: u16) -> Result<(), String> {
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
-    let sandbox = Sandbox::start(SandboxConfig::new(dir.clone(), nodes, port))
-        .await
-        .map_err(|e| e.to_string())?;
+    let binaries = Binaries::beside_current_exe().map_err(|e| e.to_string())?;
+    let sandbox =
+        Sandbox::start(SandboxConfig::new(dir.clone(), nodes, port).with_relaunch(binaries))
+            .await
+            .map_err(|e| e.to_string())?;
     std::fs::write(&ready, "").map_err(|e| format!("cannot write {}: {e}", ready.display()))?;
     println!(
         "sandbox up: {} nodes, API server {}",
@@ -137,11 +141,13 @@ async fn demo(nodes: usize, port: u16) -> Result<(), String> {
         .prefix("relaunch-sandbox-demo-")
         .tempdir()
         .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    println!("== starting the sandbox: containerd, test API server, {nodes} simulated nodes");
+    println!(
+        "== starting the sandbox: containerd, test API server, {nodes} simulated nodes, relaunch-coordinator and a relaunch-agent per node"
+    );
     let started = Instant::now();
-    let sandbox = Sandbox::start(SandboxConfig::new(dir.path().to_path_buf(), nodes, port))
-        .await
-        .map_err(|e| e.to_string())?;
+    let binaries = Binaries::beside_current_exe().map_err(|e| e.to_string())?;
+    let config = SandboxConfig::new(dir.path().to_path_buf(), nodes, port).with_relaunch(binaries);
+    let sandbox = Sandbox::start(config).await.map_err(|e| e.to_string())?;
     println!(
         "   up in {:.1}s; API server {}",
         started.elapsed().as_secs_f64(),
@@ -158,7 +164,7 @@ async fn demo(nodes: usize, port: u16) -> Result<(), String> {
 async fn run_demo(sandbox: &Sandbox) -> Result<(), String> {
     let client = sandbox.client().map_err(|e| e.to_string())?;
     let sets: Api<StatefulSet> = Api::default_namespaced(client.clone());
-    let pods: Api<Pod> = Api::default_namespaced(client);
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
     let set: StatefulSet = serde_json::from_str(DEMO_DB).map_err(|e| e.to_string())?;
     println!(
         "== deploying StatefulSet demo-db (3 replicas, a database-like container with a volume)"
@@ -205,6 +211,124 @@ async fn run_demo(sandbox: &Sandbox) -> Result<(), String> {
                 .map(short_id)
                 .unwrap_or_default(),
         );
+    }
+    let first = ready
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("demo-db-0"))
+        .ok_or("demo-db-0 is missing")?;
+    restart_in_place(client, first).await
+}
+
+async fn restart_in_place(client: kube::Client, pod: &Pod) -> Result<(), String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    let before = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .cloned()
+        .ok_or("the demo pod has no container status")?;
+    println!(
+        "== restarting {name}/db in place: shutdown command `touch /tmp/shutdown`, then CRI stop, then the kubelet restarts it"
+    );
+    let request: ContainerRecreateRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "relaunch.dev/v1alpha1",
+        "kind": "ContainerRecreateRequest",
+        "metadata": {"name": format!("{name}-restart"), "namespace": "default",
+                     "labels": {LABEL_NODE_NAME: node, LABEL_POD_UID: uid}},
+        "spec": {"podName": name, "containers": [{"name": "db", "shutdown": {"exec": {"command": ["touch", "/tmp/shutdown"]}}}],
+                 "strategy": {"terminationGracePeriodSeconds": 10}}
+    }))
+    .map_err(|e| e.to_string())?;
+    let requests: Api<ContainerRecreateRequest> = Api::default_namespaced(client.clone());
+    requests
+        .create(&PostParams::default(), &request)
+        .await
+        .map_err(|e| format!("creating the ContainerRecreateRequest: {e}"))?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let mut last = String::new();
+    let status = loop {
+        let current = requests
+            .get(&format!("{name}-restart"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = current.status.clone().unwrap_or_default();
+        let line = match status.container_recreate_states.first() {
+            Some(c) => format!("{:?} (container db: {:?})", status.phase, c.phase),
+            None => format!("{:?}", status.phase),
+        };
+        if line != last {
+            println!("   {:>6.2}s  {line}", started.elapsed().as_secs_f64());
+            last = line;
+        }
+        if status.phase.is_finished() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the recreate did not finish within 2 minutes (last: {last})"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if status.phase != relaunch::api::RecreatePhase::Succeeded {
+        return Err(format!(
+            "the recreate failed: {}",
+            status.message.unwrap_or_default()
+        ));
+    }
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let after = pods.get(&name).await.map_err(|e| e.to_string())?;
+    let container = after
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .cloned()
+        .ok_or("the restarted pod has no container status")?;
+    let exit = container
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| t.exit_code);
+    println!(
+        "   pod UID {} ({}), IP {}, container {} -> {}, restartCount {} -> {}, previous container exited with {}",
+        after.metadata.uid.as_deref().unwrap_or(""),
+        if after.metadata.uid.as_deref() == Some(uid.as_str()) {
+            "unchanged"
+        } else {
+            "CHANGED"
+        },
+        after
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .unwrap_or(""),
+        before
+            .container_id
+            .as_deref()
+            .map(short_id)
+            .unwrap_or_default(),
+        container
+            .container_id
+            .as_deref()
+            .map(short_id)
+            .unwrap_or_default(),
+        before.restart_count,
+        container.restart_count,
+        exit.map_or("?".to_string(), |c| c.to_string()),
+    );
+    if after.metadata.uid.as_deref() != Some(uid.as_str())
+        || container.restart_count != before.restart_count + 1
+    {
+        return Err("the pod was not restarted in place".into());
     }
     Ok(())
 }

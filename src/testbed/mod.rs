@@ -8,6 +8,7 @@ pub mod controllers;
 mod image;
 pub mod kubelet;
 pub mod pod;
+pub mod processes;
 pub mod sandbox;
 
 pub use containerd::Containerd;

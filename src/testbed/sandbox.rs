@@ -4,9 +4,14 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+use std::time::Duration;
+
+use kube::api::{Api, PostParams};
+
 use super::apiserver::ApiServer;
 use super::controllers::Controllers;
 use super::kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
+use super::processes::{self, Binaries, ManagedProcess};
 use super::{Containerd, TestbedError};
 
 /// What to start.
@@ -19,6 +24,10 @@ pub struct SandboxConfig {
     pub port: u16,
     /// Crash-loop back-off of the simulated kubelets (the kubelet's own by default).
     pub backoff: CrashLoopBackoff,
+    /// Run the coordinator and an agent per node from these binaries (none: the bare test bed).
+    pub relaunch: Option<Binaries>,
+    /// Extra arguments for every agent (e.g. `--max-parallel 4`).
+    pub agent_args: Vec<String>,
 }
 
 impl SandboxConfig {
@@ -28,7 +37,15 @@ impl SandboxConfig {
             nodes,
             port,
             backoff: CrashLoopBackoff::default(),
+            relaunch: None,
+            agent_args: Vec::new(),
         }
+    }
+
+    /// Also runs relaunch: the coordinator and one agent per node, as real processes.
+    pub fn with_relaunch(mut self, binaries: Binaries) -> Self {
+        self.relaunch = Some(binaries);
+        self
     }
 }
 
@@ -43,6 +60,11 @@ pub struct SimulatedNode {
 /// container (through the containerd teardown).
 pub struct Sandbox {
     pub nodes: Vec<SimulatedNode>,
+    coordinator: Option<ManagedProcess>,
+    coordinator_url: Option<String>,
+    agents: Vec<ManagedProcess>,
+    binaries: Option<Binaries>,
+    agent_args: Vec<String>,
     kubelets: Vec<Kubelet>,
     controllers: Option<Controllers>,
     api: ApiServer,
@@ -74,6 +96,11 @@ impl Sandbox {
         let controllers = Controllers::start(client.clone()).await?;
         let mut sandbox = Self {
             nodes: Vec::new(),
+            coordinator: None,
+            coordinator_url: None,
+            agents: Vec::new(),
+            binaries: config.relaunch.clone(),
+            agent_args: config.agent_args.clone(),
             kubelets: Vec::new(),
             controllers: Some(controllers),
             api,
@@ -93,8 +120,68 @@ impl Sandbox {
             sandbox.kubelets.push(kubelet);
             sandbox.nodes.push(node);
         }
+        install_crds(&client).await?;
+        if let Some(binaries) = config.relaunch.clone() {
+            processes::prepare_identities(&sandbox.api).await?;
+            let (coordinator, launch) =
+                processes::start_coordinator(&sandbox.api, &binaries, &sandbox.dir).await?;
+            sandbox.coordinator = Some(coordinator);
+            sandbox.coordinator_url = Some(launch.url);
+            for i in 0..sandbox.nodes.len() {
+                let agent = sandbox.launch_agent(i).await?;
+                sandbox.agents.push(agent);
+            }
+        }
         std::fs::write(sandbox.kubeconfig_path(), sandbox.api.kubeconfig(None))?;
         Ok(sandbox)
+    }
+
+    async fn launch_agent(&self, index: usize) -> Result<ManagedProcess, TestbedError> {
+        let (Some(binaries), Some(url)) = (&self.binaries, &self.coordinator_url) else {
+            return Err(TestbedError::Setup(
+                "the sandbox runs without relaunch".into(),
+            ));
+        };
+        let node = &self.nodes[index];
+        let node_dir = self.dir.join("nodes").join(&node.name);
+        let (agent, _) = processes::start_agent(
+            &self.api,
+            binaries,
+            &node_dir,
+            node,
+            self.containerd.socket(),
+            url,
+            &self.agent_args,
+        )
+        .await?;
+        Ok(agent)
+    }
+
+    /// The agent process of node `index` (0-based), to kill or restart it in tests.
+    pub fn agent(&mut self, index: usize) -> Option<&mut ManagedProcess> {
+        self.agents.get_mut(index)
+    }
+
+    /// Starts node `index`'s agent again after it was killed; waits until it is ready.
+    pub async fn restart_agent(&mut self, index: usize) -> Result<(), TestbedError> {
+        let agent = self
+            .agents
+            .get_mut(index)
+            .ok_or_else(|| TestbedError::Setup(format!("no agent {index}")))?;
+        agent.kill();
+        let replacement = self.launch_agent(index).await?;
+        self.agents[index] = replacement;
+        Ok(())
+    }
+
+    /// The coordinator process, to stop or restart it in tests.
+    pub fn coordinator(&mut self) -> Option<&mut ManagedProcess> {
+        self.coordinator.as_mut()
+    }
+
+    /// The coordinator's report API URL.
+    pub fn coordinator_url(&self) -> Option<&str> {
+        self.coordinator_url.as_deref()
     }
 
     /// `<dir>/kubeconfig`, usable by kubectl and kube-rs.
@@ -118,6 +205,14 @@ impl Sandbox {
     /// Stops the kubelets and controllers, removes every container and stops containerd and the
     /// API server.
     pub async fn shutdown(mut self) {
+        let mut relaunch: Vec<ManagedProcess> = std::mem::take(&mut self.agents);
+        relaunch.extend(self.coordinator.take());
+        let _ = tokio::task::spawn_blocking(move || {
+            for process in &mut relaunch {
+                process.terminate(Duration::from_secs(20));
+            }
+        })
+        .await;
         for kubelet in std::mem::take(&mut self.kubelets) {
             kubelet.shutdown().await;
         }
@@ -134,4 +229,20 @@ impl Sandbox {
             .ok();
         api.shutdown().await;
     }
+}
+
+/// Registers relaunch's CRDs, generated from the Rust types.
+async fn install_crds(client: &kube::Client) -> Result<(), TestbedError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, yaml) in crate::api::crd_manifests() {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)
+            .map_err(|e| TestbedError::Setup(format!("generated CRD does not parse: {e}")))?;
+        match crds.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(TestbedError::Setup(format!("installing CRDs: {e}"))),
+        }
+    }
+    Ok(())
 }

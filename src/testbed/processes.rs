@@ -1,0 +1,365 @@
+//! relaunch's own binaries run by the sandbox as real processes: the coordinator and one agent
+//! per simulated node, each with the identity it would have on a cluster (service-account tokens
+//! from the TokenRequest API: read-only API access, and a node-bound token for the coordinator).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, PostParams};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use super::apiserver::ApiServer;
+use super::{TestbedError, eventually};
+use crate::api::COORDINATOR_AUDIENCE;
+
+/// Namespace and service accounts relaunch runs under.
+pub const NAMESPACE: &str = "relaunch-system";
+pub const AGENT_SERVICE_ACCOUNT: &str = "relaunch-agent";
+pub const COORDINATOR_SERVICE_ACCOUNT: &str = "relaunch-coordinator";
+
+/// Where the relaunch binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub coordinator: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries next to the running executable (how `relaunch-sandbox` finds them).
+    pub fn beside_current_exe() -> Result<Self, TestbedError> {
+        let exe = std::env::current_exe()?;
+        let dir = exe.parent().ok_or_else(|| {
+            TestbedError::Setup("cannot locate the executable's directory".into())
+        })?;
+        let binaries = Self {
+            agent: dir.join("relaunch-agent"),
+            coordinator: dir.join("relaunch-coordinator"),
+        };
+        for path in [&binaries.agent, &binaries.coordinator] {
+            if !path.exists() {
+                return Err(TestbedError::Setup(format!(
+                    "{} is missing: build it with cargo build --features testbed --bins",
+                    path.display()
+                )));
+            }
+        }
+        Ok(binaries)
+    }
+}
+
+/// A child process with its command line kept, so it can be killed and started again.
+pub struct ManagedProcess {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ManagedProcess {
+    fn spawn(
+        name: &str,
+        program: &Path,
+        args: Vec<String>,
+        log: PathBuf,
+    ) -> Result<Self, TestbedError> {
+        let mut process = Self {
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            args,
+            log,
+            child: None,
+        };
+        process.start()?;
+        Ok(process)
+    }
+
+    /// Starts the process (again), appending to its log.
+    pub fn start(&mut self) -> Result<(), TestbedError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                TestbedError::Setup(format!("cannot start {}: {e}", self.program.display()))
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; returns the exit status if it exited by itself.
+    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for ManagedProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Creates the namespace and service accounts; the coordinator's may write.
+pub async fn prepare_identities(api: &ApiServer) -> Result<(), TestbedError> {
+    let client = api.client()?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
+    ignore_exists(namespaces.create(&PostParams::default(), &ns).await)?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client, NAMESPACE);
+    for name in [AGENT_SERVICE_ACCOUNT, COORDINATOR_SERVICE_ACCOUNT] {
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        ignore_exists(accounts.create(&PostParams::default(), &sa).await)?;
+    }
+    api.grant_write(NAMESPACE, COORDINATOR_SERVICE_ACCOUNT);
+    Ok(())
+}
+
+fn ignore_exists<T>(result: Result<T, kube::Error>) -> Result<(), TestbedError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(TestbedError::Setup(format!(
+            "creating relaunch's identities: {e}"
+        ))),
+    }
+}
+
+/// A token for `service_account` from the TokenRequest API, optionally bound to a Node.
+pub async fn token(
+    api: &ApiServer,
+    service_account: &str,
+    audiences: &[&str],
+    node: Option<&str>,
+) -> Result<String, TestbedError> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(api.client()?, NAMESPACE);
+    let bound = node.map(|n| json!({"apiVersion": "v1", "kind": "Node", "name": n}));
+    let request = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"audiences": audiences, "expirationSeconds": 86_400, "boundObjectRef": bound},
+    });
+    let answer: serde_json::Value = accounts
+        .create_subresource("token", service_account, &PostParams::default(), &request)
+        .await
+        .map_err(|e| {
+            TestbedError::Setup(format!("requesting a token for {service_account}: {e}"))
+        })?;
+    answer["status"]["token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| TestbedError::Setup("TokenRequest answered without a token".into()))
+}
+
+/// A free TCP port on `ip` (bound and released; good enough for a test bed).
+pub fn free_port(ip: std::net::Ipv4Addr) -> Result<u16, TestbedError> {
+    let listener = std::net::TcpListener::bind((ip, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Waits until `http://addr/readyz` answers 200.
+pub async fn wait_ready(
+    process: &mut ManagedProcess,
+    admin: std::net::SocketAddr,
+) -> Result<(), TestbedError> {
+    let name = process.name().to_string();
+    let what = format!("{name} to be ready on {admin}");
+    let result = eventually(&what, Duration::from_secs(60), || async {
+        readyz(admin).await.then_some(())
+    })
+    .await;
+    if result.is_err() {
+        let running = process.is_running();
+        return Err(TestbedError::Setup(format!(
+            "{name} did not become ready on http://{admin}/readyz ({}); its log:\n{}",
+            if running { "still running" } else { "exited" },
+            tail(&process.log(), 30)
+        )));
+    }
+    Ok(())
+}
+
+async fn readyz(admin: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(mut stream)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(admin),
+    )
+    .await
+    else {
+        return false;
+    };
+    let request = format!("GET /readyz HTTP/1.0\r\nHost: {admin}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answer)).await;
+    answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200")
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// How to launch the coordinator: its arguments and where it answers.
+pub struct CoordinatorLaunch {
+    pub url: String,
+    pub admin: std::net::SocketAddr,
+}
+
+/// Starts the coordinator with its own (write-granted) service-account identity.
+pub async fn start_coordinator(
+    api: &ApiServer,
+    binaries: &Binaries,
+    dir: &Path,
+) -> Result<(ManagedProcess, CoordinatorLaunch), TestbedError> {
+    let dir = dir.join("coordinator");
+    std::fs::create_dir_all(&dir)?;
+    let token = token(
+        api,
+        COORDINATOR_SERVICE_ACCOUNT,
+        &[super::apiserver::API_AUDIENCE],
+        None,
+    )
+    .await?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig(Some(&token)))?;
+    let ip = std::net::Ipv4Addr::LOCALHOST;
+    let listen = std::net::SocketAddr::from((ip, free_port(ip)?));
+    let admin = std::net::SocketAddr::from((ip, free_port(ip)?));
+    let args = vec![
+        "run".to_string(),
+        "--kubeconfig".into(),
+        kubeconfig.to_string_lossy().into_owned(),
+        "--listen".into(),
+        listen.to_string(),
+        "--admin-listen".into(),
+        admin.to_string(),
+        "--agent-service-account".into(),
+        format!("{NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"),
+    ];
+    let mut process = ManagedProcess::spawn(
+        "relaunch-coordinator",
+        &binaries.coordinator,
+        args,
+        dir.join("log"),
+    )?;
+    wait_ready(&mut process, admin).await?;
+    Ok((
+        process,
+        CoordinatorLaunch {
+            url: format!("http://{listen}"),
+            admin,
+        },
+    ))
+}
+
+/// Starts the agent of one node: read-only API access and a node-bound coordinator token.
+pub async fn start_agent(
+    api: &ApiServer,
+    binaries: &Binaries,
+    node_dir: &Path,
+    node: &super::sandbox::SimulatedNode,
+    cri_socket: &Path,
+    coordinator_url: &str,
+    extra_args: &[String],
+) -> Result<(ManagedProcess, std::net::SocketAddr), TestbedError> {
+    let dir = node_dir.join("agent");
+    std::fs::create_dir_all(&dir)?;
+    let api_token = token(
+        api,
+        AGENT_SERVICE_ACCOUNT,
+        &[super::apiserver::API_AUDIENCE],
+        None,
+    )
+    .await?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig(Some(&api_token)))?;
+    let coordinator_token = token(
+        api,
+        AGENT_SERVICE_ACCOUNT,
+        &[COORDINATOR_AUDIENCE],
+        Some(&node.name),
+    )
+    .await?;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, coordinator_token)?;
+    let admin = std::net::SocketAddr::from((node.ip, free_port(node.ip)?));
+    let mut args = vec![
+        "--node-name".to_string(),
+        node.name.clone(),
+        "--kubeconfig".into(),
+        kubeconfig.to_string_lossy().into_owned(),
+        "--cri-socket".into(),
+        cri_socket.to_string_lossy().into_owned(),
+        "--coordinator-url".into(),
+        coordinator_url.to_string(),
+        "--token-file".into(),
+        token_file.to_string_lossy().into_owned(),
+        "--admin-listen".into(),
+        admin.to_string(),
+        "--state-dir".into(),
+        dir.join("state").to_string_lossy().into_owned(),
+    ];
+    args.extend(extra_args.iter().cloned());
+    let mut process = ManagedProcess::spawn(
+        &format!("relaunch-agent ({})", node.name),
+        &binaries.agent,
+        args,
+        dir.join("log"),
+    )?;
+    wait_ready(&mut process, admin).await?;
+    Ok((process, admin))
+}

@@ -1,0 +1,656 @@
+//! In-place recreate end to end: real containerd, simulated kubelets, and relaunch-agent and
+//! relaunch-coordinator as real processes. Needs root.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use relaunch::api::{
+    ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestStatus,
+    LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase,
+};
+use relaunch::testbed::eventually;
+use relaunch::testbed::processes::Binaries;
+use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
+use serde_json::{Value, json};
+
+/// Exits 0 once `/tmp/shutdown` exists (the "database" shutdown command creates it) or on SIGTERM.
+const DATABASE: &str = "trap 'exit 0' TERM; rm -f /tmp/shutdown; touch /tmp/ready; while [ ! -f /tmp/shutdown ]; do sleep 0.1; done; exit 0";
+/// Ignores SIGTERM: only SIGKILL ends it.
+const STUBBORN: &str = "trap '' TERM; touch /tmp/ready; while true; do sleep 0.1; done";
+
+struct Bed {
+    sandbox: Sandbox,
+    client: kube::Client,
+    _dir: tempfile::TempDir,
+}
+
+fn binaries() -> Binaries {
+    Binaries {
+        agent: env!("CARGO_BIN_EXE_relaunch-agent").into(),
+        coordinator: env!("CARGO_BIN_EXE_relaunch-coordinator").into(),
+    }
+}
+
+impl Bed {
+    async fn start(nodes: usize, agent_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            SandboxConfig::new(dir.path().to_path_buf(), nodes, 0).with_relaunch(binaries());
+        config.agent_args = agent_args.iter().map(|s| s.to_string()).collect();
+        let sandbox = Sandbox::start(config).await.unwrap();
+        let client = sandbox.client().unwrap();
+        Self {
+            sandbox,
+            client,
+            _dir: dir,
+        }
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::default_namespaced(self.client.clone())
+    }
+
+    fn requests(&self) -> Api<ContainerRecreateRequest> {
+        Api::default_namespaced(self.client.clone())
+    }
+
+    /// Creates a pod bound to `node` with `containers` and waits until it is Ready (unless it
+    /// can never be, e.g. not scheduled).
+    async fn pod(&self, name: &str, node: Option<&str>, spec: Value) -> Pod {
+        let mut pod =
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec});
+        if let Some(node) = node {
+            pod["spec"]["nodeName"] = json!(node);
+        }
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        self.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+        if node.is_none() {
+            return self.pods().get(name).await.unwrap();
+        }
+        eventually(
+            &format!("pod {name} ready"),
+            Duration::from_secs(60),
+            || async {
+                let pod = self.pods().get(name).await.ok()?;
+                ready(&pod).then_some(pod)
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn recreate(
+        &self,
+        name: &str,
+        pod: &Pod,
+        containers: Value,
+        strategy: Value,
+    ) -> ContainerRecreateRequest {
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let mut labels = serde_json::Map::new();
+        if !node.is_empty() {
+            labels.insert(LABEL_NODE_NAME.into(), json!(node));
+            labels.insert(
+                LABEL_POD_UID.into(),
+                json!(pod.metadata.uid.clone().unwrap_or_default()),
+            );
+        }
+        let request: ContainerRecreateRequest = serde_json::from_value(json!({
+            "apiVersion": "relaunch.dev/v1alpha1", "kind": "ContainerRecreateRequest",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"podName": pod.metadata.name, "containers": containers, "strategy": strategy},
+        }))
+        .unwrap();
+        self.requests()
+            .create(&PostParams::default(), &request)
+            .await
+            .unwrap()
+    }
+
+    async fn finished(&self, name: &str) -> ContainerRecreateRequestStatus {
+        eventually(
+            &format!("request {name} to finish"),
+            Duration::from_secs(120),
+            || async {
+                let status = self.requests().get(name).await.ok()?.status?;
+                status.phase.is_finished().then_some(status)
+            },
+        )
+        .await
+        .unwrap()
+    }
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn container_status(pod: &Pod, name: &str) -> k8s_openapi::api::core::v1::ContainerStatus {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no status for container {name}"))
+}
+
+fn container(name: &str, script: &str) -> Value {
+    json!({"name": name, "image": "relaunch.test/busybox:1", "command": ["sh", "-c", script],
+           "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1}})
+}
+
+fn exit_code_of_previous(pod: &Pod, name: &str) -> Option<i32> {
+    container_status(pod, name)
+        .last_state?
+        .terminated
+        .map(|t| t.exit_code)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarts_a_container_in_place_with_its_own_shutdown_command() {
+    let bed = Bed::start(1, &[]).await;
+    let before = bed
+        .pod(
+            "db-0",
+            Some("node-1"),
+            json!({"containers": [container("db", DATABASE)]}),
+        )
+        .await;
+    let old = container_status(&before, "db");
+
+    bed.recreate(
+        "db-0-restart",
+        &before,
+        json!([{"name": "db", "shutdown": {"exec": {"command": ["touch", "/tmp/shutdown"]}}}]),
+        json!({"terminationGracePeriodSeconds": 30}),
+    )
+    .await;
+    let status = bed.finished("db-0-restart").await;
+    assert_eq!(status.phase, RecreatePhase::Succeeded, "{status:?}");
+
+    let after = bed.pods().get("db-0").await.unwrap();
+    let new = container_status(&after, "db");
+    assert_eq!(after.metadata.uid, before.metadata.uid, "same pod");
+    assert_eq!(
+        after.status.as_ref().unwrap().pod_ip,
+        before.status.as_ref().unwrap().pod_ip,
+        "same IP"
+    );
+    assert_ne!(new.container_id, old.container_id, "new container");
+    assert_eq!(new.restart_count, old.restart_count + 1);
+    assert_eq!(
+        exit_code_of_previous(&after, "db"),
+        Some(0),
+        "clean exit through the shutdown command, no SIGKILL"
+    );
+
+    let state = &status.container_recreate_states[0];
+    assert_eq!(state.phase, ContainerRecreatePhase::Succeeded);
+    assert_eq!(state.previous_container_id, old.container_id);
+    assert_eq!(state.new_container_id, new.container_id);
+    let t = &state.timestamps;
+    assert!(
+        t.shutdown.is_some()
+            && t.stop.is_some()
+            && t.restarted.is_some()
+            && t.ready.is_some()
+            && t.finished.is_some(),
+        "{t:?}"
+    );
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+
+    let events: Api<Event> = Api::default_namespaced(bed.client.clone());
+    let events = events
+        .list(&ListParams::default().fields("involvedObject.name=db-0-restart"))
+        .await
+        .unwrap();
+    assert!(
+        !events.items.is_empty(),
+        "events on the request for kubectl describe"
+    );
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_ignoring_sigterm_is_killed_after_the_grace_and_still_restarted() {
+    let bed = Bed::start(1, &[]).await;
+    let before = bed
+        .pod(
+            "stubborn",
+            Some("node-1"),
+            json!({"containers": [container("app", STUBBORN)]}),
+        )
+        .await;
+    bed.recreate(
+        "stubborn-restart",
+        &before,
+        json!([{"name": "app"}]),
+        json!({"terminationGracePeriodSeconds": 2}),
+    )
+    .await;
+    let status = bed.finished("stubborn-restart").await;
+    assert_eq!(status.phase, RecreatePhase::Succeeded, "{status:?}");
+    let after = bed.pods().get("stubborn").await.unwrap();
+    assert_eq!(
+        exit_code_of_previous(&after, "app"),
+        Some(137),
+        "SIGKILL after the grace"
+    );
+    assert_eq!(container_status(&after, "app").restart_count, 1);
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_shutdown_command_is_bounded_by_the_grace() {
+    let bed = Bed::start(1, &[]).await;
+    let before = bed
+        .pod(
+            "hang",
+            Some("node-1"),
+            json!({"containers": [container("db", DATABASE)]}),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    bed.recreate(
+        "hang-restart",
+        &before,
+        json!([{"name": "db", "shutdown": {"exec": {"command": ["sleep", "1000"]}}}]),
+        json!({"terminationGracePeriodSeconds": 3}),
+    )
+    .await;
+    let status = bed.finished("hang-restart").await;
+    assert_eq!(status.phase, RecreatePhase::Succeeded, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    let after = bed.pods().get("hang").await.unwrap();
+    assert_eq!(container_status(&after, "db").restart_count, 1);
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ordered_recreate_stops_the_second_container_only_after_the_first_is_ready() {
+    let bed = Bed::start(1, &[]).await;
+    let before = bed
+        .pod(
+            "pair",
+            Some("node-1"),
+            json!({"containers": [container("first", DATABASE), container("second", DATABASE)]}),
+        )
+        .await;
+    bed.recreate(
+        "pair-restart",
+        &before,
+        json!([{"name": "first"}, {"name": "second"}]),
+        json!({"orderedRecreate": true}),
+    )
+    .await;
+    let status = bed.finished("pair-restart").await;
+    assert_eq!(status.phase, RecreatePhase::Succeeded, "{status:?}");
+    let first = &status.container_recreate_states[0];
+    let second = &status.container_recreate_states[1];
+    let first_ready = first.timestamps.ready.as_ref().unwrap().0;
+    let second_stop = second.timestamps.stop.as_ref().unwrap().0;
+    assert!(
+        second_stop >= first_ready,
+        "second stopped at {second_stop}, first ready at {first_ready}"
+    );
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_unready_grace_holds_the_pod_not_ready_before_the_stop() {
+    let bed = Bed::start(1, &[]).await;
+    let before = bed
+        .pod("gated", Some("node-1"), json!({"readinessGates": [{"conditionType": "relaunch.dev/ready"}], "containers": [container("db", DATABASE)]}))
+        .await;
+    assert!(ready(&before));
+    bed.recreate(
+        "gated-restart",
+        &before,
+        json!([{"name": "db"}]),
+        json!({"unreadyGracePeriodSeconds": 3}),
+    )
+    .await;
+    // The pod goes NotReady while the old container still runs.
+    let old_id = container_status(&before, "db").container_id;
+    eventually(
+        "pod NotReady with the old container still running",
+        Duration::from_secs(30),
+        || async {
+            let pod = bed.pods().get("gated").await.ok()?;
+            (!ready(&pod) && container_status(&pod, "db").container_id == old_id).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let status = bed.finished("gated-restart").await;
+    assert_eq!(status.phase, RecreatePhase::Succeeded, "{status:?}");
+    let t = &status.container_recreate_states[0].timestamps;
+    let unready = t.unready.as_ref().unwrap().0;
+    let stop = t.stop.as_ref().unwrap().0;
+    assert!(
+        stop.duration_since(unready).as_secs_f64() >= 3.0 - 1.0,
+        "held unready for the grace: {unready} -> {stop}"
+    );
+    eventually("pod Ready again", Duration::from_secs(30), || async {
+        let pod = bed.pods().get("gated").await.ok()?;
+        ready(&pod).then_some(())
+    })
+    .await
+    .unwrap();
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_what_would_not_come_back_and_stops_nothing() {
+    let bed = Bed::start(1, &[]).await;
+    let never = bed
+        .pod(
+            "never",
+            Some("node-1"),
+            json!({"restartPolicy": "Never", "containers": [container("job", DATABASE)]}),
+        )
+        .await;
+    bed.recreate("never-restart", &never, json!([{"name": "job"}]), json!({}))
+        .await;
+    let status = bed.finished("never-restart").await;
+    assert_eq!(status.phase, RecreatePhase::Failed);
+    assert!(
+        status.message.as_deref().unwrap_or("").contains("Never"),
+        "{status:?}"
+    );
+
+    let unknown = bed
+        .pod(
+            "unknown",
+            Some("node-1"),
+            json!({"containers": [container("db", DATABASE)]}),
+        )
+        .await;
+    bed.recreate(
+        "unknown-restart",
+        &unknown,
+        json!([{"name": "nope"}]),
+        json!({}),
+    )
+    .await;
+    let status = bed.finished("unknown-restart").await;
+    assert_eq!(status.phase, RecreatePhase::Failed);
+    assert!(
+        status.message.as_deref().unwrap_or("").contains("nope"),
+        "{status:?}"
+    );
+
+    let nowhere = bed
+        .pod(
+            "nowhere",
+            None,
+            json!({"nodeSelector": {"no-such": "node"}, "containers": [container("db", DATABASE)]}),
+        )
+        .await;
+    bed.recreate(
+        "nowhere-restart",
+        &nowhere,
+        json!([{"name": "db"}]),
+        json!({}),
+    )
+    .await;
+    let status = bed.finished("nowhere-restart").await;
+    assert_eq!(status.phase, RecreatePhase::Failed);
+
+    for (pod, container) in [("never", "job"), ("unknown", "db")] {
+        let now = bed.pods().get(pod).await.unwrap();
+        assert_eq!(
+            container_status(&now, container).restart_count,
+            0,
+            "{pod} was not touched"
+        );
+    }
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn back_to_back_and_deleted_requests_never_stay_pending() {
+    let bed = Bed::start(1, &[]).await;
+    let pod = bed
+        .pod(
+            "busy",
+            Some("node-1"),
+            json!({"containers": [container("db", DATABASE)]}),
+        )
+        .await;
+    bed.recreate("busy-1", &pod, json!([{"name": "db"}]), json!({}))
+        .await;
+    bed.recreate("busy-2", &pod, json!([{"name": "db"}]), json!({}))
+        .await;
+    assert_eq!(bed.finished("busy-1").await.phase, RecreatePhase::Succeeded);
+    assert_eq!(bed.finished("busy-2").await.phase, RecreatePhase::Succeeded);
+
+    // A request deleted mid-way does not block the next one.
+    bed.recreate(
+        "busy-3",
+        &pod,
+        json!([{"name": "db"}]),
+        json!({"unreadyGracePeriodSeconds": 5}),
+    )
+    .await;
+    eventually("busy-3 to start", Duration::from_secs(30), || async {
+        let status = bed.requests().get("busy-3").await.ok()?.status?;
+        (status.phase == RecreatePhase::Recreating).then_some(())
+    })
+    .await
+    .unwrap();
+    bed.requests()
+        .delete("busy-3", &DeleteParams::default())
+        .await
+        .unwrap();
+    bed.recreate("busy-4", &pod, json!([{"name": "db"}]), json!({}))
+        .await;
+    assert_eq!(bed.finished("busy-4").await.phase, RecreatePhase::Succeeded);
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_recreate_completes_while_the_coordinator_is_down_and_its_status_appears_later() {
+    let mut bed = Bed::start(1, &[]).await;
+    let before = bed
+        .pod(
+            "lonely",
+            Some("node-1"),
+            json!({"containers": [container("db", DATABASE)]}),
+        )
+        .await;
+    bed.sandbox.coordinator().unwrap().kill();
+    bed.recreate(
+        "lonely-restart",
+        &before,
+        json!([{"name": "db"}]),
+        json!({}),
+    )
+    .await;
+    let old = container_status(&before, "db").container_id;
+    eventually(
+        "container restarted without the coordinator",
+        Duration::from_secs(60),
+        || async {
+            let pod = bed.pods().get("lonely").await.ok()?;
+            (container_status(&pod, "db").container_id != old && ready(&pod)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    bed.sandbox.coordinator().unwrap().start().unwrap();
+    let status = bed.finished("lonely-restart").await;
+    assert_eq!(status.phase, RecreatePhase::Succeeded, "{status:?}");
+    assert_eq!(
+        container_status(&bed.pods().get("lonely").await.unwrap(), "db").restart_count,
+        1
+    );
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_requests_on_one_node_all_succeed_never_more_than_max_parallel_at_once() {
+    let bed = Bed::start(1, &["--max-parallel", "4"]).await;
+    let mut pods = Vec::new();
+    for i in 0..20 {
+        let pod: Pod = serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("many-{i}")},
+            "spec": {"nodeName": "node-1", "containers": [container("db", DATABASE)]}}),
+        )
+        .unwrap();
+        bed.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        let name = format!("many-{i}");
+        let pod = eventually(
+            &format!("{name} ready"),
+            Duration::from_secs(120),
+            || async {
+                let pod = bed.pods().get(&name).await.ok()?;
+                ready(&pod).then_some(pod)
+            },
+        )
+        .await
+        .unwrap();
+        pods.push(pod);
+    }
+    for pod in &pods {
+        let name = pod.metadata.name.clone().unwrap();
+        bed.recreate(
+            &format!("{name}-restart"),
+            pod,
+            json!([{"name": "db"}]),
+            json!({"minStartedSeconds": 1}),
+        )
+        .await;
+    }
+    let mut spans = Vec::new();
+    for pod in &pods {
+        let name = pod.metadata.name.clone().unwrap();
+        let status = bed.finished(&format!("{name}-restart")).await;
+        assert_eq!(status.phase, RecreatePhase::Succeeded, "{name}: {status:?}");
+        let t = &status.container_recreate_states[0].timestamps;
+        let begin = t.shutdown.as_ref().or(t.stop.as_ref()).unwrap().0;
+        let end = t.finished.as_ref().unwrap().0;
+        spans.push((begin, end));
+    }
+    // Timestamps have second precision: count overlaps of half-open [begin, end) spans.
+    let most = spans
+        .iter()
+        .map(|(b, _)| spans.iter().filter(|(b2, e2)| b2 <= b && b < e2).count())
+        .max()
+        .unwrap();
+    assert!(most <= 4, "{most} recreates overlapped");
+    bed.sandbox.shutdown().await;
+}
+
+/// POSTs `body` to the coordinator with `token`; returns the HTTP status code.
+async fn post(url: &str, path: &str, token: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_acts_only_on_its_own_nodes_pods_and_reports_about_other_nodes_are_forbidden() {
+    let bed = Bed::start(2, &[]).await;
+    let far = bed
+        .pod(
+            "far",
+            Some("node-2"),
+            json!({"containers": [container("db", DATABASE)]}),
+        )
+        .await;
+
+    // A request labelled for node-1 about a pod on node-2: node-1's agent does not touch it.
+    let mut mislabelled = far.clone();
+    mislabelled.spec.as_mut().unwrap().node_name = Some("node-1".into());
+    bed.recreate(
+        "far-wrong-node",
+        &mislabelled,
+        json!([{"name": "db"}]),
+        json!({}),
+    )
+    .await;
+    let status = bed.finished("far-wrong-node").await;
+    assert_eq!(status.phase, RecreatePhase::Failed, "{status:?}");
+    assert!(
+        status.message.as_deref().unwrap_or("").contains("node-2"),
+        "{status:?}"
+    );
+    assert_eq!(
+        container_status(&bed.pods().get("far").await.unwrap(), "db").restart_count,
+        0
+    );
+
+    // node-1's agent identity reporting on node-2's pod: 403, nothing written.
+    let request = bed
+        .recreate(
+            "far-restart",
+            &far,
+            json!([{"name": "db"}]),
+            json!({"unreadyGracePeriodSeconds": 3}),
+        )
+        .await;
+    let before = bed.requests().get("far-restart").await.unwrap();
+    let token = std::fs::read_to_string(bed._dir.path().join("nodes/node-1/agent/token")).unwrap();
+    let report = json!({
+        "request": {"namespace": "default", "name": "far-restart", "uid": request.metadata.uid},
+        "phase": "Failed", "message": "forged", "containers": []
+    });
+    let url = bed.sandbox.coordinator_url().unwrap().to_string();
+    assert_eq!(
+        post(&url, "/v1/reports", &token, &report.to_string()).await,
+        403
+    );
+    let after = bed.requests().get("far-restart").await.unwrap();
+    assert_ne!(
+        after.status.as_ref().map(|s| s.phase),
+        Some(RecreatePhase::Failed)
+    );
+    assert_eq!(
+        after.status.as_ref().and_then(|s| s.message.clone()),
+        before.status.as_ref().and_then(|s| s.message.clone())
+    );
+    assert_eq!(
+        post(&url, "/v1/reports", "not-a-token", &report.to_string()).await,
+        401
+    );
+
+    // The right node's agent does the work.
+    assert_eq!(
+        bed.finished("far-restart").await.phase,
+        RecreatePhase::Succeeded
+    );
+    bed.sandbox.shutdown().await;
+}
