@@ -654,3 +654,56 @@ async fn an_agent_acts_only_on_its_own_nodes_pods_and_reports_about_other_nodes_
     );
     bed.sandbox.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_crashes_around_a_stop_still_restart_the_container_exactly_once() {
+    let mut bed = Bed::start(1, &[]).await;
+    for (case, failpoint) in [
+        (
+            "journaled",
+            relaunch::agent::recreate::TESTBED_ABORT_AFTER_STOP_JOURNAL,
+        ),
+        (
+            "stopped",
+            relaunch::agent::recreate::TESTBED_ABORT_AFTER_STOP,
+        ),
+    ] {
+        let pod_name = format!("crash-{case}");
+        let before = bed
+            .pod(
+                &pod_name,
+                Some("node-1"),
+                json!({"containers": [container("db", DATABASE)]}),
+            )
+            .await;
+        bed.sandbox
+            .restart_agent_with_env(0, &[(failpoint.to_string(), "1".to_string())])
+            .await
+            .unwrap();
+        bed.recreate(
+            &format!("{pod_name}-restart"),
+            &before,
+            json!([{"name": "db"}]),
+            json!({}),
+        )
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while bed.sandbox.agent(0).unwrap().is_running() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent did not reach the {case} failpoint"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bed.sandbox.restart_agent(0).await.unwrap();
+        let status = bed.finished(&format!("{pod_name}-restart")).await;
+        assert_eq!(status.phase, RecreatePhase::Succeeded, "{case}: {status:?}");
+        let after = bed.pods().get(&pod_name).await.unwrap();
+        assert_eq!(
+            container_status(&after, "db").restart_count,
+            1,
+            "{case}: restarted exactly once"
+        );
+    }
+    bed.sandbox.shutdown().await;
+}

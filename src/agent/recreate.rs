@@ -34,6 +34,8 @@ pub const UNREADY_TIMEOUT: Duration = Duration::from_secs(120);
 /// it, so tests can prove the journal makes that crash safe.
 #[cfg(feature = "testbed")]
 pub const TESTBED_ABORT_AFTER_STOP_JOURNAL: &str = "RELAUNCH_TESTBED_ABORT_AFTER_STOP_JOURNAL";
+/// Test bed only: when set, the agent aborts right after a stop returned, before reporting it.
+pub const TESTBED_ABORT_AFTER_STOP: &str = "RELAUNCH_TESTBED_ABORT_AFTER_STOP";
 
 /// Everything a request's worker needs.
 pub struct Context {
@@ -471,6 +473,11 @@ async fn drive_container(
                     // Not cancelled by SIGTERM: a stop in progress is finished.
                     match ctx.runtime.stop_container(&container_id, grace).await {
                         Ok(()) | Err(CriError::NotFound { .. }) => {
+                            #[cfg(feature = "testbed")]
+                            if std::env::var_os(TESTBED_ABORT_AFTER_STOP).is_some() {
+                                // Test bed only: die like a SIGKILL after the stop, before its report.
+                                std::process::abort();
+                            }
                             lock(shared).containers[idx].stop_done(Timestamp::now());
                         }
                         Err(e) if e.is_transient() => {

@@ -56,6 +56,7 @@ pub struct ManagedProcess {
     name: String,
     program: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -65,12 +66,14 @@ impl ManagedProcess {
         name: &str,
         program: &Path,
         args: Vec<String>,
+        env: Vec<(String, String)>,
         log: PathBuf,
     ) -> Result<Self, TestbedError> {
         let mut process = Self {
             name: name.to_string(),
             program: program.to_path_buf(),
             args,
+            env,
             log,
             child: None,
         };
@@ -89,6 +92,7 @@ impl ManagedProcess {
             .open(&self.log)?;
         let child = Command::new(&self.program)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -294,6 +298,7 @@ pub async fn start_coordinator(
         "relaunch-coordinator",
         &binaries.coordinator,
         args,
+        Vec::new(),
         dir.join("log"),
     )?;
     wait_ready(&mut process, admin).await?;
@@ -315,6 +320,7 @@ pub async fn start_agent(
     cri_socket: &Path,
     coordinator_url: &str,
     extra_args: &[String],
+    env: &[(String, String)],
 ) -> Result<(ManagedProcess, std::net::SocketAddr), TestbedError> {
     let dir = node_dir.join("agent");
     std::fs::create_dir_all(&dir)?;
@@ -358,6 +364,7 @@ pub async fn start_agent(
         &format!("relaunch-agent ({})", node.name),
         &binaries.agent,
         args,
+        env.to_vec(),
         dir.join("log"),
     )?;
     wait_ready(&mut process, admin).await?;

@@ -128,7 +128,7 @@ impl Sandbox {
             sandbox.coordinator = Some(coordinator);
             sandbox.coordinator_url = Some(launch.url);
             for i in 0..sandbox.nodes.len() {
-                let agent = sandbox.launch_agent(i).await?;
+                let agent = sandbox.launch_agent(i, &[]).await?;
                 sandbox.agents.push(agent);
             }
         }
@@ -136,7 +136,11 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    async fn launch_agent(&self, index: usize) -> Result<ManagedProcess, TestbedError> {
+    async fn launch_agent(
+        &self,
+        index: usize,
+        env: &[(String, String)],
+    ) -> Result<ManagedProcess, TestbedError> {
         let (Some(binaries), Some(url)) = (&self.binaries, &self.coordinator_url) else {
             return Err(TestbedError::Setup(
                 "the sandbox runs without relaunch".into(),
@@ -152,6 +156,7 @@ impl Sandbox {
             self.containerd.socket(),
             url,
             &self.agent_args,
+            env,
         )
         .await?;
         Ok(agent)
@@ -162,14 +167,23 @@ impl Sandbox {
         self.agents.get_mut(index)
     }
 
-    /// Starts node `index`'s agent again after it was killed; waits until it is ready.
+    /// Starts node `index`'s agent again (killing it first if it runs); waits until it is ready.
     pub async fn restart_agent(&mut self, index: usize) -> Result<(), TestbedError> {
+        self.restart_agent_with_env(index, &[]).await
+    }
+
+    /// Like [`Sandbox::restart_agent`], with extra environment (the agent's test-bed failpoints).
+    pub async fn restart_agent_with_env(
+        &mut self,
+        index: usize,
+        env: &[(String, String)],
+    ) -> Result<(), TestbedError> {
         let agent = self
             .agents
             .get_mut(index)
             .ok_or_else(|| TestbedError::Setup(format!("no agent {index}")))?;
         agent.kill();
-        let replacement = self.launch_agent(index).await?;
+        let replacement = self.launch_agent(index, env).await?;
         self.agents[index] = replacement;
         Ok(())
     }
