@@ -311,6 +311,13 @@ pub async fn start_coordinator(
     ))
 }
 
+/// Extra command-line arguments and environment for an agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentExtras {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
 /// Starts the agent of one node: read-only API access and a node-bound coordinator token.
 pub async fn start_agent(
     api: &ApiServer,
@@ -319,8 +326,7 @@ pub async fn start_agent(
     node: &super::sandbox::SimulatedNode,
     cri_socket: &Path,
     coordinator_url: &str,
-    extra_args: &[String],
-    env: &[(String, String)],
+    extra: &AgentExtras,
 ) -> Result<(ManagedProcess, std::net::SocketAddr), TestbedError> {
     let dir = node_dir.join("agent");
     std::fs::create_dir_all(&dir)?;
@@ -359,12 +365,12 @@ pub async fn start_agent(
         "--state-dir".into(),
         dir.join("state").to_string_lossy().into_owned(),
     ];
-    args.extend(extra_args.iter().cloned());
+    args.extend(extra.args.iter().cloned());
     let mut process = ManagedProcess::spawn(
         &format!("relaunch-agent ({})", node.name),
         &binaries.agent,
         args,
-        env.to_vec(),
+        extra.env.clone(),
         dir.join("log"),
     )?;
     wait_ready(&mut process, admin).await?;

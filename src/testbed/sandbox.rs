@@ -155,8 +155,10 @@ impl Sandbox {
             node,
             self.containerd.socket(),
             url,
-            &self.agent_args,
-            env,
+            &processes::AgentExtras {
+                args: self.agent_args.clone(),
+                env: env.to_vec(),
+            },
         )
         .await?;
         Ok(agent)
