@@ -107,19 +107,9 @@ pub enum AgentError {
 }
 
 async fn kube_client(args: &AgentArgs) -> Result<kube::Client, AgentError> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| AgentError::KubeConfig(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| AgentError::KubeConfig(e.to_string()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| AgentError::KubeConfig(e.to_string()))?,
-    };
-    Ok(kube::Client::try_from(config)?)
+    crate::cluster::client(args.kubeconfig.as_deref())
+        .await
+        .map_err(AgentError::KubeConfig)
 }
 
 /// Connects to the runtime, retrying until it answers or `stop` is cancelled.

@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
     let args = AgentArgs::parse();
     relaunch::telemetry::init_logging(args.log_format, "info");
     let shutdown = CancellationToken::new();
-    match signals(shutdown.clone()) {
+    match relaunch::telemetry::cancel_on_signals(shutdown.clone()) {
         Ok(()) => {}
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
@@ -25,19 +25,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// SIGTERM or SIGINT cancels `shutdown`.
-fn signals(shutdown: CancellationToken) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        shutdown.cancel();
-    });
-    Ok(())
 }

@@ -117,8 +117,9 @@ fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> Result<(), String> {
     let shutdown = CancellationToken::new();
-    signals(shutdown.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let client = client(args.kubeconfig.as_deref()).await?;
+    relaunch::telemetry::cancel_on_signals(shutdown.clone())
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let client = relaunch::cluster::client(args.kubeconfig.as_deref()).await?;
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,
@@ -157,37 +158,6 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let _ = admin_task.await;
     tracing::info!("relaunch-coordinator stopped");
     result.map_err(|e| e.to_string())
-}
-
-async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| format!("bad kubeconfig {}: {e}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
-    };
-    kube::Client::try_from(config).map_err(|e| format!("cannot create the Kubernetes client: {e}"))
-}
-
-/// SIGTERM or SIGINT cancels `shutdown`.
-fn signals(shutdown: CancellationToken) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        shutdown.cancel();
-    });
-    Ok(())
 }
 
 fn write_crds(dir: Option<PathBuf>) -> ExitCode {
