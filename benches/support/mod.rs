@@ -44,7 +44,7 @@ impl Samples {
     pub fn row(&self) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         format!(
-            "{:<34} {:>5} {:>10.2} {:>10.2} {:>10.2}",
+            "{:<44} {:>5} {:>10.2} {:>10.2} {:>10.2}",
             self.name,
             self.values.len(),
             ms(self.quantile(0.0)),
@@ -56,7 +56,7 @@ impl Samples {
 
 pub fn header() -> String {
     format!(
-        "{:<34} {:>5} {:>10} {:>10} {:>10}",
+        "{:<44} {:>5} {:>10} {:>10} {:>10}",
         "step", "runs", "min ms", "median ms", "p99 ms"
     )
 }
