@@ -38,6 +38,10 @@ pub struct RollingRestartSpec {
     /// Recreate strategy passed to each ContainerRecreateRequest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recreate_strategy: Option<ContainerRecreateRequestStrategy>,
+    /// Each pod's ContainerRecreateRequest fails when it has not finished this many seconds after
+    /// it was created (e.g. a container that never becomes ready again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline_seconds: Option<i64>,
     #[serde(default)]
     pub strategy: RolloutStrategy,
     /// Stop for good: no new batches; the rollout ends Failed ("aborted").

@@ -1,5 +1,6 @@
 //! relaunch-coordinator: authenticates the agents' reports, owns every status write, and runs the
-//! controllers (CRR admission and lifecycle).
+//! controllers (CRR admission and lifecycle, RollingRestarts and their trigger), leader-elected
+//! with `--leader-election-namespace`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use relaunch::coordinator::rollout::lease::LeaderElection;
 use relaunch::coordinator::{self, Context, ReportListener, ServiceAccountRef, Settings, TlsFiles};
 use relaunch::telemetry::{self, LogFormat, admin};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +64,13 @@ struct RunArgs {
     /// (e.g. 300s, 5m).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     agent_timeout: Duration,
+    /// Namespace of the leader-election Lease; with it, the controllers run only on the replica
+    /// holding the Lease (the report API runs on every replica).
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "relaunch-coordinator")]
+    leader_election_name: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -131,13 +140,20 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.admin_listen))?;
     let registry = admin::registry_with_process_metrics();
+    let instance = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .or_else(|_| std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()))
+        .unwrap_or_else(|_| "relaunch-coordinator".into());
+    let leader_election = args.leader_election_namespace.as_deref().map(|namespace| {
+        let identity = format!("{instance}_{}", std::process::id());
+        LeaderElection::new(namespace, &args.leader_election_name, &identity)
+    });
     let settings = Settings {
         agents: args.agent_service_account,
         audience: args.audience,
         agent_timeout: args.agent_timeout,
-        instance: std::env::var("POD_NAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| "relaunch-coordinator".into()),
+        instance,
+        leader_election,
         ..Settings::default()
     };
     let ctx = Context::new(client, settings, &registry).map_err(|e| e.to_string())?;

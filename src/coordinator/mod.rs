@@ -4,7 +4,8 @@
 //! Decisions are pure functions ([`admission`], [`merge`], [`lifecycle`], [`readiness`],
 //! [`auth`]); [`cluster`] is the only place that talks to Kubernetes; [`server`] and
 //! [`controller`] are the thin shells that connect them. The report API runs on every replica;
-//! [`controller::run`] is separate so it can later run only on the Lease holder.
+//! the controllers ([`controller`], [`rollout`]) run only on the Lease holder when leader
+//! election is configured.
 
 pub mod admission;
 pub mod auth;
@@ -55,6 +56,8 @@ pub struct Settings {
     pub token_cache_ttl: Duration,
     /// Who writes Events (`reportingInstance`): the pod or host name.
     pub instance: String,
+    /// Run the controllers only while holding this Lease (none: always run them).
+    pub leader_election: Option<rollout::lease::LeaderElection>,
 }
 
 impl Default for Settings {
@@ -68,6 +71,7 @@ impl Default for Settings {
             agent_timeout: DEFAULT_AGENT_TIMEOUT,
             token_cache_ttl: TOKEN_CACHE_TTL,
             instance: "relaunch-coordinator".into(),
+            leader_election: None,
         }
     }
 }
@@ -157,6 +161,8 @@ pub struct Context {
     pub cluster: cluster::Cluster,
     pub settings: Settings,
     pub metrics: metrics::Metrics,
+    /// The RollingRestart metrics.
+    pub rollouts: rollout::RolloutMetrics,
     pub activity: Activity,
     pub tokens: auth::TokenCache,
 }
@@ -171,11 +177,73 @@ impl Context {
         Ok(Arc::new(Self {
             cluster: cluster::Cluster::new(client, &settings.instance),
             metrics: metrics::Metrics::register(registry)?,
+            rollouts: rollout::RolloutMetrics::register(registry)?,
             activity: Activity::default(),
             tokens: auth::TokenCache::new(settings.token_cache_ttl, 100_000),
             settings,
         }))
     }
+}
+
+/// Runs the controllers, on the Lease holder only when leader election is configured. `synced`
+/// fires once the controllers' watches have synced, or once another replica is seen leading
+/// (a follower serves the report API and is ready).
+async fn run_controllers(
+    ctx: Arc<Context>,
+    synced: tokio::sync::oneshot::Sender<()>,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    let Some(election) = ctx.settings.leader_election.clone() else {
+        return run_leading(ctx, synced, shutdown).await;
+    };
+    let synced = Arc::new(Mutex::new(Some(synced)));
+    let fire = {
+        let synced = synced.clone();
+        move || {
+            if let Some(tx) = synced.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = tx.send(());
+            }
+        }
+    };
+    let client = ctx.cluster.client().clone();
+    rollout::lease::run_elected(client, election, shutdown, fire.clone(), move |leading| {
+        let ctx = ctx.clone();
+        let fire = fire.clone();
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let forward = tokio::spawn(async move {
+                if rx.await.is_ok() {
+                    fire();
+                }
+            });
+            let result = run_leading(ctx, tx, leading).await;
+            forward.abort();
+            result
+        }
+    })
+    .await
+}
+
+/// Runs the CRR controllers and the rollout controller until `stop` or until one fails.
+async fn run_leading(
+    ctx: Arc<Context>,
+    synced: tokio::sync::oneshot::Sender<()>,
+    stop: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    let stop = stop.child_token();
+    let result = tokio::try_join!(
+        async {
+            let r = controller::run(ctx.clone(), synced, stop.clone()).await;
+            stop.cancel();
+            r
+        },
+        async {
+            let r = rollout::controller::run(ctx.clone(), stop.clone()).await;
+            stop.cancel();
+            r
+        },
+    );
+    result.map(|_| ())
 }
 
 /// Runs the report API on `listener` and the controllers until `shutdown`; `health` turns ready
@@ -189,7 +257,7 @@ pub async fn run(
 ) -> Result<(), CoordinatorError> {
     let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
     let api = tokio::spawn(server::serve(listener, ctx.clone(), shutdown.clone()));
-    let controllers = tokio::spawn(controller::run(ctx.clone(), synced_tx, shutdown.clone()));
+    let controllers = tokio::spawn(run_controllers(ctx.clone(), synced_tx, shutdown.clone()));
     let readiness = {
         let health = health.clone();
         tokio::spawn(async move {

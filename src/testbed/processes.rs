@@ -263,13 +263,27 @@ pub struct CoordinatorLaunch {
     pub admin: std::net::SocketAddr,
 }
 
+/// Name of the coordinators' leader-election Lease (in [`NAMESPACE`]).
+pub const COORDINATOR_LEASE: &str = "relaunch-coordinator";
+
 /// Starts the coordinator with its own (write-granted) service-account identity.
 pub async fn start_coordinator(
     api: &ApiServer,
     binaries: &Binaries,
     dir: &Path,
 ) -> Result<(ManagedProcess, CoordinatorLaunch), TestbedError> {
-    let dir = dir.join("coordinator");
+    start_coordinator_replica(api, binaries, dir, "coordinator").await
+}
+
+/// Starts a coordinator replica whose files go under `dir/<subdir>`; replicas elect a leader
+/// through the Lease [`COORDINATOR_LEASE`].
+pub async fn start_coordinator_replica(
+    api: &ApiServer,
+    binaries: &Binaries,
+    dir: &Path,
+    subdir: &str,
+) -> Result<(ManagedProcess, CoordinatorLaunch), TestbedError> {
+    let dir = dir.join(subdir);
     std::fs::create_dir_all(&dir)?;
     let token = token(
         api,
@@ -293,9 +307,13 @@ pub async fn start_coordinator(
         admin.to_string(),
         "--agent-service-account".into(),
         format!("{NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"),
+        "--leader-election-namespace".into(),
+        NAMESPACE.into(),
+        "--leader-election-name".into(),
+        COORDINATOR_LEASE.into(),
     ];
     let mut process = ManagedProcess::spawn(
-        "relaunch-coordinator",
+        &format!("relaunch-coordinator ({subdir})"),
         &binaries.coordinator,
         args,
         Vec::new(),

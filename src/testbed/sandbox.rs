@@ -62,6 +62,8 @@ pub struct Sandbox {
     pub nodes: Vec<SimulatedNode>,
     coordinator: Option<ManagedProcess>,
     coordinator_url: Option<String>,
+    /// Further coordinator replicas (their report APIs are not the agents' target).
+    replicas: Vec<ManagedProcess>,
     agents: Vec<ManagedProcess>,
     binaries: Option<Binaries>,
     agent_args: Vec<String>,
@@ -98,6 +100,7 @@ impl Sandbox {
             nodes: Vec::new(),
             coordinator: None,
             coordinator_url: None,
+            replicas: Vec::new(),
             agents: Vec::new(),
             binaries: config.relaunch.clone(),
             agent_args: config.agent_args.clone(),
@@ -195,6 +198,25 @@ impl Sandbox {
         self.coordinator.as_mut()
     }
 
+    /// Starts another coordinator replica (it follows the leader until the Lease is free);
+    /// returns its index for [`Sandbox::coordinator_replica`].
+    pub async fn add_coordinator(&mut self) -> Result<usize, TestbedError> {
+        let binaries = self
+            .binaries
+            .clone()
+            .ok_or_else(|| TestbedError::Setup("the sandbox runs without relaunch".into()))?;
+        let subdir = format!("coordinator-{}", self.replicas.len() + 2);
+        let (process, _) =
+            processes::start_coordinator_replica(&self.api, &binaries, &self.dir, &subdir).await?;
+        self.replicas.push(process);
+        Ok(self.replicas.len() - 1)
+    }
+
+    /// A replica started by [`Sandbox::add_coordinator`].
+    pub fn coordinator_replica(&mut self, index: usize) -> Option<&mut ManagedProcess> {
+        self.replicas.get_mut(index)
+    }
+
     /// The coordinator's report API URL.
     pub fn coordinator_url(&self) -> Option<&str> {
         self.coordinator_url.as_deref()
@@ -223,6 +245,7 @@ impl Sandbox {
     pub async fn shutdown(mut self) {
         let mut relaunch: Vec<ManagedProcess> = std::mem::take(&mut self.agents);
         relaunch.extend(self.coordinator.take());
+        relaunch.append(&mut self.replicas);
         let _ = tokio::task::spawn_blocking(move || {
             for process in &mut relaunch {
                 process.terminate(Duration::from_secs(20));

@@ -1,0 +1,820 @@
+//! What a rollout is doing, decided in pure code: spec validation, the target pods as the planner
+//! sees them, the failure policy, and the status that follows. The controller only gathers the
+//! inputs and carries out the [`Step`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::{
+    Condition, ContainerRecreateRequest, LABEL_POD_UID, PodRestartResult, RecreatePhase,
+    RollingRestartSpec, RollingRestartStatus, RolloutFailurePolicy, RolloutPhase,
+};
+
+use super::planner::{self, Budget, Plan, PlanStrategy, RestartState, TargetPod, WaitReason};
+
+/// Workload kinds a rollout can target.
+pub const WORKLOAD_KINDS: [&str; 4] = ["StatefulSet", "Deployment", "DaemonSet", "ReplicaSet"];
+/// Label the StatefulSet controller sets with the pod's ordinal.
+pub const LABEL_POD_INDEX: &str = "apps.kubernetes.io/pod-index";
+/// Per-pod results kept in status.
+pub const MAX_POD_RESULTS: usize = 50;
+/// Condition types.
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+pub const CONDITION_BLOCKED: &str = "Blocked";
+
+/// Checks what can be checked without the cluster; the error says what to fix.
+pub fn validate(spec: &RollingRestartSpec) -> Result<(), String> {
+    match (&spec.target.workload_ref, &spec.target.selector) {
+        (None, None) => {
+            return Err("spec.target needs a workloadRef (kind and name) or a pod selector".into());
+        }
+        (Some(_), Some(_)) => {
+            return Err("spec.target takes a workloadRef or a selector, not both".into());
+        }
+        (Some(w), None) => {
+            if !WORKLOAD_KINDS.contains(&w.kind.as_str()) {
+                return Err(format!(
+                    "spec.target.workloadRef.kind {:?} is not supported; use one of {}",
+                    w.kind,
+                    WORKLOAD_KINDS.join(", ")
+                ));
+            }
+            if w.name.is_empty() {
+                return Err("spec.target.workloadRef.name is empty".into());
+            }
+        }
+        (None, Some(_)) => {}
+    }
+    if let Some(max) = &spec.strategy.max_unavailable {
+        planner::resolve_max_unavailable(max, 100).map_err(|e| {
+            format!("spec.strategy.{e} (use a count ≥ 1 or a percentage such as \"25%\")")
+        })?;
+    }
+    let non_negative = [
+        ("partition", spec.strategy.partition),
+        ("minReadySeconds", spec.strategy.min_ready_seconds),
+        ("maxFailures", spec.strategy.max_failures),
+    ];
+    if let Some(deadline) = spec.active_deadline_seconds
+        && deadline < 1
+    {
+        return Err(format!(
+            "spec.activeDeadlineSeconds must be at least 1, not {deadline}"
+        ));
+    }
+    for (field, value) in non_negative {
+        if let Some(v) = value
+            && v < 0
+        {
+            return Err(format!(
+                "spec.strategy.{field} must not be negative, not {v}"
+            ));
+        }
+    }
+    if let Some(role) = spec.strategy.order.as_ref().and_then(|o| o.role.as_ref())
+        && role.key.is_empty()
+    {
+        return Err("spec.strategy.order.role.key is empty".into());
+    }
+    let mut seen = BTreeSet::new();
+    for name in &spec.containers {
+        if !seen.insert(name) {
+            return Err(format!("spec.containers names {name:?} twice"));
+        }
+    }
+    for shutdown in &spec.shutdown {
+        if !spec.containers.is_empty() && !spec.containers.contains(&shutdown.container) {
+            return Err(format!(
+                "spec.shutdown names container {:?}, which is not in spec.containers",
+                shutdown.container
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The containers to restart in `pod`: `spec.containers`, or all its regular containers. Fails
+/// when a named container (or a shutdown action's) is not in the pod.
+pub fn containers_for(spec: &RollingRestartSpec, pod: &Pod) -> Result<Vec<String>, String> {
+    let pod_spec = pod.spec.as_ref();
+    let regular: Vec<String> = pod_spec
+        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    let sidecars = pod_spec
+        .and_then(|s| s.init_containers.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| c.name.clone());
+    let known: Vec<String> = regular.iter().cloned().chain(sidecars).collect();
+    let wanted = if spec.containers.is_empty() {
+        regular
+    } else {
+        spec.containers.clone()
+    };
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    for name in wanted
+        .iter()
+        .chain(spec.shutdown.iter().map(|s| &s.container))
+    {
+        if !known.contains(name) {
+            return Err(format!(
+                "container {name:?} is not in pod {pod_name} (its containers: {}); fix spec.containers or spec.shutdown",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(wanted)
+}
+
+/// Whether a selected pod is a target: scheduled, not terminating, not finished.
+pub fn is_target(pod: &Pod) -> bool {
+    let scheduled = pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.node_name.as_deref().is_some_and(|n| !n.is_empty()));
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    scheduled
+        && pod.metadata.deletion_timestamp.is_none()
+        && !matches!(phase, Some("Succeeded") | Some("Failed"))
+}
+
+/// The pod's ordinal: the `apps.kubernetes.io/pod-index` label, else the name suffix of a
+/// StatefulSet's pod.
+pub fn ordinal(pod: &Pod) -> Option<i32> {
+    let labels = pod.metadata.labels.as_ref();
+    if let Some(index) = labels.and_then(|l| l.get(LABEL_POD_INDEX)) {
+        return index.parse().ok();
+    }
+    let owned_by_statefulset = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "StatefulSet");
+    if !owned_by_statefulset {
+        return None;
+    }
+    pod.metadata
+        .name
+        .as_deref()?
+        .rsplit_once('-')?
+        .1
+        .parse()
+        .ok()
+}
+
+/// Whether the pod is Ready.
+pub fn is_ready(pod: &Pod) -> bool {
+    ready_since(pod).is_some()
+}
+
+fn ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
+    let condition = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    Some(condition.last_transition_time.as_ref().map(|t| t.0))
+}
+
+/// Seconds the pod has been Ready (a Ready pod without a transition time counts as long ready).
+pub fn ready_seconds(pod: &Pod, now: Timestamp) -> Option<i64> {
+    ready_since(pod)
+        .map(|since| since.map_or(i64::MAX / 2, |t| now.duration_since(t).as_secs().max(0)))
+}
+
+/// Where the pod is in this rollout, from the request created for it (if any).
+pub fn restart_state(request: Option<&ContainerRecreateRequest>) -> RestartState {
+    match request.and_then(|r| r.status.as_ref()).map(|s| s.phase) {
+        None if request.is_none() => RestartState::NotStarted,
+        Some(RecreatePhase::Succeeded) => RestartState::Succeeded,
+        Some(RecreatePhase::Failed) => RestartState::Failed,
+        _ => RestartState::InProgress,
+    }
+}
+
+/// The request restarting `pod` (UID `uid`) for `rollout`. Deterministic, so a retried or
+/// repeated creation (another leader, a stale cache) meets AlreadyExists instead of restarting
+/// the pod twice; the UID part gives a replaced pod (same name, new UID) its own request.
+pub fn request_name(rollout: &str, pod: &str, uid: &str) -> String {
+    let short: String = uid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(5)
+        .collect();
+    let name = format!("{rollout}-{pod}-{short}");
+    if name.len() <= 253 {
+        return name;
+    }
+    let hash = super::trigger::short_hash(&name);
+    format!("{}-{hash}", &name[..240])
+}
+
+/// The request of `pod` among the rollout's requests, if it was made for this very pod (UID).
+pub fn request_for<'a>(
+    requests: &'a [&'a ContainerRecreateRequest],
+    pod_name: &str,
+    uid: &str,
+) -> Option<&'a ContainerRecreateRequest> {
+    requests.iter().copied().find(|r| {
+        r.spec.pod_name == pod_name
+            && r.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_POD_UID))
+                .is_some_and(|u| u == uid)
+    })
+}
+
+/// The strategy as plain numbers for `total` target pods.
+pub fn plan_strategy(spec: &RollingRestartSpec, total: usize) -> Result<PlanStrategy, String> {
+    let s = &spec.strategy;
+    let max_unavailable = planner::resolve_max_unavailable(
+        s.max_unavailable.as_ref().unwrap_or(&IntOrString::Int(1)),
+        total,
+    )?;
+    let order = s.order.clone().unwrap_or_default();
+    Ok(PlanStrategy {
+        max_unavailable,
+        partition: s.partition,
+        ordinal: order.ordinal.unwrap_or_default(),
+        role: order.role,
+        min_ready_seconds: s.min_ready_seconds.unwrap_or(0).into(),
+        respect_budgets: s.respect_pod_disruption_budgets.unwrap_or(true),
+    })
+}
+
+/// What the controller does next for one rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// End Failed with this message (no new requests).
+    Fail(String),
+    /// Too many failures under `failurePolicy: Pause`: set `spec.strategy.paused`.
+    PauseForFailures,
+    /// Paused (by the user, or already for failures): no new batch.
+    Hold {
+        failures: bool,
+    },
+    Wait(WaitReason),
+    /// Create requests for these pods; `limited_by` names a PodDisruptionBudget that kept the
+    /// batch smaller than `maxUnavailable` allows.
+    Start {
+        batch: Vec<String>,
+        limited_by: Option<String>,
+    },
+    Succeed,
+}
+
+/// Failures the user has acknowledged: on resume from a failure pause, all current failures.
+pub fn acknowledged_failures(
+    spec: &RollingRestartSpec,
+    status: &RollingRestartStatus,
+    failed: i32,
+) -> i32 {
+    let paused_for_failures = status.phase == RolloutPhase::Paused
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.reason.as_deref() == Some("FailureThresholdReached"));
+    if paused_for_failures && !spec.strategy.paused {
+        failed
+    } else {
+        status.acknowledged_failures.unwrap_or(0)
+    }
+}
+
+/// Decides the next step from the spec, the acknowledged failures and the observed pods.
+pub fn decide(
+    spec: &RollingRestartSpec,
+    acknowledged: i32,
+    pods: &[TargetPod],
+    budgets: &[Budget],
+    health: &BTreeMap<String, bool>,
+    strategy: &PlanStrategy,
+) -> Step {
+    if spec.abort {
+        return Step::Fail("aborted: spec.abort is true".into());
+    }
+    let failed = pods
+        .iter()
+        .filter(|p| p.restart == RestartState::Failed)
+        .count() as i32;
+    let allowed = spec.strategy.max_failures.unwrap_or(0) + acknowledged;
+    if failed > allowed {
+        match spec.strategy.failure_policy.unwrap_or_default() {
+            RolloutFailurePolicy::Pause if spec.strategy.paused => {
+                return Step::Hold { failures: true };
+            }
+            RolloutFailurePolicy::Pause => return Step::PauseForFailures,
+            RolloutFailurePolicy::Abort => {
+                return Step::Fail(format!(
+                    "{failed} pod restarts failed, more than maxFailures {allowed} (failurePolicy Abort)"
+                ));
+            }
+            RolloutFailurePolicy::Continue => {}
+        }
+    }
+    if spec.strategy.paused {
+        return Step::Hold { failures: false };
+    }
+    match planner::plan(pods, budgets, health, strategy) {
+        Plan::Done => Step::Succeed,
+        Plan::Wait(reason) => Step::Wait(reason),
+        Plan::Start(batch) => {
+            let mut limited_by = None;
+            if strategy.respect_budgets {
+                let unbounded = PlanStrategy {
+                    respect_budgets: false,
+                    ..strategy.clone()
+                };
+                if let Plan::Start(wider) = planner::plan(pods, budgets, health, &unbounded)
+                    && let Some(next) = wider.get(batch.len())
+                {
+                    limited_by = budgets
+                        .iter()
+                        .find(|b| b.selected.contains(next))
+                        .map(|b| b.name.clone());
+                }
+            }
+            Step::Start { batch, limited_by }
+        }
+    }
+}
+
+/// Sets a condition, keeping its transition time when its status does not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = if status { "True" } else { "False" };
+    let previous = conditions.iter().position(|c| c.type_ == type_);
+    let transition = previous
+        .map(|i| &conditions[i])
+        .filter(|c| c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    let condition = Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: Some(transition),
+        observed_generation: generation,
+    };
+    match previous {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+}
+
+/// The counts and per-pod results of `pods` and their requests.
+pub fn tally(
+    status: &mut RollingRestartStatus,
+    pods: &[TargetPod],
+    requests: &[&ContainerRecreateRequest],
+    partition: Option<i32>,
+) {
+    let counted: Vec<&TargetPod> = pods
+        .iter()
+        .filter(|p| match (partition, p.ordinal) {
+            (Some(q), Some(o)) => o >= q,
+            _ => true,
+        })
+        .collect();
+    let count = |state: RestartState| counted.iter().filter(|p| p.restart == state).count() as i32;
+    status.total = counted.len() as i32;
+    status.restarted = count(RestartState::Succeeded);
+    status.failed = count(RestartState::Failed);
+    status.in_progress = count(RestartState::InProgress);
+    status.current_batch = pods
+        .iter()
+        .filter(|p| p.restart == RestartState::InProgress)
+        .map(|p| p.name.clone())
+        .collect();
+    let mut ordered: Vec<&&ContainerRecreateRequest> = requests.iter().collect();
+    ordered.sort_by_key(|r| {
+        (
+            r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            r.metadata.name.clone(),
+        )
+    });
+    let skip = ordered.len().saturating_sub(MAX_POD_RESULTS);
+    status.pods = ordered
+        .into_iter()
+        .skip(skip)
+        .map(|r| {
+            let s = r.status.clone().unwrap_or_default();
+            PodRestartResult {
+                name: r.spec.pod_name.clone(),
+                request: r.metadata.name.clone().unwrap_or_default(),
+                phase: s.phase,
+                message: s.message,
+            }
+        })
+        .collect();
+}
+
+/// The status after `step`: phase, message and conditions (counts come from [`tally`]).
+pub fn apply_step(
+    status: &mut RollingRestartStatus,
+    step: &Step,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let c = &mut status.conditions;
+    let (phase, message, progressing, blocked): (RolloutPhase, String, (bool, &str), Option<&str>) =
+        match step {
+            Step::Fail(message) => (
+                RolloutPhase::Failed,
+                message.clone(),
+                (false, "Failed"),
+                None,
+            ),
+            Step::PauseForFailures | Step::Hold { failures: true } => (
+                RolloutPhase::Paused,
+                format!(
+                    "paused: {} pod restarts failed; fix them, then set spec.strategy.paused to false",
+                    status.failed
+                ),
+                (false, "FailureThresholdReached"),
+                Some("FailureThresholdReached"),
+            ),
+            Step::Hold { failures: false } => (
+                RolloutPhase::Paused,
+                "paused: spec.strategy.paused is true".into(),
+                (false, "Paused"),
+                Some("Paused"),
+            ),
+            Step::Wait(WaitReason::WaitingForReady) => (
+                RolloutPhase::Progressing,
+                format!(
+                    "waiting for {} to be ready",
+                    describe_batch(&status.current_batch)
+                ),
+                (true, "WaitingForReady"),
+                None,
+            ),
+            Step::Wait(WaitReason::BlockedByPDB(pdb)) => (
+                RolloutPhase::Progressing,
+                format!("PodDisruptionBudget {pdb} allows no further disruption"),
+                (true, "BlockedByPDB"),
+                Some("BlockedByPDB"),
+            ),
+            Step::Wait(WaitReason::BlockedByUnavailablePods) => (
+                RolloutPhase::Progressing,
+                "pods unavailable for other reasons use up maxUnavailable".into(),
+                (true, "BlockedByUnavailablePods"),
+                Some("BlockedByUnavailablePods"),
+            ),
+            Step::Start { batch, limited_by } => (
+                RolloutPhase::Progressing,
+                format!("restarting {}", describe_batch(batch)),
+                (true, "BatchStarted"),
+                limited_by.as_deref().map(|_| "BlockedByPDB"),
+            ),
+            Step::Succeed => (
+                RolloutPhase::Succeeded,
+                format!(
+                    "restarted {} of {} pods ({} failed)",
+                    status.restarted, status.total, status.failed
+                ),
+                (false, "Succeeded"),
+                None,
+            ),
+        };
+    let blocked_message = match (step, blocked) {
+        (
+            Step::Start {
+                limited_by: Some(pdb),
+                ..
+            },
+            _,
+        ) => {
+            format!("PodDisruptionBudget {pdb} limits the batch below maxUnavailable")
+        }
+        (_, Some(_)) => message.clone(),
+        (_, None) => String::new(),
+    };
+    set_condition(
+        c,
+        CONDITION_PROGRESSING,
+        progressing.0,
+        progressing.1,
+        &message,
+        generation,
+        now,
+    );
+    set_condition(
+        c,
+        CONDITION_BLOCKED,
+        blocked.is_some(),
+        blocked.unwrap_or("NotBlocked"),
+        &blocked_message,
+        generation,
+        now,
+    );
+    if matches!(phase, RolloutPhase::Failed | RolloutPhase::Succeeded) {
+        status.completion_time.get_or_insert(Time(now));
+    }
+    if status.start_time.is_none() {
+        status.start_time = Some(Time(now));
+    }
+    status.phase = phase;
+    status.message = Some(message);
+    status.observed_generation = generation;
+}
+
+fn describe_batch(batch: &[String]) -> String {
+    match batch.len() {
+        0 => "the last batch".into(),
+        _ => batch.join(", "),
+    }
+}
+
+/// A failed validation as a complete status.
+pub fn failed_status(
+    previous: &RollingRestartStatus,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> RollingRestartStatus {
+    let mut status = previous.clone();
+    apply_step(
+        &mut status,
+        &Step::Fail(message.to_string()),
+        generation,
+        now,
+    );
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{RoleOrder, RolloutTarget, WorkloadRef};
+    use serde_json::json;
+
+    fn sts_spec() -> RollingRestartSpec {
+        RollingRestartSpec {
+            target: RolloutTarget {
+                workload_ref: Some(WorkloadRef {
+                    kind: "StatefulSet".into(),
+                    name: "db".into(),
+                }),
+                selector: None,
+            },
+            ..Default::default()
+        }
+    }
+
+    fn pod(name: &str, ordinal: i32, restart: RestartState) -> TargetPod {
+        TargetPod {
+            name: name.into(),
+            ordinal: Some(ordinal),
+            labels: BTreeMap::new(),
+            ready_seconds: Some(100),
+            restart,
+        }
+    }
+
+    #[test]
+    fn bad_specs_say_what_to_fix() {
+        let mut spec = sts_spec();
+        assert_eq!(validate(&spec), Ok(()));
+        spec.target.workload_ref = None;
+        assert!(validate(&spec).unwrap_err().contains("workloadRef"));
+        spec = sts_spec();
+        spec.target.workload_ref.as_mut().unwrap().kind = "CronJob".into();
+        assert!(
+            validate(&spec)
+                .unwrap_err()
+                .contains("StatefulSet, Deployment")
+        );
+        spec = sts_spec();
+        spec.strategy.max_unavailable = Some(IntOrString::Int(0));
+        assert!(validate(&spec).unwrap_err().contains("at least 1"));
+        spec.strategy.max_unavailable = Some(IntOrString::String("150%".into()));
+        assert!(validate(&spec).unwrap_err().contains("between 1% and 100%"));
+        spec = sts_spec();
+        spec.strategy.partition = Some(-1);
+        assert!(validate(&spec).unwrap_err().contains("partition"));
+        spec = sts_spec();
+        spec.strategy.partition = Some(3);
+        assert_eq!(validate(&spec), Ok(()));
+        spec.strategy.order = Some(crate::api::RolloutOrder {
+            ordinal: None,
+            role: Some(RoleOrder::default()),
+        });
+        assert!(validate(&spec).unwrap_err().contains("role.key"));
+    }
+
+    #[test]
+    fn unknown_containers_are_refused_with_the_pods_containers() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "db-0"},
+            "spec": {"containers": [{"name": "db"}, {"name": "exporter"}],
+                     "initContainers": [{"name": "proxy", "restartPolicy": "Always"}, {"name": "init"}]}
+        }))
+        .unwrap();
+        let mut spec = sts_spec();
+        assert_eq!(
+            containers_for(&spec, &pod),
+            Ok(vec!["db".into(), "exporter".into()])
+        );
+        spec.containers = vec!["proxy".into()];
+        assert_eq!(containers_for(&spec, &pod), Ok(vec!["proxy".into()]));
+        spec.containers = vec!["init".into()];
+        let err = containers_for(&spec, &pod).unwrap_err();
+        assert!(
+            err.contains("\"init\" is not in pod db-0 (its containers: db, exporter, proxy)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ordinals_come_from_the_index_label_or_a_statefulset_name() {
+        let labelled: Pod = serde_json::from_value(
+            json!({"metadata": {"name": "x", "labels": {LABEL_POD_INDEX: "4"}}}),
+        )
+        .unwrap();
+        assert_eq!(ordinal(&labelled), Some(4));
+        let owned: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "db-12", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u"}]}}))
+            .unwrap();
+        assert_eq!(ordinal(&owned), Some(12));
+        let loose: Pod = serde_json::from_value(json!({"metadata": {"name": "web-7"}})).unwrap();
+        assert_eq!(ordinal(&loose), None);
+    }
+
+    #[test]
+    fn request_names_are_deterministic_per_pod_instance() {
+        assert_eq!(request_name("r", "db-0", "ab-cd-ef"), "r-db-0-abcde");
+        assert_ne!(
+            request_name("r", "db-0", "11111"),
+            request_name("r", "db-0", "22222")
+        );
+        assert!(request_name(&"x".repeat(200), &"y".repeat(100), "u").len() <= 253);
+    }
+
+    #[test]
+    fn failures_pause_then_resume_once_acknowledged() {
+        let mut spec = sts_spec();
+        let pods = vec![
+            pod("db-1", 1, RestartState::Failed),
+            pod("db-0", 0, RestartState::NotStarted),
+        ];
+        let strategy = plan_strategy(&spec, 2).unwrap();
+        let health = BTreeMap::new();
+        assert_eq!(
+            decide(&spec, 0, &pods, &[], &health, &strategy),
+            Step::PauseForFailures
+        );
+        spec.strategy.paused = true;
+        assert_eq!(
+            decide(&spec, 0, &pods, &[], &health, &strategy),
+            Step::Hold { failures: true }
+        );
+
+        let mut status = RollingRestartStatus::default();
+        apply_step(
+            &mut status,
+            &Step::Hold { failures: true },
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(status.phase, RolloutPhase::Paused);
+        assert_eq!(acknowledged_failures(&spec, &status, 1), 0, "still paused");
+        spec.strategy.paused = false;
+        let acknowledged = acknowledged_failures(&spec, &status, 1);
+        assert_eq!(acknowledged, 1, "resuming acknowledges the failure");
+        assert!(matches!(
+            decide(&spec, acknowledged, &pods, &[], &health, &strategy),
+            Step::Start { .. }
+        ));
+    }
+
+    #[test]
+    fn abort_and_continue_policies() {
+        let mut spec = sts_spec();
+        let pods = vec![
+            pod("db-1", 1, RestartState::Failed),
+            pod("db-0", 0, RestartState::NotStarted),
+        ];
+        let strategy = plan_strategy(&spec, 2).unwrap();
+        spec.strategy.failure_policy = Some(RolloutFailurePolicy::Abort);
+        assert!(matches!(
+            decide(&spec, 0, &pods, &[], &BTreeMap::new(), &strategy),
+            Step::Fail(_)
+        ));
+        spec.strategy.failure_policy = Some(RolloutFailurePolicy::Continue);
+        assert!(matches!(
+            decide(&spec, 0, &pods, &[], &BTreeMap::new(), &strategy),
+            Step::Start { .. }
+        ));
+        spec.abort = true;
+        assert_eq!(
+            decide(&spec, 0, &pods, &[], &BTreeMap::new(), &strategy),
+            Step::Fail("aborted: spec.abort is true".into())
+        );
+    }
+
+    #[test]
+    fn a_pdb_smaller_than_max_unavailable_is_reported_as_limiting() {
+        let spec = sts_spec();
+        let pods: Vec<TargetPod> = (0..6)
+            .map(|i| pod(&format!("db-{i}"), i, RestartState::NotStarted))
+            .collect();
+        let budget = Budget {
+            name: "db-pdb".into(),
+            desired_healthy: 5,
+            selected: pods.iter().map(|p| p.name.clone()).collect(),
+        };
+        let mut strategy = plan_strategy(&spec, 6).unwrap();
+        strategy.max_unavailable = 2;
+        let step = decide(&spec, 0, &pods, &[budget], &BTreeMap::new(), &strategy);
+        assert_eq!(
+            step,
+            Step::Start {
+                batch: vec!["db-5".into()],
+                limited_by: Some("db-pdb".into())
+            }
+        );
+        let mut status = RollingRestartStatus::default();
+        apply_step(&mut status, &step, Some(1), Timestamp::UNIX_EPOCH);
+        let blocked = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_BLOCKED)
+            .unwrap();
+        assert_eq!(
+            (blocked.status.as_str(), blocked.reason.as_deref()),
+            ("True", Some("BlockedByPDB"))
+        );
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_unchanged() {
+        let mut conditions = Vec::new();
+        let t0 = Timestamp::UNIX_EPOCH;
+        let t1 = Timestamp::from_second(60).unwrap();
+        set_condition(
+            &mut conditions,
+            "Blocked",
+            true,
+            "BlockedByPDB",
+            "a",
+            None,
+            t0,
+        );
+        set_condition(
+            &mut conditions,
+            "Blocked",
+            true,
+            "BlockedByPDB",
+            "b",
+            None,
+            t1,
+        );
+        assert_eq!(conditions[0].last_transition_time, Some(Time(t0)));
+        set_condition(
+            &mut conditions,
+            "Blocked",
+            false,
+            "NotBlocked",
+            "",
+            None,
+            t1,
+        );
+        assert_eq!(conditions[0].last_transition_time, Some(Time(t1)));
+        assert_eq!(conditions.len(), 1);
+    }
+
+    #[test]
+    fn tally_counts_only_pods_at_or_above_the_partition() {
+        let pods = vec![
+            pod("db-2", 2, RestartState::Succeeded),
+            pod("db-1", 1, RestartState::InProgress),
+            pod("db-0", 0, RestartState::NotStarted),
+        ];
+        let mut status = RollingRestartStatus::default();
+        tally(&mut status, &pods, &[], Some(1));
+        assert_eq!(
+            (status.total, status.restarted, status.in_progress),
+            (2, 1, 1)
+        );
+        assert_eq!(status.current_batch, vec!["db-1".to_string()]);
+    }
+}

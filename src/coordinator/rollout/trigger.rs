@@ -1,0 +1,199 @@
+//! The workload trigger: `relaunch.dev/restart-at: <token>` on a StatefulSet, Deployment,
+//! DaemonSet or ReplicaSet starts one RollingRestart per distinct token. The rollout's name is
+//! derived from kind, name and token, so a re-applied token, a second coordinator or a restarted
+//! one meets AlreadyExists instead of restarting the workload again.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+
+use crate::api::{
+    OrdinalOrder, RoleOrder, RollingRestartSpec, RolloutOrder, RolloutStrategy, RolloutTarget,
+    WorkloadRef,
+};
+
+/// Optional: `maxUnavailable` of the triggered rollout (`2` or `25%`).
+pub const ANNOTATION_MAX_UNAVAILABLE: &str = "relaunch.dev/max-unavailable";
+/// Optional: containers to restart, comma-separated.
+pub const ANNOTATION_CONTAINERS: &str = "relaunch.dev/containers";
+/// Optional: `ordinal` (descending), `ordinal-asc`, or `role=KEY:FIRST1,FIRST2:LAST1,LAST2`.
+pub const ANNOTATION_ORDER: &str = "relaunch.dev/order";
+
+/// The first 8 hex digits of SHA-256 of `text`.
+pub fn short_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The RollingRestart a token starts: `<kind-lower>-<name>-<hash>`, at most 63 characters (it is
+/// also a label value on the requests it creates).
+pub fn rollout_name(kind: &str, name: &str, token: &str) -> String {
+    let hash = short_hash(token);
+    let prefix = format!("{}-{name}", kind.to_ascii_lowercase());
+    let room = 63 - hash.len() - 1;
+    let prefix = if prefix.len() > room {
+        prefix[..room].trim_end_matches(['-', '.'])
+    } else {
+        prefix.as_str()
+    };
+    format!("{prefix}-{hash}")
+}
+
+/// The spec of the rollout a workload's annotations ask for; the error names the bad annotation.
+pub fn rollout_spec(
+    kind: &str,
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+) -> Result<RollingRestartSpec, String> {
+    let max_unavailable =
+        annotations
+            .get(ANNOTATION_MAX_UNAVAILABLE)
+            .map(|v| match v.trim().parse::<i32>() {
+                Ok(n) => IntOrString::Int(n),
+                Err(_) => IntOrString::String(v.trim().to_string()),
+            });
+    let containers = annotations
+        .get(ANNOTATION_CONTAINERS)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let order = annotations
+        .get(ANNOTATION_ORDER)
+        .map(|v| parse_order(v))
+        .transpose()?;
+    Ok(RollingRestartSpec {
+        target: RolloutTarget {
+            workload_ref: Some(WorkloadRef {
+                kind: kind.into(),
+                name: name.into(),
+            }),
+            selector: None,
+        },
+        containers,
+        strategy: RolloutStrategy {
+            max_unavailable,
+            order,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+/// Parses `relaunch.dev/order`.
+pub fn parse_order(value: &str) -> Result<RolloutOrder, String> {
+    let value = value.trim();
+    let ordinal = |o| RolloutOrder {
+        ordinal: Some(o),
+        role: None,
+    };
+    match value {
+        "ordinal" | "ordinal-desc" => return Ok(ordinal(OrdinalOrder::OrdinalDescending)),
+        "ordinal-asc" => return Ok(ordinal(OrdinalOrder::OrdinalAscending)),
+        _ => {}
+    }
+    let bad = || {
+        format!(
+            "{ANNOTATION_ORDER} {value:?} is not one of ordinal, ordinal-asc, role=KEY:FIRST,...:LAST,..."
+        )
+    };
+    let role = value.strip_prefix("role=").ok_or_else(bad)?;
+    let mut parts = role.split(':');
+    let key = parts.next().filter(|k| !k.is_empty()).ok_or_else(bad)?;
+    let list = |p: Option<&str>| -> Vec<String> {
+        p.unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let first = list(parts.next());
+    let last = list(parts.next());
+    if parts.next().is_some() || (first.is_empty() && last.is_empty()) {
+        return Err(bad());
+    }
+    Ok(RolloutOrder {
+        ordinal: None,
+        role: Some(RoleOrder {
+            key: key.into(),
+            first,
+            last,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_name_per_token_and_short_enough_for_a_label() {
+        let a = rollout_name("StatefulSet", "db", "2026-01-01");
+        assert_eq!(a, rollout_name("StatefulSet", "db", "2026-01-01"));
+        assert!(a.starts_with("statefulset-db-"));
+        assert_ne!(a, rollout_name("StatefulSet", "db", "2026-01-02"));
+        assert_ne!(a, rollout_name("Deployment", "db", "2026-01-01"));
+        let long = rollout_name("StatefulSet", &"x".repeat(80), "t");
+        assert_eq!(long.len(), 63);
+    }
+
+    #[test]
+    fn annotations_become_the_strategy() {
+        let annotations = BTreeMap::from([
+            (ANNOTATION_MAX_UNAVAILABLE.to_string(), "25%".to_string()),
+            (
+                ANNOTATION_CONTAINERS.to_string(),
+                "db, exporter".to_string(),
+            ),
+            (
+                ANNOTATION_ORDER.to_string(),
+                "role=role:replica:primary,master".to_string(),
+            ),
+        ]);
+        let spec = rollout_spec("StatefulSet", "db", &annotations).unwrap();
+        assert_eq!(
+            spec.strategy.max_unavailable,
+            Some(IntOrString::String("25%".into()))
+        );
+        assert_eq!(spec.containers, vec!["db", "exporter"]);
+        let role = spec.strategy.order.unwrap().role.unwrap();
+        assert_eq!(
+            (role.key.as_str(), role.first, role.last),
+            (
+                "role",
+                vec!["replica".to_string()],
+                vec!["primary".to_string(), "master".to_string()]
+            )
+        );
+        let two = BTreeMap::from([(ANNOTATION_MAX_UNAVAILABLE.to_string(), "2".to_string())]);
+        assert_eq!(
+            rollout_spec("Deployment", "web", &two)
+                .unwrap()
+                .strategy
+                .max_unavailable,
+            Some(IntOrString::Int(2))
+        );
+    }
+
+    #[test]
+    fn order_annotation_forms() {
+        assert_eq!(
+            parse_order("ordinal-asc").unwrap().ordinal,
+            Some(OrdinalOrder::OrdinalAscending)
+        );
+        assert_eq!(
+            parse_order("ordinal").unwrap().ordinal,
+            Some(OrdinalOrder::OrdinalDescending)
+        );
+        assert!(parse_order("role=role::primary").is_ok());
+        assert!(parse_order("random").is_err());
+        assert!(parse_order("role=:a:b").is_err());
+        assert!(parse_order("role=k").is_err());
+    }
+}

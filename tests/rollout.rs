@@ -1,0 +1,806 @@
+//! RollingRestart end to end: the sandbox's StatefulSet controller and kubelet simulators, real
+//! containerd, and relaunch-agent and relaunch-coordinator as real processes. An invariant monitor
+//! watches the target pods throughout and fails the test if more than `maxUnavailable` are ever
+//! unavailable at once, or a pod restarts more than once. Needs root.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use relaunch::api::{
+    ContainerRecreateRequest, LABEL_ROLLING_RESTART, RollingRestart, RollingRestartStatus,
+    RolloutPhase,
+};
+use relaunch::testbed::eventually;
+use relaunch::testbed::processes::Binaries;
+use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
+use serde_json::{Value, json};
+
+/// Exits 0 on SIGTERM; ready once started.
+const DATABASE: &str = "trap 'exit 0' TERM; touch /tmp/ready; while true; do sleep 0.1; done";
+
+struct Bed {
+    sandbox: Sandbox,
+    client: kube::Client,
+    _dir: tempfile::TempDir,
+}
+
+fn binaries() -> Binaries {
+    Binaries {
+        agent: env!("CARGO_BIN_EXE_relaunch-agent").into(),
+        coordinator: env!("CARGO_BIN_EXE_relaunch-coordinator").into(),
+    }
+}
+
+impl Bed {
+    async fn start(nodes: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            SandboxConfig::new(dir.path().to_path_buf(), nodes, 0).with_relaunch(binaries());
+        let sandbox = Sandbox::start(config).await.unwrap();
+        let client = sandbox.client().unwrap();
+        Self {
+            sandbox,
+            client,
+            _dir: dir,
+        }
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::default_namespaced(self.client.clone())
+    }
+
+    fn rollouts(&self) -> Api<RollingRestart> {
+        Api::default_namespaced(self.client.clone())
+    }
+
+    fn requests(&self) -> Api<ContainerRecreateRequest> {
+        Api::default_namespaced(self.client.clone())
+    }
+
+    /// A StatefulSet `name` of `replicas` pods (Parallel, so they start at once), all Ready.
+    async fn statefulset(&self, name: &str, replicas: i32) -> Vec<Pod> {
+        let pod_spec = json!({"terminationGracePeriodSeconds": 10, "containers": [{
+            "name": "db", "image": "relaunch.test/busybox:1",
+            "command": ["sh", "-c", DATABASE],
+            "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1},
+        }]});
+        self.statefulset_with(name, replicas, pod_spec).await
+    }
+
+    async fn statefulset_with(&self, name: &str, replicas: i32, pod_spec: Value) -> Vec<Pod> {
+        let set: StatefulSet = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "podManagementPolicy": "Parallel",
+                "serviceName": name,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": pod_spec,
+                },
+            },
+        }))
+        .unwrap();
+        Api::<StatefulSet>::default_namespaced(self.client.clone())
+            .create(&PostParams::default(), &set)
+            .await
+            .unwrap();
+        eventually(
+            &format!("{replicas} pods of {name} ready"),
+            Duration::from_secs(120),
+            || async {
+                let pods = self
+                    .pods()
+                    .list(&ListParams::default().labels(&format!("app={name}")))
+                    .await
+                    .ok()?;
+                (pods.items.len() == replicas as usize && pods.items.iter().all(ready))
+                    .then_some(pods.items)
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn rollout(&self, name: &str, spec: Value) -> RollingRestart {
+        let rollout: RollingRestart = serde_json::from_value(json!({
+            "apiVersion": "relaunch.dev/v1alpha1", "kind": "RollingRestart",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        self.rollouts()
+            .create(&PostParams::default(), &rollout)
+            .await
+            .unwrap()
+    }
+
+    async fn finished(&self, name: &str, timeout: Duration) -> RollingRestartStatus {
+        eventually(&format!("rollout {name} to finish"), timeout, || async {
+            let status = self.rollouts().get(name).await.ok()?.status?;
+            matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed).then_some(status)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; coordinator log:\n{}", self.coordinator_log()))
+    }
+
+    async fn requests_of(&self, rollout: &str) -> Vec<ContainerRecreateRequest> {
+        self.requests()
+            .list(&ListParams::default().labels(&format!("{LABEL_ROLLING_RESTART}={rollout}")))
+            .await
+            .unwrap()
+            .items
+    }
+
+    fn coordinator_log(&self) -> String {
+        let log = std::fs::read_to_string(self._dir.path().join("coordinator").join("log"))
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn restart_count(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0)
+}
+
+/// What the monitor saw.
+#[derive(Default, Debug)]
+struct Observations {
+    violations: Vec<String>,
+    /// Pods in the order they first became unavailable.
+    restart_order: Vec<String>,
+    most_unavailable: usize,
+    /// Condition reasons seen on the rollout.
+    reasons: BTreeSet<String>,
+}
+
+/// Watches the target pods (label `app=<app>`) and the rollout; records invariant violations.
+struct Monitor {
+    seen: Arc<Mutex<Observations>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Monitor {
+    fn start(
+        client: &kube::Client,
+        app: &str,
+        rollout: &str,
+        max_unavailable: usize,
+        baseline: &[Pod],
+    ) -> Self {
+        let seen = Arc::new(Mutex::new(Observations::default()));
+        let base: BTreeMap<String, i32> = baseline
+            .iter()
+            .map(|p| (p.metadata.name.clone().unwrap(), restart_count(p)))
+            .collect();
+        let pods: Api<Pod> = Api::default_namespaced(client.clone());
+        let config = watcher::Config::default().labels(&format!("app={app}"));
+        let pod_task = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut state: BTreeMap<String, Pod> = BTreeMap::new();
+                let mut stream =
+                    std::pin::pin!(watcher(pods, config).default_backoff().applied_objects());
+                while let Some(Ok(pod)) = stream.next().await {
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    state.insert(name.clone(), pod);
+                    let mut seen = seen.lock().unwrap();
+                    let unavailable: Vec<&String> = state
+                        .iter()
+                        .filter(|(_, p)| !ready(p))
+                        .map(|(n, _)| n)
+                        .collect();
+                    if unavailable.contains(&&name) && !seen.restart_order.contains(&name) {
+                        seen.restart_order.push(name.clone());
+                    }
+                    seen.most_unavailable = seen.most_unavailable.max(unavailable.len());
+                    if unavailable.len() > max_unavailable {
+                        let v = format!(
+                            "{} pods unavailable at once: {unavailable:?}",
+                            unavailable.len()
+                        );
+                        seen.violations.push(v);
+                    }
+                    let count = restart_count(&state[&name]);
+                    if let Some(before) = base.get(&name)
+                        && count > before + 1
+                    {
+                        let v = format!("{name} restarted {} times", count - before);
+                        seen.violations.push(v);
+                    }
+                }
+            })
+        };
+        let rollouts: Api<RollingRestart> = Api::default_namespaced(client.clone());
+        // An empty name watches every rollout of the namespace.
+        let config = match rollout {
+            "" => watcher::Config::default(),
+            name => watcher::Config::default().fields(&format!("metadata.name={name}")),
+        };
+        let rollout_task = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut stream = std::pin::pin!(
+                    watcher(rollouts, config)
+                        .default_backoff()
+                        .applied_objects()
+                );
+                while let Some(Ok(r)) = stream.next().await {
+                    let mut seen = seen.lock().unwrap();
+                    for c in r.status.iter().flat_map(|s| &s.conditions) {
+                        if c.status == "True"
+                            && let Some(reason) = &c.reason
+                        {
+                            seen.reasons.insert(reason.clone());
+                        }
+                    }
+                }
+            })
+        };
+        Self {
+            seen,
+            tasks: vec![pod_task, rollout_task],
+        }
+    }
+
+    /// Stops watching; panics on any violation.
+    fn check(self) -> Observations {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        assert!(
+            seen.violations.is_empty(),
+            "invariants broken: {:?}",
+            seen.violations
+        );
+        seen
+    }
+}
+
+/// Each pod of `before` restarted exactly once, in place (same UID).
+async fn assert_each_restarted_once(bed: &Bed, before: &[Pod]) {
+    for pod in before {
+        let name = pod.metadata.name.as_deref().unwrap();
+        let after = bed.pods().get(name).await.unwrap();
+        assert_eq!(
+            after.metadata.uid, pod.metadata.uid,
+            "{name} restarted in place"
+        );
+        assert_eq!(
+            restart_count(&after),
+            restart_count(pod) + 1,
+            "{name} restarted once"
+        );
+    }
+}
+
+fn index(order: &[String], pod: &str) -> usize {
+    order
+        .iter()
+        .position(|p| p == pod)
+        .unwrap_or_else(|| panic!("{pod} never restarted; order {order:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarts_a_statefulset_two_at_a_time_highest_ordinals_first() {
+    let bed = Bed::start(2).await;
+    let before = bed.statefulset("db", 6).await;
+    let monitor = Monitor::start(&bed.client, "db", "db-restart", 2, &before);
+    bed.rollout(
+        "db-restart",
+        json!({"target": {"workloadRef": {"kind": "StatefulSet", "name": "db"}},
+               "strategy": {"maxUnavailable": 2}}),
+    )
+    .await;
+    let status = bed.finished("db-restart", Duration::from_secs(180)).await;
+    assert_eq!(
+        status.phase,
+        RolloutPhase::Succeeded,
+        "{status:?}\n{}",
+        bed.coordinator_log()
+    );
+    assert_eq!((status.total, status.restarted, status.failed), (6, 6, 0));
+    assert_eq!(status.batches, 3, "{status:?}");
+    assert_eq!(status.target.as_deref(), Some("StatefulSet/db"));
+    assert!(status.completion_time.is_some());
+    let seen = monitor.check();
+    assert!(seen.most_unavailable <= 2);
+    let order = &seen.restart_order;
+    for (higher, lower) in [
+        ("db-5", "db-3"),
+        ("db-4", "db-3"),
+        ("db-5", "db-2"),
+        ("db-4", "db-2"),
+        ("db-3", "db-1"),
+        ("db-2", "db-1"),
+        ("db-3", "db-0"),
+        ("db-2", "db-0"),
+    ] {
+        assert!(
+            index(order, higher) < index(order, lower),
+            "{higher} before {lower}: {order:?}"
+        );
+    }
+    assert_each_restarted_once(&bed, &before).await;
+    assert_eq!(
+        bed.requests_of("db-restart").await.len(),
+        6,
+        "one request per pod"
+    );
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_disruption_budget_holds_the_rollout_to_one_pod_at_a_time() {
+    let bed = Bed::start(2).await;
+    let before = bed.statefulset("db", 6).await;
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "db-pdb"},
+        "spec": {"minAvailable": 5, "selector": {"matchLabels": {"app": "db"}}},
+    }))
+    .unwrap();
+    Api::<PodDisruptionBudget>::default_namespaced(bed.client.clone())
+        .create(&PostParams::default(), &pdb)
+        .await
+        .unwrap();
+    let monitor = Monitor::start(&bed.client, "db", "db-restart", 1, &before);
+    bed.rollout(
+        "db-restart",
+        json!({"target": {"workloadRef": {"kind": "StatefulSet", "name": "db"}},
+               "strategy": {"maxUnavailable": 2}}),
+    )
+    .await;
+    let status = bed.finished("db-restart", Duration::from_secs(240)).await;
+    assert_eq!(
+        status.phase,
+        RolloutPhase::Succeeded,
+        "{status:?}\n{}",
+        bed.coordinator_log()
+    );
+    assert_eq!(status.batches, 6, "one pod per batch: {status:?}");
+    let seen = monitor.check();
+    assert_eq!(seen.most_unavailable, 1);
+    assert!(
+        seen.reasons.contains("BlockedByPDB"),
+        "conditions seen: {:?}",
+        seen.reasons
+    );
+    assert_each_restarted_once(&bed, &before).await;
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_restart_before_the_primary_and_partition_leaves_low_ordinals_alone() {
+    let bed = Bed::start(2).await;
+    let before = bed.statefulset("pg", 4).await;
+    // Roles are set after creation, as Patroni does.
+    for (pod, role) in [
+        ("pg-0", "replica"),
+        ("pg-1", "primary"),
+        ("pg-2", "replica"),
+        ("pg-3", "replica"),
+    ] {
+        bed.pods()
+            .patch(
+                pod,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"role": role}}})),
+            )
+            .await
+            .unwrap();
+    }
+    let before: Vec<Pod> = {
+        let mut fresh = Vec::new();
+        for p in &before {
+            fresh.push(
+                bed.pods()
+                    .get(p.metadata.name.as_deref().unwrap())
+                    .await
+                    .unwrap(),
+            );
+        }
+        fresh
+    };
+    let monitor = Monitor::start(&bed.client, "pg", "pg-restart", 2, &before);
+    bed.rollout(
+        "pg-restart",
+        json!({"target": {"workloadRef": {"kind": "StatefulSet", "name": "pg"}},
+               "strategy": {"maxUnavailable": 2, "order": {"role": {"key": "role", "first": ["replica"], "last": ["primary", "master"]}}}}),
+    )
+    .await;
+    let status = bed.finished("pg-restart", Duration::from_secs(180)).await;
+    assert_eq!(
+        status.phase,
+        RolloutPhase::Succeeded,
+        "{status:?}\n{}",
+        bed.coordinator_log()
+    );
+    let seen = monitor.check();
+    let order = &seen.restart_order;
+    for replica in ["pg-0", "pg-2", "pg-3"] {
+        assert!(
+            index(order, replica) < index(order, "pg-1"),
+            "replicas before the primary: {order:?}"
+        );
+    }
+    assert_each_restarted_once(&bed, &before).await;
+
+    // Partition: a second rollout restarts only ordinals ≥ 3.
+    let now: Vec<Pod> = {
+        let mut fresh = Vec::new();
+        for p in &before {
+            fresh.push(
+                bed.pods()
+                    .get(p.metadata.name.as_deref().unwrap())
+                    .await
+                    .unwrap(),
+            );
+        }
+        fresh
+    };
+    let monitor = Monitor::start(&bed.client, "pg", "pg-upper", 2, &now);
+    bed.rollout(
+        "pg-upper",
+        json!({"target": {"selector": {"matchLabels": {"app": "pg"}}},
+               "strategy": {"maxUnavailable": "50%", "partition": 3}}),
+    )
+    .await;
+    let status = bed.finished("pg-upper", Duration::from_secs(120)).await;
+    assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
+    assert_eq!((status.total, status.restarted), (1, 1));
+    let seen = monitor.check();
+    assert_eq!(seen.restart_order, vec!["pg-3".to_string()]);
+    let requests = bed.requests_of("pg-upper").await;
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].spec.pod_name, "pg-3");
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_specs_fail_with_what_to_fix_and_restart_nothing() {
+    let bed = Bed::start(1).await;
+    let before = bed.statefulset("db", 2).await;
+    let monitor = Monitor::start(&bed.client, "db", "none", 0, &before);
+    let sts = json!({"kind": "StatefulSet", "name": "db"});
+    let cases = [
+        ("no-target", json!({"target": {}}), "workloadRef"),
+        (
+            "bad-kind",
+            json!({"target": {"workloadRef": {"kind": "CronJob", "name": "db"}}}),
+            "not supported",
+        ),
+        (
+            "zero",
+            json!({"target": {"workloadRef": sts}, "strategy": {"maxUnavailable": 0}}),
+            "at least 1",
+        ),
+        (
+            "too-many",
+            json!({"target": {"workloadRef": sts}, "strategy": {"maxUnavailable": "150%"}}),
+            "between 1% and 100%",
+        ),
+        (
+            "no-such-container",
+            json!({"target": {"workloadRef": sts}, "containers": ["nope"]}),
+            "container \"nope\" is not in pod",
+        ),
+    ];
+    for (name, spec, _) in &cases {
+        bed.rollout(name, spec.clone()).await;
+    }
+    for (name, _, expected) in &cases {
+        let status = bed.finished(name, Duration::from_secs(30)).await;
+        assert_eq!(status.phase, RolloutPhase::Failed, "{name}: {status:?}");
+        let message = status.message.unwrap_or_default();
+        assert!(
+            message.contains(expected),
+            "{name}: {message:?} should mention {expected:?}"
+        );
+        assert!(
+            bed.requests_of(name).await.is_empty(),
+            "{name} created no request"
+        );
+    }
+    let seen = monitor.check();
+    assert!(
+        seen.restart_order.is_empty(),
+        "nothing restarted: {:?}",
+        seen.restart_order
+    );
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_restart_at_token_starts_exactly_one_rollout() {
+    let bed = Bed::start(1).await;
+    let before = bed.statefulset("web", 2).await;
+    let sets = Api::<StatefulSet>::default_namespaced(bed.client.clone());
+    let annotate = |token: &str| {
+        json!({"metadata": {"annotations": {
+            "relaunch.dev/restart-at": token, "relaunch.dev/max-unavailable": "1", "relaunch.dev/order": "ordinal-asc"}}})
+    };
+    let monitor = Monitor::start(&bed.client, "web", "", 1, &before);
+    sets.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(annotate("t1")),
+    )
+    .await
+    .unwrap();
+    let first = eventually(
+        "a rollout for token t1",
+        Duration::from_secs(30),
+        || async {
+            let list = bed.rollouts().list(&ListParams::default()).await.ok()?;
+            (list.items.len() == 1).then(|| list.items[0].metadata.name.clone().unwrap())
+        },
+    )
+    .await
+    .unwrap();
+    let status = bed.finished(&first, Duration::from_secs(120)).await;
+    assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
+    let seen = monitor.check();
+    assert_eq!(
+        seen.restart_order,
+        vec!["web-0".to_string(), "web-1".to_string()],
+        "ordinal-asc"
+    );
+    assert_each_restarted_once(&bed, &before).await;
+
+    // Re-applying the same token (another field changes, the token stays) does nothing.
+    sets.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .unwrap();
+    sets.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(annotate("t1")),
+    )
+    .await
+    .unwrap();
+    // No fixed wait here: the count at the end (exactly two, after the whole t2 rollout ran)
+    // would include any rollout the re-applied t1 had started.
+
+    // A new token starts a second rollout.
+    sets.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(annotate("t2")),
+    )
+    .await
+    .unwrap();
+    let second = eventually(
+        "a rollout for token t2",
+        Duration::from_secs(30),
+        || async {
+            let list = bed.rollouts().list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .map(|r| r.metadata.name.clone().unwrap())
+                .find(|n| *n != first)
+        },
+    )
+    .await
+    .unwrap();
+    let status = bed.finished(&second, Duration::from_secs(120)).await;
+    assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
+    assert_eq!(
+        bed.rollouts()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2,
+        "the re-applied token t1 started nothing; t2 started exactly one"
+    );
+    bed.sandbox.shutdown().await;
+}
+
+/// Ready on its first start; after a restart, ready only once the test "fixes" it (creates
+/// `/data/fixed` in its emptyDir) when `/data/break` exists.
+const FRAGILE: &str = "trap 'exit 0' TERM; if [ -f /data/started ] && [ -f /data/break ]; then :; else touch /tmp/ready; fi; touch /data/started; while true; do sleep 0.1; done";
+
+impl Bed {
+    /// The host directory of `pod`'s emptyDir volume `volume` (the kubelet simulator's layout).
+    fn empty_dir(&self, pod: &Pod, volume: &str) -> std::path::PathBuf {
+        let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
+        self._dir
+            .path()
+            .join("nodes")
+            .join(node)
+            .join("volumes/pods")
+            .join(pod.metadata.uid.as_deref().unwrap())
+            .join("volumes")
+            .join(volume)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_that_never_gets_ready_pauses_the_rollout_until_fixed_and_unpaused() {
+    let bed = Bed::start(1).await;
+    let before = bed
+        .statefulset_with(
+            "db",
+            3,
+            json!({"terminationGracePeriodSeconds": 10,
+                   "volumes": [{"name": "data", "emptyDir": {}}],
+                   "containers": [{
+                       "name": "db", "image": "relaunch.test/busybox:1", "command": ["sh", "-c", FRAGILE],
+                       "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                       "readinessProbe": {"exec": {"command": ["sh", "-c", "test -f /tmp/ready || test -f /data/fixed"]}, "periodSeconds": 1},
+                   }]}),
+        )
+        .await;
+    let broken = before
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("db-1"))
+        .unwrap();
+    std::fs::write(bed.empty_dir(broken, "data").join("break"), "").unwrap();
+    let monitor = Monitor::start(&bed.client, "db", "db-restart", 1, &before);
+    bed.rollout(
+        "db-restart",
+        json!({"target": {"workloadRef": {"kind": "StatefulSet", "name": "db"}},
+               "activeDeadlineSeconds": 8,
+               "strategy": {"maxUnavailable": 1, "failurePolicy": "Pause"}}),
+    )
+    .await;
+    let paused = eventually(
+        "the rollout paused for the failure",
+        Duration::from_secs(90),
+        || async {
+            let r = bed.rollouts().get("db-restart").await.ok()?;
+            let status = r.status.clone()?;
+            (status.phase == RolloutPhase::Paused && r.spec.strategy.paused).then_some(status)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.coordinator_log()));
+    assert_eq!((paused.restarted, paused.failed), (1, 1), "{paused:?}");
+    assert!(
+        paused
+            .conditions
+            .iter()
+            .any(|c| c.reason.as_deref() == Some("FailureThresholdReached")),
+        "{paused:?}"
+    );
+    let untouched = bed.pods().get("db-0").await.unwrap();
+    assert_eq!(
+        restart_count(&untouched),
+        restart_count(&before[0]),
+        "db-0 waits"
+    );
+    assert!(
+        bed.requests_of("db-restart")
+            .await
+            .iter()
+            .all(|r| r.spec.pod_name != "db-0")
+    );
+
+    // Fix the pod, then resume: the rollout acknowledges the failure and finishes.
+    std::fs::write(bed.empty_dir(broken, "data").join("fixed"), "").unwrap();
+    eventually("db-1 ready again", Duration::from_secs(30), || async {
+        ready(&bed.pods().get("db-1").await.ok()?).then_some(())
+    })
+    .await
+    .unwrap();
+    bed.rollouts()
+        .patch(
+            "db-restart",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"strategy": {"paused": false}}})),
+        )
+        .await
+        .unwrap();
+    let status = bed.finished("db-restart", Duration::from_secs(90)).await;
+    assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
+    assert_eq!(
+        (
+            status.restarted,
+            status.failed,
+            status.acknowledged_failures
+        ),
+        (2, 1, Some(1))
+    );
+    monitor.check();
+    assert_each_restarted_once(&bed, &before).await;
+    bed.sandbox.shutdown().await;
+}
+
+/// The holder of the coordinators' Lease.
+async fn lease_holder(bed: &Bed) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(bed.client.clone(), relaunch::testbed::processes::NAMESPACE);
+    leases
+        .get_opt(relaunch::testbed::processes::COORDINATOR_LEASE)
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_coordinator_finishes_the_rollout_when_the_leader_is_killed() {
+    let mut bed = Bed::start(2).await;
+    let replica = bed.sandbox.add_coordinator().await.unwrap();
+    let leader_pid = bed.sandbox.coordinator().unwrap().pid().unwrap();
+    let follower_pid = bed
+        .sandbox
+        .coordinator_replica(replica)
+        .unwrap()
+        .pid()
+        .unwrap();
+    let holder = lease_holder(&bed).await.unwrap_or_default();
+    assert!(
+        holder.ends_with(&format!("_{leader_pid}")),
+        "the first coordinator leads: {holder}"
+    );
+
+    let before = bed.statefulset("db", 6).await;
+    let monitor = Monitor::start(&bed.client, "db", "db-restart", 1, &before);
+    bed.rollout(
+        "db-restart",
+        json!({"target": {"workloadRef": {"kind": "StatefulSet", "name": "db"}},
+               "strategy": {"maxUnavailable": 1}}),
+    )
+    .await;
+    eventually("the second batch", Duration::from_secs(60), || async {
+        let status = bed.rollouts().get("db-restart").await.ok()?.status?;
+        (status.batches >= 2).then_some(())
+    })
+    .await
+    .unwrap();
+    bed.sandbox.coordinator().unwrap().kill();
+    eventually(
+        "the other coordinator leads",
+        Duration::from_secs(40),
+        || async {
+            lease_holder(&bed)
+                .await
+                .filter(|h| h.ends_with(&format!("_{follower_pid}")))
+        },
+    )
+    .await
+    .unwrap();
+    // The agents report to the first coordinator's address: bring it back, as a follower.
+    bed.sandbox.coordinator().unwrap().start().unwrap();
+
+    let status = bed.finished("db-restart", Duration::from_secs(180)).await;
+    assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
+    assert_eq!((status.total, status.restarted, status.failed), (6, 6, 0));
+    let seen = monitor.check();
+    assert_eq!(seen.most_unavailable, 1);
+    assert_each_restarted_once(&bed, &before).await;
+    assert_eq!(
+        bed.requests_of("db-restart").await.len(),
+        6,
+        "one request per pod"
+    );
+    bed.sandbox.shutdown().await;
+}
