@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, PostParams};
-use relaunch::api::{ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use relaunch::api::{
+    ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RollingRestart, RolloutPhase,
+};
 use relaunch::telemetry::{LogFormat, init_logging};
 use relaunch::testbed::processes::Binaries;
 use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
@@ -216,7 +218,8 @@ async fn run_demo(sandbox: &Sandbox) -> Result<(), String> {
         .iter()
         .find(|p| p.metadata.name.as_deref() == Some("demo-db-0"))
         .ok_or("demo-db-0 is missing")?;
-    restart_in_place(client, first).await
+    restart_in_place(client.clone(), first).await?;
+    rolling_restart(client).await
 }
 
 async fn restart_in_place(client: kube::Client, pod: &Pod) -> Result<(), String> {
@@ -329,6 +332,82 @@ async fn restart_in_place(client: kube::Client, pod: &Pod) -> Result<(), String>
         || container.restart_count != before.restart_count + 1
     {
         return Err("the pod was not restarted in place".into());
+    }
+    Ok(())
+}
+
+/// A role-aware rolling restart of the whole StatefulSet: replicas first, the primary last,
+/// one pod at a time, each through the database's own shutdown command.
+async fn rolling_restart(client: kube::Client) -> Result<(), String> {
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    for (pod, role) in [("demo-db-0", "primary"), ("demo-db-1", "replica"), ("demo-db-2", "replica")] {
+        let patch = serde_json::json!({"metadata": {"labels": {"role": role}}});
+        pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| format!("labelling {pod}: {e}"))?;
+    }
+    println!("== rolling restart of StatefulSet demo-db in place: role=replica first, role=primary last, maxUnavailable 1");
+    println!("   (demo-db-0 was restarted a moment ago, so the kubelet holds its next restart back ~10 s: crash-loop back-off)");
+    let rollout: RollingRestart = serde_json::from_value(serde_json::json!({
+        "apiVersion": "relaunch.dev/v1alpha1",
+        "kind": "RollingRestart",
+        "metadata": {"name": "demo-db-rollout", "namespace": "default"},
+        "spec": {
+            "target": {"workloadRef": {"kind": "StatefulSet", "name": "demo-db"}},
+            "containers": ["db"],
+            "shutdown": [{"container": "db", "exec": {"command": ["touch", "/tmp/shutdown"]}}],
+            "strategy": {"maxUnavailable": 1, "order": {"role": {"key": "role", "first": ["replica"], "last": ["primary"]}}}
+        }
+    }))
+    .map_err(|e| e.to_string())?;
+    let rollouts: Api<RollingRestart> = Api::default_namespaced(client);
+    rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .map_err(|e| format!("creating the RollingRestart: {e}"))?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(180);
+    let mut last = String::new();
+    let status = loop {
+        let status = rollouts
+            .get("demo-db-rollout")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        let total = status.total.max(1) as usize;
+        let done = status.restarted.max(0) as usize;
+        let blocked = status
+            .conditions
+            .iter()
+            .find(|c| c.status == "True" && c.type_ == "Blocked")
+            .and_then(|c| c.reason.clone())
+            .map(|r| format!(" blocked: {r}"))
+            .unwrap_or_default();
+        let line = format!(
+            "[{}{}] {done}/{} {:?} batch {:?}{blocked}",
+            "#".repeat(done * 20 / total),
+            "-".repeat(20 - done * 20 / total),
+            status.total,
+            status.phase,
+            status.current_batch,
+        );
+        if line != last {
+            println!("   {:>6.2}s  {line}", started.elapsed().as_secs_f64());
+            last = line;
+        }
+        if matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed) {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the rolling restart did not finish within 3 minutes (last: {last})"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let order: Vec<&str> = status.pods.iter().map(|p| p.name.as_str()).collect();
+    println!("   restarted in this order: {}", order.join(", "));
+    if status.phase != RolloutPhase::Succeeded {
+        return Err(format!("the rolling restart failed: {}", status.message.unwrap_or_default()));
     }
     Ok(())
 }
