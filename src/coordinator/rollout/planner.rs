@@ -121,6 +121,16 @@ pub fn plan(
     for p in pods {
         healthy.insert(p.name.as_str(), available(p));
     }
+    // Healthy pods per budget, counted once and decremented as the batch takes pods.
+    let mut budget_healthy: Vec<usize> = budgets
+        .iter()
+        .map(|b| {
+            b.selected
+                .iter()
+                .filter(|name| healthy.get(name.as_str()).copied().unwrap_or(false))
+                .count()
+        })
+        .collect();
     let mut batch = Vec::new();
     let mut blocked = None;
     for candidate in candidates {
@@ -133,14 +143,13 @@ pub fn plan(
             break;
         }
         if costs && strategy.respect_budgets {
-            let refusing = budgets.iter().find(|b| {
-                b.selected.contains(&candidate.name)
-                    && b.selected
-                        .iter()
-                        .filter(|name| healthy.get(name.as_str()).copied().unwrap_or(false))
-                        .count()
-                        <= b.desired_healthy
-            });
+            let refusing = budgets
+                .iter()
+                .zip(&budget_healthy)
+                .find(|(b, healthy)| {
+                    b.selected.contains(&candidate.name) && **healthy <= b.desired_healthy
+                })
+                .map(|(b, _)| b);
             if let Some(budget) = refusing {
                 if batch.is_empty() {
                     blocked = Some(WaitReason::BlockedByPDB(budget.name.clone()));
@@ -150,7 +159,11 @@ pub fn plan(
         }
         if costs {
             unavailable += 1;
-            healthy.insert(candidate.name.as_str(), false);
+            for (b, healthy) in budgets.iter().zip(budget_healthy.iter_mut()) {
+                if b.selected.contains(&candidate.name) {
+                    *healthy -= 1;
+                }
+            }
         }
         batch.push(candidate.name.clone());
     }
