@@ -340,14 +340,22 @@ async fn restart_in_place(client: kube::Client, pod: &Pod) -> Result<(), String>
 /// one pod at a time, each through the database's own shutdown command.
 async fn rolling_restart(client: kube::Client) -> Result<(), String> {
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    for (pod, role) in [("demo-db-0", "primary"), ("demo-db-1", "replica"), ("demo-db-2", "replica")] {
+    for (pod, role) in [
+        ("demo-db-0", "primary"),
+        ("demo-db-1", "replica"),
+        ("demo-db-2", "replica"),
+    ] {
         let patch = serde_json::json!({"metadata": {"labels": {"role": role}}});
         pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|e| format!("labelling {pod}: {e}"))?;
     }
-    println!("== rolling restart of StatefulSet demo-db in place: role=replica first, role=primary last, maxUnavailable 1");
-    println!("   (demo-db-0 was restarted a moment ago, so the kubelet holds its next restart back ~10 s: crash-loop back-off)");
+    println!(
+        "== rolling restart of StatefulSet demo-db in place: role=replica first, role=primary last, maxUnavailable 1"
+    );
+    println!(
+        "   (demo-db-0 was restarted a moment ago, so the kubelet holds its next restart back ~10 s: crash-loop back-off)"
+    );
     let rollout: RollingRestart = serde_json::from_value(serde_json::json!({
         "apiVersion": "relaunch.dev/v1alpha1",
         "kind": "RollingRestart",
@@ -400,14 +408,19 @@ async fn rolling_restart(client: kube::Client) -> Result<(), String> {
             break status;
         }
         if Instant::now() > deadline {
-            return Err(format!("the rolling restart did not finish within 3 minutes (last: {last})"));
+            return Err(format!(
+                "the rolling restart did not finish within 3 minutes (last: {last})"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let order: Vec<&str> = status.pods.iter().map(|p| p.name.as_str()).collect();
     println!("   restarted in this order: {}", order.join(", "));
     if status.phase != RolloutPhase::Succeeded {
-        return Err(format!("the rolling restart failed: {}", status.message.unwrap_or_default()));
+        return Err(format!(
+            "the rolling restart failed: {}",
+            status.message.unwrap_or_default()
+        ));
     }
     Ok(())
 }
