@@ -68,6 +68,10 @@ async fn main() -> ExitCode {
 }
 
 async fn up(dir: PathBuf, nodes: usize, port: u16) -> Result<(), String> {
+    // Handlers first: a SIGTERM while starting must still tear everything down.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    relaunch::telemetry::cancel_on_signals(shutdown.clone())
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
     let binaries = Binaries::beside_current_exe().map_err(|e| e.to_string())?;
@@ -86,25 +90,11 @@ async fn up(dir: PathBuf, nodes: usize, port: u16) -> Result<(), String> {
         sandbox.kubeconfig_path().display()
     );
     println!("stop with Ctrl-C (or SIGTERM)");
-    wait_for_signal().await;
+    shutdown.cancelled().await;
     println!("shutting down");
     let _ = std::fs::remove_file(&ready);
     sandbox.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 /// A StatefulSet whose container behaves like a database: it keeps a counter on its volume and

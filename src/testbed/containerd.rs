@@ -104,7 +104,7 @@ impl Containerd {
             {
                 return Err(TestbedError::Setup(format!(
                     "containerd exited at start ({status}); its log:\n{}",
-                    tail(&self.log(), 40)
+                    super::tail(&self.log(), 40)
                 )));
             }
             if self.socket.exists() && self.client().await.is_ok() {
@@ -113,7 +113,7 @@ impl Containerd {
             if Instant::now() > deadline {
                 return Err(TestbedError::Setup(format!(
                     "containerd did not answer CRI within {START_TIMEOUT:?}; its log:\n{}",
-                    tail(&self.log(), 40)
+                    super::tail(&self.log(), 40)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -366,11 +366,6 @@ fn unescape_mount_path(raw: &str) -> PathBuf {
         }
     }
     PathBuf::from(out)
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

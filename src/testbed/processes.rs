@@ -227,7 +227,7 @@ pub async fn wait_ready(
         return Err(TestbedError::Setup(format!(
             "{name} did not become ready on http://{admin}/readyz ({}); its log:\n{}",
             if running { "still running" } else { "exited" },
-            tail(&process.log(), 30)
+            super::tail(&process.log(), 30)
         )));
     }
     Ok(())
@@ -250,11 +250,6 @@ async fn readyz(admin: std::net::SocketAddr) -> bool {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answer)).await;
     answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200")
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// How to launch the coordinator: its arguments and where it answers.
