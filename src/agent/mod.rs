@@ -32,6 +32,7 @@ use tracing::{info, warn};
 use crate::cri::{ClientConfig, CriMetrics, RuntimeClient};
 use crate::telemetry::LogFormat;
 use crate::telemetry::admin::{self, Health};
+use crate::telemetry::notify::{self, Heartbeat, ServiceManager};
 
 pub use metrics::AgentMetrics;
 
@@ -141,8 +142,15 @@ async fn connect_runtime(
 }
 
 /// Runs the agent until `shutdown` is cancelled (SIGTERM), then finishes or checkpoints the
-/// work in flight, flushes reports (at most [`FLUSH_TIMEOUT`]) and returns.
-pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result<(), AgentError> {
+/// work in flight, flushes reports (at most [`FLUSH_TIMEOUT`]) and returns. `service` hears
+/// READY=1 when `/readyz` turns ready, WATCHDOG=1 while the scheduler turns, and STOPPING=1 on
+/// `shutdown`.
+pub async fn run(
+    args: AgentArgs,
+    shutdown: CancellationToken,
+    service: Arc<ServiceManager>,
+) -> Result<(), AgentError> {
+    service.status("starting: connecting to the API server and the container runtime");
     let registry = admin::registry_with_process_metrics();
     let metrics = AgentMetrics::register(&registry)?;
     let cri_metrics = CriMetrics::register(&registry)?;
@@ -183,6 +191,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Age
     );
     let Some(runtime) = connect_runtime(args.cri_socket.as_ref(), cri_metrics, &shutdown).await
     else {
+        service.stopping(STOPPING_STATUS);
         background.cancel();
         return Ok(());
     };
@@ -206,6 +215,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Age
 
     tokio::select! {
         _ = shutdown.cancelled() => {
+            service.stopping(STOPPING_STATUS);
             background.cancel();
             return Ok(());
         }
@@ -215,7 +225,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Age
         }
     }
     match runtime.version().await {
-        Ok(_) => health.set_ready(true),
+        Ok(_) => set_ready(&health, &service, true),
         Err(e) => warn!("the container runtime did not answer Version: {e}"),
     }
     info!("watches synced; ready");
@@ -233,7 +243,22 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Age
         permits: Arc::new(Semaphore::new(args.max_parallel as usize)),
         stop: shutdown.clone(),
     });
-    schedule(&ctx, &health, resumed, done_here, changes).await;
+    let heartbeat = Heartbeat::new();
+    tokio::spawn(notify::keep_watchdog(
+        service.clone(),
+        heartbeat.clone(),
+        {
+            let health = health.clone();
+            move || health.is_live()
+        },
+        shutdown.clone(),
+    ));
+    let signals = Signals {
+        health: &health,
+        service: &service,
+        heartbeat: &heartbeat,
+    };
+    schedule(&ctx, &signals, resumed, done_here, changes).await;
 
     // SIGTERM: new work was refused; workers stopped at safe points (stops in progress finish).
     health.set_ready(false);
@@ -248,11 +273,34 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Age
     Ok(())
 }
 
+/// The service manager's status line once SIGTERM arrived.
+const STOPPING_STATUS: &str = "stopping: finishing work in flight and flushing reports";
+
+/// Sets `/readyz` and tells the service manager when it changes: READY=1 when it turns ready.
+fn set_ready(health: &Health, service: &ServiceManager, ready: bool) {
+    if health.is_ready() == ready {
+        return;
+    }
+    health.set_ready(ready);
+    if ready {
+        service.ready("ready: connected to the container runtime, watches synced");
+    } else {
+        service.status("not ready: the container runtime does not answer");
+    }
+}
+
+/// How the scheduler shows it is alive: `/readyz`, the service manager, the watchdog's heartbeat.
+struct Signals<'a> {
+    health: &'a Health,
+    service: &'a ServiceManager,
+    heartbeat: &'a Heartbeat,
+}
+
 /// Starts the head request of every pod as soon as it may run, reaps finished workers, keeps
 /// the journal tidy, until `ctx.stop` is cancelled; then waits for the workers.
 async fn schedule(
     ctx: &Arc<recreate::Context>,
-    health: &Health,
+    signals: &Signals<'_>,
     mut resumed: HashMap<String, machine::RequestProgress>,
     mut done_here: HashSet<String>,
     mut changes: tokio::sync::watch::Receiver<u64>,
@@ -308,7 +356,8 @@ async fn schedule(
         }
         if last_runtime_check.elapsed() > Duration::from_secs(10) {
             last_runtime_check = tokio::time::Instant::now();
-            health.set_ready(ctx.runtime.version().await.is_ok());
+            let answers = ctx.runtime.version().await.is_ok();
+            set_ready(signals.health, signals.service, answers);
         }
 
         tokio::select! {
@@ -326,9 +375,12 @@ async fn schedule(
                 }
             }
             _ = changes.changed() => {}
+            _ = signals.heartbeat.asked() => signals.heartbeat.beat(),
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+    // Before the drain: systemd disarms the watchdog on STOPPING=1 and the pings have ended.
+    signals.service.stopping(STOPPING_STATUS);
     info!(
         in_flight = workers.len(),
         "shutting down: no new work; waiting for work in flight to reach a safe point"

@@ -1,9 +1,11 @@
 //! relaunch-agent: the per-node agent that recreates containers in place.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use relaunch::agent::{self, AgentArgs};
+use relaunch::telemetry::notify::ServiceManager;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -18,7 +20,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match agent::run(args, shutdown).await {
+    let service = Arc::new(ServiceManager::from_env());
+    match agent::run(args, shutdown, service).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -1,6 +1,7 @@
-//! Logging set-up and the admin endpoint shared by the binaries.
+//! Logging set-up, the admin endpoint and service-manager notifications shared by the binaries.
 
 pub mod admin;
+pub mod notify;
 
 use tracing_subscriber::EnvFilter;
 
