@@ -18,6 +18,7 @@ ensure_packages() {
   command -v cc >/dev/null || missing+=(gcc libc6-dev)
   command -v curl >/dev/null || missing+=(curl ca-certificates)
   command -v kubectl >/dev/null || missing+=(kubernetes-client)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     apt-get update -qq
@@ -35,10 +36,11 @@ ensure_rust() {
   fi
 }
 
-# A private Python with the official kubernetes client, for the client-compatibility test.
+# A private Python with the official kubernetes client (the client-compatibility test) and
+# kubernetes-validate (offline schema validation of manifests/, tests/manifests.rs).
 ensure_python_client() {
   local venv="${CARGO_TARGET_DIR:-$PWD/target}/python"
-  if ! "$venv/bin/python" -c "import kubernetes" 2>/dev/null; then
+  if ! "$venv/bin/python" -c "import kubernetes, kubernetes_validate" 2>/dev/null; then
     if ! command -v python3 >/dev/null; then
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
     fi
@@ -46,7 +48,7 @@ ensure_python_client() {
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
       python3 -m venv "$venv"
     fi
-    "$venv/bin/pip" install -q kubernetes
+    "$venv/bin/pip" install -q --disable-pip-version-check kubernetes kubernetes-validate
   fi
   export RELAUNCH_PYTHON="$venv/bin/python"
 }
