@@ -1,0 +1,18 @@
+//! kubectl-relaunch: the kubectl plugin (`kubectl relaunch ...`) for in-place restarts.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use relaunch::cli::{self, Cli};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
