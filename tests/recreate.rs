@@ -115,6 +115,18 @@ impl Bed {
             .unwrap()
     }
 
+    /// Waits until node 1's agent died at the failpoint it was started with.
+    async fn agent_aborted(&mut self, failpoint: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.sandbox.agent(0).unwrap().is_running() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent did not reach the {failpoint} failpoint"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn finished(&self, name: &str) -> ContainerRecreateRequestStatus {
         eventually(
             &format!("request {name} to finish"),
@@ -687,14 +699,7 @@ async fn agent_crashes_around_a_stop_still_restart_the_container_exactly_once() 
             json!({}),
         )
         .await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while bed.sandbox.agent(0).unwrap().is_running() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the agent did not reach the {case} failpoint"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        bed.agent_aborted(case).await;
         bed.sandbox.restart_agent(0).await.unwrap();
         let status = bed.finished(&format!("{pod_name}-restart")).await;
         assert_eq!(status.phase, RecreatePhase::Succeeded, "{case}: {status:?}");
@@ -705,5 +710,72 @@ async fn agent_crashes_around_a_stop_still_restart_the_container_exactly_once() 
             "{case}: restarted exactly once"
         );
     }
+    bed.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_during_the_shutdown_step_does_not_restart_the_new_container() {
+    let mut bed = Bed::start(1, &[]).await;
+    let before = bed
+        .pod(
+            "crash-shutdown",
+            Some("node-1"),
+            json!({"containers": [container("db", DATABASE)]}),
+        )
+        .await;
+    let old = container_status(&before, "db");
+    bed.sandbox
+        .restart_agent_with_env(
+            0,
+            &[(
+                relaunch::agent::recreate::TESTBED_ABORT_DURING_SHUTDOWN.to_string(),
+                "1".to_string(),
+            )],
+        )
+        .await
+        .unwrap();
+    bed.recreate(
+        "crash-shutdown-restart",
+        &before,
+        json!([{"name": "db", "shutdown": {"exec": {"command": ["touch", "/tmp/shutdown"]}}}]),
+        json!({"terminationGracePeriodSeconds": 30}),
+    )
+    .await;
+    bed.agent_aborted("during-shutdown").await;
+    // The shutdown command made the application exit by itself: the kubelet restarts it while
+    // no agent runs, and the restarted agent must recognise it as the request's restart.
+    let restarted = eventually(
+        "the kubelet to restart the container without the agent",
+        Duration::from_secs(60),
+        || async {
+            let pod = bed.pods().get("crash-shutdown").await.ok()?;
+            let now = container_status(&pod, "db");
+            (now.container_id != old.container_id
+                && now.restart_count > old.restart_count
+                && ready(&pod))
+            .then_some(now)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(restarted.restart_count, old.restart_count + 1);
+    bed.sandbox.restart_agent(0).await.unwrap();
+
+    let status = bed.finished("crash-shutdown-restart").await;
+    assert_eq!(status.phase, RecreatePhase::Succeeded, "{status:?}");
+    let after = bed.pods().get("crash-shutdown").await.unwrap();
+    let now = container_status(&after, "db");
+    assert_eq!(
+        now.restart_count,
+        old.restart_count + 1,
+        "restarted exactly once: {status:?}"
+    );
+    assert_eq!(
+        now.container_id, restarted.container_id,
+        "the new container was left alone"
+    );
+    let state = &status.container_recreate_states[0];
+    assert_eq!(state.previous_container_id, old.container_id);
+    assert_eq!(state.new_container_id, restarted.container_id);
     bed.sandbox.shutdown().await;
 }

@@ -1,12 +1,16 @@
 //! The crash-safety journal: one file per unfinished (or not yet acknowledged) request under
 //! the state directory, holding the request's whole progress — above all the container ID the
-//! agent is about to stop, written durably *before* `StopContainer` is called.
+//! agent acts on, written durably *before* every action on the container or its pod: the unready
+//! request, the shutdown action (which can make the application exit by itself) and
+//! `StopContainer`.
 //!
-//! Resuming after a crash or restart (see [`machine::decide`](super::machine::decide), phase
-//! `Stopping`): the journaled container is stopped again only if the runtime says that very
-//! container ID still runs and the pod status shows no replacement — i.e. the earlier stop never
-//! took effect. A container whose ID changed is never stopped again; the agent only waits for it
-//! to be ready. So each journaled stop restarts the container at most once.
+//! Resuming after a crash or restart (see [`machine::decide`](super::machine::decide)): whatever
+//! step the journal shows, a container whose ID in the pod status differs from the journaled one
+//! was already restarted — it gets no unready request, no shutdown action and no stop; the agent
+//! only waits for it to be ready. The journaled container gets the shutdown action again (with
+//! what is left of the grace) or the stop again only if the runtime says that very container ID
+//! still runs and the pod status shows no replacement. So a request restarts the container at
+//! most once, wherever the agent crashed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -242,6 +246,71 @@ mod tests {
             recover(progress(RecreatePhase::Succeeded)),
             Recovery::Redeliver(_)
         ));
+    }
+
+    /// The agent was killed while the shutdown action ran; the action made the application exit
+    /// and the kubelet restarted it before the agent came back.
+    #[test]
+    fn a_journal_written_before_the_shutdown_action_resumes_without_touching_the_new_container() {
+        use crate::agent::machine::{Decision, Observation, PodContainerView, RuntimeView, decide};
+        use crate::agent::plan::{ContainerPlan, ShutdownSource, ShutdownStep};
+        use std::time::Duration;
+
+        let plan = ContainerPlan {
+            name: "db".into(),
+            shutdown: Some((
+                ShutdownSource::Request,
+                ShutdownStep::Exec(vec!["SYSTEM SHUTDOWN".into()]),
+            )),
+            grace: Duration::from_secs(30),
+            unready_grace: None,
+            min_started: Duration::ZERO,
+            force: false,
+        };
+        let view = |id: &str, restart_count| PodContainerView {
+            container_id: Some(id.into()),
+            restart_count,
+            ready: true,
+            started: true,
+            running: true,
+        };
+        let at = |s: i64| Timestamp::from_second(1_700_000_000 + s).unwrap();
+        let mut p = progress(RecreatePhase::Recreating);
+        p.containers[0] = ContainerProgress::new("db");
+        let old = Observation {
+            now: at(0),
+            pod: Some(view("containerd://aaa", 2)),
+            runtime: Some(RuntimeView {
+                newest_id: Some("aaa".into()),
+                newest_running: true,
+                previous_running: true,
+            }),
+        };
+        let d = decide(&mut p.containers[0], &plan, &old, None);
+        assert!(matches!(d, Decision::Shutdown { .. }), "{d:?}");
+        // What the shell journals before running the action; then the agent dies.
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        journal.write(&p).unwrap();
+
+        let mut resumed = match recover(journal.load().unwrap().remove(0)) {
+            Recovery::Resume(p) => p,
+            other => panic!("{other:?}"),
+        };
+        let new = Observation {
+            now: at(3),
+            pod: Some(view("containerd://bbb", 3)),
+            runtime: Some(RuntimeView {
+                newest_id: Some("bbb".into()),
+                newest_running: true,
+                previous_running: false,
+            }),
+        };
+        let c = &mut resumed.containers[0];
+        assert_eq!(decide(c, &plan, &new, None), Decision::Finished);
+        assert_eq!(c.phase, ContainerRecreatePhase::Succeeded);
+        assert_eq!(c.previous_container_id.as_deref(), Some("containerd://aaa"));
+        assert_eq!(c.new_container_id.as_deref(), Some("containerd://bbb"));
     }
 
     #[test]

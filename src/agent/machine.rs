@@ -3,10 +3,16 @@
 //! the outcome back through the `*_done` methods. Nothing here does I/O or reads a clock.
 //!
 //! Safety rules that live here, so they are tested here:
-//! - the only container ever stopped is `previous_container_id`, captured once when the
-//!   container leaves `Pending` and never changed afterwards;
-//! - a container whose ID in the pod status differs from `previous_container_id` is never
-//!   stopped (it was already restarted);
+//! - the only container ever acted on (shutdown action, stop) is `previous_container_id`,
+//!   captured once when the container leaves `Pending` and never changed afterwards;
+//! - every action on the container or its pod ([`Decision::RequestUnready`],
+//!   [`Decision::Shutdown`], [`Decision::Stop`]) is journaled first by the shell, so after a
+//!   crash the agent resumes knowing which container it was working on;
+//! - a container whose ID in the pod status differs from `previous_container_id` gets no unready
+//!   request, no shutdown action and no stop (it was already restarted: a shutdown action that
+//!   made the application exit, or a crash): the machine only waits for the new one to be ready;
+//! - the shutdown action and the stop run only while the runtime says the recorded container
+//!   still runs, so a container that exited is left to the kubelet;
 //! - nothing is stopped once the request's deadline has passed.
 
 use std::time::Duration;
@@ -148,6 +154,21 @@ impl ContainerProgress {
         }
     }
 
+    /// Whether the pod status shows another container than the recorded one: the recorded
+    /// container was restarted (by our stop, by a shutdown action that made it exit, or by itself).
+    fn replaced(&self, pod: Option<&PodContainerView>) -> bool {
+        let previous = self.previous_container_id.as_deref().unwrap_or_default();
+        pod.and_then(|p| p.container_id.as_deref())
+            .is_some_and(|id| raw_id(id) != raw_id(previous))
+    }
+
+    /// The recorded container is gone or exited without (another) stop: the kubelet takes over.
+    fn already_stopped(&mut self, now: Timestamp) {
+        self.steps.stop.get_or_insert(now);
+        self.steps.stopped.get_or_insert(now);
+        self.phase = ContainerRecreatePhase::WaitingForRestart;
+    }
+
     /// `StopContainer` returned: the kubelet takes over.
     pub fn stop_done(&mut self, now: Timestamp) {
         if self.phase == ContainerRecreatePhase::Stopping {
@@ -184,10 +205,16 @@ impl ContainerProgress {
 pub enum Decision {
     /// Fetch the runtime's view of this container and decide again.
     ObserveRuntime,
-    /// Ask the coordinator to hold the pod NotReady; then [`ContainerProgress::unready_done`].
+    /// Journal the progress, then ask the coordinator to hold the pod NotReady; then
+    /// [`ContainerProgress::unready_done`].
     RequestUnready,
-    /// Run the shutdown action, bounded by `budget`; then [`ContainerProgress::shutdown_done`].
-    Shutdown { budget: Duration },
+    /// Journal the progress (it names `container_id`), then run the shutdown action against
+    /// `container_id` (raw runtime ID), bounded by `budget`; then
+    /// [`ContainerProgress::shutdown_done`].
+    Shutdown {
+        container_id: String,
+        budget: Duration,
+    },
     /// Journal `container_id`, then CRI `StopContainer(container_id, grace)`; then
     /// [`ContainerProgress::stop_done`].
     Stop {
@@ -274,6 +301,12 @@ pub fn decide(
                 }
             }
             P::Unready => {
+                if progress.replaced(obs.pod.as_ref()) {
+                    // Restarted since it was recorded (it crashed, or the agent did during
+                    // this step): the request's restart happened; only wait for the new one.
+                    progress.already_stopped(now);
+                    continue;
+                }
                 if !progress.unready_acknowledged {
                     return Decision::RequestUnready;
                 }
@@ -287,10 +320,34 @@ pub fn decide(
             }
             P::ShuttingDown => {
                 let started = *progress.steps.shutdown.get_or_insert(now);
+                if progress.replaced(obs.pod.as_ref()) {
+                    // Restarted since it was recorded: typically the agent crashed during this
+                    // step after the action made the application exit. Never act on the new one.
+                    progress.already_stopped(now);
+                    continue;
+                }
                 if plan.shutdown.is_some() && !progress.shutdown_done {
                     let budget = plan.grace.saturating_sub(since(now, started));
                     if !budget.is_zero() {
-                        return Decision::Shutdown { budget };
+                        let Some(runtime) = &obs.runtime else {
+                            return Decision::ObserveRuntime;
+                        };
+                        if !runtime.previous_running {
+                            // It exited (an earlier run of the action, before a crash, or by
+                            // itself) and the pod status has not caught up: nothing to shut down.
+                            progress.already_stopped(now);
+                            continue;
+                        }
+                        // Same container, still running: run the action (again, if a crash
+                        // interrupted it) with what is left of the grace.
+                        let previous = progress
+                            .previous_container_id
+                            .as_deref()
+                            .unwrap_or_default();
+                        return Decision::Shutdown {
+                            container_id: raw_id(previous).to_string(),
+                            budget,
+                        };
                     }
                     progress.shutdown_done(Some(
                         "the grace period was used up before the shutdown action could run".into(),
@@ -300,27 +357,18 @@ pub fn decide(
                 progress.steps.stop = Some(now);
             }
             P::Stopping => {
-                let previous = progress.previous_container_id.clone().unwrap_or_default();
-                let restarted = obs.pod.as_ref().is_some_and(|p| {
-                    p.container_id
-                        .as_deref()
-                        .is_some_and(|id| raw_id(id) != raw_id(&previous))
-                });
-                if restarted {
-                    progress.steps.stop.get_or_insert(now);
-                    progress.steps.stopped.get_or_insert(now);
-                    progress.phase = P::WaitingForRestart;
+                if progress.replaced(obs.pod.as_ref()) {
+                    progress.already_stopped(now);
                     continue;
                 }
                 let Some(runtime) = &obs.runtime else {
                     return Decision::ObserveRuntime;
                 };
                 if !runtime.previous_running {
-                    progress.steps.stop.get_or_insert(now);
-                    progress.steps.stopped.get_or_insert(now);
-                    progress.phase = P::WaitingForRestart;
+                    progress.already_stopped(now);
                     continue;
                 }
+                let previous = progress.previous_container_id.clone().unwrap_or_default();
                 let used = progress
                     .steps
                     .shutdown

@@ -36,6 +36,10 @@ pub const UNREADY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const TESTBED_ABORT_AFTER_STOP_JOURNAL: &str = "RELAUNCH_TESTBED_ABORT_AFTER_STOP_JOURNAL";
 /// Test bed only: when set, the agent aborts right after a stop returned, before reporting it.
 pub const TESTBED_ABORT_AFTER_STOP: &str = "RELAUNCH_TESTBED_ABORT_AFTER_STOP";
+/// Test bed only: when set, the agent aborts right after the shutdown action returned (the
+/// application is exiting by itself), before recording that it ran.
+#[cfg(feature = "testbed")]
+pub const TESTBED_ABORT_DURING_SHUTDOWN: &str = "RELAUNCH_TESTBED_ABORT_DURING_SHUTDOWN";
 
 /// Everything a request's worker needs.
 pub struct Context {
@@ -413,6 +417,10 @@ async fn drive_container(
                     }
                 }
                 Decision::RequestUnready => {
+                    let untouched = "the pod was not held NotReady and nothing was stopped";
+                    if !journal_before_acting(ctx, shared, idx, untouched) {
+                        continue;
+                    }
                     let request = ReadinessRequest {
                         request: lock(shared).request.clone(),
                         ready: false,
@@ -435,20 +443,28 @@ async fn drive_container(
                         }
                     }
                 }
-                Decision::Shutdown { budget } => {
+                Decision::Shutdown { container_id, budget } => {
                     let Some((_, step)) = &cplan.shutdown else {
                         lock(shared).containers[idx].shutdown_done(None);
                         continue;
                     };
-                    let previous = lock(shared).containers[idx]
-                        .previous_container_id
-                        .clone()
-                        .unwrap_or_default();
+                    // The action can make the application exit and the kubelet restart it: record
+                    // durably which container it targets, so a resumed agent never acts on the
+                    // container's successor.
+                    let untouched = "the shutdown action did not run and nothing was stopped";
+                    if !journal_before_acting(ctx, shared, idx, untouched) {
+                        continue;
+                    }
                     let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
                     let note = tokio::select! {
                         _ = ctx.stop.cancelled() => return Exit::Interrupted,
-                        note = shutdown::run(&ctx.runtime, &ctx.hooks, raw_id(&previous), pod_ip.as_deref(), step, budget) => note,
+                        note = shutdown::run(&ctx.runtime, &ctx.hooks, &container_id, pod_ip.as_deref(), step, budget) => note,
                     };
+                    #[cfg(feature = "testbed")]
+                    if std::env::var_os(TESTBED_ABORT_DURING_SHUTDOWN).is_some() {
+                        // Test bed only: die like a SIGKILL while the application shuts down.
+                        std::process::abort();
+                    }
                     if let Some(note) = &note {
                         warn!("{note}");
                     }
@@ -456,12 +472,7 @@ async fn drive_container(
                 }
                 Decision::Stop { container_id, grace } => {
                     // Durably record what is about to be stopped before stopping it.
-                    let snapshot = lock(shared).clone();
-                    if let Err(e) = ctx.journal.write(&snapshot) {
-                        lock(shared).containers[idx].fail(
-                            format!("{e}; nothing was stopped"),
-                            Timestamp::now(),
-                        );
+                    if !journal_before_acting(ctx, shared, idx, "nothing was stopped") {
                         continue;
                     }
                     #[cfg(feature = "testbed")]
@@ -498,6 +509,27 @@ async fn drive_container(
     }
     .instrument(span)
     .await
+}
+
+/// Durably records the request's progress (above all the container ID the next action targets)
+/// before that action. When the journal cannot be written the container fails with `untouched`
+/// saying what was not done, and false is returned: nothing is done that a crash could repeat.
+fn journal_before_acting(
+    ctx: &Context,
+    shared: &Mutex<RequestProgress>,
+    idx: usize,
+    untouched: &str,
+) -> bool {
+    // Held across the write: the containers of one request share one journal file (and its
+    // temporary file), so their snapshots are written one at a time and in order.
+    let mut progress = lock(shared);
+    match ctx.journal.write(&progress) {
+        Ok(()) => true,
+        Err(e) => {
+            progress.containers[idx].fail(format!("{e}; {untouched}"), Timestamp::now());
+            false
+        }
+    }
 }
 
 enum UnreadyFailure {

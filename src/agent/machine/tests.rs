@@ -176,12 +176,23 @@ fn shutdown_runs_within_the_grace_and_the_stop_gets_the_rest_but_at_least_two_se
     let mut p = ContainerProgress::new("db");
     assert_eq!(
         decide(&mut p, &plan, &obs(0, Some(running(OLD, 0)), None), None),
+        Decision::ObserveRuntime,
+        "the runtime confirms the container runs before the action"
+    );
+    let world = Some(rt(OLD, true, true));
+    assert_eq!(
+        decide(
+            &mut p,
+            &plan,
+            &obs(0, Some(running(OLD, 0)), world.clone()),
+            None
+        ),
         Decision::Shutdown {
+            container_id: "aaa".into(),
             budget: Duration::from_secs(10)
         }
     );
     p.shutdown_done(None);
-    let world = Some(rt(OLD, true, true));
     assert_eq!(
         decide(
             &mut p,
@@ -388,73 +399,279 @@ fn after_a_crash_before_the_stop_the_same_container_id_is_stopped_again() {
     );
 }
 
-/// Exhaustive over small worlds: whatever the pod status and runtime say, a Stop only ever
-/// targets the recorded container, and never one the pod status shows was replaced.
+/// Exhaustive over small worlds, fresh or resumed from the journal in any phase: whatever the
+/// pod status and runtime say, the shutdown action and the stop only ever target the recorded
+/// container, never one the pod status shows was replaced or the runtime says is not running, and
+/// a replaced container does not even get an unready request.
 #[test]
-fn stop_only_ever_targets_the_recorded_container() {
+fn actions_only_ever_target_the_recorded_container() {
     let ids = [None, Some(OLD), Some(NEW), Some("containerd://ccc")];
+    let mut starts = vec![(ContainerRecreatePhase::Pending, false, false)];
     for phase in [
-        ContainerRecreatePhase::Pending,
+        ContainerRecreatePhase::Unready,
         ContainerRecreatePhase::ShuttingDown,
         ContainerRecreatePhase::Stopping,
         ContainerRecreatePhase::WaitingForRestart,
         ContainerRecreatePhase::WaitingForReady,
     ] {
+        for (acknowledged, shutdown_done) in [(false, false), (true, false), (true, true)] {
+            starts.push((phase, acknowledged, shutdown_done));
+        }
+    }
+    for (phase, acknowledged, shutdown_done) in starts {
         for pod_id in ids {
             for restarts in [3, 4] {
                 for (running_now, started) in [(true, true), (false, false), (true, false)] {
                     for rt_prev in [false, true] {
                         for force in [false, true] {
-                            let mut plan = plan();
-                            plan.force = force;
-                            let mut p = if phase == ContainerRecreatePhase::Pending {
-                                ContainerProgress::new("db")
-                            } else {
-                                let mut p = journaled();
-                                p.phase = phase;
-                                p
-                            };
-                            let recorded_before = p.previous_container_id.clone();
-                            let pod = pod_id.map(|id| PodContainerView {
-                                container_id: Some(id.into()),
-                                restart_count: restarts,
-                                ready: running_now,
-                                started,
-                                running: running_now,
-                            });
-                            let o = obs(1, pod.clone(), None);
-                            let mut d = decide(&mut p, &plan, &o, None);
-                            if d == Decision::ObserveRuntime {
-                                let mut o = o.clone();
-                                o.runtime = Some(RuntimeView {
-                                    newest_id: pod_id.map(|i| raw_id(i).to_string()),
-                                    newest_running: running_now,
-                                    previous_running: rt_prev,
-                                });
-                                d = decide(&mut p, &plan, &o, None);
-                            }
-                            if let Decision::Stop {
-                                container_id,
-                                grace,
-                            } = d
-                            {
-                                let recorded = p.previous_container_id.clone().unwrap();
-                                assert_eq!(container_id, raw_id(&recorded));
-                                if let Some(before) = recorded_before {
-                                    assert_eq!(before, recorded, "the recorded ID never changes");
+                            for with_action in [false, true] {
+                                for unready in [None, Some(Duration::from_secs(3))] {
+                                    let mut plan = plan();
+                                    plan.force = force;
+                                    plan.unready_grace = unready;
+                                    if with_action {
+                                        plan.shutdown = Some((
+                                            ShutdownSource::Request,
+                                            ShutdownStep::Exec(vec!["x".into()]),
+                                        ));
+                                    }
+                                    let mut p = if phase == ContainerRecreatePhase::Pending {
+                                        ContainerProgress::new("db")
+                                    } else {
+                                        let mut p = journaled();
+                                        p.phase = phase;
+                                        if acknowledged {
+                                            p.unready_done(t(0));
+                                        }
+                                        p.shutdown_done = shutdown_done;
+                                        p
+                                    };
+                                    let recorded_before = p.previous_container_id.clone();
+                                    let pod = pod_id.map(|id| PodContainerView {
+                                        container_id: Some(id.into()),
+                                        restart_count: restarts,
+                                        ready: running_now,
+                                        started,
+                                        running: running_now,
+                                    });
+                                    let o = obs(1, pod.clone(), None);
+                                    let mut d = decide(&mut p, &plan, &o, None);
+                                    if d == Decision::ObserveRuntime {
+                                        let mut o = o.clone();
+                                        o.runtime = Some(RuntimeView {
+                                            newest_id: pod_id.map(|i| raw_id(i).to_string()),
+                                            newest_running: running_now,
+                                            previous_running: rt_prev,
+                                        });
+                                        d = decide(&mut p, &plan, &o, None);
+                                    }
+                                    let recorded = p.previous_container_id.clone();
+                                    if let Some(before) = &recorded_before {
+                                        assert_eq!(
+                                            Some(before),
+                                            recorded.as_ref(),
+                                            "the recorded ID never changes"
+                                        );
+                                    }
+                                    let shows_recorded = || {
+                                        let recorded = recorded.as_deref().unwrap();
+                                        pod_id.is_none_or(|id| raw_id(id) == raw_id(recorded))
+                                    };
+                                    let case = format!(
+                                        "{phase:?} ack={acknowledged} done={shutdown_done} pod={pod_id:?} rt_prev={rt_prev} action={with_action}: {d:?}"
+                                    );
+                                    match d {
+                                        Decision::RequestUnready => {
+                                            assert!(shows_recorded(), "{case}");
+                                        }
+                                        Decision::Shutdown {
+                                            ref container_id, ..
+                                        }
+                                        | Decision::Stop {
+                                            ref container_id, ..
+                                        } => {
+                                            assert_eq!(
+                                                container_id,
+                                                raw_id(recorded.as_deref().unwrap()),
+                                                "{case}"
+                                            );
+                                            assert!(
+                                                shows_recorded(),
+                                                "pod shows a replacement: {case}"
+                                            );
+                                            assert!(
+                                                rt_prev,
+                                                "the runtime says it does not run: {case}"
+                                            );
+                                        }
+                                        _ => {}
+                                    }
+                                    if let Decision::Stop { grace, .. } = d {
+                                        assert!(grace >= MIN_STOP_GRACE);
+                                    }
                                 }
-                                assert!(
-                                    pod_id.is_none_or(|id| raw_id(id) == container_id),
-                                    "the pod status does not show a replacement"
-                                );
-                                assert!(rt_prev, "the runtime says it still runs");
-                                assert!(grace >= MIN_STOP_GRACE);
                             }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Recovery after a crash during the shutdown step: the journal, written before the action,
+/// says ShuttingDown with the recorded ID and the time the step began.
+fn journaled_during_shutdown() -> (ContainerPlan, ContainerProgress) {
+    let mut plan = plan();
+    plan.shutdown = Some((
+        ShutdownSource::Request,
+        ShutdownStep::Exec(vec!["SYSTEM SHUTDOWN".into()]),
+    ));
+    let mut p = journaled();
+    p.phase = ContainerRecreatePhase::ShuttingDown;
+    (plan, p)
+}
+
+#[test]
+fn after_a_crash_during_the_shutdown_step_a_restarted_container_is_neither_shut_down_nor_stopped() {
+    let (plan, mut p) = journaled_during_shutdown();
+    // The action made the application exit and the kubelet restarted it meanwhile.
+    let d = decide(&mut p, &plan, &obs(5, Some(running(NEW, 4)), None), None);
+    assert_eq!(d, Decision::ObserveRuntime, "cross-check the new container");
+    assert_eq!(p.phase, ContainerRecreatePhase::WaitingForRestart);
+    let d = decide(
+        &mut p,
+        &plan,
+        &obs(5, Some(running(NEW, 4)), Some(rt(NEW, true, false))),
+        None,
+    );
+    assert_eq!(d, Decision::Finished);
+    assert_eq!(p.phase, ContainerRecreatePhase::Succeeded);
+    assert_eq!(p.previous_container_id.as_deref(), Some(OLD));
+    assert_eq!(p.new_container_id.as_deref(), Some(NEW));
+    assert_eq!(p.restart_count, Some(4));
+}
+
+#[test]
+fn after_a_crash_during_the_shutdown_step_a_replacement_waits_for_the_restart_count_to_grow() {
+    let (plan, mut p) = journaled_during_shutdown();
+    // A new ID whose restartCount did not grow yet: never act on it, wait for the kubelet.
+    let d = decide(&mut p, &plan, &obs(5, Some(running(NEW, 3)), None), None);
+    assert!(matches!(d, Decision::Wait { .. }), "{d:?}");
+    assert_eq!(p.phase, ContainerRecreatePhase::WaitingForRestart);
+}
+
+#[test]
+fn after_a_crash_during_the_shutdown_step_an_exited_container_is_left_to_the_kubelet() {
+    let (plan, mut p) = journaled_during_shutdown();
+    // The pod status still shows the old container running, the runtime knows it exited.
+    let d = decide(&mut p, &plan, &obs(5, Some(running(OLD, 3)), None), None);
+    assert_eq!(d, Decision::ObserveRuntime);
+    let d = decide(
+        &mut p,
+        &plan,
+        &obs(5, Some(running(OLD, 3)), Some(rt(OLD, false, false))),
+        None,
+    );
+    assert!(matches!(d, Decision::Wait { .. }), "{d:?}");
+    assert_eq!(p.phase, ContainerRecreatePhase::WaitingForRestart);
+    assert!(!p.shutdown_done, "the action was not run again");
+}
+
+#[test]
+fn after_a_crash_during_the_shutdown_step_the_same_running_container_gets_the_action_again_with_the_grace_left()
+ {
+    let (plan, mut p) = journaled_during_shutdown();
+    let d = decide(
+        &mut p,
+        &plan,
+        &obs(4, Some(running(OLD, 3)), Some(rt(OLD, true, true))),
+        None,
+    );
+    assert_eq!(
+        d,
+        Decision::Shutdown {
+            container_id: "aaa".into(),
+            budget: Duration::from_secs(6)
+        }
+    );
+    // Grace used up while the agent was down: no action, the stop gets its minimum.
+    let (plan, mut p) = journaled_during_shutdown();
+    let d = decide(
+        &mut p,
+        &plan,
+        &obs(12, Some(running(OLD, 3)), Some(rt(OLD, true, true))),
+        None,
+    );
+    assert_eq!(
+        d,
+        Decision::Stop {
+            container_id: "aaa".into(),
+            grace: MIN_STOP_GRACE
+        }
+    );
+}
+
+#[test]
+fn after_a_crash_during_the_unready_step_a_restarted_container_gets_no_unready_request_and_no_stop()
+{
+    let mut plan = plan();
+    plan.unready_grace = Some(Duration::from_secs(30));
+    for acknowledged in [false, true] {
+        let mut p = journaled();
+        p.phase = ContainerRecreatePhase::Unready;
+        p.steps.shutdown = None;
+        if acknowledged {
+            p.unready_done(t(0));
+        }
+        let d = decide(&mut p, &plan, &obs(5, Some(running(NEW, 4)), None), None);
+        assert_eq!(d, Decision::ObserveRuntime, "acknowledged={acknowledged}");
+        assert_eq!(p.phase, ContainerRecreatePhase::WaitingForRestart);
+    }
+}
+
+#[test]
+fn after_a_crash_during_the_unready_step_the_same_container_gets_the_rest_of_the_unready_grace() {
+    let mut plan = plan();
+    plan.unready_grace = Some(Duration::from_secs(30));
+    let mut p = journaled();
+    p.phase = ContainerRecreatePhase::Unready;
+    p.steps.shutdown = None;
+    p.unready_done(t(0));
+    assert_eq!(
+        decide(&mut p, &plan, &obs(20, Some(running(OLD, 3)), None), None),
+        Decision::Wait {
+            recheck: Duration::from_secs(10)
+        }
+    );
+}
+
+#[test]
+fn the_report_names_the_recorded_container_before_any_action() {
+    let mut plan = request_plan(1, false, FailurePolicy::Fail);
+    plan.containers[0].shutdown = Some((
+        ShutdownSource::Request,
+        ShutdownStep::Exec(vec!["x".into()]),
+    ));
+    for unready in [None, Some(Duration::from_secs(3))] {
+        plan.containers[0].unready_grace = unready;
+        let mut r = request(&plan);
+        let d = decide(
+            &mut r.containers[0],
+            &plan.containers[0],
+            &obs(0, Some(running(OLD, 3)), None),
+            None,
+        );
+        assert!(
+            matches!(d, Decision::ObserveRuntime | Decision::RequestUnready),
+            "{d:?}"
+        );
+        let report = r.report();
+        assert_eq!(
+            report.containers[0].previous_container_id.as_deref(),
+            Some(OLD),
+            "unready={unready:?}"
+        );
     }
 }
 
