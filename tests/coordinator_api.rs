@@ -1013,3 +1013,137 @@ async fn a_report_before_admission_admits_the_request_or_fails_an_invalid_one() 
         "{body}"
     );
 }
+
+/// The pod's `relaunch.dev/ready` condition: (status, reason, message).
+async fn gate_of(bed: &Bed, pod: &str) -> Option<(String, String, String)> {
+    let pod = bed.pods().get(pod).await.ok()?;
+    let c = pod
+        .status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == READINESS_GATE)?;
+    Some((
+        c.status,
+        c.reason.unwrap_or_default(),
+        c.message.unwrap_or_default(),
+    ))
+}
+
+#[tokio::test]
+async fn a_deleted_request_holding_the_pod_notready_releases_it_once_no_request_may_hold_it() {
+    let bed = Bed::start(Duration::from_secs(300)).await;
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+    let hold = |crr: &ContainerRecreateRequest| {
+        bytes(
+            &json!({"request": {"namespace": "default", "name": crr.name_any(), "uid": crr.uid()}, "ready": false}),
+        )
+    };
+
+    // "first" holds db-0 NotReady; "second" for the same pod is admitted but has not run yet.
+    let first = bed.admitted("first", "db-0", &["app"]).await;
+    assert_eq!(
+        bed.post(READINESS_PATH, Some(&token), hold(&first)).await.0,
+        200
+    );
+    let second = bed.admitted("second", "db-0", &["app"]).await;
+    bed.requests()
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Admitted after the deletion (one watch, in order): the controllers have seen it.
+    bed.admitted("marker", "plain-0", &["app"]).await;
+    let (status, _, message) = gate_of(&bed, "db-0").await.unwrap();
+    assert_eq!(
+        status, "False",
+        "an unfinished request of the pod may be about to hold it: {message}"
+    );
+
+    // Once no unfinished request of the pod is left, the hold of the deleted one is released.
+    let done = report(
+        &second,
+        "Succeeded",
+        json!({"name": "app", "phase": "Succeeded"}),
+    );
+    assert_eq!(
+        bed.post(REPORTS_PATH, Some(&token), bytes(&done)).await.0,
+        200
+    );
+    let (_, reason, message) = eventually("the gate is released", WAIT, || async {
+        gate_of(&bed, "db-0").await.filter(|(s, ..)| s == "True")
+    })
+    .await
+    .unwrap();
+    assert_eq!(reason, "RecreateRequestDeleted");
+    assert!(message.contains("default/first"), "{message}");
+    eventually("a ReadinessReleased Event on the pod", WAIT, || async {
+        bed.events("db-0")
+            .await
+            .into_iter()
+            .find(|(reason, message)| {
+                reason == "ReadinessReleased" && message.contains("default/first")
+            })
+    })
+    .await
+    .unwrap();
+
+    // A hold by a request that exists is left alone; deleting it releases the pod at once.
+    let third = bed.admitted("third", "db-0", &["app"]).await;
+    assert_eq!(
+        bed.post(READINESS_PATH, Some(&token), hold(&third)).await.0,
+        200
+    );
+    bed.admitted("marker-2", "plain-0", &["app"]).await;
+    assert_eq!(gate_of(&bed, "db-0").await.unwrap().0, "False");
+    bed.requests()
+        .delete("third", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (_, _, message) = eventually("the gate is released again", WAIT, || async {
+        gate_of(&bed, "db-0").await.filter(|(s, ..)| s == "True")
+    })
+    .await
+    .unwrap();
+    assert!(message.contains("default/third"), "{message}");
+}
+
+#[tokio::test]
+async fn a_queued_message_is_replaced_once_the_request_is_recreating() {
+    let bed = Bed::start(Duration::from_secs(300)).await;
+    let crr = bed.admitted("waits", "db-0", &["app"]).await;
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+    let mut queued = json!({
+        "request": {"namespace": "default", "name": "waits", "uid": crr.uid().unwrap()},
+        "sequence": 1,
+        "phase": "Pending",
+        "message": "queued: the node is recreating as many containers as --max-parallel allows",
+    });
+    assert_eq!(
+        bed.post(REPORTS_PATH, Some(&token), bytes(&queued)).await.0,
+        200
+    );
+    let now = bed.requests().get("waits").await.unwrap();
+    assert!(message(&now).starts_with("queued: "), "{}", message(&now));
+
+    let started = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "ShuttingDown"}),
+    );
+    let (code, body) = bed.post(REPORTS_PATH, Some(&token), bytes(&started)).await;
+    assert_eq!(code, 200, "{body}");
+    let now = bed.requests().get("waits").await.unwrap();
+    assert_eq!(
+        now.status.as_ref().unwrap().phase,
+        RecreatePhase::Recreating
+    );
+    assert_eq!(message(&now), "", "the queued message is gone");
+
+    // A late queued report does not bring it back.
+    queued["sequence"] = json!(0);
+    assert_eq!(
+        bed.post(REPORTS_PATH, Some(&token), bytes(&queued)).await.0,
+        200
+    );
+    let now = bed.requests().get("waits").await.unwrap();
+    assert_eq!(message(&now), "");
+}

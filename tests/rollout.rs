@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -506,10 +507,26 @@ async fn bad_specs_fail_with_what_to_fix_and_restart_nothing() {
             json!({"target": {"workloadRef": sts}, "containers": ["nope"]}),
             "container \"nope\" is not in pod",
         ),
+        (
+            // 64 characters: too long for the label its requests carry.
+            "a-rolling-restart-whose-name-is-longer-than-any-label-value-1234",
+            json!({"target": {"workloadRef": sts}}),
+            "at most 63",
+        ),
+        (
+            "aborted-while-waiting",
+            json!({"target": {"workloadRef": {"kind": "StatefulSet", "name": "absent"}}, "abort": true}),
+            "aborted: spec.abort is true",
+        ),
     ];
     for (name, spec, _) in &cases {
         bed.rollout(name, spec.clone()).await;
     }
+    bed.rollout(
+        "paused-while-waiting",
+        json!({"target": {"workloadRef": {"kind": "StatefulSet", "name": "absent"}}, "strategy": {"paused": true}}),
+    )
+    .await;
     for (name, _, expected) in &cases {
         let status = bed.finished(name, Duration::from_secs(30)).await;
         assert_eq!(status.phase, RolloutPhase::Failed, "{name}: {status:?}");
@@ -523,6 +540,26 @@ async fn bad_specs_fail_with_what_to_fix_and_restart_nothing() {
             "{name} created no request"
         );
     }
+    let paused = eventually(
+        "the rollout waiting for its workload shows Paused",
+        Duration::from_secs(30),
+        || async {
+            let status = bed
+                .rollouts()
+                .get("paused-while-waiting")
+                .await
+                .ok()?
+                .status?;
+            (status.phase == RolloutPhase::Paused).then_some(status)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; coordinator log:\n{}", bed.coordinator_log()));
+    let message = paused.message.unwrap_or_default();
+    assert!(
+        message.contains("paused") && message.contains("StatefulSet/absent"),
+        "{message}"
+    );
     let seen = monitor.check();
     assert!(
         seen.restart_order.is_empty(),
@@ -542,6 +579,56 @@ async fn a_new_restart_at_token_starts_exactly_one_rollout() {
             "relaunch.dev/restart-at": token, "relaunch.dev/max-unavailable": "1", "relaunch.dev/order": "ordinal-asc"}}})
     };
     let monitor = Monitor::start(&bed.client, "web", "", 1, &before);
+
+    // A bad companion annotation starts nothing and is said once, as a Warning on the workload.
+    sets.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {
+            "relaunch.dev/restart-at": "t0", "relaunch.dev/order": "random"}}})),
+    )
+    .await
+    .unwrap();
+    let warnings = || async {
+        Api::<Event>::default_namespaced(bed.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("RestartNotStarted")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+            })
+            .collect::<Vec<_>>()
+    };
+    let warned = eventually(
+        "a Warning about relaunch.dev/order",
+        Duration::from_secs(30),
+        || async { warnings().await.into_iter().next() },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; coordinator log:\n{}", bed.coordinator_log()));
+    assert_eq!(warned.type_.as_deref(), Some("Warning"));
+    let note = warned.note.unwrap_or_default();
+    assert!(note.contains("relaunch.dev/order"), "{note}");
+    // A rollout reconciled to its end means a later pass ran while the annotation was still bad.
+    bed.rollout(
+        "probe",
+        json!({"target": {"selector": {"matchLabels": {"app": "nothing"}}}}),
+    )
+    .await;
+    bed.finished("probe", Duration::from_secs(30)).await;
+    let said = warnings().await;
+    assert!(
+        said.len() == 1 && said[0].series.is_none(),
+        "said once, not on every pass: {said:?}"
+    );
+    bed.rollouts()
+        .delete("probe", &Default::default())
+        .await
+        .unwrap();
+
     sets.patch(
         "web",
         &PatchParams::default(),

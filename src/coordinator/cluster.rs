@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::api::{ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_POD_UID};
 
@@ -99,9 +99,19 @@ impl Cluster {
         crr: &ContainerRecreateRequest,
         status: &ContainerRecreateRequestStatus,
     ) -> Result<ContainerRecreateRequest, kube::Error> {
+        let mut value = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
+        // A merge patch leaves absent fields alone: clear the ones the new status dropped (a
+        // message the latest report no longer has).
+        if let (Value::Object(new), Some(Ok(Value::Object(old)))) =
+            (&mut value, crr.status.as_ref().map(serde_json::to_value))
+        {
+            for key in old.keys() {
+                new.entry(key.clone()).or_insert(Value::Null);
+            }
+        }
         let patch = json!({
             "metadata": {"resourceVersion": crr.resource_version()},
-            "status": status,
+            "status": value,
         });
         self.requests(crr)
             .patch_status(
@@ -170,6 +180,23 @@ impl Cluster {
             .map(|_| ())
     }
 
+    /// Releases the gate of a pod held by request `holder` (in the pod's namespace), which no
+    /// longer exists, only if the pod is still at `resource_version` (409 otherwise).
+    pub async fn release_gone_holder(
+        &self,
+        pod_namespace: &str,
+        pod_name: &str,
+        holder: &str,
+        resource_version: &str,
+    ) -> Result<(), kube::Error> {
+        let patch =
+            readiness::holder_gone_patch(pod_namespace, holder, resource_version, Timestamp::now());
+        Api::<Pod>::namespaced(self.client.clone(), pod_namespace)
+            .patch_status(pod_name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+            .map(|_| ())
+    }
+
     /// Records `notes` on the request and on its pod, in the background: Events are best effort
     /// and must not hold up an agent's report.
     pub fn record(
@@ -178,12 +205,23 @@ impl Cluster {
         pod: Option<ObjectReference>,
         notes: Vec<Note>,
     ) {
+        let pod_ref = pod.or_else(|| pod_reference(crr));
+        let targets = std::iter::once(crr.object_ref(&()))
+            .chain(pod_ref)
+            .collect();
+        self.publish(targets, notes);
+    }
+
+    /// Records `notes` on `pod` only, in the background.
+    pub fn record_on_pod(&self, pod: ObjectReference, notes: Vec<Note>) {
+        self.publish(vec![pod], notes);
+    }
+
+    fn publish(&self, targets: Vec<ObjectReference>, notes: Vec<Note>) {
         if notes.is_empty() {
             return;
         }
         let recorder = self.recorder.clone();
-        let crr_ref = crr.object_ref(&());
-        let pod_ref = pod.or_else(|| pod_reference(crr));
         tokio::spawn(async move {
             for note in notes {
                 let event = Event {
@@ -197,7 +235,7 @@ impl Cluster {
                     action: note.reason.into(),
                     secondary: None,
                 };
-                for target in std::iter::once(&crr_ref).chain(pod_ref.as_ref()) {
+                for target in &targets {
                     if let Err(e) = recorder.publish(&event, target).await {
                         tracing::warn!(error = %e, reason = note.reason, "cannot record event");
                     }

@@ -142,6 +142,8 @@ enum Job {
     Act(Arc<ContainerRecreateRequest>, Decision),
     /// A pod with the `relaunch.dev/ready` gate but no condition yet.
     OpenGate(Arc<Pod>),
+    /// A pod held NotReady by a request (named) that is gone.
+    ReleaseGoneHolder(Arc<Pod>, String),
 }
 
 struct Worker {
@@ -200,9 +202,13 @@ impl Worker {
             jobs.push(job);
         }
         for pod in self.pods.state() {
-            if !readiness::needs_opening(&pod) {
+            let job = if readiness::needs_opening(&pod) {
+                Job::OpenGate(pod.clone())
+            } else if let Some(holder) = orphaned_hold(&pod, &all) {
+                Job::ReleaseGoneHolder(pod.clone(), holder)
+            } else {
                 continue;
-            }
+            };
             let uid = pod.uid().unwrap_or_default();
             let rv = pod.resource_version().unwrap_or_default();
             if let Some((_, pod_rv, at)) = self.attempted.get(&uid)
@@ -213,7 +219,7 @@ impl Worker {
             }
             self.attempted
                 .insert(uid, (String::new(), rv, Instant::now()));
-            jobs.push(Job::OpenGate(pod));
+            jobs.push(job);
         }
         let ctx = &self.ctx;
         futures::stream::iter(jobs)
@@ -226,6 +232,9 @@ impl Worker {
                         if let Err(e) = ctx.cluster.open_gate(&ns, &pod.name_any()).await {
                             tracing::warn!(pod = %format!("{ns}/{}", pod.name_any()), error = %e, "opening the readiness gate failed; will retry");
                         }
+                    }
+                    Job::ReleaseGoneHolder(pod, holder) => {
+                        release_gone_holder(ctx, &pod, &holder).await
                     }
                 }
             })
@@ -257,6 +266,79 @@ fn pod_view(pod: &Pod, crr: &ContainerRecreateRequest) -> PodView {
             &crr.namespace().unwrap_or_default(),
             &crr.name_any(),
         ),
+    }
+}
+
+/// The request named as holding `pod` NotReady when no request in the cache can release the
+/// pod any more: the holder is not there (deleted before it finished), and no other unfinished
+/// request of the pod is either (it may be about to hold the pod itself; once it finishes, the
+/// pod is released). A holder that is still there releases the gate itself once finished.
+fn orphaned_hold(pod: &Pod, requests: &[Arc<ContainerRecreateRequest>]) -> Option<String> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let (namespace, holder) = readiness::holder(pod)?;
+    let pod_ns = pod.namespace().unwrap_or_default();
+    let pod_uid = pod.uid().unwrap_or_default();
+    if namespace != pod_ns {
+        return None;
+    }
+    let blocked = requests.iter().any(|r| {
+        if r.namespace().as_deref() != Some(pod_ns.as_str()) {
+            return false;
+        }
+        if r.name_any() == holder {
+            return true;
+        }
+        let of_pod = r.spec.pod_name == pod.name_any()
+            && r.labels()
+                .get(LABEL_POD_UID)
+                .is_none_or(|uid| *uid == pod_uid);
+        let unfinished = r.status.as_ref().is_none_or(|s| !s.phase.is_finished());
+        of_pod && unfinished
+    });
+    (!blocked).then_some(holder)
+}
+
+/// Releases a pod held NotReady by request `holder`, which the cache no longer has.
+async fn release_gone_holder(ctx: &Context, pod: &Pod, holder: &str) {
+    let ns = pod.namespace().unwrap_or_default();
+    let pod_name = pod.name_any();
+    let described = format!("{ns}/{pod_name}");
+    // The cache may lag behind a request just created (or re-created under the same name):
+    // ask the API before releasing.
+    match ctx.cluster.get_request(&ns, holder).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return,
+        Err(e) => {
+            tracing::warn!(pod = %described, request = holder, error = %e, "cannot check the request holding the readiness gate; will retry");
+            return;
+        }
+    }
+    let rv = pod.resource_version().unwrap_or_default();
+    match ctx
+        .cluster
+        .release_gone_holder(&ns, &pod_name, holder, &rv)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(pod = %described, request = holder, "readiness gate released: the request holding it was deleted");
+            ctx.cluster.record_on_pod(
+                object_reference(pod),
+                vec![Note::normal(
+                    "ReadinessReleased",
+                    format!(
+                        "{READINESS_GATE} set True: ContainerRecreateRequest {ns}/{holder}, which held pod {pod_name} NotReady, was deleted before it finished"
+                    ),
+                )],
+            );
+        }
+        Err(e) if is_conflict(&e) => {
+            tracing::debug!(pod = %described, "the pod changed meanwhile; deciding again")
+        }
+        Err(e) => {
+            tracing::warn!(pod = %described, error = %e, "releasing the readiness gate failed; will retry")
+        }
     }
 }
 
@@ -414,5 +496,132 @@ async fn pod_still_there(ctx: &Context, crr: &ContainerRecreateRequest) -> bool 
         Ok(None) => false,
         // Unsure: do not fail the request on a read error.
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ContainerRecreateRequestSpec, RecreatePhase};
+    use k8s_openapi::api::core::v1::{PodCondition, PodReadinessGate};
+    use std::collections::BTreeMap;
+
+    fn held_pod(holder: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("db-0".into());
+        pod.metadata.namespace = Some("default".into());
+        pod.metadata.uid = Some("uid-1".into());
+        pod.spec = Some(PodSpec {
+            readiness_gates: Some(vec![PodReadinessGate {
+                condition_type: READINESS_GATE.into(),
+            }]),
+            ..Default::default()
+        });
+        pod.status = Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: READINESS_GATE.into(),
+                status: "False".into(),
+                reason: Some(readiness::REASON_HELD.into()),
+                message: Some(readiness::hold_message("default", holder)),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        pod
+    }
+
+    fn request(
+        name: &str,
+        pod: &str,
+        pod_uid: Option<&str>,
+        phase: Option<RecreatePhase>,
+    ) -> Arc<ContainerRecreateRequest> {
+        let mut r = ContainerRecreateRequest::new(
+            name,
+            ContainerRecreateRequestSpec {
+                pod_name: pod.into(),
+                ..Default::default()
+            },
+        );
+        r.metadata.namespace = Some("default".into());
+        r.metadata.labels =
+            pod_uid.map(|uid| BTreeMap::from([(LABEL_POD_UID.to_string(), uid.to_string())]));
+        r.status = phase.map(|phase| ContainerRecreateRequestStatus {
+            phase,
+            ..Default::default()
+        });
+        Arc::new(r)
+    }
+
+    #[test]
+    fn a_hold_by_a_deleted_request_is_released_when_no_other_request_may_hold_the_pod() {
+        let pod = held_pod("gone");
+        assert_eq!(orphaned_hold(&pod, &[]), Some("gone".into()));
+        let done = request(
+            "done",
+            "db-0",
+            Some("uid-1"),
+            Some(RecreatePhase::Succeeded),
+        );
+        let elsewhere = request("other", "web-0", None, Some(RecreatePhase::Recreating));
+        let old_pod = request("old", "db-0", Some("uid-0"), Some(RecreatePhase::Pending));
+        assert_eq!(
+            orphaned_hold(&pod, &[done, elsewhere, old_pod]),
+            Some("gone".into()),
+            "finished requests, other pods' and an earlier pod instance's do not keep the hold"
+        );
+    }
+
+    #[test]
+    fn a_hold_is_kept_while_its_holder_or_another_unfinished_request_of_the_pod_exists() {
+        let pod = held_pod("r1");
+        // The holder itself releases the gate once it finishes.
+        for phase in [
+            None,
+            Some(RecreatePhase::Recreating),
+            Some(RecreatePhase::Failed),
+        ] {
+            let holder = request("r1", "db-0", Some("uid-1"), phase);
+            assert_eq!(orphaned_hold(&pod, &[holder]), None, "{phase:?}");
+        }
+        // A newer request of the pod, not admitted yet or running: its agent may be about to
+        // hold the pod itself.
+        for (uid, phase) in [
+            (None, None),
+            (Some("uid-1"), Some(RecreatePhase::Pending)),
+            (Some("uid-1"), Some(RecreatePhase::Recreating)),
+        ] {
+            let next = request("r2", "db-0", uid, phase);
+            assert_eq!(orphaned_hold(&pod, &[next]), None, "{uid:?} {phase:?}");
+        }
+    }
+
+    #[test]
+    fn only_holds_the_coordinator_wrote_on_live_pods_are_released() {
+        let mut released = held_pod("gone");
+        released
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "True".into();
+        assert_eq!(orphaned_hold(&released, &[]), None);
+        let mut foreign = held_pod("gone");
+        foreign
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .reason = Some("ManualHold".into());
+        assert_eq!(orphaned_hold(&foreign, &[]), None);
+        let mut terminating = held_pod("gone");
+        terminating.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+        );
+        assert_eq!(orphaned_hold(&terminating, &[]), None);
     }
 }

@@ -100,10 +100,12 @@ pub fn merge_report(
     new.container_recreate_states
         .sort_by_key(|c| position(&c.name));
 
+    // A Pending report whose own containers show progress is Recreating (the agent reports a
+    // resumed request as queued); progress recorded earlier does not make a report current.
     let mut phase = report.phase;
     if phase == RecreatePhase::Pending
-        && new
-            .container_recreate_states
+        && report
+            .containers
             .iter()
             .any(|c| c.phase > ContainerRecreatePhase::Pending)
     {
@@ -111,10 +113,17 @@ pub fn merge_report(
     }
     if phase > old.phase {
         new.phase = phase;
-        if report.message.is_some() {
-            new.message = report.message.clone();
-        }
-    } else if phase == old.phase && new.message.is_none() {
+    }
+    // A report behind neither the recorded phase nor any recorded container is the agent's
+    // latest view: its message (or its lack of one) replaces the recorded one, so `queued: …`
+    // does not outlive the queue.
+    let behind = phase < old.phase
+        || report.containers.iter().any(|r| {
+            old.container_recreate_states
+                .iter()
+                .any(|c| c.name == r.name && r.phase < c.phase)
+        });
+    if !behind {
         new.message = report.message.clone();
     }
     if new.phase == RecreatePhase::Failed && new.message.is_none() {
@@ -648,6 +657,53 @@ mod tests {
         let pending = ContainerRecreateRequestStatus::default();
         let merged = apply(&s, Some(&pending), &report(RecreatePhase::Pending, vec![]));
         assert!(!merged.changed);
+    }
+
+    #[test]
+    fn the_message_follows_the_latest_report() {
+        let s = spec(&["app"]);
+        let mut queued = report(RecreatePhase::Pending, vec![]);
+        queued.message = Some(
+            "queued: the node is recreating as many containers as --max-parallel allows".into(),
+        );
+        let pending = apply(&s, None, &queued).status;
+        assert_eq!(pending.message, queued.message);
+
+        let started = report(
+            RecreatePhase::Recreating,
+            vec![container("app", ContainerRecreatePhase::ShuttingDown)],
+        );
+        let recreating = apply(&s, Some(&pending), &started).status;
+        assert_eq!(recreating.phase, RecreatePhase::Recreating);
+        assert_eq!(
+            recreating.message, None,
+            "queued: … is gone once recreating"
+        );
+
+        let mut waiting = started.clone();
+        waiting.message = Some("waiting for the kubelet".into());
+        let said = apply(&s, Some(&recreating), &waiting).status;
+        assert_eq!(said.message.as_deref(), Some("waiting for the kubelet"));
+        let cleared = apply(&s, Some(&said), &started).status;
+        assert_eq!(
+            cleared.message, None,
+            "a later report of the same phase wins"
+        );
+
+        // A stale report (behind the recorded phase) does not bring its message back.
+        let late = apply(&s, Some(&recreating), &queued);
+        assert!(!late.changed, "{:?}", late.status.message);
+        let mut stale = report(
+            RecreatePhase::Recreating,
+            vec![container("app", ContainerRecreatePhase::Unready)],
+        );
+        stale.message = Some("holding the pod NotReady".into());
+        let late = apply(&s, Some(&said), &stale);
+        assert_eq!(
+            late.status.message.as_deref(),
+            Some("waiting for the kubelet"),
+            "a report with a container behind the recorded one is stale"
+        );
     }
 
     #[test]

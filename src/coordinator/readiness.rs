@@ -13,6 +13,10 @@ pub const REASON_HELD: &str = "RecreateRequested";
 pub const REASON_RELEASED: &str = "RecreateFinished";
 /// Reason of the gate condition set on a gated pod that had none.
 pub const REASON_OPENED: &str = "Initialized";
+/// Reason of the gate condition once released because the request holding it is gone.
+pub const REASON_HOLDER_GONE: &str = "RecreateRequestDeleted";
+
+const HOLD_PREFIX: &str = "held NotReady by ContainerRecreateRequest ";
 
 /// Whether the pod lists `relaunch.dev/ready` in `spec.readinessGates`.
 pub fn has_gate(pod: &Pod) -> bool {
@@ -32,7 +36,25 @@ pub fn gate_condition(pod: &Pod) -> Option<&PodCondition> {
 
 /// The condition message naming the request that holds the pod NotReady.
 pub fn hold_message(namespace: &str, name: &str) -> String {
-    format!("held NotReady by ContainerRecreateRequest {namespace}/{name}")
+    format!("{HOLD_PREFIX}{namespace}/{name}")
+}
+
+/// The request (namespace, name) that holds the pod NotReady, when the coordinator set the
+/// condition False on its behalf.
+pub fn holder(pod: &Pod) -> Option<(String, String)> {
+    let c = gate_condition(pod)?;
+    if c.status != "False" || c.reason.as_deref() != Some(REASON_HELD) {
+        return None;
+    }
+    let (namespace, name) = c
+        .message
+        .as_deref()?
+        .strip_prefix(HOLD_PREFIX)?
+        .split_once('/')?;
+    if namespace.is_empty() || name.is_empty() {
+        return None;
+    }
+    Some((namespace.to_string(), name.to_string()))
 }
 
 /// Whether request `namespace/name` holds the pod NotReady.
@@ -85,6 +107,29 @@ pub fn opening_patch(now: Timestamp) -> Value {
                 "status": "True",
                 "reason": REASON_OPENED,
                 "message": "no ContainerRecreateRequest holds this pod",
+                "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            }]
+        }
+    })
+}
+
+/// The patch that releases a pod held by request `namespace/name`, which no longer exists. It
+/// applies only to pod version `resource_version` (409 otherwise), so a hold a new request
+/// takes meanwhile is never undone.
+pub fn holder_gone_patch(
+    namespace: &str,
+    name: &str,
+    resource_version: &str,
+    now: Timestamp,
+) -> Value {
+    json!({
+        "metadata": {"resourceVersion": resource_version},
+        "status": {
+            "conditions": [{
+                "type": READINESS_GATE,
+                "status": "True",
+                "reason": REASON_HOLDER_GONE,
+                "message": format!("released: ContainerRecreateRequest {namespace}/{name}, which held the pod NotReady, was deleted before it finished"),
                 "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
             }]
         }
@@ -208,6 +253,35 @@ mod tests {
             gate_change(&pod(true, None), true, "ns", "r"),
             GateChange::Set { ready: true }
         );
+    }
+
+    #[test]
+    fn the_holder_is_read_back_from_the_condition_the_coordinator_wrote() {
+        let mut held = pod(true, Some(("False", &hold_message("ns", "r"))));
+        assert_eq!(
+            holder(&held),
+            None,
+            "no reason: not written by the coordinator"
+        );
+        let condition = |p: &mut Pod| {
+            p.status.as_mut().unwrap().conditions.as_mut().unwrap()[1].reason =
+                Some(REASON_HELD.into());
+        };
+        condition(&mut held);
+        assert_eq!(holder(&held), Some(("ns".into(), "r".into())));
+
+        let mut released = pod(true, Some(("True", &hold_message("ns", "r"))));
+        condition(&mut released);
+        assert_eq!(holder(&released), None);
+        let mut garbled = pod(true, Some(("False", "held NotReady by someone")));
+        condition(&mut garbled);
+        assert_eq!(holder(&garbled), None);
+        assert_eq!(holder(&pod(true, None)), None);
+
+        let p = holder_gone_patch("ns", "r", "42", Timestamp::UNIX_EPOCH);
+        assert_eq!(p["metadata"]["resourceVersion"], "42");
+        assert_eq!(p["status"]["conditions"][0]["status"], "True");
+        assert_eq!(p["status"]["conditions"][0]["reason"], REASON_HOLDER_GONE);
     }
 
     #[test]

@@ -4,16 +4,16 @@
 //! Durable state lives in the requests (deterministic names, owner reference, labels) and in
 //! status, so a new leader resumes where the last one stopped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -175,6 +175,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), C
                 ctx,
                 stores,
                 created: HashMap::new(),
+                refused_triggers: HashSet::new(),
             };
             loop {
                 tokio::select! {
@@ -218,6 +219,9 @@ struct Worker {
     stores: Stores,
     /// Requests created per rollout UID and when, until the cache shows them.
     created: HashMap<String, (Vec<String>, Instant)>,
+    /// Triggers refused for a bad companion annotation and already warned about:
+    /// (namespace, rollout name, message).
+    refused_triggers: HashSet<(String, String, String)>,
 }
 
 /// What a pass learned about one rollout, for the metrics.
@@ -251,7 +255,7 @@ impl Worker {
         for (reason, n) in &tally.blocked {
             m.blocked.with_label_values(&[reason.as_str()]).set(*n);
         }
-        let live: std::collections::HashSet<String> = self
+        let live: HashSet<String> = self
             .stores
             .rollouts
             .state()
@@ -270,17 +274,22 @@ impl Worker {
         let previous = rollout.status.clone().unwrap_or_default();
         let spec = &rollout.spec;
 
-        if let Err(message) = state::validate(spec) {
+        if let Err(message) = state::validate_name(&name).and_then(|()| state::validate(spec)) {
             let status = state::failed_status(&previous, &message, generation, now);
             return self.finish(rollout, &previous, status, true).await;
         }
         let (selector, target) = match self.selector(rollout) {
             Ok(found) => found,
-            Err(message) => {
-                // The workload may be created later: wait, saying what is missing.
-                let mut status = previous.clone();
-                status.message = Some(message);
-                status.observed_generation = generation;
+            Err(missing) => {
+                // The workload may be created later: wait, saying what is missing (abort and
+                // pause still apply).
+                let status = state::waiting_for_target(spec, &previous, &missing, generation, now);
+                if status.phase == RolloutPhase::Failed {
+                    return self.finish(rollout, &previous, status, true).await;
+                }
+                if status.phase != previous.phase {
+                    self.phase_event(rollout, &status);
+                }
                 self.write_status(rollout, &previous, status).await;
                 return;
             }
@@ -756,8 +765,12 @@ impl Worker {
     }
 
     fn event(&self, rollout: &RollingRestart, warning: bool, reason: &str, message: String) {
+        self.event_on(rollout.object_ref(&()), warning, reason, message);
+    }
+
+    /// Records an Event on `reference` in the background (Events are best effort).
+    fn event_on(&self, reference: ObjectReference, warning: bool, reason: &str, message: String) {
         let recorder = self.recorder.clone();
-        let reference = rollout.object_ref(&());
         let event = Event {
             type_: if warning {
                 EventType::Warning
@@ -777,23 +790,17 @@ impl Worker {
     }
 
     /// Creates one RollingRestart per distinct `relaunch.dev/restart-at` token.
-    async fn trigger(&self) {
+    async fn trigger(&mut self) {
         let mut wanted = Vec::new();
-        let mut collect = |kind: &str,
-                           meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-                           api_version: &str| {
-            let Some(token) = meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANNOTATION_RESTART_AT))
-            else {
+        let mut collect = |kind: &str, meta: &ObjectMeta| {
+            let Some(token) = trigger::restart_token(kind, meta) else {
                 return;
             };
             let name = meta.name.clone().unwrap_or_default();
             let ns = meta.namespace.clone().unwrap_or_default();
             let rollout = trigger::rollout_name(kind, &name, token);
             let owner = OwnerReference {
-                api_version: api_version.into(),
+                api_version: "apps/v1".into(),
                 kind: kind.into(),
                 name: name.clone(),
                 uid: meta.uid.clone().unwrap_or_default(),
@@ -801,37 +808,52 @@ impl Worker {
                 block_owner_deletion: None,
             };
             let annotations = meta.annotations.clone().unwrap_or_default();
-            wanted.push((
-                kind.to_string(),
-                name,
-                ns,
-                rollout,
-                token.clone(),
-                owner,
-                annotations,
-            ));
+            wanted.push((ns, rollout, token.to_string(), owner, annotations));
         };
         for o in self.stores.statefulsets.state() {
-            collect("StatefulSet", &o.metadata, "apps/v1");
+            collect("StatefulSet", &o.metadata);
         }
         for o in self.stores.deployments.state() {
-            collect("Deployment", &o.metadata, "apps/v1");
+            collect("Deployment", &o.metadata);
         }
         for o in self.stores.daemonsets.state() {
-            collect("DaemonSet", &o.metadata, "apps/v1");
+            collect("DaemonSet", &o.metadata);
         }
         for o in self.stores.replicasets.state() {
-            collect("ReplicaSet", &o.metadata, "apps/v1");
+            collect("ReplicaSet", &o.metadata);
         }
-        for (kind, name, ns, rollout, token, owner, annotations) in wanted {
+        let mut refused = HashSet::new();
+        for (ns, rollout, token, owner, annotations) in wanted {
             let key = reflector::ObjectRef::new(&rollout).within(&ns);
             if self.stores.rollouts.get(&key).is_some() {
                 continue;
             }
+            let (kind, name) = (owner.kind.clone(), owner.name.clone());
             let spec = match trigger::rollout_spec(&kind, &name, &annotations) {
                 Ok(spec) => spec,
                 Err(message) => {
-                    tracing::warn!(workload = %format!("{kind} {ns}/{name}"), %message, "not starting a rollout");
+                    // Said once per workload, token and problem, not on every pass.
+                    let warning = (ns.clone(), rollout.clone(), message.clone());
+                    if !self.refused_triggers.contains(&warning) {
+                        tracing::warn!(workload = %format!("{kind} {ns}/{name}"), %message, "not starting a rollout");
+                        let reference = ObjectReference {
+                            api_version: Some(owner.api_version.clone()),
+                            kind: Some(kind.clone()),
+                            name: Some(name.clone()),
+                            namespace: Some(ns.clone()),
+                            uid: Some(owner.uid.clone()),
+                            ..Default::default()
+                        };
+                        self.event_on(
+                            reference,
+                            true,
+                            "RestartNotStarted",
+                            format!(
+                                "{ANNOTATION_RESTART_AT} {token:?} starts no rollout: {message}"
+                            ),
+                        );
+                    }
+                    refused.insert(warning);
                     continue;
                 }
             };
@@ -853,5 +875,7 @@ impl Worker {
                 }
             }
         }
+        // A problem fixed and then made again is said again.
+        self.refused_triggers = refused;
     }
 }

@@ -10,8 +10,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{
-    Condition, ContainerRecreateRequest, LABEL_POD_UID, PodRestartResult, RecreatePhase,
-    RollingRestartSpec, RollingRestartStatus, RolloutFailurePolicy, RolloutPhase,
+    Condition, ContainerRecreateRequest, LABEL_POD_UID, LABEL_ROLLING_RESTART, PodRestartResult,
+    RecreatePhase, RollingRestartSpec, RollingRestartStatus, RolloutFailurePolicy, RolloutPhase,
 };
 
 use super::planner::{self, Budget, Plan, PlanStrategy, RestartState, TargetPod, WaitReason};
@@ -25,6 +25,23 @@ pub const MAX_POD_RESULTS: usize = 50;
 /// Condition types.
 pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_BLOCKED: &str = "Blocked";
+
+/// Longest RollingRestart name: it is the value of label `relaunch.dev/rolling-restart` on the
+/// requests the rollout creates, and label values are at most 63 characters.
+pub const MAX_NAME_LENGTH: usize = 63;
+/// The message of an aborted rollout.
+pub const ABORTED: &str = "aborted: spec.abort is true";
+
+/// Checks the rollout's name; the error says what to fix.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME_LENGTH {
+        return Err(format!(
+            "metadata.name is {} characters long; a RollingRestart's name becomes the value of label {LABEL_ROLLING_RESTART} on its requests, which allows at most {MAX_NAME_LENGTH}: create it again with a shorter name",
+            name.len()
+        ));
+    }
+    Ok(())
+}
 
 /// Checks what can be checked without the cluster; the error says what to fix.
 pub fn validate(spec: &RollingRestartSpec) -> Result<(), String> {
@@ -203,18 +220,32 @@ pub fn restart_state(request: Option<&ContainerRecreateRequest>) -> RestartState
 /// The request restarting `pod` (UID `uid`) for `rollout`. Deterministic, so a retried or
 /// repeated creation (another leader, a stale cache) meets AlreadyExists instead of restarting
 /// the pod twice; the UID part gives a replaced pod (same name, new UID) its own request.
+///
+/// The name is a DNS subdomain of at most 253 characters for any valid rollout and pod name:
+/// longer ones are cut and end in a hash of the whole, and the cut never leaves a `-` or `.`
+/// before the hash.
 pub fn request_name(rollout: &str, pod: &str, uid: &str) -> String {
     let short: String = uid
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
         .take(5)
         .collect();
-    let name = format!("{rollout}-{pod}-{short}");
+    let name = if short.is_empty() {
+        format!("{rollout}-{pod}")
+    } else {
+        format!("{rollout}-{pod}-{short}")
+    };
     if name.len() <= 253 {
         return name;
     }
     let hash = super::trigger::short_hash(&name);
-    format!("{}-{hash}", &name[..240])
+    let mut end = 240;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let kept = name[..end].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!("{kept}-{hash}")
 }
 
 /// The request of `pod` among the rollout's requests, if it was made for this very pod (UID).
@@ -278,16 +309,78 @@ pub fn acknowledged_failures(
     status: &RollingRestartStatus,
     failed: i32,
 ) -> i32 {
-    let paused_for_failures = status.phase == RolloutPhase::Paused
-        && status
-            .conditions
-            .iter()
-            .any(|c| c.reason.as_deref() == Some("FailureThresholdReached"));
-    if paused_for_failures && !spec.strategy.paused {
+    if paused_for_failures(status) && !spec.strategy.paused {
         failed
     } else {
         status.acknowledged_failures.unwrap_or(0)
     }
+}
+
+/// Whether the rollout is paused because too many pod restarts failed.
+fn paused_for_failures(status: &RollingRestartStatus) -> bool {
+    status.phase == RolloutPhase::Paused
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.reason.as_deref() == Some("FailureThresholdReached"))
+}
+
+/// The status of a rollout whose target workload does not exist (yet), `missing` saying which:
+/// `spec.abort` ends it as anywhere else, `spec.strategy.paused` shows Paused, and otherwise it
+/// waits (a pause for failures lifted meanwhile counts as acknowledged, as when the target is
+/// there).
+pub fn waiting_for_target(
+    spec: &RollingRestartSpec,
+    previous: &RollingRestartStatus,
+    missing: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> RollingRestartStatus {
+    let mut status = previous.clone();
+    if spec.abort {
+        apply_step(&mut status, &Step::Fail(ABORTED.into()), generation, now);
+        return status;
+    }
+    if spec.strategy.paused {
+        let failures = paused_for_failures(previous);
+        apply_step(&mut status, &Step::Hold { failures }, generation, now);
+        let paused = status.message.take().unwrap_or_default();
+        status.message = Some(format!("{paused}; {missing}"));
+        return status;
+    }
+    if status.phase == RolloutPhase::Paused {
+        let acknowledged = acknowledged_failures(spec, previous, previous.failed);
+        if acknowledged > 0 {
+            status.acknowledged_failures = Some(acknowledged);
+        }
+        status.phase = if status.batches > 0 {
+            RolloutPhase::Progressing
+        } else {
+            RolloutPhase::Pending
+        };
+        let c = &mut status.conditions;
+        set_condition(
+            c,
+            CONDITION_PROGRESSING,
+            true,
+            "WaitingForTarget",
+            missing,
+            generation,
+            now,
+        );
+        set_condition(
+            c,
+            CONDITION_BLOCKED,
+            false,
+            "NotBlocked",
+            "",
+            generation,
+            now,
+        );
+    }
+    status.message = Some(missing.to_string());
+    status.observed_generation = generation;
+    status
 }
 
 /// Decides the next step from the spec, the acknowledged failures and the observed pods.
@@ -300,7 +393,7 @@ pub fn decide(
     strategy: &PlanStrategy,
 ) -> Step {
     if spec.abort {
-        return Step::Fail("aborted: spec.abort is true".into());
+        return Step::Fail(ABORTED.into());
     }
     let failed = pods
         .iter()
@@ -667,6 +760,134 @@ mod tests {
             request_name("r", "db-0", "22222")
         );
         assert!(request_name(&"x".repeat(200), &"y".repeat(100), "u").len() <= 253);
+    }
+
+    /// A lowercase RFC 1123 subdomain, as the API server checks `metadata.name`.
+    fn is_dns_subdomain(name: &str) -> bool {
+        name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    }
+
+    #[test]
+    fn a_cut_request_name_does_not_end_its_prefix_with_a_dash_or_dot() {
+        // The cut at 240 characters falls right after a `.` and after a `-`.
+        for filler in [".b", "-b"] {
+            let pod = format!("{}{filler}{}", "a".repeat(239 - 10 - 1), "c".repeat(20));
+            let name = request_name("r-23456789", &pod, "0A1B2-C3");
+            assert!(name.len() <= 253 && is_dns_subdomain(&name), "{name}");
+        }
+        assert_eq!(
+            request_name("r", "db-0", ""),
+            "r-db-0",
+            "no UID: no dangling dash"
+        );
+        assert_eq!(request_name("r", "db-0", "AB-CD-EF"), "r-db-0-abcde");
+    }
+
+    /// DNS subdomains of at most `max` characters and `labels` dot-separated parts.
+    fn subdomain(
+        max: usize,
+        labels: std::ops::Range<usize>,
+    ) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let label = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?";
+        proptest::collection::vec(label, labels)
+            .prop_map(|labels| labels.join("."))
+            .prop_filter("too long", move |name| name.len() <= max)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn request_names_are_dns_subdomains_for_any_rollout_and_pod(
+            rollout in subdomain(MAX_NAME_LENGTH, 1..3),
+            pod in subdomain(253, 1..7),
+            uid in "[0-9a-fA-F-]{0,36}",
+        ) {
+            let name = request_name(&rollout, &pod, &uid);
+            proptest::prop_assert!(is_dns_subdomain(&name), "{} ({} chars)", name, name.len());
+            proptest::prop_assert_eq!(name.clone(), request_name(&rollout, &pod, &uid));
+        }
+    }
+
+    #[test]
+    fn a_name_too_long_for_a_label_value_is_refused_with_what_to_fix() {
+        assert_eq!(validate_name(&"r".repeat(63)), Ok(()));
+        let message = validate_name(&"r".repeat(64)).unwrap_err();
+        assert!(message.contains("64 characters"), "{message}");
+        assert!(message.contains("at most 63"), "{message}");
+        assert!(message.contains("shorter name"), "{message}");
+    }
+
+    #[test]
+    fn a_rollout_waiting_for_its_workload_obeys_abort_and_paused() {
+        let missing = "waiting for StatefulSet/db to exist in namespace default";
+        let now = Timestamp::UNIX_EPOCH;
+        let pending = RollingRestartStatus::default();
+        let mut spec = sts_spec();
+
+        let waiting = waiting_for_target(&spec, &pending, missing, Some(1), now);
+        assert_eq!(waiting.phase, RolloutPhase::Pending);
+        assert_eq!(waiting.message.as_deref(), Some(missing));
+
+        spec.strategy.paused = true;
+        let paused = waiting_for_target(&spec, &waiting, missing, Some(2), now);
+        assert_eq!(paused.phase, RolloutPhase::Paused);
+        let message = paused.message.clone().unwrap_or_default();
+        assert!(
+            message.starts_with("paused: spec.strategy.paused is true"),
+            "{message}"
+        );
+        assert!(message.contains(missing), "{message}");
+
+        spec.strategy.paused = false;
+        let resumed = waiting_for_target(&spec, &paused, missing, Some(3), now);
+        assert_eq!(resumed.phase, RolloutPhase::Pending, "no longer paused");
+        assert!(
+            resumed
+                .conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_BLOCKED && c.status == "False"),
+            "{:?}",
+            resumed.conditions
+        );
+
+        spec.abort = true;
+        let aborted = waiting_for_target(&spec, &resumed, missing, Some(4), now);
+        assert_eq!(aborted.phase, RolloutPhase::Failed);
+        assert_eq!(aborted.message.as_deref(), Some(ABORTED));
+        assert!(aborted.completion_time.is_some());
+    }
+
+    #[test]
+    fn a_failure_pause_stays_one_while_the_workload_is_missing() {
+        let missing = "waiting for StatefulSet/db to exist in namespace default";
+        let now = Timestamp::UNIX_EPOCH;
+        let mut spec = sts_spec();
+        spec.strategy.paused = true;
+        let mut status = RollingRestartStatus {
+            failed: 2,
+            batches: 1,
+            ..Default::default()
+        };
+        apply_step(&mut status, &Step::Hold { failures: true }, None, now);
+        let still = waiting_for_target(&spec, &status, missing, None, now);
+        assert!(paused_for_failures(&still), "{:?}", still.conditions);
+
+        spec.strategy.paused = false;
+        let resumed = waiting_for_target(&spec, &still, missing, None, now);
+        assert_eq!(resumed.phase, RolloutPhase::Progressing);
+        assert_eq!(
+            resumed.acknowledged_failures,
+            Some(2),
+            "resuming acknowledges"
+        );
     }
 
     #[test]

@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    OrdinalOrder, RoleOrder, RollingRestartSpec, RolloutOrder, RolloutStrategy, RolloutTarget,
-    WorkloadRef,
+    ANNOTATION_RESTART_AT, OrdinalOrder, RoleOrder, RollingRestartSpec, RolloutOrder,
+    RolloutStrategy, RolloutTarget, WorkloadRef,
 };
 
 /// Optional: `maxUnavailable` of the triggered rollout (`2` or `25%`).
@@ -19,6 +20,25 @@ pub const ANNOTATION_MAX_UNAVAILABLE: &str = "relaunch.dev/max-unavailable";
 pub const ANNOTATION_CONTAINERS: &str = "relaunch.dev/containers";
 /// Optional: `ordinal` (descending), `ordinal-asc`, or `role=KEY:FIRST1,FIRST2:LAST1,LAST2`.
 pub const ANNOTATION_ORDER: &str = "relaunch.dev/order";
+
+/// The `relaunch.dev/restart-at` token of workload `kind` with `meta`, when it starts a rollout
+/// of its own. A ReplicaSet controlled by a Deployment never does: the Deployment controller
+/// copies the Deployment's annotations onto its ReplicaSets, and the Deployment's rollout already
+/// restarts their pods (a second rollout would restart each pod twice).
+pub fn restart_token<'a>(kind: &str, meta: &'a ObjectMeta) -> Option<&'a str> {
+    let controlled_by_deployment = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.kind == "Deployment");
+    if kind == "ReplicaSet" && controlled_by_deployment {
+        return None;
+    }
+    meta.annotations
+        .as_ref()?
+        .get(ANNOTATION_RESTART_AT)
+        .map(String::as_str)
+}
 
 /// The first 8 hex digits of SHA-256 of `text`.
 pub fn short_hash(text: &str) -> String {
@@ -141,6 +161,44 @@ mod tests {
         assert_ne!(a, rollout_name("Deployment", "db", "2026-01-01"));
         let long = rollout_name("StatefulSet", &"x".repeat(80), "t");
         assert_eq!(long.len(), 63);
+    }
+
+    #[test]
+    fn a_replicaset_of_a_deployment_leaves_the_restart_to_the_deployment() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let owned_by = |kind: &str, controller: Option<bool>| ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_RESTART_AT.to_string(),
+                "t1".to_string(),
+            )])),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: kind.into(),
+                name: "web".into(),
+                uid: "u".into(),
+                controller,
+                block_owner_deletion: None,
+            }]),
+            ..Default::default()
+        };
+        let copied = owned_by("Deployment", Some(true));
+        assert_eq!(restart_token("ReplicaSet", &copied), None);
+        assert_eq!(restart_token("Deployment", &copied), Some("t1"));
+        // Only the controlling owner counts; a bare ReplicaSet is triggered itself.
+        assert_eq!(
+            restart_token("ReplicaSet", &owned_by("Deployment", None)),
+            Some("t1")
+        );
+        assert_eq!(
+            restart_token("ReplicaSet", &owned_by("Example", Some(true))),
+            Some("t1")
+        );
+        let bare = ObjectMeta {
+            owner_references: None,
+            ..copied.clone()
+        };
+        assert_eq!(restart_token("ReplicaSet", &bare), Some("t1"));
+        assert_eq!(restart_token("StatefulSet", &ObjectMeta::default()), None);
     }
 
     #[test]
