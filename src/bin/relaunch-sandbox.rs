@@ -98,35 +98,9 @@ async fn up(dir: PathBuf, nodes: usize, port: u16) -> Result<(), String> {
 }
 
 /// A StatefulSet whose container behaves like a database: it keeps a counter on its volume and
-/// exits cleanly when told to shut down through an exec'd command (`touch /tmp/shutdown`).
-const DEMO_DB: &str = r#"{
-  "apiVersion": "apps/v1",
-  "kind": "StatefulSet",
-  "metadata": {"name": "demo-db", "namespace": "default"},
-  "spec": {
-    "replicas": 3,
-    "serviceName": "demo-db",
-    "podManagementPolicy": "Parallel",
-    "selector": {"matchLabels": {"app": "demo-db"}},
-    "template": {
-      "metadata": {"labels": {"app": "demo-db"}},
-      "spec": {
-        "terminationGracePeriodSeconds": 10,
-        "containers": [{
-          "name": "db",
-          "image": "relaunch.test/busybox:1",
-          "command": ["sh", "-c", "echo $(( $(cat /data/starts 2>/dev/null || echo 0) + 1 )) > /data/starts; rm -f /tmp/shutdown; touch /tmp/ready; while [ ! -f /tmp/shutdown ]; do sleep 0.2; done; echo clean shutdown; exit 0"],
-          "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1},
-          "volumeMounts": [{"name": "data", "mountPath": "/data"}]
-        }]
-      }
-    },
-    "volumeClaimTemplates": [{
-      "metadata": {"name": "data"},
-      "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    }]
-  }
-}"#;
+/// exits cleanly when told to shut down through an exec'd command (`touch /tmp/shutdown`). The
+/// README's walk-through applies the same file.
+const DEMO_DB: &str = include_str!("../../examples/demo-db.yaml");
 
 async fn demo(nodes: usize, port: u16) -> Result<(), String> {
     let dir = tempfile::Builder::new()
@@ -157,7 +131,7 @@ async fn run_demo(sandbox: &Sandbox) -> Result<(), String> {
     let client = sandbox.client().map_err(|e| e.to_string())?;
     let sets: Api<StatefulSet> = Api::default_namespaced(client.clone());
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let set: StatefulSet = serde_json::from_str(DEMO_DB).map_err(|e| e.to_string())?;
+    let set: StatefulSet = serde_yaml::from_str(DEMO_DB).map_err(|e| e.to_string())?;
     println!(
         "== deploying StatefulSet demo-db (3 replicas, a database-like container with a volume)"
     );

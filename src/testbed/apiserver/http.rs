@@ -101,6 +101,23 @@ async fn control(shared: &Shared, req: Request<Incoming>) -> Result<Response<Bod
     Ok(json_response(StatusCode::OK, &json!({"ok": true})))
 }
 
+impl Shared {
+    fn count(&self, identity: &Identity, verb: &str, target: &Target) {
+        let resource = match &target.subresource {
+            Some(sub) => format!("{}/{sub}", target.rt.plural),
+            None => target.rt.plural.clone(),
+        };
+        let kind = super::RequestKind {
+            user: identity.username(),
+            verb: verb.to_string(),
+            resource,
+        };
+        if let Ok(mut counts) = self.requests.lock() {
+            *counts.entry(kind).or_default() += 1;
+        }
+    }
+}
+
 /// A parsed resource path.
 struct Target {
     rt: ResourceType,
@@ -135,6 +152,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         .tokens
         .authenticate(&shared.store, bearer.as_deref())?;
     let verb = verb(req.method(), &target, &query);
+    shared.count(&identity, verb, &target);
     if !matches!(verb, "get" | "list" | "watch") && !identity.may_write() {
         return Err(ApiError::forbidden(
             &identity.username(),

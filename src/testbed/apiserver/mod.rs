@@ -12,9 +12,10 @@ mod store;
 mod table;
 mod tokens;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -86,11 +87,25 @@ impl Faults {
     }
 }
 
+/// One kind of request the server answered: who, which verb, on what. Counted like the real
+/// API server's `apiserver_request_total`, plus the user, so tests and benchmarks can say how
+/// many writes a component made.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RequestKind {
+    /// `system:admin` or `system:serviceaccount:<namespace>:<name>`.
+    pub user: String,
+    /// get, list, watch, create, update, patch, delete.
+    pub verb: String,
+    /// The plural resource, with `/<subresource>` when there is one (e.g. `pods/status`).
+    pub resource: String,
+}
+
 /// State shared by all connections.
 pub(crate) struct Shared {
     store: Store,
     faults: Faults,
     tokens: tokens::Tokens,
+    requests: Mutex<BTreeMap<RequestKind, u64>>,
     shutdown: CancellationToken,
     addr: SocketAddr,
 }
@@ -114,6 +129,7 @@ impl ApiServer {
             store: Store::new(),
             faults: Faults::default(),
             tokens: tokens::Tokens::default(),
+            requests: Mutex::default(),
             shutdown: CancellationToken::new(),
             addr,
         });
@@ -146,6 +162,15 @@ impl ApiServer {
     /// Lets service account `namespace/name` write (by default service accounts may only read).
     pub fn grant_write(&self, namespace: &str, name: &str) {
         self.shared.tokens.grant_write(namespace, name);
+    }
+
+    /// How many authenticated requests of each kind were answered so far (refused ones too).
+    pub fn request_counts(&self) -> BTreeMap<RequestKind, u64> {
+        self.shared
+            .requests
+            .lock()
+            .map(|counts| counts.clone())
+            .unwrap_or_default()
     }
 
     /// Makes an issued token expire now.

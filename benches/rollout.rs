@@ -1,0 +1,523 @@
+//! A RollingRestart across a whole StatefulSet on many simulated nodes, with relaunch-agent and
+//! relaunch-coordinator as real processes and a real container per pod: total time, the gap
+//! between a restart finishing and the coordinator's next request, the coordinator's API writes
+//! per restarted pod, and its memory — during the rollout and with 10,000 pods in its caches.
+//!
+//! Run as root: `cargo bench --bench rollout`. `RELAUNCH_BENCH_PODS` (default 1000),
+//! `RELAUNCH_BENCH_NODES` (default 20), `RELAUNCH_BENCH_MAX_UNAVAILABLE` (default "5%"),
+//! `RELAUNCH_BENCH_CACHED_PODS` (pods in the API for the memory step, default 10000).
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use relaunch::api::{ContainerRecreateRequest, RecreatePhase, RollingRestart, RolloutPhase};
+use relaunch::testbed::apiserver::RequestKind;
+use relaunch::testbed::eventually;
+use relaunch::testbed::processes::Binaries;
+use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
+use serde_json::json;
+use support::{EXITS_ON_SIGTERM, Samples};
+
+const NAME: &str = "bench";
+
+fn setting(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn number(name: &str, default: usize) -> usize {
+    setting(name, &default.to_string())
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} must be a number"))
+}
+
+#[tokio::main]
+async fn main() {
+    let pods = number("RELAUNCH_BENCH_PODS", 1000);
+    let nodes = number("RELAUNCH_BENCH_NODES", 20);
+    let max_unavailable = setting("RELAUNCH_BENCH_MAX_UNAVAILABLE", "5%");
+    let cached_pods = number("RELAUNCH_BENCH_CACHED_PODS", 10_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let binaries = Binaries {
+        agent: env!("CARGO_BIN_EXE_relaunch-agent").into(),
+        coordinator: env!("CARGO_BIN_EXE_relaunch-coordinator").into(),
+    };
+    let mut sandbox = Sandbox::start(
+        SandboxConfig::new(dir.path().to_path_buf(), nodes, 0).with_relaunch(binaries),
+    )
+    .await
+    .expect("start the sandbox (run as root)");
+    let client = sandbox.client().expect("client");
+    let coordinator = sandbox
+        .coordinator()
+        .and_then(|c| c.pid())
+        .expect("coordinator pid");
+
+    let filling = Instant::now();
+    statefulset(&client, pods).await;
+    println!(
+        "{pods} pods of StatefulSet {NAME} on {nodes} simulated nodes ready in {:.0} s (real containers)",
+        filling.elapsed().as_secs_f64()
+    );
+    let rss_idle = rss_mib(coordinator);
+
+    let timeline = Timeline::watch(&client, pods).await;
+    let writes_before = coordinator_requests(&sandbox);
+    let started = Instant::now();
+    let rss_peak = Arc::new(Mutex::new(0.0_f64));
+    let sampler = tokio::spawn(sample_rss(coordinator, rss_peak.clone()));
+    let rollouts: Api<RollingRestart> = Api::default_namespaced(client.clone());
+    let rollout: RollingRestart = serde_json::from_value(json!({
+        "apiVersion": "relaunch.dev/v1alpha1", "kind": "RollingRestart",
+        "metadata": {"name": NAME},
+        "spec": {
+            "target": {"workloadRef": {"kind": "StatefulSet", "name": NAME}},
+            "strategy": {"maxUnavailable": max_unavailable.parse::<u32>().map_or(json!(max_unavailable), |n| json!(n))},
+        },
+    }))
+    .expect("rollout");
+    rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create the rollout");
+    let status = eventually(
+        "the rollout to finish",
+        Duration::from_secs(3600),
+        || async {
+            let status = rollouts.get(NAME).await.ok()?.status?;
+            matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed).then_some(status)
+        },
+    )
+    .await
+    .expect("rollout finished");
+    let total = started.elapsed();
+    sampler.abort();
+    let writes = subtract(&coordinator_requests(&sandbox), &writes_before);
+    assert_eq!(
+        status.phase,
+        RolloutPhase::Succeeded,
+        "rollout failed: {:?}",
+        status.message
+    );
+
+    let restarts = restart_counts(&client).await;
+    let once = restarts.values().filter(|&&n| n == 1).count();
+    assert_eq!(
+        once,
+        pods,
+        "every pod restarted exactly once (restart counts: {:?})",
+        restarts
+            .iter()
+            .filter(|(_, n)| **n != 1)
+            .collect::<BTreeMap<_, _>>()
+    );
+    let gaps = timeline.gaps();
+
+    println!(
+        "rolling restart of {pods} pods over {nodes} nodes, maxUnavailable {max_unavailable}: \
+         {:.1} s total, {} batches, at most {} pods seen unready at once",
+        total.as_secs_f64(),
+        status.batches,
+        gaps.max_unready
+    );
+    println!("{}", support::header());
+    for samples in [
+        &gaps.after_success,
+        &gaps.whole_batch,
+        &gaps.after_ready,
+        &gaps.restart,
+    ] {
+        println!("{}", samples.row());
+    }
+    let restarted = status.restarted.max(1) as f64;
+    let sum = |filter: &dyn Fn(&RequestKind) -> bool| -> u64 {
+        writes
+            .iter()
+            .filter(|(k, _)| is_write(k) && filter(k))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let all = sum(&|_| true);
+    let leases = sum(&|k| k.resource == "leases");
+    println!(
+        "coordinator API writes: {all} in total, {:.2} per restarted pod; without the leader \
+         Lease renewals ({leases}, time-based): {:.2} per pod",
+        all as f64 / restarted,
+        (all - leases) as f64 / restarted
+    );
+    for (kind, n) in writes.iter().filter(|(k, _)| is_write(k)) {
+        println!(
+            "  {:<8} {:<44} {n:>6}  {:.2}/pod",
+            kind.verb,
+            kind.resource,
+            *n as f64 / restarted
+        );
+    }
+    let agent_writes: u64 = sandbox
+        .api()
+        .request_counts()
+        .iter()
+        .filter(|(k, _)| k.user.ends_with(":relaunch-agent") && is_write(k))
+        .map(|(_, n)| n)
+        .sum();
+    println!("agent API writes: {agent_writes} (agents hold read-only access)");
+    let peak = *rss_peak.lock().expect("rss");
+    println!(
+        "coordinator RSS: {rss_idle:.1} MiB idle with {pods} pods, {peak:.1} MiB peak during the rollout"
+    );
+
+    let extra = cached_pods.saturating_sub(pods);
+    if extra > 0 {
+        let rss = rss_with_cached_pods(&client, coordinator, extra).await;
+        println!(
+            "coordinator RSS with {cached_pods} pods in the cluster ({extra} of them status-only, \
+             on a node without a kubelet): {rss:.1} MiB"
+        );
+    }
+    sandbox.shutdown().await;
+}
+
+/// Creates the StatefulSet and waits until all its pods are Ready.
+async fn statefulset(client: &kube::Client, replicas: usize) {
+    let set: StatefulSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": NAME},
+        "spec": {
+            "replicas": replicas,
+            "podManagementPolicy": "Parallel",
+            "serviceName": NAME,
+            "selector": {"matchLabels": {"app": NAME}},
+            "template": {
+                "metadata": {"labels": {"app": NAME}},
+                // No readiness probe: 1,000 probe execs a second would measure the runtime.
+                "spec": {"terminationGracePeriodSeconds": 10, "containers": [{
+                    "name": "db", "image": "relaunch.test/busybox:1",
+                    "command": ["sh", "-c", EXITS_ON_SIGTERM],
+                }]},
+            },
+        },
+    }))
+    .expect("statefulset");
+    Api::<StatefulSet>::default_namespaced(client.clone())
+        .create(&PostParams::default(), &set)
+        .await
+        .expect("create the statefulset");
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let last = std::sync::atomic::AtomicUsize::new(0);
+    let last = &last;
+    eventually(
+        &format!("{replicas} pods ready"),
+        Duration::from_secs(3600),
+        || {
+            let pods = pods.clone();
+            async move {
+                let list = pods
+                    .list(&ListParams::default().labels(&format!("app={NAME}")))
+                    .await
+                    .ok()?;
+                let ready = list.items.iter().filter(|p| is_ready(p)).count();
+                let before = last.swap(ready, std::sync::atomic::Ordering::Relaxed);
+                if ready / 100 > before / 100 {
+                    eprintln!("  {ready}/{replicas} pods ready");
+                }
+                (ready == replicas).then_some(())
+            }
+        },
+    )
+    .await
+    .expect("statefulset ready");
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn restart_count(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|c| c.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0)
+}
+
+async fn restart_counts(client: &kube::Client) -> BTreeMap<String, i32> {
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    pods.list(&ListParams::default().labels(&format!("app={NAME}")))
+        .await
+        .expect("list pods")
+        .items
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                restart_count(p),
+            )
+        })
+        .collect()
+}
+
+/// What the benchmark saw, in the order its watches delivered it.
+#[derive(Default)]
+struct Events {
+    /// A request first seen.
+    created: Vec<Instant>,
+    /// A request first seen Succeeded.
+    succeeded: Vec<Instant>,
+    /// A restarted pod first seen Ready again.
+    ready_again: Vec<Instant>,
+    /// Most target pods seen unready at once.
+    max_unready: usize,
+    /// Target pods the watch has delivered so far.
+    pods_seen: HashSet<String>,
+}
+
+struct Timeline {
+    events: Arc<Mutex<Events>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Timeline {
+    /// Starts watching the bench's pods and requests (from now on).
+    async fn watch(client: &kube::Client, pods_expected: usize) -> Self {
+        let events = Arc::new(Mutex::new(Events::default()));
+        let pods: Api<Pod> = Api::default_namespaced(client.clone());
+        let requests: Api<ContainerRecreateRequest> = Api::default_namespaced(client.clone());
+        let pod_events = events.clone();
+        let pod_task = tokio::spawn(async move {
+            let mut unready = HashSet::new();
+            let mut back = HashSet::new();
+            let config = watcher::Config::default().labels(&format!("app={NAME}"));
+            let mut stream = std::pin::pin!(watcher(pods, config).applied_objects());
+            while let Some(Ok(pod)) = stream.next().await {
+                let now = Instant::now();
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let mut events = pod_events.lock().expect("events");
+                events.pods_seen.insert(name.clone());
+                if is_ready(&pod) {
+                    unready.remove(&name);
+                    if restart_count(&pod) > 0 && back.insert(name) {
+                        events.ready_again.push(now);
+                    }
+                } else {
+                    unready.insert(name);
+                    events.max_unready = events.max_unready.max(unready.len());
+                }
+            }
+        });
+        let request_events = events.clone();
+        let request_task = tokio::spawn(async move {
+            let mut seen = HashSet::new();
+            let mut done = HashSet::new();
+            let mut stream =
+                std::pin::pin!(watcher(requests, watcher::Config::default()).applied_objects());
+            while let Some(Ok(request)) = stream.next().await {
+                let now = Instant::now();
+                let name = request.metadata.name.clone().unwrap_or_default();
+                let mut events = request_events.lock().expect("events");
+                if seen.insert(name.clone()) {
+                    events.created.push(now);
+                }
+                let succeeded = request
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == RecreatePhase::Succeeded);
+                if succeeded && done.insert(name) {
+                    events.succeeded.push(now);
+                }
+            }
+        });
+        // The watches must be running before the rollout starts.
+        let synced = events.clone();
+        eventually("the bench's watches", Duration::from_secs(30), || async {
+            (synced.lock().expect("events").pods_seen.len() == pods_expected).then_some(())
+        })
+        .await
+        .expect("watching");
+        Self {
+            events,
+            tasks: vec![pod_task, request_task],
+        }
+    }
+
+    /// Per batch after the first: from the moment the previous batch was done (its last request
+    /// seen Succeeded; its last pod seen Ready again) to the new batch's first request, and to
+    /// its last request (a batch's requests are created one pass, so they arrive together).
+    fn gaps(self) -> Gaps {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let events = self.events.lock().expect("events");
+        let batches = batches(&events.created, &events.succeeded);
+        let mut gaps = Gaps {
+            after_success: Samples::new("batch Succeeded -> next batch's 1st request"),
+            whole_batch: Samples::new("batch Succeeded -> next batch's last request"),
+            after_ready: Samples::new("batch Ready again -> next batch's 1st request"),
+            restart: Samples::new("batch: 1st request -> last Succeeded"),
+            max_unready: events.max_unready,
+        };
+        for (i, batch) in batches.iter().enumerate() {
+            let (first, last) = (batch[0], batch[batch.len() - 1]);
+            if let Some(done) = latest_before(&events.succeeded, first) {
+                gaps.after_success.push(first - done);
+                gaps.whole_batch.push(last - done);
+            }
+            if let Some(ready) = latest_before(&events.ready_again, first) {
+                gaps.after_ready.push(first - ready);
+            }
+            let end = batches.get(i + 1).map(|next| next[0]);
+            if let Some(done) = events
+                .succeeded
+                .iter()
+                .filter(|at| **at >= first && end.is_none_or(|end| **at < end))
+                .max()
+            {
+                gaps.restart.push(*done - first);
+            }
+        }
+        gaps
+    }
+}
+
+struct Gaps {
+    after_success: Samples,
+    whole_batch: Samples,
+    after_ready: Samples,
+    restart: Samples,
+    max_unready: usize,
+}
+
+/// Requests created with no request finishing in between belong to one batch.
+fn batches(created: &[Instant], finished: &[Instant]) -> Vec<Vec<Instant>> {
+    let mut batches: Vec<Vec<Instant>> = Vec::new();
+    let mut previous: Option<Instant> = None;
+    for at in created {
+        let finished_between = previous.is_some_and(|p| finished.iter().any(|f| *f > p && f <= at));
+        match batches.last_mut() {
+            Some(batch) if !finished_between => batch.push(*at),
+            _ => batches.push(vec![*at]),
+        }
+        previous = Some(*at);
+    }
+    batches
+}
+
+fn latest_before(events: &[Instant], at: Instant) -> Option<Instant> {
+    events.iter().filter(|e| **e <= at).max().copied()
+}
+
+fn coordinator_requests(sandbox: &Sandbox) -> BTreeMap<RequestKind, u64> {
+    sandbox
+        .api()
+        .request_counts()
+        .into_iter()
+        .filter(|(k, _)| k.user.ends_with(":relaunch-coordinator"))
+        .collect()
+}
+
+fn subtract(
+    after: &BTreeMap<RequestKind, u64>,
+    before: &BTreeMap<RequestKind, u64>,
+) -> BTreeMap<RequestKind, u64> {
+    after
+        .iter()
+        .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+fn is_write(kind: &RequestKind) -> bool {
+    !matches!(kind.verb.as_str(), "get" | "list" | "watch")
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn sample_rss(pid: u32, peak: Arc<Mutex<f64>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let rss = rss_mib(pid);
+        let mut peak = peak.lock().expect("rss");
+        *peak = peak.max(rss);
+    }
+}
+
+/// Adds `extra` running-looking pods (created through the API, status written as a kubelet
+/// would, on a node no kubelet serves) and reports the coordinator's RSS once its caches hold
+/// them: the highest of 5 s of samples after the last write.
+async fn rss_with_cached_pods(client: &kube::Client, pid: u32, extra: usize) -> f64 {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "cached");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let namespace = serde_json::from_value(json!({"metadata": {"name": "cached"}})).expect("ns");
+    let _ = namespaces.create(&PostParams::default(), &namespace).await;
+    let started = Instant::now();
+    let mut writers = futures::stream::iter(0..extra)
+        .map(|i| {
+            let pods = pods.clone();
+            async move { cached_pod(&pods, i).await }
+        })
+        .buffer_unordered(16);
+    while writers.next().await.is_some() {}
+    eprintln!(
+        "  {extra} status-only pods written in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let peak = Arc::new(Mutex::new(0.0_f64));
+    let sampler = tokio::spawn(sample_rss(pid, peak.clone()));
+    // A measurement window, not a wait for a condition: the caches fill from watch events.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    sampler.abort();
+    *peak.lock().expect("rss")
+}
+
+async fn cached_pod(pods: &Api<Pod>, i: usize) {
+    let name = format!("cached-{i}");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "cached", "apps.kubernetes.io/pod-index": i.to_string()}},
+        "spec": {"nodeName": "node-without-kubelet", "terminationGracePeriodSeconds": 30, "containers": [{
+            "name": "app", "image": "relaunch.test/busybox:1", "command": ["sh", "-c", EXITS_ON_SIGTERM],
+        }]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create cached pod");
+    let now = jiff::Timestamp::now().to_string();
+    let status = json!({"status": {
+        "phase": "Running", "hostIP": "127.0.0.250", "podIP": "127.0.0.250",
+        "startTime": now,
+        "conditions": [
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+        ],
+        "containerStatuses": [{
+            "name": "app", "ready": true, "restartCount": 0, "started": true,
+            "image": "relaunch.test/busybox:1", "imageID": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "containerID": format!("containerd://{:064x}", i),
+            "state": {"running": {"startedAt": now}},
+        }],
+    }});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("write cached pod status");
+}
