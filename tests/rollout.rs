@@ -349,6 +349,79 @@ async fn restarts_a_statefulset_two_at_a_time_highest_ordinals_first() {
         6,
         "one request per pod"
     );
+    // The coordinator tells a rollout's requests by one outcome Event per pod, none on the
+    // requests, and one per batch on the rollout (Events are written in the background: wait for the last).
+    let events = || async {
+        Api::<Event>::default_namespaced(bed.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reporting_controller.as_deref() == Some("relaunch-coordinator"))
+            .collect::<Vec<_>>()
+    };
+    let regarding = |e: &Event| {
+        let r = e.regarding.clone().unwrap_or_default();
+        (r.kind.unwrap_or_default(), r.name.unwrap_or_default())
+    };
+    let all = eventually(
+        "a ContainerRestarted Event on each pod",
+        Duration::from_secs(30),
+        || async {
+            let all = events().await;
+            let outcomes = all
+                .iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some("ContainerRestarted") && regarding(e).0 == "Pod"
+                })
+                .count();
+            (outcomes >= 6).then_some(all)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; coordinator log:\n{}", bed.coordinator_log()));
+    for pod in &before {
+        let name = pod.metadata.name.clone().unwrap();
+        let on_pod: Vec<_> = all
+            .iter()
+            .filter(|e| regarding(e) == ("Pod".to_string(), name.clone()))
+            .map(|e| {
+                let times = e.series.as_ref().map_or(1, |s| s.count.max(1));
+                (e.reason.clone().unwrap_or_default(), times)
+            })
+            .collect();
+        assert_eq!(
+            on_pod,
+            [("ContainerRestarted".to_string(), 1)],
+            "Events on {name}"
+        );
+    }
+    let mut by_kind: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in &all {
+        // Repeats of one reason on one object are one Event with a series count.
+        let times = e.series.as_ref().map_or(1, |s| s.count.max(1));
+        for _ in 0..times {
+            by_kind
+                .entry(regarding(e).0)
+                .or_default()
+                .push(e.reason.clone().unwrap_or_default());
+        }
+    }
+    assert!(
+        !by_kind.contains_key("ContainerRecreateRequest"),
+        "no Events on the requests: {by_kind:?}"
+    );
+    let on_rollout = by_kind.get("RollingRestart").cloned().unwrap_or_default();
+    assert_eq!(
+        on_rollout.iter().filter(|r| *r == "BatchStarted").count(),
+        3,
+        "{on_rollout:?}"
+    );
+    assert!(
+        !on_rollout.iter().any(|r| r == "PodRestarted"),
+        "{on_rollout:?}"
+    );
     bed.sandbox.shutdown().await;
 }
 

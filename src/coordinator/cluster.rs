@@ -197,8 +197,9 @@ impl Cluster {
             .map(|_| ())
     }
 
-    /// Records `notes` on the request and on its pod, in the background: Events are best effort
-    /// and must not hold up an agent's report.
+    /// Records `notes` on the request and on its pod (on the pod only for a RollingRestart's
+    /// request), in the background: Events are best effort and must not hold up an agent's
+    /// report.
     pub fn record(
         &self,
         crr: &ContainerRecreateRequest,
@@ -206,7 +207,12 @@ impl Cluster {
         notes: Vec<Note>,
     ) {
         let pod_ref = pod.or_else(|| pod_reference(crr));
-        let targets = std::iter::once(crr.object_ref(&()))
+        // A RollingRestart's requests carry no Events of their own: their pod and the rollout
+        // tell what happened (see `reports::is_rollout_request`).
+        let on_request = !super::reports::is_rollout_request(crr);
+        let targets = on_request
+            .then(|| crr.object_ref(&()))
+            .into_iter()
             .chain(pod_ref)
             .collect();
         self.publish(targets, notes);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
@@ -36,48 +36,72 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Actions run concurrently in one pass.
 const CONCURRENCY: usize = 8;
 
-/// Runs the controllers until `shutdown`; `synced` fires once both caches are filled.
-pub async fn run(
-    ctx: Arc<Context>,
-    synced: oneshot::Sender<()>,
-    shutdown: CancellationToken,
-) -> Result<(), CoordinatorError> {
-    let client = ctx.cluster.client().clone();
-    let notify = Arc::new(Notify::new());
+/// The pod and request caches the CRR controllers and the rollout controller share: one watch
+/// each, cluster-wide, pods pruned to what the controllers read.
+#[derive(Clone)]
+pub struct Caches {
+    pub pods: Store<Pod>,
+    pub requests: Store<ContainerRecreateRequest>,
+}
 
+impl Caches {
+    /// Waits until both caches are filled.
+    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        tokio::try_join!(
+            self.requests.wait_until_ready(),
+            self.pods.wait_until_ready()
+        )
+        .map(|_| ())
+    }
+}
+
+/// Starts the shared watches; every change wakes each of `wake`. The returned tasks run until
+/// aborted.
+pub fn watch_shared(
+    client: kube::Client,
+    wake: Vec<Arc<Notify>>,
+) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
     let (requests, writer) = reflector::store::<ContainerRecreateRequest>();
     let stream = watcher(Api::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(|r: &mut ContainerRecreateRequest| r.metadata.managed_fields = None)
         .reflect(writer);
-    let request_watch = tokio::spawn(drive("containerrecreaterequests", stream, notify.clone()));
+    let request_watch = tokio::spawn(drive("containerrecreaterequests", stream, wake.clone()));
 
     let (pods, writer) = reflector::store::<Pod>();
     let stream = watcher(Api::<Pod>::all(client), watcher::Config::default())
         .default_backoff()
         .modify(prune_pod)
         .reflect(writer);
-    let pod_watch = tokio::spawn(drive("pods", stream, notify.clone()));
+    let pod_watch = tokio::spawn(drive("pods", stream, wake));
+    (Caches { pods, requests }, vec![request_watch, pod_watch])
+}
 
+/// Runs the controllers on `caches` until `shutdown`, waking on `notify`; `synced` fires once
+/// both caches are filled.
+pub async fn run(
+    ctx: Arc<Context>,
+    caches: Caches,
+    notify: Arc<Notify>,
+    synced: oneshot::Sender<()>,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
     let result = tokio::select! {
         _ = shutdown.cancelled() => None,
-        r = async { tokio::try_join!(requests.wait_until_ready(), pods.wait_until_ready()) } => Some(r),
+        r = caches.ready() => Some(r),
     };
     match result {
-        None => {
-            request_watch.abort();
-            pod_watch.abort();
-            return Ok(());
-        }
+        None => return Ok(()),
         Some(Err(_)) => return Err(CoordinatorError::ControllersStopped),
-        Some(Ok(_)) => {
+        Some(Ok(())) => {
             let _ = synced.send(());
         }
     }
 
     let mut worker = Worker {
         ctx,
-        requests,
-        pods,
+        requests: caches.requests,
+        pods: caches.pods,
         watching_since: Timestamp::now(),
         attempted: HashMap::new(),
     };
@@ -91,37 +115,50 @@ pub async fn run(
         tokio::time::sleep(MIN_GAP).await;
         wake = worker.pass().await.clamp(MIN_GAP, MAX_IDLE);
     }
-    request_watch.abort();
-    pod_watch.abort();
     Ok(())
 }
 
-/// Drives a watch stream (its reflector fills the cache) and wakes the worker on every change.
-async fn drive<S, K>(what: &'static str, stream: S, notify: Arc<Notify>)
+/// Drives a watch stream (its reflector fills the cache) and wakes the workers on every change.
+pub(crate) async fn drive<S, K>(what: &'static str, stream: S, wake: Vec<Arc<Notify>>)
 where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
     let mut stream = std::pin::pin!(stream.into_stream());
     while let Some(item) = stream.next().await {
         match item {
-            Ok(_) => notify.notify_one(),
+            Ok(_) => wake.iter().for_each(|n| n.notify_one()),
             Err(e) => tracing::warn!(resource = what, error = %e, "watch failed; retrying"),
         }
     }
 }
 
-/// Keeps only what the controllers read of a pod, so the cache stays small as the cluster grows.
-fn prune_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    pod.metadata.labels = None;
-    pod.metadata.owner_references = None;
-    pod.metadata.finalizers = None;
+/// Keeps only what the controllers read of a pod, so the cache stays small as the cluster grows:
+/// identity, labels (rollout and budget selectors, ordinal), owner kinds (ordinal), deletion;
+/// node, grace period, readiness gates, container names (and native sidecars); phase and the
+/// Ready and `relaunch.dev/ready` conditions.
+pub(crate) fn prune_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
     let spec = pod.spec.take().unwrap_or_default();
+    let name_only = |c: Container| Container {
+        name: c.name,
+        restart_policy: c.restart_policy,
+        ..Default::default()
+    };
     pod.spec = Some(PodSpec {
         node_name: spec.node_name,
         termination_grace_period_seconds: spec.termination_grace_period_seconds,
         readiness_gates: spec.readiness_gates,
+        containers: spec.containers.into_iter().map(name_only).collect(),
+        init_containers: spec.init_containers.map(|c| {
+            c.into_iter()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                .map(name_only)
+                .collect()
+        }),
         ..Default::default()
     });
     let status = pod.status.take().unwrap_or_default();
@@ -129,7 +166,15 @@ fn prune_pod(pod: &mut Pod) {
         phase: status.phase,
         conditions: status.conditions.map(|c| {
             c.into_iter()
-                .filter(|c| c.type_ == READINESS_GATE)
+                .filter(|c| c.type_ == READINESS_GATE || c.type_ == "Ready")
+                .map(|mut c| {
+                    c.last_probe_time = None;
+                    if c.type_ == "Ready" {
+                        c.message = None;
+                        c.reason = None;
+                    }
+                    c
+                })
                 .collect()
         }),
         ..Default::default()
@@ -623,5 +668,124 @@ mod tests {
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
         );
         assert_eq!(orphaned_hold(&terminating, &[]), None);
+    }
+
+    /// A pod as the API serves it: everything the controllers read, and much they do not.
+    fn full_pod(held_by: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "db-2", "namespace": "default", "uid": "uid-2", "resourceVersion": "7",
+                "labels": {"app": "db", "apps.kubernetes.io/pod-index": "2"},
+                "annotations": {"big": "x".repeat(4096)},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "s1", "controller": true}],
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+            },
+            "spec": {
+                "nodeName": "node-1",
+                "terminationGracePeriodSeconds": 45,
+                "readinessGates": [{"conditionType": READINESS_GATE}],
+                "containers": [
+                    {"name": "db", "image": "postgres", "env": [{"name": "A", "value": "1"}]},
+                    {"name": "exporter", "image": "exporter"},
+                ],
+                "initContainers": [
+                    {"name": "proxy", "image": "proxy", "restartPolicy": "Always"},
+                    {"name": "migrate", "image": "migrate"},
+                ],
+                "volumes": [{"name": "data", "emptyDir": {}}],
+            },
+            "status": {
+                "phase": "Running",
+                "podIP": "10.0.0.2",
+                "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": READINESS_GATE, "status": "False", "reason": readiness::REASON_HELD,
+                     "message": readiness::hold_message("default", held_by)},
+                ],
+                "containerStatuses": [{"name": "db", "ready": true, "restartCount": 3, "image": "postgres", "imageID": "x"}],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pruned_pod_gives_the_controllers_the_same_answers() {
+        use crate::api::{ContainerShutdown, RollingRestartSpec};
+        use crate::coordinator::rollout::state;
+        let now: Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
+        let full = full_pod("r1");
+        let mut pruned = full.clone();
+        prune_pod(&mut pruned);
+        assert!(pruned.metadata.annotations.is_none() && pruned.metadata.managed_fields.is_none());
+        assert!(pruned.spec.as_ref().unwrap().volumes.is_none());
+        assert!(pruned.status.as_ref().unwrap().container_statuses.is_none());
+
+        // The rollout's reads.
+        assert_eq!(pruned.labels(), full.labels());
+        assert_eq!(pruned.uid(), full.uid());
+        assert_eq!(state::is_target(&pruned), state::is_target(&full));
+        assert_eq!(state::ordinal(&pruned), Some(2));
+        assert!(state::is_ready(&pruned));
+        assert_eq!(
+            state::ready_seconds(&pruned, now),
+            state::ready_seconds(&full, now)
+        );
+        for containers in [
+            vec![],
+            vec!["exporter".to_string()],
+            vec!["proxy".to_string()],
+            vec!["migrate".to_string()],
+        ] {
+            let spec = RollingRestartSpec {
+                containers,
+                shutdown: vec![ContainerShutdown {
+                    container: "db".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            assert_eq!(
+                state::containers_for(&spec, &pruned),
+                state::containers_for(&spec, &full)
+            );
+        }
+        let mut unlabelled = full.clone();
+        unlabelled.metadata.labels = None;
+        let mut pruned_unlabelled = unlabelled.clone();
+        prune_pod(&mut pruned_unlabelled);
+        assert_eq!(
+            state::ordinal(&pruned_unlabelled),
+            Some(2),
+            "from the StatefulSet owner"
+        );
+
+        // The CRR controllers' reads.
+        let crr = request("r1", "db-2", Some("uid-2"), Some(RecreatePhase::Recreating));
+        assert_eq!(pod_view(&pruned, &crr), pod_view(&full, &crr));
+        assert!(pod_view(&pruned, &crr).gate_held_by_request);
+        assert_eq!(pod_view(&pruned, &crr).termination_grace_seconds, Some(45));
+        assert_eq!(readiness::holder(&pruned), readiness::holder(&full));
+        assert_eq!(orphaned_hold(&pruned, &[]), Some("r1".into()));
+        assert_eq!(
+            readiness::needs_opening(&pruned),
+            readiness::needs_opening(&full)
+        );
+        let mut ungated = full.clone();
+        ungated
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()
+            .pop();
+        let mut pruned_ungated = ungated.clone();
+        prune_pod(&mut pruned_ungated);
+        assert!(readiness::needs_opening(&pruned_ungated));
+        assert_eq!(
+            pruned.spec.as_ref().unwrap().node_name.as_deref(),
+            Some("node-1")
+        );
     }
 }

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use prometheus::Registry;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::COORDINATOR_AUDIENCE;
@@ -231,18 +232,30 @@ async fn run_leading(
     stop: CancellationToken,
 ) -> Result<(), CoordinatorError> {
     let stop = stop.child_token();
+    // One pruned pod cache and one request cache, filled by one watch each, serve both.
+    let (crr_wake, rollout_wake) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (caches, watches) = controller::watch_shared(
+        ctx.cluster.client().clone(),
+        vec![crr_wake.clone(), rollout_wake.clone()],
+    );
     let result = tokio::try_join!(
         async {
-            let r = controller::run(ctx.clone(), synced, stop.clone()).await;
+            let r =
+                controller::run(ctx.clone(), caches.clone(), crr_wake, synced, stop.clone()).await;
             stop.cancel();
             r
         },
         async {
-            let r = rollout::controller::run(ctx.clone(), stop.clone()).await;
+            let r =
+                rollout::controller::run(ctx.clone(), caches.clone(), rollout_wake, stop.clone())
+                    .await;
             stop.cancel();
             r
         },
     );
+    for watch in watches {
+        watch.abort();
+    }
     result.map(|_| ())
 }
 

@@ -5,12 +5,15 @@
 //! status, so a new leader resumes where the last one stopped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec, StatefulSet,
+    StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -31,6 +34,7 @@ use crate::api::{
     RollingRestart, RollingRestartStatus, RolloutPhase,
 };
 use crate::coordinator::cluster::{FIELD_MANAGER, is_conflict};
+use crate::coordinator::controller::{Caches, drive};
 use crate::coordinator::{Context, CoordinatorError};
 
 use super::planner::{self, Budget, TargetPod, WaitReason};
@@ -40,7 +44,15 @@ use super::trigger;
 /// Longest sleep between passes (readiness ages, minReadySeconds).
 const MAX_IDLE: Duration = Duration::from_secs(5);
 /// Shortest gap between passes, so bursts of watch events are handled together.
-const MIN_GAP: Duration = Duration::from_millis(100);
+const MIN_GAP: Duration = Duration::from_millis(10);
+/// Requests of one batch created at once.
+const CREATE_CONCURRENCY: usize = 16;
+/// Progress counts alone are written at most this often per rollout (the durable state is in
+/// the requests; a new leader recomputes the counts).
+const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a rollout whose cached version predates our last status write waits for the watch
+/// to bring the write before it is planned on the cached version anyway.
+const OWN_WRITE_SETTLE: Duration = Duration::from_secs(5);
 /// After creating a batch, planning waits this long at most for the requests to show up in
 /// the cache (so a stale cache never plans a second, overlapping batch).
 const CREATION_SETTLE: Duration = Duration::from_secs(30);
@@ -113,38 +125,73 @@ struct Stores {
     replicasets: Store<ReplicaSet>,
 }
 
-/// Runs the rollout controller and the trigger until `shutdown`.
-pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), CoordinatorError> {
+/// Keeps only what the trigger and the target lookup read of a workload: identity, owners, the
+/// `relaunch.dev/` annotations and the selector.
+fn prune_workload<K: Resource>(object: &mut K, keep_selector: impl FnOnce(&mut K)) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.finalizers = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|k, _| k.starts_with("relaunch.dev/"));
+    }
+    keep_selector(object);
+}
+
+/// Runs the rollout controller and the trigger on the shared pod and request `caches` until
+/// `shutdown`, waking on `notify`.
+pub async fn run(
+    ctx: Arc<Context>,
+    caches: Caches,
+    notify: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
     let client = ctx.cluster.client().clone();
     let ctx_metrics = ctx.rollouts.clone();
-    let notify = Arc::new(Notify::new());
     let mut tasks = Vec::new();
 
     macro_rules! watch {
-        ($kind:ty, $what:expr, $config:expr) => {{
+        ($kind:ty, $what:expr, $prune:expr) => {{
             let (store, writer) = reflector::store::<$kind>();
-            let stream = watcher(Api::<$kind>::all(client.clone()), $config)
-                .default_backoff()
-                .modify(|o| o.meta_mut().managed_fields = None)
-                .reflect(writer);
-            tasks.push(tokio::spawn(drive($what, stream, notify.clone())));
+            let stream = watcher(
+                Api::<$kind>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .modify($prune)
+            .reflect(writer);
+            tasks.push(tokio::spawn(drive($what, stream, vec![notify.clone()])));
             store
         }};
     }
-    let all = watcher::Config::default;
+    macro_rules! workload {
+        ($kind:ty, $what:expr, $spec:ident) => {
+            watch!($kind, $what, |o: &mut $kind| prune_workload(o, |o| {
+                o.status = None;
+                o.spec = o.spec.take().map(|s| $spec {
+                    selector: s.selector,
+                    ..Default::default()
+                });
+            }))
+        };
+    }
     let stores = Stores {
-        rollouts: watch!(RollingRestart, "rollingrestarts", all()),
-        pods: watch!(Pod, "pods", all()),
-        budgets: watch!(PodDisruptionBudget, "poddisruptionbudgets", all()),
-        requests: watch!(
-            ContainerRecreateRequest,
-            "containerrecreaterequests",
-            all().labels(LABEL_ROLLING_RESTART)
+        rollouts: watch!(
+            RollingRestart,
+            "rollingrestarts",
+            |o: &mut RollingRestart| { o.metadata.managed_fields = None }
         ),
-        statefulsets: watch!(StatefulSet, "statefulsets", all()),
-        deployments: watch!(Deployment, "deployments", all()),
-        daemonsets: watch!(DaemonSet, "daemonsets", all()),
-        replicasets: watch!(ReplicaSet, "replicasets", all()),
+        pods: caches.pods,
+        budgets: watch!(
+            PodDisruptionBudget,
+            "poddisruptionbudgets",
+            |o: &mut PodDisruptionBudget| o.metadata.managed_fields = None
+        ),
+        requests: caches.requests,
+        statefulsets: workload!(StatefulSet, "statefulsets", StatefulSetSpec),
+        deployments: workload!(Deployment, "deployments", DeploymentSpec),
+        daemonsets: workload!(DaemonSet, "daemonsets", DaemonSetSpec),
+        replicasets: workload!(ReplicaSet, "replicasets", ReplicaSetSpec),
     };
     let synced = async {
         tokio::try_join!(
@@ -176,15 +223,23 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), C
                 stores,
                 created: HashMap::new(),
                 refused_triggers: HashSet::new(),
+                status_written: Mutex::new(HashMap::new()),
+                due: None,
             };
+            let mut wake = Duration::ZERO;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = notify.notified() => {}
-                    _ = tokio::time::sleep(MAX_IDLE) => {}
+                    _ = tokio::time::sleep(wake) => {}
                 }
                 tokio::time::sleep(MIN_GAP).await;
                 worker.pass().await;
+                wake = worker
+                    .due
+                    .take()
+                    .unwrap_or(MAX_IDLE)
+                    .clamp(MIN_GAP, MAX_IDLE);
             }
             Ok(())
         }
@@ -200,17 +255,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), C
     outcome
 }
 
-async fn drive<S, K>(what: &'static str, stream: S, notify: Arc<Notify>)
-where
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-{
-    let mut stream = std::pin::pin!(stream.into_stream());
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(_) => notify.notify_one(),
-            Err(e) => tracing::warn!(resource = what, error = %e, "watch failed; retrying"),
-        }
-    }
+/// Whether `status` differs from `previous` only in progress counts (pods restarted or in
+/// progress, per-pod results): phase, conditions, batch and failures are all unchanged.
+fn counts_only(previous: &RollingRestartStatus, status: &RollingRestartStatus) -> bool {
+    let mut same = status.clone();
+    same.total = previous.total;
+    same.restarted = previous.restarted;
+    same.in_progress = previous.in_progress;
+    same.pods.clone_from(&previous.pods);
+    same == *previous
 }
 
 struct Worker {
@@ -222,6 +275,11 @@ struct Worker {
     /// Triggers refused for a bad companion annotation and already warned about:
     /// (namespace, rollout name, message).
     refused_triggers: HashSet<(String, String, String)>,
+    /// Per rollout UID, when its status was last written and the resourceVersion the write
+    /// replaced: while the cache still shows that version, it has not seen the write yet.
+    status_written: Mutex<HashMap<String, (Instant, String)>>,
+    /// How soon a pass is due for a status write held back (none: nothing held back).
+    due: Option<Duration>,
 }
 
 /// What a pass learned about one rollout, for the metrics.
@@ -263,6 +321,10 @@ impl Worker {
             .filter_map(|r| r.uid())
             .collect();
         self.created.retain(|uid, _| live.contains(uid));
+        self.status_written
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|uid, _| live.contains(uid));
     }
 
     async fn reconcile(&mut self, rollout: &RollingRestart, tally: &mut Tally) {
@@ -273,7 +335,6 @@ impl Worker {
         let generation = rollout.metadata.generation;
         let previous = rollout.status.clone().unwrap_or_default();
         let spec = &rollout.spec;
-
         if let Err(message) = state::validate_name(&name).and_then(|()| state::validate(spec)) {
             let status = state::failed_status(&previous, &message, generation, now);
             return self.finish(rollout, &previous, status, true).await;
@@ -417,6 +478,10 @@ impl Worker {
             *tally.blocked.entry(reason.to_string()).or_default() += 1;
         }
 
+        // Counted above; acting waits for the watch to bring our last write (it wakes a pass).
+        if self.behind_own_write(rollout) {
+            return;
+        }
         match &step {
             Step::PauseForFailures => {
                 // The one spec write: failures pause the rollout through `spec.strategy.paused`,
@@ -438,19 +503,38 @@ impl Worker {
                 ));
             }
             Step::Start { batch, limited_by } => {
-                let mut created = Vec::new();
-                for pod_name in batch {
-                    let Some(pod) = targets.iter().find(|p| &p.name_any() == pod_name) else {
-                        continue;
-                    };
-                    let wanted = containers.get(pod_name).cloned().unwrap_or_default();
-                    match self.create_request(rollout, pod, &wanted).await {
-                        Ok(request) => created.push(request),
-                        Err(e) => {
-                            tracing::warn!(rollout = %format!("{ns}/{name}"), pod = %pod_name, error = %e, "creating the request failed; will retry");
+                // Created concurrently (bounded): the gap between batches is one round trip,
+                // not one per pod.
+                let this = &*self;
+                let work: Vec<(String, Arc<Pod>, Vec<String>)> = batch
+                    .iter()
+                    .filter_map(|pod_name| {
+                        let pod = targets.iter().find(|p| &p.name_any() == pod_name)?;
+                        let wanted = containers.get(pod_name).cloned().unwrap_or_default();
+                        Some((pod_name.clone(), pod.clone(), wanted))
+                    })
+                    .collect();
+                let described = format!("{ns}/{name}");
+                let creations: Vec<_> = work
+                    .into_iter()
+                    .map(|(pod_name, pod, wanted)| {
+                        let described = &described;
+                        async move {
+                            match this.create_request(rollout, &pod, &wanted).await {
+                                Ok(request) => Some(request),
+                                Err(e) => {
+                                    tracing::warn!(rollout = %described, pod = %pod_name, error = %e, "creating the request failed; will retry");
+                                    None
+                                }
+                            }
                         }
-                    }
-                }
+                    })
+                    .collect();
+                let created: Vec<String> = futures::stream::iter(creations)
+                    .buffered(CREATE_CONCURRENCY)
+                    .filter_map(std::future::ready)
+                    .collect()
+                    .await;
                 if created.is_empty() {
                     return;
                 }
@@ -485,6 +569,16 @@ impl Worker {
             Step::Fail(_) => self.finish(rollout, &previous, status, false).await,
             Step::Succeed => self.finish(rollout, &previous, status, false).await,
             _ => {
+                // Progress counts alone are coalesced; anything else is written at once.
+                if rollout.status.is_some()
+                    && counts_only(&previous, &status)
+                    && let Some(at) = self.last_written(&uid)
+                    && at.elapsed() < COUNTS_INTERVAL
+                {
+                    let left = COUNTS_INTERVAL - at.elapsed();
+                    self.due = Some(self.due.map_or(left, |d| d.min(left)));
+                    return;
+                }
                 self.write_status(rollout, &previous, status).await;
             }
         }
@@ -680,7 +774,42 @@ impl Worker {
                 tracing::warn!(rollout = %rollout.name_any(), error = %e, "writing rollout status failed; will retry");
             }
         }
+        if written.is_ok() {
+            self.status_written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    rollout.uid().unwrap_or_default(),
+                    (
+                        Instant::now(),
+                        rollout.resource_version().unwrap_or_default(),
+                    ),
+                );
+        }
         written.is_ok()
+    }
+
+    /// When the rollout's status was last written.
+    fn last_written(&self, uid: &str) -> Option<Instant> {
+        let written = self
+            .status_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        written.get(uid).map(|(at, _)| *at)
+    }
+
+    /// Whether the cache still shows the version our last status write replaced (a pass on it
+    /// would decide again what was just written, and its write would fail with 409).
+    fn behind_own_write(&self, rollout: &RollingRestart) -> bool {
+        let written = self
+            .status_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        written
+            .get(&rollout.uid().unwrap_or_default())
+            .is_some_and(|(at, rv)| {
+                Some(rv) == rollout.resource_version().as_ref() && at.elapsed() < OWN_WRITE_SETTLE
+            })
     }
 
     /// Writes a terminal status, records the duration and an Event.
@@ -725,7 +854,8 @@ impl Worker {
         self.event(rollout, warning, reason, message);
     }
 
-    /// An Event per pod whose restart finished since the last status.
+    /// A Warning Event per pod whose restart failed since the last status (a pod restarted is
+    /// told by `status.pods` and the counts, and by the Event on the pod).
     fn pod_events(
         &self,
         rollout: &RollingRestart,
@@ -733,7 +863,7 @@ impl Worker {
         status: &RollingRestartStatus,
     ) {
         for result in &status.pods {
-            if !result.phase.is_finished() {
+            if result.phase != crate::api::RecreatePhase::Failed {
                 continue;
             }
             let known = previous
@@ -743,24 +873,11 @@ impl Worker {
             if known {
                 continue;
             }
-            let failed = result.phase == crate::api::RecreatePhase::Failed;
-            let message = match (&result.message, failed) {
-                (Some(m), true) => format!("pod {} failed to restart: {m}", result.name),
-                _ => format!(
-                    "pod {} restarted in place ({})",
-                    result.name, result.request
-                ),
+            let message = match &result.message {
+                Some(m) => format!("pod {} failed to restart: {m}", result.name),
+                None => format!("pod {} failed to restart ({})", result.name, result.request),
             };
-            self.event(
-                rollout,
-                failed,
-                if failed {
-                    "PodRestartFailed"
-                } else {
-                    "PodRestarted"
-                },
-                message,
-            );
+            self.event(rollout, true, "PodRestartFailed", message);
         }
     }
 
@@ -877,5 +994,45 @@ impl Worker {
         }
         // A problem fixed and then made again is said again.
         self.refused_triggers = refused;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PodRestartResult, RecreatePhase};
+
+    #[test]
+    fn only_progress_counts_are_coalesced() {
+        let previous = RollingRestartStatus {
+            phase: RolloutPhase::Progressing,
+            total: 10,
+            batches: 1,
+            current_batch: vec!["a".into()],
+            in_progress: 1,
+            ..Default::default()
+        };
+        let mut progress = previous.clone();
+        progress.restarted = 1;
+        progress.in_progress = 0;
+        progress.pods.push(PodRestartResult {
+            name: "a".into(),
+            request: "r-a".into(),
+            phase: RecreatePhase::Succeeded,
+            message: None,
+        });
+        assert!(counts_only(&previous, &progress));
+        assert!(counts_only(&previous, &previous));
+        let mut failed = progress.clone();
+        failed.failed = 1;
+        let mut batch = progress.clone();
+        batch.batches = 2;
+        let mut phase = progress.clone();
+        phase.phase = RolloutPhase::Succeeded;
+        let mut message = progress.clone();
+        message.message = Some("paused".into());
+        for changed in [failed, batch, phase, message] {
+            assert!(!counts_only(&previous, &changed), "{changed:?}");
+        }
     }
 }
