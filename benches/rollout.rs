@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use relaunch::api::{ContainerRecreateRequest, RecreatePhase, RollingRestart, RolloutPhase};
+use relaunch::coordinator::rollout::state::is_ready;
 use relaunch::testbed::apiserver::RequestKind;
 use relaunch::testbed::eventually;
 use relaunch::testbed::processes::Binaries;
@@ -238,13 +239,6 @@ async fn statefulset(client: &kube::Client, replicas: usize) {
     )
     .await
     .expect("statefulset ready");
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn restart_count(pod: &Pod) -> i32 {
