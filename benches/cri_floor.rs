@@ -6,7 +6,7 @@ mod support;
 #[tokio::main]
 async fn main() {
     let runs = support::iterations(30);
-    let containerd = relaunch::testbed::Containerd::start().await.expect(
+    let containerd = relaunch_testbed::Containerd::start().await.expect(
         "start containerd (run as root with containerd, runc and busybox-static installed)",
     );
     let client = containerd.client().await.expect("connect");

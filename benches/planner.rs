@@ -6,8 +6,8 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use relaunch::api::{OrdinalOrder, RoleOrder};
-use relaunch::coordinator::rollout::planner::{
+use relaunch_api::{OrdinalOrder, RoleOrder};
+use relaunch_coordinator::rollout::planner::{
     Budget, Plan, PlanStrategy, RestartState, TargetPod, plan,
 };
 use support::Samples;

@@ -18,12 +18,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use relaunch::api::{ContainerRecreateRequest, RecreatePhase, RollingRestart, RolloutPhase};
-use relaunch::coordinator::rollout::state::is_ready;
-use relaunch::testbed::apiserver::RequestKind;
-use relaunch::testbed::eventually;
-use relaunch::testbed::processes::Binaries;
-use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_api::{ContainerRecreateRequest, RecreatePhase, RollingRestart, RolloutPhase};
+use relaunch_coordinator::rollout::state::is_ready;
+use relaunch_testbed::apiserver::RequestKind;
+use relaunch_testbed::eventually;
+use relaunch_testbed::processes::Binaries;
+use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
 use serde_json::json;
 use support::{EXITS_ON_SIGTERM, Samples};
 

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 require_root
 ensure_packages
 ensure_rust
-cargo build --locked --release --features testbed --bins
+cargo build --locked --release --bins
 if [ $# -eq 0 ]; then
   set -- demo
 fi

@@ -15,12 +15,13 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::{Api, PostParams};
-use relaunch::api::report::RecreateReport;
-use relaunch::api::{
+use relaunch_agent::failpoint::{self, Failpoint};
+use relaunch_api::report::RecreateReport;
+use relaunch_api::{
     ContainerRecreatePhase, ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase,
 };
-use relaunch::testbed::eventually;
-use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::eventually;
+use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
 const NODE: &str = "node-1";
@@ -119,7 +120,7 @@ impl Bed {
                 &PostParams::default(),
                 &TokenRequest {
                     spec: TokenRequestSpec {
-                        audiences: vec![relaunch::testbed::apiserver::API_AUDIENCE.to_string()],
+                        audiences: vec![relaunch_testbed::apiserver::API_AUDIENCE.to_string()],
                         expiration_seconds: Some(3600),
                         ..Default::default()
                     },
@@ -408,7 +409,7 @@ async fn agent_killed_around_a_stop_resumes_and_restarts_the_container_exactly_o
         "strategy": {"terminationGracePeriodSeconds": 3}});
 
     // 1. Killed right after journaling the stop, before issuing it.
-    let agent = bed.agent(&[("RELAUNCH_TESTBED_ABORT_AFTER_STOP_JOURNAL", "1")]);
+    let agent = bed.agent(&[(failpoint::ENV, Failpoint::AfterStopJournal.name())]);
     let uid = bed.create_request("db-1", &pod, spec.clone()).await;
     let status = agent.wait_exit().await;
     assert!(!status.success(), "the agent died after the journal write");

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use relaunch::testbed::apiserver::{self, API_AUDIENCE, ApiServer};
-use relaunch::testbed::eventually;
+use relaunch_testbed::apiserver::{self, API_AUDIENCE, ApiServer};
+use relaunch_testbed::eventually;
 use serde_json::json;
 
 async fn server() -> (ApiServer, kube::Client) {

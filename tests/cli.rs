@@ -11,13 +11,13 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use relaunch::api::{
+use relaunch_api::{
     ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RollingRestart, RolloutPhase,
 };
-use relaunch::testbed::apiserver::{API_AUDIENCE, ApiServer};
-use relaunch::testbed::eventually;
-use relaunch::testbed::processes::Binaries;
-use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::apiserver::{API_AUDIENCE, ApiServer};
+use relaunch_testbed::eventually;
+use relaunch_testbed::processes::Binaries;
+use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
 /// What one `kubectl relaunch ...` did.
@@ -93,7 +93,7 @@ impl TestApi {
         let client = server.client().unwrap();
         if relaunch_installed {
             let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-            for (_, yaml) in relaunch::api::crd_manifests() {
+            for (_, yaml) in relaunch_api::crd_manifests() {
                 let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
                 crds.create(&PostParams::default(), &crd).await.unwrap();
             }
@@ -306,7 +306,7 @@ async fn an_unreachable_api_server_is_one_clear_line() {
     let url = format!("http://127.0.0.1:{port}");
     std::fs::write(
         &kubeconfig,
-        relaunch::testbed::apiserver::kubeconfig(&url, None),
+        relaunch_testbed::apiserver::kubeconfig(&url, None),
     )
     .unwrap();
     let unused = dir.path().join("not-this-one");

@@ -7,9 +7,9 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use relaunch::testbed::apiserver::ApiServer;
-use relaunch::testbed::controllers::Controllers;
-use relaunch::testbed::eventually;
+use relaunch_testbed::apiserver::ApiServer;
+use relaunch_testbed::controllers::Controllers;
+use relaunch_testbed::eventually;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 

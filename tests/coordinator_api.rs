@@ -13,14 +13,14 @@ use k8s_openapi::api::core::v1::{Event, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{CustomResourceExt, ResourceExt};
-use relaunch::api::report::{MAX_BODY_BYTES, READINESS_PATH, REPORTS_PATH};
-use relaunch::api::{
+use relaunch_api::report::{MAX_BODY_BYTES, READINESS_PATH, REPORTS_PATH};
+use relaunch_api::{
     ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, READINESS_GATE, RecreatePhase,
 };
-use relaunch::coordinator::{self, Context, ReportListener, Settings};
-use relaunch::telemetry::admin::Health;
-use relaunch::testbed::apiserver::{API_AUDIENCE, ApiServer};
-use relaunch::testbed::eventually;
+use relaunch_coordinator::{self as coordinator, Context, ReportListener, Settings};
+use relaunch_telemetry::admin::Health;
+use relaunch_testbed::apiserver::{API_AUDIENCE, ApiServer};
+use relaunch_testbed::eventually;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

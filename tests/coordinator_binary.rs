@@ -6,9 +6,9 @@ use std::time::Duration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::{Api, PostParams};
-use relaunch::api::ContainerRecreateRequest;
-use relaunch::testbed::apiserver::ApiServer;
-use relaunch::testbed::eventually;
+use relaunch_api::ContainerRecreateRequest;
+use relaunch_testbed::apiserver::ApiServer;
+use relaunch_testbed::eventually;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -3,7 +3,7 @@
 #[test]
 fn committed_crds_match_the_rust_types() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/crds");
-    for (file, generated) in relaunch::api::crd_manifests() {
+    for (file, generated) in relaunch_api::crd_manifests() {
         let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
         assert!(
             committed == generated,

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use relaunch::cri::{ClientConfig, ContainerState, CriError, CriMetrics, RuntimeClient};
-use relaunch::testbed::pod::{self, ContainerTemplate, PodIdentity, PodSandbox};
-use relaunch::testbed::{Containerd, eventually};
+use relaunch_cri::{ClientConfig, ContainerState, CriError, CriMetrics, RuntimeClient};
+use relaunch_testbed::pod::{self, ContainerTemplate, PodIdentity, PodSandbox};
+use relaunch_testbed::{Containerd, eventually};
 
 const SLEEP_FOREVER: &str = "sleep 100000";
 /// Exits 0 as soon as SIGTERM arrives (`wait` is interrupted by a trapped signal).

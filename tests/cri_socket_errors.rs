@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use relaunch::cri::{ClientConfig, CriError, CriMetrics, RuntimeClient};
+use relaunch_cri::{ClientConfig, CriError, CriMetrics, RuntimeClient};
 use tokio::io::AsyncWriteExt;
 
 fn quick() -> ClientConfig {

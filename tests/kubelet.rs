@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use relaunch::cri::{ContainerState, RuntimeClient};
-use relaunch::testbed::apiserver::ApiServer;
-use relaunch::testbed::kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
-use relaunch::testbed::{Containerd, eventually};
+use relaunch_cri::{ContainerState, RuntimeClient};
+use relaunch_testbed::apiserver::ApiServer;
+use relaunch_testbed::kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
+use relaunch_testbed::{Containerd, eventually};
 use serde_json::json;
 
 const NODE: &str = "node-a";

@@ -17,10 +17,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use kube::api::{Api, PostParams};
 use prometheus::Registry;
-use relaunch::api::{COORDINATOR_AUDIENCE, ContainerRecreateRequest, RollingRestart};
-use relaunch::testbed::apiserver::ApiServer;
-use relaunch::testbed::eventually;
-use relaunch::testbed::processes::free_port;
+use relaunch_api::{COORDINATOR_AUDIENCE, ContainerRecreateRequest, RollingRestart};
+use relaunch_testbed::apiserver::ApiServer;
+use relaunch_testbed::eventually;
+use relaunch_testbed::processes::free_port;
 use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -509,11 +509,11 @@ async fn readme_certificate_recipe_is_trusted_by_the_agent_for_the_service_name(
         .unwrap();
     assert!(out.status.success(), "the recipe fails:\n{}", text(&out));
 
-    let files = relaunch::coordinator::TlsFiles {
+    let files = relaunch_coordinator::TlsFiles {
         cert: dir.path().join("tls.crt"),
         key: dir.path().join("tls.key"),
     };
-    let acceptor = relaunch::coordinator::tls::acceptor(&files).expect("the coordinator loads it");
+    let acceptor = relaunch_coordinator::tls::acceptor(&files).expect("the coordinator loads it");
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(dir.path().join("ca.crt")).unwrap()
     {
@@ -871,13 +871,13 @@ async fn alerts_and_dashboard_query_only_metrics_the_binaries_export() {
     );
     drop((agent, coordinator));
 
-    let registry = relaunch::telemetry::admin::registry_with_process_metrics();
-    relaunch::agent::AgentMetrics::register(&registry).unwrap();
-    relaunch::cri::CriMetrics::register(&registry).unwrap();
-    let coordinator_registry = relaunch::telemetry::admin::registry_with_process_metrics();
-    relaunch::coordinator::Context::new(
+    let registry = relaunch_telemetry::admin::registry_with_process_metrics();
+    relaunch_agent::AgentMetrics::register(&registry).unwrap();
+    relaunch_cri::CriMetrics::register(&registry).unwrap();
+    let coordinator_registry = relaunch_telemetry::admin::registry_with_process_metrics();
+    relaunch_coordinator::Context::new(
         client,
-        relaunch::coordinator::Settings::default(),
+        relaunch_coordinator::Settings::default(),
         &coordinator_registry,
     )
     .unwrap();

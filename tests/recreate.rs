@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use relaunch::api::{
+use relaunch_agent::failpoint::{self, Failpoint};
+use relaunch_api::{
     ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestStatus,
     LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase,
 };
-use relaunch::testbed::eventually;
-use relaunch::testbed::processes::Binaries;
-use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::eventually;
+use relaunch_testbed::processes::Binaries;
+use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
 /// Exits 0 once `/tmp/shutdown` exists (the "database" shutdown command creates it) or on SIGTERM.
@@ -671,14 +672,8 @@ async fn an_agent_acts_only_on_its_own_nodes_pods_and_reports_about_other_nodes_
 async fn agent_crashes_around_a_stop_still_restart_the_container_exactly_once() {
     let mut bed = Bed::start(1, &[]).await;
     for (case, failpoint) in [
-        (
-            "journaled",
-            relaunch::agent::recreate::TESTBED_ABORT_AFTER_STOP_JOURNAL,
-        ),
-        (
-            "stopped",
-            relaunch::agent::recreate::TESTBED_ABORT_AFTER_STOP,
-        ),
+        ("journaled", Failpoint::AfterStopJournal),
+        ("stopped", Failpoint::AfterStop),
     ] {
         let pod_name = format!("crash-{case}");
         let before = bed
@@ -689,7 +684,10 @@ async fn agent_crashes_around_a_stop_still_restart_the_container_exactly_once() 
             )
             .await;
         bed.sandbox
-            .restart_agent_with_env(0, &[(failpoint.to_string(), "1".to_string())])
+            .restart_agent_with_env(
+                0,
+                &[(failpoint::ENV.to_string(), failpoint.name().to_string())],
+            )
             .await
             .unwrap();
         bed.recreate(
@@ -728,8 +726,8 @@ async fn an_agent_killed_during_the_shutdown_step_does_not_restart_the_new_conta
         .restart_agent_with_env(
             0,
             &[(
-                relaunch::agent::recreate::TESTBED_ABORT_DURING_SHUTDOWN.to_string(),
-                "1".to_string(),
+                failpoint::ENV.to_string(),
+                Failpoint::DuringShutdown.name().to_string(),
             )],
         )
         .await

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use relaunch::testbed::eventually;
-use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::eventually;
+use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
 use serde_json::Value;
 
 fn kubectl_blocking(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
@@ -153,7 +153,7 @@ async fn kubectl_apply_statefulset_runs_pods_with_claims_and_scale_down_keeps_cl
 #[tokio::test]
 async fn sandbox_up_then_sigterm_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relaunch-sandbox"))
+    let mut child = Command::new(sandbox_binary())
         .args(["up", "--nodes", "2", "--port", "0", "--dir"])
         .arg(dir.path())
         .stdout(Stdio::null())
@@ -228,4 +228,17 @@ async fn sandbox_up_then_sigterm_leaves_nothing_behind() {
         "containerd's directory removed"
     );
     assert!(!ready.exists(), "ready file removed");
+}
+
+/// `relaunch-sandbox` is the test bed crate's binary: a workspace build (`cargo test`) puts it
+/// beside the binaries of this package.
+fn sandbox_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_relaunch-agent"))
+        .with_file_name("relaunch-sandbox");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests of the whole workspace (cargo test)",
+        path.display()
+    );
+    path
 }

@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use clap::CommandFactory;
-use relaunch::agent::AgentArgs;
-use relaunch::testbed::processes::Binaries;
-use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_agent::AgentArgs;
+use relaunch_testbed::processes::Binaries;
+use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
 use tokio::sync::mpsc;
 
 const UNIT: &str = "relaunch-agent.service";

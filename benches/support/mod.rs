@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use relaunch::cri::{ContainerState, RuntimeClient};
-use relaunch::testbed::pod::{self, ContainerTemplate, PodIdentity};
-use relaunch::testbed::{Containerd, eventually};
+use relaunch_cri::{ContainerState, RuntimeClient};
+use relaunch_testbed::pod::{self, ContainerTemplate, PodIdentity};
+use relaunch_testbed::{Containerd, eventually};
 
 /// A container that exits 0 as soon as SIGTERM arrives.
 pub const EXITS_ON_SIGTERM: &str = "trap 'exit 0' TERM; sleep 100000 & wait";

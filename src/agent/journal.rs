@@ -189,10 +189,10 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::machine::ContainerProgress;
-    use crate::api::report::RequestRef;
-    use crate::api::{ContainerRecreatePhase, RecreatePhase};
+    use crate::machine::ContainerProgress;
     use jiff::Timestamp;
+    use relaunch_api::report::RequestRef;
+    use relaunch_api::{ContainerRecreatePhase, RecreatePhase};
 
     fn progress(phase: RecreatePhase) -> RequestProgress {
         let mut c = ContainerProgress::new("db");
@@ -252,8 +252,8 @@ mod tests {
     /// and the kubelet restarted it before the agent came back.
     #[test]
     fn a_journal_written_before_the_shutdown_action_resumes_without_touching_the_new_container() {
-        use crate::agent::machine::{Decision, Observation, PodContainerView, RuntimeView, decide};
-        use crate::agent::plan::{ContainerPlan, ShutdownSource, ShutdownStep};
+        use crate::machine::{Decision, Observation, PodContainerView, RuntimeView, decide};
+        use crate::plan::{ContainerPlan, ShutdownSource, ShutdownStep};
         use std::time::Duration;
 
         let plan = ContainerPlan {

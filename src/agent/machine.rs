@@ -22,8 +22,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{ContainerPlan, RequestPlan};
-use crate::api::report::{RecreateReport, RequestRef};
-use crate::api::{
+use relaunch_api::report::{RecreateReport, RequestRef};
+use relaunch_api::{
     ContainerRecreatePhase, ContainerRecreateState, FailurePolicy, RecreatePhase, StepTimestamps,
 };
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, ContainerPort, LifecycleHandler, Pod};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{ContainerRecreateRequestSpec, FailurePolicy, HttpGetAction, ShutdownAction};
+use relaunch_api::{ContainerRecreateRequestSpec, FailurePolicy, HttpGetAction, ShutdownAction};
 
 /// Grace when neither the request nor the pod sets one (the API's default).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);

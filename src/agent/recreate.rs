@@ -22,24 +22,15 @@ use super::plan::{self, RequestPlan};
 use super::report::{CoordinatorClient, Reporter};
 use super::shutdown::{self, HookClient};
 use super::watch::Stores;
-use crate::api::report::{ReadinessRequest, RequestRef};
-use crate::api::{ContainerRecreateRequest, LABEL_POD_UID, RecreatePhase};
-use crate::cri::{ContainerState, CriError, RuntimeClient};
+use relaunch_api::report::{ReadinessRequest, RequestRef};
+use relaunch_api::{ContainerRecreateRequest, LABEL_POD_UID, RecreatePhase};
+use relaunch_cri::{ContainerState, CriError, RuntimeClient};
+
+use crate::failpoint::{self, Failpoint};
 
 /// How long the unready step keeps asking an unreachable coordinator when the request has no
 /// earlier deadline. Nothing is stopped without the coordinator's answer.
 pub const UNREADY_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Test bed only: when set, the agent aborts right after journaling a stop and before issuing
-/// it, so tests can prove the journal makes that crash safe.
-#[cfg(feature = "testbed")]
-pub const TESTBED_ABORT_AFTER_STOP_JOURNAL: &str = "RELAUNCH_TESTBED_ABORT_AFTER_STOP_JOURNAL";
-/// Test bed only: when set, the agent aborts right after a stop returned, before reporting it.
-pub const TESTBED_ABORT_AFTER_STOP: &str = "RELAUNCH_TESTBED_ABORT_AFTER_STOP";
-/// Test bed only: when set, the agent aborts right after the shutdown action returned (the
-/// application is exiting by itself), before recording that it ran.
-#[cfg(feature = "testbed")]
-pub const TESTBED_ABORT_DURING_SHUTDOWN: &str = "RELAUNCH_TESTBED_ABORT_DURING_SHUTDOWN";
 
 /// Everything a request's worker needs.
 pub struct Context {
@@ -460,11 +451,7 @@ async fn drive_container(
                         _ = ctx.stop.cancelled() => return Exit::Interrupted,
                         note = shutdown::run(&ctx.runtime, &ctx.hooks, &container_id, pod_ip.as_deref(), step, budget) => note,
                     };
-                    #[cfg(feature = "testbed")]
-                    if std::env::var_os(TESTBED_ABORT_DURING_SHUTDOWN).is_some() {
-                        // Test bed only: die like a SIGKILL while the application shuts down.
-                        std::process::abort();
-                    }
+                    failpoint::hit(Failpoint::DuringShutdown);
                     if let Some(note) = &note {
                         warn!("{note}");
                     }
@@ -475,20 +462,12 @@ async fn drive_container(
                     if !journal_before_acting(ctx, shared, idx, "nothing was stopped") {
                         continue;
                     }
-                    #[cfg(feature = "testbed")]
-                    if std::env::var_os(TESTBED_ABORT_AFTER_STOP_JOURNAL).is_some() {
-                        // Test bed only: die like a SIGKILL between the journal and the stop.
-                        std::process::abort();
-                    }
+                    failpoint::hit(Failpoint::AfterStopJournal);
                     info!(container_id = %container_id, grace_seconds = grace.as_secs(), "stopping");
                     // Not cancelled by SIGTERM: a stop in progress is finished.
                     match ctx.runtime.stop_container(&container_id, grace).await {
                         Ok(()) | Err(CriError::NotFound { .. }) => {
-                            #[cfg(feature = "testbed")]
-                            if std::env::var_os(TESTBED_ABORT_AFTER_STOP).is_some() {
-                                // Test bed only: die like a SIGKILL after the stop, before its report.
-                                std::process::abort();
-                            }
+                            failpoint::hit(Failpoint::AfterStop);
                             lock(shared).containers[idx].stop_done(Timestamp::now());
                         }
                         Err(e) if e.is_transient() => {

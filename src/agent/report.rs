@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::AgentMetrics;
-use crate::api::report::{
+use relaunch_api::report::{
     ErrorBody, READINESS_PATH, REPORTS_PATH, ReadinessAnswer, ReadinessRequest, RecreateReport,
 };
 
@@ -428,8 +428,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::RecreatePhase;
-    use crate::api::report::RequestRef;
+    use relaunch_api::RecreatePhase;
+    use relaunch_api::report::RequestRef;
 
     fn report(uid: &str, sequence: u64, phase: RecreatePhase) -> RecreateReport {
         RecreateReport {

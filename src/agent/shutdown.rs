@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::plan::{HttpTarget, ShutdownStep};
-use crate::cri::RuntimeClient;
+use relaunch_cri::RuntimeClient;
 
 /// Output kept from an exec'd shutdown command, for the message.
 const MAX_EXEC_OUTPUT: usize = 4 * 1024;

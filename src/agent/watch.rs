@@ -12,7 +12,7 @@ use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::AgentMetrics;
-use crate::api::{ContainerRecreateRequest, LABEL_NODE_NAME};
+use relaunch_api::{ContainerRecreateRequest, LABEL_NODE_NAME};
 
 /// The caches the agent works from.
 #[derive(Clone)]

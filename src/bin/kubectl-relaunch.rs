@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use relaunch::cli::{self, Cli};
+use relaunch_cli::Cli;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli::run(cli).await {
+    match relaunch_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

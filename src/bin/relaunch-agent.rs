@@ -4,16 +4,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use relaunch::agent::{self, AgentArgs};
-use relaunch::telemetry::notify::ServiceManager;
+use relaunch_agent::AgentArgs;
+use relaunch_telemetry::notify::ServiceManager;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = AgentArgs::parse();
-    relaunch::telemetry::init_logging(args.log_format, "info");
+    relaunch_telemetry::init_logging(args.log_format, "info");
     let shutdown = CancellationToken::new();
-    match relaunch::telemetry::cancel_on_signals(shutdown.clone()) {
+    match relaunch_telemetry::cancel_on_signals(shutdown.clone()) {
         Ok(()) => {}
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
         }
     }
     let service = Arc::new(ServiceManager::from_env());
-    match agent::run(args, shutdown, service).await {
+    match relaunch_agent::run(args, shutdown, service).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use relaunch::coordinator::rollout::lease::LeaderElection;
-use relaunch::coordinator::{self, Context, ReportListener, ServiceAccountRef, Settings, TlsFiles};
-use relaunch::telemetry::{self, LogFormat, admin};
+use relaunch_coordinator::rollout::lease::LeaderElection;
+use relaunch_coordinator::{Context, ReportListener, ServiceAccountRef, Settings, TlsFiles};
+use relaunch_telemetry::{LogFormat, admin};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -55,10 +55,10 @@ struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:8080")]
     admin_listen: SocketAddr,
     /// The agents' service account, NAMESPACE:NAME; only its tokens may report.
-    #[arg(long, default_value = coordinator::DEFAULT_AGENT_SERVICE_ACCOUNT)]
+    #[arg(long, default_value = relaunch_coordinator::DEFAULT_AGENT_SERVICE_ACCOUNT)]
     agent_service_account: ServiceAccountRef,
     /// Audience the agents' tokens must carry.
-    #[arg(long, default_value = relaunch::api::COORDINATOR_AUDIENCE)]
+    #[arg(long, default_value = relaunch_api::COORDINATOR_AUDIENCE)]
     audience: String,
     /// Fail a request still Pending or Recreating when its agent has not reported for this long
     /// (e.g. 300s, 5m).
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Crds { dir } => write_crds(dir),
         Command::Run(args) => {
-            telemetry::init_logging(args.log_format, "info");
+            relaunch_telemetry::init_logging(args.log_format, "info");
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -126,9 +126,9 @@ fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> Result<(), String> {
     let shutdown = CancellationToken::new();
-    relaunch::telemetry::cancel_on_signals(shutdown.clone())
+    relaunch_telemetry::cancel_on_signals(shutdown.clone())
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let client = relaunch::cluster::client(args.kubeconfig.as_deref()).await?;
+    let client = relaunch_telemetry::client::client(args.kubeconfig.as_deref()).await?;
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,
@@ -169,7 +169,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         admin = %args.admin_listen,
         "relaunch-coordinator starting"
     );
-    let result = coordinator::run(ctx, listener, health, shutdown.clone()).await;
+    let result = relaunch_coordinator::run(ctx, listener, health, shutdown.clone()).await;
     shutdown.cancel();
     let _ = admin_task.await;
     tracing::info!("relaunch-coordinator stopped");
@@ -177,7 +177,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
 }
 
 fn write_crds(dir: Option<PathBuf>) -> ExitCode {
-    for (file, yaml) in relaunch::api::crd_manifests() {
+    for (file, yaml) in relaunch_api::crd_manifests() {
         match &dir {
             Some(dir) => {
                 let path = dir.join(&file);

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::error::CliError;
 use super::parse::{self, RelaunchKind};
 use super::session::{Call, ROLLOUTS, Session};
-use crate::api::{RollingRestart, RolloutPhase};
+use relaunch_api::{RollingRestart, RolloutPhase};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RolloutName {
@@ -109,7 +109,7 @@ pub async fn run(session: &Session, control: Control, args: &RolloutName) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{RollingRestartSpec, RollingRestartStatus};
+    use relaunch_api::{RollingRestartSpec, RollingRestartStatus};
 
     fn rollout(paused: bool, abort: bool, phase: Option<RolloutPhase>) -> RollingRestart {
         let mut rr = RollingRestart::new("r", RollingRestartSpec::default());

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{OrdinalOrder, RoleOrder, RolloutOrder};
+use relaunch_api::{OrdinalOrder, RoleOrder, RolloutOrder};
 
 /// A workload kind a rollout can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

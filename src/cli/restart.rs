@@ -12,12 +12,12 @@ use super::parse;
 use super::progress::{seconds, short_id};
 use super::session::{Call, PODS, REQUESTS, Session};
 use super::wait::{View, follow};
-use crate::api::{
+use relaunch_api::{
     ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestContainer,
     ContainerRecreateRequestSpec, ContainerRecreateRequestStrategy, ContainerRecreateState,
     ExecAction, LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase, ShutdownAction,
 };
-use crate::coordinator::admission::{self, Admission};
+use relaunch_coordinator::admission::{self, Admission};
 
 /// After this long without any status, the wait says the coordinator may not be running.
 const NO_STATUS_HINT_AFTER: Duration = Duration::from_secs(10);
@@ -343,7 +343,7 @@ fn failure_message(message: Option<&str>, states: &[ContainerRecreateState]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ContainerRecreateRequestStatus;
+    use relaunch_api::ContainerRecreateRequestStatus;
     use serde_json::json;
 
     fn pod(node: Option<&str>) -> Pod {

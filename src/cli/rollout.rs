@@ -16,12 +16,12 @@ use super::progress::{bar, seconds};
 use super::restart::restartable_containers;
 use super::session::{Call, ROLLOUTS, ResourceKind, Session};
 use super::wait::{View, follow};
-use crate::api::{
+use relaunch_api::{
     ContainerRecreateRequestStrategy, ContainerShutdown, ExecAction, RollingRestart,
     RollingRestartSpec, RolloutOrder, RolloutPhase, RolloutStrategy, RolloutTarget, ShutdownAction,
     WorkloadRef,
 };
-use crate::coordinator::rollout::state::{CONDITION_BLOCKED, validate};
+use relaunch_coordinator::rollout::state::{CONDITION_BLOCKED, validate};
 
 /// After this long without any status, the wait says the coordinator may not be running.
 const NO_STATUS_HINT_AFTER: Duration = Duration::from_secs(10);
@@ -421,7 +421,7 @@ pub fn rollout_view(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::RollingRestartStatus;
+    use relaunch_api::RollingRestartStatus;
     use serde_json::json;
 
     fn template() -> PodSpec {

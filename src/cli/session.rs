@@ -9,7 +9,7 @@ use kube::Resource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use super::error::{CliError, root_cause};
-use crate::api::ContainerRecreateRequest;
+use relaunch_api::ContainerRecreateRequest;
 
 /// What the command line says about the cluster to use.
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -12,7 +12,7 @@ use super::error::CliError;
 use super::parse::{self, RelaunchKind};
 use super::progress::{bar, short_id};
 use super::session::{Call, REQUESTS, ROLLOUTS, Session};
-use crate::api::{ContainerRecreateRequest, LABEL_NODE_NAME, RollingRestart};
+use relaunch_api::{ContainerRecreateRequest, LABEL_NODE_NAME, RollingRestart};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
@@ -562,7 +562,7 @@ fn fields_text(fields: &[(&str, String)]) -> String {
         .collect()
 }
 
-fn conditions_text(conditions: &[crate::api::Condition]) -> String {
+fn conditions_text(conditions: &[relaunch_api::Condition]) -> String {
     if conditions.is_empty() {
         return String::new();
     }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::api::{ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID};
+use relaunch_api::{ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID};
 
 /// The longest duration a request may ask for (deadlines, grace periods, readiness waits).
 pub const MAX_DURATION_SECONDS: i64 = 24 * 60 * 60;
@@ -209,11 +209,11 @@ fn check_shutdown_actions(crr: &ContainerRecreateRequest) -> Result<(), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    use relaunch_api::{
         ContainerRecreateRequestContainer, ContainerRecreateRequestSpec,
         ContainerRecreateRequestStrategy, ExecAction, ShutdownAction,
     };
-    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
 
     fn pod() -> Pod {
         Pod {

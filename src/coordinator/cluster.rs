@@ -10,7 +10,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::api::{ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_POD_UID};
+use relaunch_api::{ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_POD_UID};
 
 use super::{Note, readiness};
 

@@ -17,7 +17,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{
+use relaunch_api::{
     ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_POD_UID, READINESS_GATE,
 };
 
@@ -547,8 +547,8 @@ async fn pod_still_there(ctx: &Context, crr: &ContainerRecreateRequest) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ContainerRecreateRequestSpec, RecreatePhase};
     use k8s_openapi::api::core::v1::{PodCondition, PodReadinessGate};
+    use relaunch_api::{ContainerRecreateRequestSpec, RecreatePhase};
     use std::collections::BTreeMap;
 
     fn held_pod(holder: &str) -> Pod {
@@ -711,8 +711,8 @@ mod tests {
 
     #[test]
     fn a_pruned_pod_gives_the_controllers_the_same_answers() {
-        use crate::api::{ContainerShutdown, RollingRestartSpec};
-        use crate::coordinator::rollout::state;
+        use crate::rollout::state;
+        use relaunch_api::{ContainerShutdown, RollingRestartSpec};
         let now: Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
         let full = full_pod("r1");
         let mut pruned = full.clone();

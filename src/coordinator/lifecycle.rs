@@ -6,7 +6,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::{
+use relaunch_api::{
     ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestStatus,
     LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase,
 };
@@ -259,7 +259,7 @@ pub fn failed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{
+    use relaunch_api::{
         ContainerRecreateRequestContainer, ContainerRecreateRequestSpec,
         ContainerRecreateRequestStrategy, ContainerRecreateState,
     };

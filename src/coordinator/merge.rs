@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::report::RecreateReport;
-use crate::api::{
+use relaunch_api::report::RecreateReport;
+use relaunch_api::{
     ContainerRecreatePhase, ContainerRecreateRequestSpec, ContainerRecreateRequestStatus,
     ContainerRecreateState, RecreatePhase, StepTimestamps,
 };
@@ -310,8 +310,8 @@ pub fn steps_between(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ContainerRecreateRequestContainer;
-    use crate::api::report::RequestRef;
+    use relaunch_api::ContainerRecreateRequestContainer;
+    use relaunch_api::report::RequestRef;
 
     fn spec(names: &[&str]) -> ContainerRecreateRequestSpec {
         ContainerRecreateRequestSpec {

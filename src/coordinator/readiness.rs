@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, PodCondition};
 use serde_json::{Value, json};
 
-use crate::api::READINESS_GATE;
+use relaunch_api::READINESS_GATE;
 
 /// Reason of the gate condition while a request holds the pod NotReady.
 pub const REASON_HELD: &str = "RecreateRequested";

@@ -8,8 +8,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use crate::api::report::{ReadinessAnswer, ReadinessRequest, RecreateReport, RequestRef};
-use crate::api::{
+use relaunch_api::report::{ReadinessAnswer, ReadinessRequest, RecreateReport, RequestRef};
+use relaunch_api::{
     ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_ROLLING_RESTART,
     READINESS_GATE, RecreatePhase,
 };
@@ -509,7 +509,7 @@ mod tests {
 
     #[test]
     fn a_rollouts_request_is_told_by_one_outcome_event() {
-        use crate::api::{ContainerRecreateRequestSpec, ContainerRecreateState};
+        use relaunch_api::{ContainerRecreateRequestSpec, ContainerRecreateState};
         use std::collections::BTreeMap;
         let mut crr = ContainerRecreateRequest::new(
             "r",

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::report::{
+use relaunch_api::report::{
     ErrorBody, ErrorDetail, MAX_BODY_BYTES, READINESS_PATH, REPORTS_PATH, ReadinessRequest,
     RecreateReport,
 };
@@ -164,7 +164,7 @@ async fn answer(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> 
 async fn handle_report(
     ctx: &Context,
     req: Request<Incoming>,
-) -> Result<(crate::api::ContainerRecreateRequestStatus, bool), Refusal> {
+) -> Result<(relaunch_api::ContainerRecreateRequestStatus, bool), Refusal> {
     require_post(&req)?;
     let node = authenticate(ctx, req.headers()).await?;
     let report: RecreateReport = read_json(req).await?;
@@ -175,7 +175,7 @@ async fn handle_report(
 async fn handle_readiness(
     ctx: &Context,
     req: Request<Incoming>,
-) -> Result<crate::api::report::ReadinessAnswer, Refusal> {
+) -> Result<relaunch_api::report::ReadinessAnswer, Refusal> {
     require_post(&req)?;
     let node = authenticate(ctx, req.headers()).await?;
     let request: ReadinessRequest = read_json(req).await?;

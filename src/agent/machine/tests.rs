@@ -1,5 +1,5 @@
 use super::*;
-use crate::agent::plan::{ShutdownSource, ShutdownStep};
+use crate::plan::{ShutdownSource, ShutdownStep};
 
 const OLD: &str = "containerd://aaa";
 const NEW: &str = "containerd://bbb";

@@ -28,14 +28,14 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{
+use crate::cluster::{FIELD_MANAGER, is_conflict};
+use crate::controller::{Caches, drive};
+use crate::{Context, CoordinatorError};
+use relaunch_api::{
     ANNOTATION_RESTART_AT, ContainerRecreateRequest, ContainerRecreateRequestContainer,
     ContainerRecreateRequestSpec, LABEL_NODE_NAME, LABEL_POD_UID, LABEL_ROLLING_RESTART,
     RollingRestart, RollingRestartStatus, RolloutPhase,
 };
-use crate::coordinator::cluster::{FIELD_MANAGER, is_conflict};
-use crate::coordinator::controller::{Caches, drive};
-use crate::coordinator::{Context, CoordinatorError};
 
 use super::planner::{self, Budget, TargetPod, WaitReason};
 use super::state::{self, Step};
@@ -863,7 +863,7 @@ impl Worker {
         status: &RollingRestartStatus,
     ) {
         for result in &status.pods {
-            if result.phase != crate::api::RecreatePhase::Failed {
+            if result.phase != relaunch_api::RecreatePhase::Failed {
                 continue;
             }
             let known = previous
@@ -1000,7 +1000,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{PodRestartResult, RecreatePhase};
+    use relaunch_api::{PodRestartResult, RecreatePhase};
 
     #[test]
     fn only_progress_counts_are_coalesced() {

@@ -13,7 +13,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinator::CoordinatorError;
+use crate::CoordinatorError;
 
 /// Where the Lease is and who this replica is.
 #[derive(Debug, Clone, PartialEq, Eq)]

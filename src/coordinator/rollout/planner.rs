@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::{OrdinalOrder, RoleOrder};
+use relaunch_api::{OrdinalOrder, RoleOrder};
 
 /// Where a target pod is in this rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{
+use relaunch_api::{
     Condition, ContainerRecreateRequest, LABEL_POD_UID, LABEL_ROLLING_RESTART, PodRestartResult,
     RecreatePhase, RollingRestartSpec, RollingRestartStatus, RolloutFailurePolicy, RolloutPhase,
 };
@@ -656,7 +656,7 @@ pub fn failed_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{RoleOrder, RolloutTarget, WorkloadRef};
+    use relaunch_api::{RoleOrder, RolloutTarget, WorkloadRef};
     use serde_json::json;
 
     fn sts_spec() -> RollingRestartSpec {
@@ -706,7 +706,7 @@ mod tests {
         spec = sts_spec();
         spec.strategy.partition = Some(3);
         assert_eq!(validate(&spec), Ok(()));
-        spec.strategy.order = Some(crate::api::RolloutOrder {
+        spec.strategy.order = Some(relaunch_api::RolloutOrder {
             ordinal: None,
             role: Some(RoleOrder::default()),
         });

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
-use crate::api::{
+use relaunch_api::{
     ANNOTATION_RESTART_AT, OrdinalOrder, RoleOrder, RollingRestartSpec, RolloutOrder,
     RolloutStrategy, RolloutTarget, WorkloadRef,
 };

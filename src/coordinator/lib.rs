@@ -31,8 +31,8 @@ use prometheus::Registry;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::COORDINATOR_AUDIENCE;
-use crate::telemetry::admin::Health;
+use relaunch_api::COORDINATOR_AUDIENCE;
+use relaunch_telemetry::admin::Health;
 
 pub use auth::ServiceAccountRef;
 pub use server::ReportListener;

@@ -14,7 +14,7 @@ pub mod sandbox;
 pub use containerd::Containerd;
 pub use image::{BUSYBOX, TEST_IMAGE, build_test_image};
 
-use crate::cri::CriError;
+use relaunch_cri::CriError;
 
 /// Why the test bed could not do what was asked.
 #[derive(Debug, thiserror::Error)]

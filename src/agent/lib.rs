@@ -7,6 +7,7 @@
 //! (pruned reflectors), [`recreate`] (one request's worker), [`report`] (HTTP to the
 //! coordinator), [`shutdown`] (exec/httpGet/sleep), and [`run`] (the scheduler and lifecycle).
 
+pub mod failpoint;
 pub mod journal;
 pub mod machine;
 pub mod metrics;
@@ -29,10 +30,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cri::{ClientConfig, CriMetrics, RuntimeClient};
-use crate::telemetry::LogFormat;
-use crate::telemetry::admin::{self, Health};
-use crate::telemetry::notify::{self, Heartbeat, ServiceManager};
+use relaunch_cri::{ClientConfig, CriMetrics, RuntimeClient};
+use relaunch_telemetry::LogFormat;
+use relaunch_telemetry::admin::{self, Health};
+use relaunch_telemetry::notify::{self, Heartbeat, ServiceManager};
 
 pub use metrics::AgentMetrics;
 
@@ -108,7 +109,7 @@ pub enum AgentError {
 }
 
 async fn kube_client(args: &AgentArgs) -> Result<kube::Client, AgentError> {
-    crate::cluster::client(args.kubeconfig.as_deref())
+    relaunch_telemetry::client::client(args.kubeconfig.as_deref())
         .await
         .map_err(AgentError::KubeConfig)
 }

@@ -43,7 +43,7 @@ use self::status::{StatusInputs, desired_status, status_patch};
 use self::template::{container_template, identity, pod_volumes_dir};
 use super::TestbedError;
 use super::pod::{self as testbed_pod, PodSandbox};
-use crate::cri::{ContainerState, RuntimeClient};
+use relaunch_cri::{ContainerState, RuntimeClient};
 
 /// Least time the runtime gets to stop a container after preStop, as the kubelet gives.
 const MIN_STOP_GRACE: Duration = Duration::from_secs(2);

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use super::backoff::{BackoffTable, backoff_key};
 use super::runtime::{Instance, PodRuntime};
-use crate::cri::ContainerState;
+use relaunch_cri::ContainerState;
 
 /// One container instance to create and start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,8 +252,8 @@ pub fn go_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testbed::kubelet::backoff::CrashLoopBackoff;
-    use crate::testbed::kubelet::runtime::Sandbox;
+    use crate::kubelet::backoff::CrashLoopBackoff;
+    use crate::kubelet::runtime::Sandbox;
     use serde_json::json;
     use std::time::UNIX_EPOCH;
 

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::apiserver::ApiServer;
 use super::{TestbedError, eventually};
-use crate::api::COORDINATOR_AUDIENCE;
+use relaunch_api::COORDINATOR_AUDIENCE;
 
 /// Namespace and service accounts relaunch runs under.
 pub const NAMESPACE: &str = "relaunch-system";
@@ -42,7 +42,7 @@ impl Binaries {
         for path in [&binaries.agent, &binaries.coordinator] {
             if !path.exists() {
                 return Err(TestbedError::Setup(format!(
-                    "{} is missing: build it with cargo build --features testbed --bins",
+                    "{} is missing: build the workspace with cargo build --bins",
                     path.display()
                 )));
             }

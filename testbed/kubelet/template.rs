@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 
-use crate::testbed::pod::{ContainerTemplate, PodIdentity};
+use crate::pod::{ContainerTemplate, PodIdentity};
 
 /// The pod's identity as the runtime gets it.
 pub fn identity(pod: &Pod) -> PodIdentity {

@@ -274,7 +274,7 @@ impl Sandbox {
 async fn install_crds(client: &kube::Client) -> Result<(), TestbedError> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, yaml) in crate::api::crd_manifests() {
+    for (_, yaml) in relaunch_api::crd_manifests() {
         let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)
             .map_err(|e| TestbedError::Setup(format!("generated CRD does not parse: {e}")))?;
         match crds.create(&PostParams::default(), &crd).await {

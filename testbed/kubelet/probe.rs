@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cri::RuntimeClient;
+use relaunch_cri::RuntimeClient;
 
 /// Probe timing and thresholds with the API's defaults applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

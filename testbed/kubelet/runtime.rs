@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1 as cri;
 
-use crate::cri::{ContainerState, RuntimeClient, annotations, labels};
-use crate::testbed::TestbedError;
+use crate::TestbedError;
+use relaunch_cri::{ContainerState, RuntimeClient, annotations, labels};
 
 /// One runtime instance of a pod's container.
 #[derive(Debug, Clone, PartialEq)]

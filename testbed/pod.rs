@@ -8,7 +8,7 @@ use k8s_cri::v1 as cri;
 
 use super::TestbedError;
 use super::image::TEST_IMAGE;
-use crate::cri::{RuntimeClient, annotations, labels};
+use relaunch_cri::{RuntimeClient, annotations, labels};
 
 /// The identity of a pod as the kubelet passes it to the runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]

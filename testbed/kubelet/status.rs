@@ -15,8 +15,8 @@ use serde_json::{Map, Value, json};
 
 use super::plan::{is_sidecar, is_terminal, restart_policy};
 use super::runtime::{Instance, PodRuntime};
-use crate::cri::ContainerState;
-use crate::testbed::TEST_IMAGE;
+use crate::TEST_IMAGE;
+use relaunch_cri::ContainerState;
 
 /// The pod conditions the kubelet owns; all others (readiness gates) belong to someone else.
 pub const OWNED_CONDITIONS: [&str; 4] = [
@@ -616,7 +616,7 @@ fn time(t: SystemTime) -> Time {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testbed::kubelet::runtime::Sandbox;
+    use crate::kubelet::runtime::Sandbox;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn at(s: u64) -> SystemTime {

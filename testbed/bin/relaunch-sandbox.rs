@@ -9,12 +9,12 @@ use clap::{Parser, Subcommand};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use relaunch::api::{
+use relaunch_api::{
     ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RollingRestart, RolloutPhase,
 };
-use relaunch::telemetry::{LogFormat, init_logging};
-use relaunch::testbed::processes::Binaries;
-use relaunch::testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_telemetry::{LogFormat, init_logging};
+use relaunch_testbed::processes::Binaries;
+use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
 
 #[derive(Parser)]
 #[command(
@@ -70,7 +70,7 @@ async fn main() -> ExitCode {
 async fn up(dir: PathBuf, nodes: usize, port: u16) -> Result<(), String> {
     // Handlers first: a SIGTERM while starting must still tear everything down.
     let shutdown = tokio_util::sync::CancellationToken::new();
-    relaunch::telemetry::cancel_on_signals(shutdown.clone())
+    relaunch_telemetry::cancel_on_signals(shutdown.clone())
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
@@ -245,7 +245,7 @@ async fn restart_in_place(client: kube::Client, pod: &Pod) -> Result<(), String>
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    if status.phase != relaunch::api::RecreatePhase::Succeeded {
+    if status.phase != relaunch_api::RecreatePhase::Succeeded {
         return Err(format!(
             "the recreate failed: {}",
             status.message.unwrap_or_default()

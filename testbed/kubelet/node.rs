@@ -9,8 +9,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::KubeletConfig;
-use crate::cri::RuntimeClient;
-use crate::testbed::TestbedError;
+use crate::TestbedError;
+use relaunch_cri::RuntimeClient;
 
 /// The Node object the kubelet registers: Ready, with the node IP as InternalIP.
 pub fn node_object(config: &KubeletConfig, runtime_version: &str, now: Time) -> Node {

@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 
 use super::TestbedError;
 use super::image::{BUSYBOX, TEST_IMAGE, build_test_image};
-use crate::cri::{ClientConfig, CriMetrics, RuntimeClient};
+use relaunch_cri::{ClientConfig, CriMetrics, RuntimeClient};
 
 /// How long containerd may take to answer CRI after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,6 +1,8 @@
-//! Logging set-up, the admin endpoint and service-manager notifications shared by the binaries.
+//! Process plumbing shared by the binaries: logging, signals, the admin endpoint, service-manager
+//! notifications and the Kubernetes client.
 
 pub mod admin;
+pub mod client;
 pub mod notify;
 
 use tracing_subscriber::EnvFilter;
