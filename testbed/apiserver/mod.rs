@@ -6,6 +6,7 @@ mod convert;
 mod error;
 mod http;
 mod patch;
+pub mod rbac;
 mod resources;
 mod selectors;
 mod store;
