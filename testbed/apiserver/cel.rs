@@ -152,7 +152,7 @@ const AUTHORIZER_FUNCTIONS: &[&str] = &[
 ];
 
 /// Given `root` and the fields selected on it, the first field its type does not have.
-pub type FieldLookup = dyn Fn(&str, &[&str]) -> Option<String>;
+pub type FieldLookup<'a> = dyn Fn(&str, &[&str]) -> Option<String> + 'a;
 
 /// What an expression may refer to when compiled.
 #[derive(Default)]
@@ -162,7 +162,7 @@ pub struct Declarations<'a> {
     /// Whether the authorizer library is available.
     pub authorizer: bool,
     /// Finds the first field of `root.f1.f2...` its type does not have (`None`: all defined).
-    pub undefined_field: Option<&'a FieldLookup>,
+    pub undefined_field: Option<&'a FieldLookup<'a>>,
 }
 
 /// A compiled expression.

@@ -83,6 +83,29 @@ impl ApiError {
         .with_details(rt, name)
     }
 
+    /// A 422 `Invalid` for object `name` of `kind` in `group` (qualified as upstream,
+    /// `Kind.group`), `summary` being its field errors and `causes` one Status cause each.
+    pub fn invalid_fields(
+        group: &str,
+        kind: &str,
+        name: &str,
+        summary: &str,
+        causes: Vec<Value>,
+    ) -> Self {
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let mut error = Self::new(
+            422,
+            "Invalid",
+            format!("{qualified} {name:?} is invalid: {summary}"),
+        );
+        error.details = Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}));
+        error
+    }
+
     pub fn bad_request(message: &str) -> Self {
         Self::new(400, "BadRequest", message.to_string())
     }

@@ -9,6 +9,7 @@ mod http;
 mod patch;
 pub mod rbac;
 mod resources;
+pub mod schema;
 mod selectors;
 mod store;
 mod table;
