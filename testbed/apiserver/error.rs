@@ -106,6 +106,19 @@ impl ApiError {
         error
     }
 
+    /// A refusal by an admission policy: `code` and `reason` as the policy's validation says,
+    /// `details` with the resource, name and causes.
+    pub fn admission_denied(
+        code: u16,
+        reason: &'static str,
+        message: String,
+        details: Value,
+    ) -> Self {
+        let mut error = Self::new(code, reason, message);
+        error.details = Some(details);
+        error
+    }
+
     pub fn bad_request(message: &str) -> Self {
         Self::new(400, "BadRequest", message.to_string())
     }

@@ -2,6 +2,7 @@
 //! over plain HTTP on a loopback port. See `docs/testbed.md` for what is faithful, approximated
 //! and missing.
 
+pub mod admission_policy;
 pub mod cel;
 mod convert;
 mod error;
