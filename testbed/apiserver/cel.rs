@@ -183,7 +183,7 @@ impl Expression {
     pub fn compile(source: &str, declarations: &Declarations) -> Result<Self, CelError> {
         let program = ENVIRONMENT
             .compile(source)
-            .map_err(|e| CelError::Compile(cel_go_snippets(&e.to_string(), source)))?;
+            .map_err(|e| CelError::Compile(cel_go_snippets(&e.to_string())))?;
         let mut checker = Checker {
             declarations,
             program: &program,
@@ -336,7 +336,7 @@ fn cel_go_error(error: &ExecutionError) -> String {
 }
 
 /// The crate's parse errors with cel-go's snippet layout (` | line` / ` | ..^`).
-fn cel_go_snippets(message: &str, _source: &str) -> String {
+fn cel_go_snippets(message: &str) -> String {
     message.replace("\n| ", "\n | ")
 }
 

@@ -621,6 +621,18 @@ fn check_openapi(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fie
                     ));
                 }
             }
+            if flag(schema, "x-kubernetes-embedded-resource") {
+                for envelope in ["kind", "apiVersion"] {
+                    if !map.contains_key(envelope) {
+                        errors.push(FieldError::new(
+                            FieldErrorType::Required,
+                            &child(path, envelope),
+                            None,
+                            "must not be empty".into(),
+                        ));
+                    }
+                }
+            }
             let size = map.len() as u64;
             if let Some(min) = schema["minProperties"].as_u64()
                 && size < min
@@ -1597,6 +1609,28 @@ mod tests {
         assert_eq!(
             check_crd_rules(&crd(json!([{"rule": "true", "fieldPath": ".nothing"}]))).len(),
             1
+        );
+    }
+
+    #[test]
+    fn embedded_resources_keep_their_envelope_and_need_kind_and_api_version() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "template": {"type": "object", "x-kubernetes-embedded-resource": true,
+                "properties": {"spec": {"type": "object", "properties": {"x": {"type": "string"}}}}}}}}});
+        let mut object = json!({"spec": {"template": {"apiVersion": "v1", "metadata": {"name": "t"}, "spec": {"x": "a", "y": 1}}}});
+        assert_eq!(
+            decode(&schema, &mut object, FieldValidation::Strict),
+            Err(vec!["spec.template.spec.y".to_string()])
+        );
+        assert_eq!(object["spec"]["template"]["metadata"]["name"], "t");
+        let errors: Vec<String> = validate(&schema, &object, None)
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            ["spec.template.kind: Required value: must not be empty"]
         );
     }
 
