@@ -10,16 +10,19 @@ use kube::ResourceExt;
 
 use relaunch_api::report::{ReadinessAnswer, ReadinessRequest, RecreateReport, RequestRef};
 use relaunch_api::{
-    ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_ROLLING_RESTART,
-    READINESS_GATE, RecreatePhase,
+    ContainerRecreateRequest, ContainerRecreateRequestStatus, READINESS_GATE, RecreatePhase,
 };
 
-use super::admission::{Admission, admit};
 use super::auth::{AuthFailure, NodeClaim, bearer_token, identify};
-use super::cluster::{is_conflict, object_reference};
-use super::merge::{Step, merge_report};
-use super::readiness::{GateChange, gate_change};
-use super::{Context, Note, lifecycle};
+use crate::admission::{Admission, admit};
+use crate::cluster::object_reference;
+use crate::context::Context;
+use crate::error::ClusterError;
+use crate::error_policy::error_policy;
+use crate::events::{self, Event, is_rollout_request};
+use crate::lifecycle;
+use crate::merge::merge_report;
+use crate::readiness::{GateChange, GateHolder, gate_change};
 
 /// How often a status write is retried after losing a race (409) before giving up with 503.
 const WRITE_ATTEMPTS: usize = 8;
@@ -93,8 +96,16 @@ impl Refusal {
     }
 }
 
-fn unavailable(what: &str, e: &kube::Error) -> Refusal {
-    Refusal::Unavailable(format!("{what}: {e}"))
+/// A call to the API server that failed while `action` (for the log) on `object`: the error
+/// policy logs and counts it; the agent is told `said` and to retry (503 with `Retry-After`).
+fn unavailable(
+    ctx: &Context,
+    (action, said): (&str, &str),
+    object: &dyn std::fmt::Display,
+    e: ClusterError,
+) -> Refusal {
+    error_policy(&ctx.metrics, action, object, &e);
+    Refusal::Unavailable(format!("{said}: {e}"))
 }
 
 /// The node the caller's token binds it to, or why it may not call.
@@ -110,7 +121,14 @@ pub async fn authenticate(ctx: &Context, headers: &HeaderMap) -> Result<String, 
         .cluster
         .review_token(token, &ctx.settings.audience)
         .await
-        .map_err(|e| unavailable("TokenReview failed", &e))?;
+        .map_err(|e| {
+            unavailable(
+                ctx,
+                ("reviewing an agent's token", "TokenReview failed"),
+                &"TokenReview",
+                e,
+            )
+        })?;
     let claim = identify(&review, &ctx.settings.audience, &ctx.settings.agents)
         .map_err(|f| auth_refusal(ctx, f))?;
     let node = match claim {
@@ -120,7 +138,15 @@ pub async fn authenticate(ctx: &Context, headers: &HeaderMap) -> Result<String, 
                 .cluster
                 .get_pod(&ctx.settings.agents.namespace, &name)
                 .await
-                .map_err(|e| unavailable("cannot read the agent's pod", &e))?;
+                .map_err(|e| {
+                    let object = format!("Pod {}/{name}", ctx.settings.agents.namespace);
+                    unavailable(
+                        ctx,
+                        ("reading the agent's pod", "cannot read the agent's pod"),
+                        &object,
+                        e,
+                    )
+                })?;
             let node = pod
                 .filter(|p| uid.is_none() || p.metadata.uid == uid)
                 .and_then(|p| p.spec.and_then(|s| s.node_name))
@@ -178,7 +204,15 @@ async fn authorize(
         .cluster
         .get_request(&r.namespace, &r.name)
         .await
-        .map_err(|e| unavailable("cannot read the request", &e))?
+        .map_err(|e| {
+            let object = format!("ContainerRecreateRequest {}/{}", r.namespace, r.name);
+            unavailable(
+                ctx,
+                ("reading the request", "cannot read the request"),
+                &object,
+                e,
+            )
+        })?
         .ok_or_else(|| {
             Refusal::NotFound(format!(
                 "ContainerRecreateRequest {}/{} not found",
@@ -209,13 +243,24 @@ async fn authorize(
         .cluster
         .get_pod(&r.namespace, pod_name)
         .await
-        .map_err(|e| unavailable("cannot read the pod", &e))?
+        .map_err(|e| {
+            let object = format!("Pod {}/{pod_name}", r.namespace);
+            unavailable(ctx, ("reading the pod", "cannot read the pod"), &object, e)
+        })?
         .ok_or_else(forbidden)?;
     let pod_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
     if pod_node != Some(node) {
         return Err(forbidden());
     }
     Ok((crr, pod))
+}
+
+fn request_object(crr: &ContainerRecreateRequest) -> String {
+    format!(
+        "ContainerRecreateRequest {}/{}",
+        crr.namespace().unwrap_or_default(),
+        crr.name_any()
+    )
 }
 
 /// The outcome of a report: the request's status afterwards and whether it was written.
@@ -231,46 +276,17 @@ pub async fn apply_report(
     report: &RecreateReport,
 ) -> Result<Applied, Refusal> {
     for _ in 0..WRITE_ATTEMPTS {
-        let (mut crr, pod) = authorize(ctx, node, &report.request).await?;
+        let (crr, pod) = authorize(ctx, node, &report.request).await?;
         let now = Timestamp::now();
-        ctx.activity.record(&report.request.uid, now);
-        let mut notes = Vec::new();
-        let base = match &crr.status {
-            Some(status) => status.clone(),
+        ctx.heartbeats.record(&report.request.uid, now);
+        let (crr, base) = match crr.status.clone() {
+            Some(status) => (crr, status),
             // The agent saw the request before admission did (the CLI labels requests at
             // creation): admit it here, with the pod just read.
-            None => match admit(&crr, Some(&pod)) {
-                Admission::Admit { labels } => {
-                    // Admission in the controller is skipped once a status exists: label here.
-                    if !labels.is_empty() {
-                        match ctx.cluster.add_labels(&crr, &labels).await {
-                            Ok(labelled) => crr = labelled,
-                            Err(e) if is_conflict(&e) => continue,
-                            Err(e) => return Err(unavailable("cannot label the request", &e)),
-                        }
-                    }
-                    ContainerRecreateRequestStatus {
-                        observed_generation: crr.metadata.generation,
-                        ..Default::default()
-                    }
-                }
-                Admission::Refuse { message } => {
-                    let status = lifecycle::failed(None, &message, now);
-                    match ctx.cluster.write_status(&crr, &status).await {
-                        Ok(_) => {
-                            ctx.metrics.crrs.with_label_values(&["refused"]).inc();
-                            let note = Note::warning("Refused", message);
-                            ctx.cluster
-                                .record(&crr, Some(object_reference(&pod)), vec![note]);
-                            return Ok(Applied {
-                                status,
-                                written: true,
-                            });
-                        }
-                        Err(e) if is_conflict(&e) => continue,
-                        Err(e) => return Err(unavailable("cannot write status", &e)),
-                    }
-                }
+            None => match admit_here(ctx, crr, &pod, now).await? {
+                Attempt::Done(Admitted::Admitted(admitted)) => *admitted,
+                Attempt::Done(Admitted::Refused(applied)) => return Ok(applied),
+                Attempt::Retry => continue,
             },
         };
         let merged = merge_report(&crr.spec, Some(&base), report, now)
@@ -281,142 +297,127 @@ pub async fn apply_report(
                 written: false,
             });
         }
-        match ctx.cluster.write_status(&crr, &merged.status).await {
-            Ok(_) => {
-                tracing::info!(
-                    request = %format!("{}/{}", report.request.namespace, report.request.name),
-                    node,
-                    sequence = report.sequence,
-                    phase = merged.status.phase.as_str(),
-                    "status updated from report"
-                );
-                if merged.status.phase.is_finished() {
-                    let result = match merged.status.phase {
-                        RecreatePhase::Succeeded => "succeeded",
-                        _ => "failed",
-                    };
-                    ctx.metrics.crrs.with_label_values(&[result]).inc();
-                }
-                if is_rollout_request(&crr) {
-                    notes.extend(outcome_note(&merged.steps, &crr, &merged.status));
-                } else {
-                    notes.extend(merged.steps.iter().map(|s| note_for(s, &crr)));
-                }
-                ctx.cluster
-                    .record(&crr, Some(object_reference(&pod)), notes);
-                return Ok(Applied {
-                    status: merged.status,
-                    written: true,
-                });
-            }
-            Err(e) if is_conflict(&e) => continue,
-            Err(e) => return Err(unavailable("cannot write status", &e)),
+        let write = ctx
+            .cluster
+            .write_status(&crr, crr.status.as_ref(), &merged.status)
+            .await;
+        if let Attempt::Retry = settle(ctx, WRITING_STATUS, &crr, write)? {
+            continue;
         }
+        tracing::info!(
+            request = %format!("{}/{}", report.request.namespace, report.request.name),
+            node,
+            sequence = report.sequence,
+            phase = merged.status.phase.as_str(),
+            "status updated from report"
+        );
+        if merged.status.phase.is_finished() {
+            let result = match merged.status.phase {
+                RecreatePhase::Succeeded => "succeeded",
+                _ => "failed",
+            };
+            ctx.metrics.crrs.with_label_values(&[result]).inc();
+        }
+        let events = if is_rollout_request(&crr) {
+            events::rollout_request_outcome(&merged.steps, &crr, &merged.status)
+                .into_iter()
+                .collect()
+        } else {
+            (merged.steps.iter())
+                .map(|s| events::for_step(s, &crr))
+                .collect()
+        };
+        ctx.cluster
+            .record(&crr, Some(object_reference(&pod)), events);
+        return Ok(Applied {
+            status: merged.status,
+            written: true,
+        });
     }
     Err(Refusal::Unavailable(
         "the request kept changing while the report was merged; retry".into(),
     ))
 }
 
-/// Whether a RollingRestart created the request: such requests are told by one outcome Event
-/// on their pod, not by an Event per step (a 1,000-pod rollout would write ~9,000 Events).
-pub fn is_rollout_request(crr: &ContainerRecreateRequest) -> bool {
-    crr.labels().contains_key(LABEL_ROLLING_RESTART)
+/// A write that either happened or lost a race and is taken again on a fresh read.
+enum Attempt<T> {
+    Done(T),
+    Retry,
 }
 
-/// The one Event of a RollingRestart's request, once it finished: `ContainerRestarted` naming
-/// each container restarted in place, or the `Failed` Warning.
-pub fn outcome_note(
-    steps: &[Step],
+/// What admitting a request in the report API came to.
+enum Admitted {
+    /// Admitted (labelled if needed): the request as it is now and its first status.
+    Admitted(Box<(ContainerRecreateRequest, ContainerRecreateRequestStatus)>),
+    /// Refused: its Failed status is written.
+    Refused(Applied),
+}
+
+/// A write's outcome: done, lost a race (retry on a fresh read), or failed (503: the agent
+/// retries). Either error goes through the error policy.
+fn settle<T>(
+    ctx: &Context,
+    (action, said): (&str, &str),
     crr: &ContainerRecreateRequest,
-    status: &ContainerRecreateRequestStatus,
-) -> Option<Note> {
-    let pod = &crr.spec.pod_name;
-    steps.iter().find_map(|step| match step {
-        Step::Failed { message } => Some(Note::warning("Failed", message.clone())),
-        Step::Succeeded => {
-            let id = |id: &Option<String>| id.clone().unwrap_or_else(|| "<unknown>".into());
-            let restarted: Vec<String> = status
-                .container_recreate_states
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{} {} -> {}{}",
-                        c.name,
-                        id(&c.previous_container_id),
-                        id(&c.new_container_id),
-                        c.restart_count
-                            .map(|n| format!(", restartCount {n}"))
-                            .unwrap_or_default()
-                    )
-                })
-                .collect();
-            Some(Note::normal(
-                "ContainerRestarted",
-                format!(
-                    "pod {pod} restarted in place by RollingRestart {}: {}",
-                    crr.labels()
-                        .get(LABEL_ROLLING_RESTART)
-                        .map_or("", String::as_str),
-                    restarted.join("; ")
-                ),
-            ))
+    written: Result<T, ClusterError>,
+) -> Result<Attempt<T>, Refusal> {
+    match written {
+        Ok(value) => Ok(Attempt::Done(value)),
+        Err(e) if e.is_conflict() => {
+            error_policy(&ctx.metrics, action, &request_object(crr), &e);
+            Ok(Attempt::Retry)
         }
-        _ => None,
-    })
+        Err(e) => Err(unavailable(ctx, (action, said), &request_object(crr), e)),
+    }
 }
 
-/// The Event for a step.
-pub fn note_for(step: &Step, crr: &ContainerRecreateRequest) -> Note {
-    let pod = &crr.spec.pod_name;
-    let id = |id: &Option<String>| id.clone().unwrap_or_else(|| "<unknown>".into());
-    match step {
-        Step::Started => {
-            let names: Vec<&str> = crr
-                .spec
-                .containers
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect();
-            Note::normal(
-                "Recreating",
-                format!(
-                    "recreating container{} {} of pod {pod} in place",
-                    if names.len() == 1 { "" } else { "s" },
-                    names.join(", ")
-                ),
-            )
+/// What a failed status write is logged as and what the agent is told.
+const WRITING_STATUS: (&str, &str) = ("writing status", "cannot write status");
+
+/// Admits a request that has no status yet, as the request controller would.
+async fn admit_here(
+    ctx: &Context,
+    crr: ContainerRecreateRequest,
+    pod: &Pod,
+    now: Timestamp,
+) -> Result<Attempt<Admitted>, Refusal> {
+    match admit(&crr, Some(pod)) {
+        Admission::Admit { labels } => {
+            // Admission in the controller is skipped once a status exists: label here.
+            let crr = if labels.is_empty() {
+                crr
+            } else {
+                match settle(
+                    ctx,
+                    ("labelling", "cannot label the request"),
+                    &crr,
+                    ctx.cluster.add_labels(&crr, &labels).await,
+                )? {
+                    Attempt::Done(labelled) => labelled,
+                    Attempt::Retry => return Ok(Attempt::Retry),
+                }
+            };
+            let status = ContainerRecreateRequestStatus {
+                observed_generation: crr.metadata.generation,
+                ..Default::default()
+            };
+            Ok(Attempt::Done(Admitted::Admitted(Box::new((crr, status)))))
         }
-        Step::ContainerStopped {
-            container,
-            previous_id,
-        } => Note::normal(
-            "ContainerStopped",
-            format!(
-                "stopped container {container} of pod {pod} ({})",
-                id(previous_id)
-            ),
-        ),
-        Step::ContainerRestarted {
-            container,
-            previous_id,
-            new_id,
-            restart_count,
-        } => Note::normal(
-            "ContainerRestarted",
-            format!(
-                "container {container} of pod {pod} restarted in place: {} -> {new_id}{}",
-                id(previous_id),
-                restart_count
-                    .map(|n| format!(", restartCount {n}"))
-                    .unwrap_or_default()
-            ),
-        ),
-        Step::Succeeded => Note::normal(
-            "Succeeded",
-            format!("recreated the requested containers of pod {pod}"),
-        ),
-        Step::Failed { message } => Note::warning("Failed", message.clone()),
+        Admission::Refuse { message } => {
+            let status = lifecycle::failed(None, &message, now);
+            let write = ctx.cluster.write_status(&crr, None, &status).await;
+            if let Attempt::Retry = settle(ctx, WRITING_STATUS, &crr, write)? {
+                return Ok(Attempt::Retry);
+            }
+            ctx.metrics.crrs.with_label_values(&["refused"]).inc();
+            let event = Event::warning("Refused", message);
+            ctx.cluster
+                .record(&crr, Some(object_reference(pod)), vec![event]);
+            Ok(Attempt::Done(Admitted::Refused(Applied {
+                status,
+                written: true,
+            })))
+        }
     }
 }
 
@@ -427,7 +428,8 @@ pub async fn apply_readiness(
     request: &ReadinessRequest,
 ) -> Result<ReadinessAnswer, Refusal> {
     let (crr, pod) = authorize(ctx, node, &request.request).await?;
-    ctx.activity.record(&request.request.uid, Timestamp::now());
+    ctx.heartbeats
+        .record(&request.request.uid, Timestamp::now());
     let (ns, name) = (&request.request.namespace, &request.request.name);
     let finished = crr.status.as_ref().is_some_and(|s| s.phase.is_finished());
     if finished && !request.ready {
@@ -435,7 +437,8 @@ pub async fn apply_readiness(
             "ContainerRecreateRequest {ns}/{name} is finished; its pod is not held NotReady any more"
         )));
     }
-    match gate_change(&pod, request.ready, ns, name) {
+    let holder = GateHolder::new(ns, name);
+    match gate_change(&pod, request.ready, &holder) {
         GateChange::NotGated => Ok(ReadinessAnswer {
             gated: false,
             message: Some(format!(
@@ -449,28 +452,23 @@ pub async fn apply_readiness(
         }),
         GateChange::Set { ready } => {
             ctx.cluster
-                .set_gate(ns, &pod.name_any(), ready, name)
+                .set_gate(&pod.name_any(), ready, &holder)
                 .await
-                .map_err(|e| unavailable("cannot update the pod's readiness gate", &e))?;
-            let note = if ready {
-                Note::normal(
-                    "ReadinessReleased",
-                    format!(
-                        "{READINESS_GATE} set True: pod {} may receive traffic again",
-                        pod.name_any()
-                    ),
-                )
-            } else {
-                Note::normal(
-                    "HeldNotReady",
-                    format!(
-                        "{READINESS_GATE} set False: pod {} is held NotReady before its containers are recreated",
-                        pod.name_any()
-                    ),
-                )
-            };
+                .map_err(|e| {
+                    let object = format!("Pod {ns}/{}", pod.name_any());
+                    unavailable(
+                        ctx,
+                        (
+                            "setting the readiness gate",
+                            "cannot update the pod's readiness gate",
+                        ),
+                        &object,
+                        e,
+                    )
+                })?;
+            let event = events::gate_set(ready, &pod.name_any());
             ctx.cluster
-                .record(&crr, Some(object_reference(&pod)), vec![note]);
+                .record(&crr, Some(object_reference(&pod)), vec![event]);
             Ok(ReadinessAnswer {
                 gated: true,
                 message: None,
@@ -505,63 +503,5 @@ mod tests {
         assert_eq!(Refusal::Forbidden(String::new()).status(), 403);
         assert_eq!(Refusal::PayloadTooLarge(1).status(), 413);
         assert_eq!(Refusal::NotFound(String::new()).reason(), "NotFound");
-    }
-
-    #[test]
-    fn a_rollouts_request_is_told_by_one_outcome_event() {
-        use relaunch_api::{ContainerRecreateRequestSpec, ContainerRecreateState};
-        use std::collections::BTreeMap;
-        let mut crr = ContainerRecreateRequest::new(
-            "r",
-            ContainerRecreateRequestSpec {
-                pod_name: "db-0".into(),
-                ..Default::default()
-            },
-        );
-        assert!(!is_rollout_request(&crr));
-        crr.metadata.labels = Some(BTreeMap::from([(
-            LABEL_ROLLING_RESTART.to_string(),
-            "db-restart".to_string(),
-        )]));
-        assert!(is_rollout_request(&crr));
-        let status = ContainerRecreateRequestStatus {
-            container_recreate_states: vec![ContainerRecreateState {
-                name: "db".into(),
-                previous_container_id: Some("containerd://old".into()),
-                new_container_id: Some("containerd://new".into()),
-                restart_count: Some(3),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let progress = [
-            Step::Started,
-            Step::ContainerStopped {
-                container: "db".into(),
-                previous_id: None,
-            },
-        ];
-        assert_eq!(outcome_note(&progress, &crr, &status), None);
-        let done = outcome_note(&[Step::Succeeded], &crr, &status).unwrap();
-        assert_eq!((done.warning, done.reason), (false, "ContainerRestarted"));
-        assert_eq!(
-            done.message,
-            "pod db-0 restarted in place by RollingRestart db-restart: db containerd://old -> containerd://new, restartCount 3"
-        );
-        let failed = outcome_note(
-            &[
-                Step::Started,
-                Step::Failed {
-                    message: "boom".into(),
-                },
-            ],
-            &crr,
-            &status,
-        )
-        .unwrap();
-        assert_eq!(
-            (failed.warning, failed.reason, failed.message.as_str()),
-            (true, "Failed", "boom")
-        );
     }
 }
