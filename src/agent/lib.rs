@@ -7,6 +7,8 @@
 //! (pruned reflectors), [`recreate`] (one request's worker), [`report`] (HTTP to the
 //! coordinator), [`shutdown`] (exec/httpGet/sleep), and [`run`] (the scheduler and lifecycle).
 
+pub mod error;
+pub mod error_policy;
 pub mod failpoint;
 pub mod journal;
 pub mod machine;
@@ -35,6 +37,7 @@ use relaunch_telemetry::LogFormat;
 use relaunch_telemetry::admin::{self, Health};
 use relaunch_telemetry::notify::{self, Heartbeat, ServiceManager};
 
+use error_policy::error_policy;
 pub use metrics::AgentMetrics;
 
 /// Default path of the projected service-account token for the coordinator.
@@ -118,6 +121,7 @@ async fn kube_client(args: &AgentArgs) -> Result<kube::Client, AgentError> {
 async fn connect_runtime(
     socket: Option<&PathBuf>,
     metrics: CriMetrics,
+    agent_metrics: &AgentMetrics,
     stop: &CancellationToken,
 ) -> Option<RuntimeClient> {
     let mut backoff = Duration::ZERO;
@@ -132,7 +136,7 @@ async fn connect_runtime(
             Ok(client) => return Some(client),
             Err(e) => {
                 backoff = report::next_backoff(backoff);
-                warn!(retry_in = ?backoff, "container runtime not available: {e}");
+                error_policy(agent_metrics, "container runtime not available", &e.into());
             }
         }
         tokio::select! {
@@ -190,7 +194,8 @@ pub async fn run(
         changes_tx,
         background.clone(),
     );
-    let Some(runtime) = connect_runtime(args.cri_socket.as_ref(), cri_metrics, &shutdown).await
+    let Some(runtime) =
+        connect_runtime(args.cri_socket.as_ref(), cri_metrics, &metrics, &shutdown).await
     else {
         service.stopping(STOPPING_STATUS);
         background.cancel();
@@ -227,7 +232,10 @@ pub async fn run(
     }
     match runtime.version().await {
         Ok(_) => set_ready(&health, &service, true),
-        Err(e) => warn!("the container runtime did not answer Version: {e}"),
+        Err(e) => {
+            let what = "the container runtime did not answer Version";
+            error_policy(&metrics, what, &e.into());
+        }
     }
     info!("watches synced; ready");
 
@@ -350,7 +358,7 @@ async fn schedule(
             let acknowledged = live.get(&uid).copied().unwrap_or(true);
             if acknowledged && !running.contains(&uid) {
                 if let Err(e) = ctx.journal.remove(&uid) {
-                    warn!("{e}");
+                    error_policy(&ctx.metrics, "journal", &e.into());
                 }
                 resumed.remove(&uid);
             }

@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
+use super::error_policy::error_policy;
 use super::journal::Journal;
 use super::machine::{
     self, Decision, Observation, PodContainerView, RequestProgress, RuntimeView, raw_id, since,
@@ -194,14 +195,14 @@ async fn run_request_inner(
         if exits.contains(&Exit::Interrupted) {
             let snapshot = lock(&shared).clone();
             if let Err(e) = ctx.journal.write(&snapshot) {
-                warn!("cannot checkpoint progress: {e}");
+                error_policy(&ctx.metrics, "cannot checkpoint progress", &e.into());
             }
             return Outcome::Interrupted;
         }
         if exits.contains(&Exit::Gone) {
             info!("the request was deleted or finished elsewhere; stopping work on it");
             if let Err(e) = ctx.journal.remove(&request.uid) {
-                warn!("{e}");
+                error_policy(&ctx.metrics, "journal", &e.into());
             }
             return Outcome::Gone;
         }
@@ -230,7 +231,7 @@ async fn run_request_inner(
     // Kept until the coordinator's status shows the request finished, so a restart between
     // here and the report's delivery never starts the request over.
     if let Err(e) = ctx.journal.write(&final_progress) {
-        warn!("cannot journal the result: {e}");
+        error_policy(&ctx.metrics, "cannot journal the result", &e.into());
     }
     ctx.reporter.submit(report);
     observe_durations(&ctx.metrics, &final_progress, started.elapsed());
@@ -392,7 +393,7 @@ async fn drive_container(
                 match runtime_view(&ctx.runtime, pod_uid, name, previous.as_deref()).await {
                     Ok(view) => obs.runtime = Some(view),
                     Err(e) => {
-                        warn!("cannot read the container from the runtime, retrying: {e}");
+                        error_policy(&ctx.metrics, "cannot read the container from the runtime, retrying", &e.into());
                         break Decision::Wait { recheck: Duration::from_secs(1) };
                     }
                 }
@@ -471,7 +472,7 @@ async fn drive_container(
                             lock(shared).containers[idx].stop_done(Timestamp::now());
                         }
                         Err(e) if e.is_transient() => {
-                            warn!("stopping failed, retrying: {e}");
+                            error_policy(&ctx.metrics, "stopping failed, retrying", &e.into());
                             tokio::select! {
                                 _ = ctx.stop.cancelled() => return Exit::Interrupted,
                                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -539,7 +540,7 @@ async fn ask_unready(
                     )));
                 }
                 backoff = super::report::next_backoff(backoff);
-                warn!(retry_in = ?backoff, "unready request failed: {e}");
+                error_policy(&ctx.metrics, "unready request failed, retrying", &e.into());
                 tokio::select! {
                     _ = ctx.stop.cancelled() => return Err(UnreadyFailure::Interrupted),
                     _ = tokio::time::sleep(backoff) => {}

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::error_policy::{Retry, ShellError, error_policy};
 use super::metrics::AgentMetrics;
 use relaunch_api::report::{
     ErrorBody, READINESS_PATH, REPORTS_PATH, ReadinessAnswer, ReadinessRequest, RecreateReport,
@@ -399,19 +400,25 @@ impl Reporter {
                     tracing::debug!(crr = %report.request.name, namespace = %report.request.namespace, phase = report.phase.as_str(), "report delivered");
                     lock(&self.queue).settle(uid, report.sequence);
                 }
-                Err(e) if e.is_transient() => {
-                    self.metrics.reports.with_label_values(&["retried"]).inc();
-                    backoff = next_backoff(backoff);
-                    tracing::warn!(crr = %report.request.name, namespace = %report.request.namespace, retry_in = ?backoff, "report not delivered: {e}");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                }
                 Err(e) => {
-                    self.metrics.reports.with_label_values(&["rejected"]).inc();
-                    tracing::error!(crr = %report.request.name, namespace = %report.request.namespace, "report dropped: {e}");
-                    lock(&self.queue).settle(uid, report.sequence);
+                    let span = tracing::info_span!("report", crr = %report.request.name, namespace = %report.request.namespace);
+                    let error = ShellError::from(e);
+                    let retry = span
+                        .in_scope(|| error_policy(&self.metrics, "report not delivered", &error));
+                    match retry {
+                        Retry::Later => {
+                            self.metrics.reports.with_label_values(&["retried"]).inc();
+                            backoff = next_backoff(backoff);
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                        }
+                        Retry::Never => {
+                            self.metrics.reports.with_label_values(&["rejected"]).inc();
+                            lock(&self.queue).settle(uid, report.sequence);
+                        }
+                    }
                 }
             }
             let depth = lock(&self.queue).len();
