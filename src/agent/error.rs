@@ -4,8 +4,8 @@
 
 use relaunch_cri::CriError;
 
+use crate::coordinator_client::CoordinatorError;
 use crate::journal::JournalError;
-use crate::report::CoordinatorError;
 
 /// An error the agent's shell met.
 #[derive(Debug, thiserror::Error)]

@@ -37,8 +37,8 @@ pub fn error_policy(metrics: &AgentMetrics, what: &str, error: &ShellError) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coordinator_client::CoordinatorError;
     use crate::journal::JournalError;
-    use crate::report::CoordinatorError;
     use prometheus::core::Collector;
 
     #[test]
