@@ -25,7 +25,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use relaunch_api::{ContainerRecreateRequest, LABEL_ROLLING_RESTART, RollingRestart, RolloutPhase};
+use relaunch_api::{
+    ANNOTATION_RESTART_AT, ContainerRecreateRequest, LABEL_ROLLING_RESTART, RollingRestart,
+    RolloutPhase,
+};
 
 use super::reconcile::{self, Action, Batch, Observed, Workload, describe};
 use crate::caches::{Caches, watch_into};
@@ -464,7 +467,18 @@ impl RolloutController {
         for rollout in triggered.create {
             match self.ctx.cluster.create_rollout(&rollout).await {
                 Ok(true) => {
-                    tracing::info!(rollout = %describe(&rollout), "rollout started by annotation")
+                    let workload = (rollout.owner_references().first())
+                        .map(|o| {
+                            format!(
+                                "{} {}/{}",
+                                o.kind,
+                                rollout.namespace().unwrap_or_default(),
+                                o.name
+                            )
+                        })
+                        .unwrap_or_default();
+                    let token = rollout.annotations().get(ANNOTATION_RESTART_AT).cloned();
+                    tracing::info!(%workload, token = token.unwrap_or_default(), rollout = %rollout.name_any(), "rollout started by annotation");
                 }
                 Ok(false) => {}
                 Err(e) => self.failed("creating the triggered rollout", &describe(&rollout), &e),
