@@ -114,7 +114,7 @@ impl Bed {
         } else {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                coordinator::server::serve(listener, ctx, shutdown).await;
+                coordinator::report_api::server::serve(listener, ctx, shutdown).await;
                 Ok(())
             })
         };

@@ -513,7 +513,8 @@ async fn readme_certificate_recipe_is_trusted_by_the_agent_for_the_service_name(
         cert: dir.path().join("tls.crt"),
         key: dir.path().join("tls.key"),
     };
-    let acceptor = relaunch_coordinator::tls::acceptor(&files).expect("the coordinator loads it");
+    let acceptor =
+        relaunch_coordinator::report_api::tls::acceptor(&files).expect("the coordinator loads it");
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(dir.path().join("ca.crt")).unwrap()
     {

@@ -4,9 +4,14 @@
 //! Pure parts: [`plan`] (checking a request against its pod), [`machine`] (the per-container
 //! state machine and the request's aggregation), [`order`] (one request per pod, in creation
 //! order), [`journal`] (encode/decode and recovery), [`report::ReportQueue`]. Shells: [`watch`]
-//! (pruned reflectors), [`recreate`] (one request's worker), [`report`] (HTTP to the
-//! coordinator), [`shutdown`] (exec/httpGet/sleep), and [`run`] (the scheduler and lifecycle).
+//! (pruned reflectors), [`recreate`] (one request's worker), [`report`] (the report queue's
+//! delivery), [`coordinator_client`] (HTTP to the coordinator), [`shutdown`]
+//! (exec/httpGet/sleep), and [`run`] (the scheduler and lifecycle). Errors the shells recover
+//! from go to [`error_policy`].
 
+pub mod coordinator_client;
+pub mod error;
+pub mod error_policy;
 pub mod failpoint;
 pub mod journal;
 pub mod machine;
@@ -35,6 +40,7 @@ use relaunch_telemetry::LogFormat;
 use relaunch_telemetry::admin::{self, Health};
 use relaunch_telemetry::notify::{self, Heartbeat, ServiceManager};
 
+use error_policy::error_policy;
 pub use metrics::AgentMetrics;
 
 /// Default path of the projected service-account token for the coordinator.
@@ -94,7 +100,7 @@ pub enum AgentError {
     #[error("cannot create the Kubernetes client: {0}")]
     KubeClient(#[from] kube::Error),
     #[error(transparent)]
-    Coordinator(#[from] report::CoordinatorError),
+    Coordinator(#[from] coordinator_client::CoordinatorError),
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
     #[error("cannot listen on {addr} for the admin endpoint: {source}")]
@@ -118,6 +124,7 @@ async fn kube_client(args: &AgentArgs) -> Result<kube::Client, AgentError> {
 async fn connect_runtime(
     socket: Option<&PathBuf>,
     metrics: CriMetrics,
+    agent_metrics: &AgentMetrics,
     stop: &CancellationToken,
 ) -> Option<RuntimeClient> {
     let mut backoff = Duration::ZERO;
@@ -132,7 +139,7 @@ async fn connect_runtime(
             Ok(client) => return Some(client),
             Err(e) => {
                 backoff = report::next_backoff(backoff);
-                warn!(retry_in = ?backoff, "container runtime not available: {e}");
+                error_policy(agent_metrics, "container runtime not available", &e.into());
             }
         }
         tokio::select! {
@@ -140,6 +147,26 @@ async fn connect_runtime(
             _ = tokio::time::sleep(backoff) => {}
         }
     }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `stop`.
+async fn serve_admin(
+    addr: SocketAddr,
+    registry: prometheus::Registry,
+    health: &Arc<Health>,
+    stop: &CancellationToken,
+) -> Result<(), AgentError> {
+    let listener = admin::bind(addr)
+        .await
+        .map_err(|source| AgentError::Admin { addr, source })?;
+    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoint listening");
+    tokio::spawn(admin::serve(
+        listener,
+        registry,
+        health.clone(),
+        stop.clone(),
+    ));
+    Ok(())
 }
 
 /// Runs the agent until `shutdown` is cancelled (SIGTERM), then finishes or checkpoints the
@@ -157,22 +184,10 @@ pub async fn run(
     let cri_metrics = CriMetrics::register(&registry)?;
     let health = Arc::new(Health::default());
     let background = CancellationToken::new();
-    let listener = admin::bind(args.admin_listen)
-        .await
-        .map_err(|source| AgentError::Admin {
-            addr: args.admin_listen,
-            source,
-        })?;
-    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoint listening");
-    tokio::spawn(admin::serve(
-        listener,
-        registry,
-        health.clone(),
-        background.clone(),
-    ));
+    serve_admin(args.admin_listen, registry, &health, &background).await?;
 
     let journal = journal::Journal::open(&args.state_dir)?;
-    let coordinator = report::CoordinatorClient::new(
+    let coordinator = coordinator_client::CoordinatorClient::new(
         &args.coordinator_url,
         args.coordinator_ca.as_deref(),
         args.token_file.clone(),
@@ -190,7 +205,8 @@ pub async fn run(
         changes_tx,
         background.clone(),
     );
-    let Some(runtime) = connect_runtime(args.cri_socket.as_ref(), cri_metrics, &shutdown).await
+    let Some(runtime) =
+        connect_runtime(args.cri_socket.as_ref(), cri_metrics, &metrics, &shutdown).await
     else {
         service.stopping(STOPPING_STATUS);
         background.cancel();
@@ -198,21 +214,7 @@ pub async fn run(
     };
     info!(socket = %runtime.socket().display(), node = %args.node_name, "connected to the container runtime");
 
-    // Journal: resume unfinished requests, redeliver results that may not have arrived.
-    let mut resumed = HashMap::new();
-    let mut done_here: HashSet<String> = HashSet::new();
-    for progress in journal.load()? {
-        match journal::recover(progress) {
-            journal::Recovery::Resume(p) => {
-                info!(crr = %p.request.name, namespace = %p.request.namespace, "found unfinished request in the journal");
-                resumed.insert(p.request.uid.clone(), p);
-            }
-            journal::Recovery::Redeliver(mut p) => {
-                done_here.insert(p.request.uid.clone());
-                reporter.submit(p.report());
-            }
-        }
-    }
+    let (resumed, done_here) = recover(&journal, &reporter)?;
 
     tokio::select! {
         _ = shutdown.cancelled() => {
@@ -227,7 +229,10 @@ pub async fn run(
     }
     match runtime.version().await {
         Ok(_) => set_ready(&health, &service, true),
-        Err(e) => warn!("the container runtime did not answer Version: {e}"),
+        Err(e) => {
+            let what = "the container runtime did not answer Version";
+            error_policy(&metrics, what, &e.into());
+        }
     }
     info!("watches synced; ready");
 
@@ -272,6 +277,29 @@ pub async fn run(
     background.cancel();
     info!("stopped");
     Ok(())
+}
+
+/// Reads the journal: unfinished requests to resume (by UID), and requests finished here whose
+/// results are queued again, as they may not have reached the coordinator.
+fn recover(
+    journal: &journal::Journal,
+    reporter: &report::Reporter,
+) -> Result<(HashMap<String, machine::RequestProgress>, HashSet<String>), AgentError> {
+    let mut resumed = HashMap::new();
+    let mut done_here: HashSet<String> = HashSet::new();
+    for progress in journal.load()? {
+        match journal::recover(progress) {
+            journal::Recovery::Resume(p) => {
+                info!(crr = %p.request.name, namespace = %p.request.namespace, "found unfinished request in the journal");
+                resumed.insert(p.request.uid.clone(), p);
+            }
+            journal::Recovery::Redeliver(mut p) => {
+                done_here.insert(p.request.uid.clone());
+                reporter.submit(p.report());
+            }
+        }
+    }
+    Ok((resumed, done_here))
 }
 
 /// The service manager's status line once SIGTERM arrived.
@@ -350,7 +378,7 @@ async fn schedule(
             let acknowledged = live.get(&uid).copied().unwrap_or(true);
             if acknowledged && !running.contains(&uid) {
                 if let Err(e) = ctx.journal.remove(&uid) {
-                    warn!("{e}");
+                    error_policy(&ctx.metrics, "journal", &e.into());
                 }
                 resumed.remove(&uid);
             }

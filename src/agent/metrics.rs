@@ -2,6 +2,8 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::error::ShellError;
+
 /// Everything the agent records, registered in the registry `/metrics` serves.
 #[derive(Clone)]
 pub struct AgentMetrics {
@@ -15,6 +17,9 @@ pub struct AgentMetrics {
     pub report_queue_depth: IntGauge,
     /// `relaunch_agent_watch_restarts_total{resource}`: pods | containerrecreaterequests.
     pub watch_restarts: IntCounterVec,
+    /// `relaunch_agent_errors_total{kind}`: errors the shell met, counted by
+    /// [`crate::error_policy`].
+    pub errors: IntCounterVec,
 }
 
 impl AgentMetrics {
@@ -27,6 +32,7 @@ impl AgentMetrics {
         registry.register(Box::new(m.reports.clone()))?;
         registry.register(Box::new(m.report_queue_depth.clone()))?;
         registry.register(Box::new(m.watch_restarts.clone()))?;
+        registry.register(Box::new(m.errors.clone()))?;
         Ok(m)
     }
 
@@ -72,6 +78,17 @@ impl AgentMetrics {
             ),
             &["resource"],
         )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "relaunch_agent_errors_total",
+                "Errors the agent recovered from or gave up on (watches, coordinator, container runtime, journal), by kind.",
+            ),
+            &["kind"],
+        )?;
+        // Present from the start, so `increase()` sees the first error of each kind.
+        for kind in ShellError::KINDS {
+            errors.with_label_values(&[kind]);
+        }
         Ok(Self {
             recreates,
             duration,
@@ -79,6 +96,7 @@ impl AgentMetrics {
             reports,
             report_queue_depth,
             watch_restarts,
+            errors,
         })
     }
 }

@@ -13,13 +13,15 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
+use super::coordinator_client::CoordinatorClient;
+use super::error_policy::error_policy;
 use super::journal::Journal;
 use super::machine::{
     self, Decision, Observation, PodContainerView, RequestProgress, RuntimeView, raw_id, since,
 };
 use super::metrics::AgentMetrics;
-use super::plan::{self, RequestPlan};
-use super::report::{CoordinatorClient, Reporter};
+use super::plan::{self, ContainerPlan, RequestPlan};
+use super::report::Reporter;
 use super::shutdown::{self, HookClient};
 use super::watch::Stores;
 use relaunch_api::report::{ReadinessRequest, RequestRef};
@@ -124,49 +126,9 @@ async fn run_request_inner(
         }
     };
     let now = Timestamp::now();
-    let mut progress = match resumed {
-        Some(p)
-            if p.pod_uid == pod_uid
-                && p.containers
-                    .iter()
-                    .map(|c| &c.name)
-                    .eq(plan.containers.iter().map(|c| &c.name)) =>
-        {
-            info!("resuming from the journal");
-            p
-        }
-        _ => RequestProgress::new(request.clone(), &pod_uid, &plan, now),
-    };
-    let created = crr
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0)
-        .or(progress.start_time)
-        .unwrap_or(now);
-    let deadline = plan.active_deadline.and_then(|d| {
-        created
-            .checked_add(jiff::SignedDuration::try_from(d).ok()?)
-            .ok()
-    });
-
-    let permit = match ctx.permits.clone().try_acquire_owned() {
-        Ok(permit) => Ok(permit),
-        Err(_) => {
-            // Tell the coordinator the request is accepted and waiting, not lost.
-            let mut queued = progress.report();
-            queued.phase = RecreatePhase::Pending;
-            queued.message = Some(
-                "queued: the node is recreating as many containers as --max-parallel allows".into(),
-            );
-            ctx.reporter.submit(queued);
-            tokio::select! {
-                _ = ctx.stop.cancelled() => return Outcome::Interrupted,
-                permit = ctx.permits.clone().acquire_owned() => permit,
-            }
-        }
-    };
-    let Ok(_permit) = permit else {
+    let mut progress = starting_progress(resumed, &request, &pod_uid, &plan, now);
+    let deadline = deadline_of(&crr, &plan, &progress, now);
+    let Some(_permit) = wait_for_permit(&ctx, &mut progress).await else {
         return Outcome::Interrupted;
     };
     ctx.metrics.in_flight.inc();
@@ -188,20 +150,20 @@ async fn run_request_inner(
         let exits = join_all(
             active
                 .into_iter()
-                .map(|idx| drive_container(&ctx, &shared, &plan, idx, &pod_uid, &crr, deadline)),
+                .map(|idx| run_container(&ctx, &shared, &plan, idx, &pod_uid, &crr, deadline)),
         )
         .await;
         if exits.contains(&Exit::Interrupted) {
             let snapshot = lock(&shared).clone();
             if let Err(e) = ctx.journal.write(&snapshot) {
-                warn!("cannot checkpoint progress: {e}");
+                error_policy(&ctx.metrics, "cannot checkpoint progress", &e.into());
             }
             return Outcome::Interrupted;
         }
         if exits.contains(&Exit::Gone) {
             info!("the request was deleted or finished elsewhere; stopping work on it");
             if let Err(e) = ctx.journal.remove(&request.uid) {
-                warn!("{e}");
+                error_policy(&ctx.metrics, "journal", &e.into());
             }
             return Outcome::Gone;
         }
@@ -214,9 +176,89 @@ async fn run_request_inner(
         }
     }
 
+    finish(&ctx, &shared, &plan, started)
+}
+
+/// The request's progress to start from: the journaled one if it is for this very pod and
+/// these containers, else a new one.
+fn starting_progress(
+    resumed: Option<RequestProgress>,
+    request: &RequestRef,
+    pod_uid: &str,
+    plan: &RequestPlan,
+    now: Timestamp,
+) -> RequestProgress {
+    match resumed {
+        Some(p)
+            if p.pod_uid == pod_uid
+                && p.containers
+                    .iter()
+                    .map(|c| &c.name)
+                    .eq(plan.containers.iter().map(|c| &c.name)) =>
+        {
+            info!("resuming from the journal");
+            p
+        }
+        _ => RequestProgress::new(request.clone(), pod_uid, plan, now),
+    }
+}
+
+/// When `activeDeadlineSeconds` runs out, counted from the request's creation.
+fn deadline_of(
+    crr: &ContainerRecreateRequest,
+    plan: &RequestPlan,
+    progress: &RequestProgress,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let created = crr
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or(progress.start_time)
+        .unwrap_or(now);
+    plan.active_deadline.and_then(|d| {
+        created
+            .checked_add(jiff::SignedDuration::try_from(d).ok()?)
+            .ok()
+    })
+}
+
+/// One of the node's `--max-parallel` permits; while waiting for one, the coordinator is told
+/// the request is queued. None when the agent stops first.
+async fn wait_for_permit(
+    ctx: &Context,
+    progress: &mut RequestProgress,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let permit = match ctx.permits.clone().try_acquire_owned() {
+        Ok(permit) => Ok(permit),
+        Err(_) => {
+            // Tell the coordinator the request is accepted and waiting, not lost.
+            let mut queued = progress.report();
+            queued.phase = RecreatePhase::Pending;
+            queued.message = Some(
+                "queued: the node is recreating as many containers as --max-parallel allows".into(),
+            );
+            ctx.reporter.submit(queued);
+            tokio::select! {
+                _ = ctx.stop.cancelled() => return None,
+                permit = ctx.permits.clone().acquire_owned() => permit,
+            }
+        }
+    };
+    permit.ok()
+}
+
+/// Settles the finished request: journals the result, queues the final report, counts it.
+fn finish(
+    ctx: &Context,
+    shared: &Mutex<RequestProgress>,
+    plan: &RequestPlan,
+    started: Instant,
+) -> Outcome {
     let report = {
-        let mut p = lock(&shared);
-        p.settle(&plan, Timestamp::now());
+        let mut p = lock(shared);
+        p.settle(plan, Timestamp::now());
         if !p.phase.is_finished() {
             // Every container finished, so settle finished the request; be explicit anyway.
             p.fail_all(
@@ -226,11 +268,11 @@ async fn run_request_inner(
         }
         p.report()
     };
-    let final_progress = lock(&shared).clone();
+    let final_progress = lock(shared).clone();
     // Kept until the coordinator's status shows the request finished, so a restart between
     // here and the report's delivery never starts the request over.
     if let Err(e) = ctx.journal.write(&final_progress) {
-        warn!("cannot journal the result: {e}");
+        error_policy(&ctx.metrics, "cannot journal the result", &e.into());
     }
     ctx.reporter.submit(report);
     observe_durations(&ctx.metrics, &final_progress, started.elapsed());
@@ -338,7 +380,21 @@ fn still_wanted(stores: &Stores, crr: &ContainerRecreateRequest) -> bool {
     })
 }
 
-async fn drive_container(
+/// One container of a request, carried through the state machine by [`run_container`].
+struct ContainerRun<'a> {
+    ctx: &'a Context,
+    shared: &'a Mutex<RequestProgress>,
+    plan: &'a RequestPlan,
+    cplan: &'a ContainerPlan,
+    idx: usize,
+    pod_uid: &'a str,
+    crr: &'a ContainerRecreateRequest,
+    deadline: Option<Timestamp>,
+}
+
+/// Carries container `idx` of the request through the state machine: observe, decide, act,
+/// until it finishes, the request or pod goes away, or the agent stops.
+async fn run_container(
     ctx: &Context,
     shared: &Mutex<RequestProgress>,
     plan: &RequestPlan,
@@ -350,144 +406,195 @@ async fn drive_container(
     let Some(cplan) = plan.containers.get(idx) else {
         return Exit::Finished;
     };
-    let name = cplan.name.as_str();
-    let span = tracing::info_span!("container", container = name);
-    async {
+    let run = ContainerRun {
+        ctx,
+        shared,
+        plan,
+        cplan,
+        idx,
+        pod_uid,
+        crr,
+        deadline,
+    };
+    let span = tracing::info_span!("container", container = cplan.name.as_str());
+    run.run().instrument(span).await
+}
+
+impl ContainerRun<'_> {
+    async fn run(&self) -> Exit {
+        let ctx = self.ctx;
         let mut changes = ctx.changes.clone();
         loop {
             if ctx.stop.is_cancelled() {
                 return Exit::Interrupted;
             }
-            if !still_wanted(&ctx.stores, crr) {
+            if !still_wanted(&ctx.stores, self.crr) {
                 return Exit::Gone;
             }
-            let Some(pod) = request_pod(&ctx.stores, crr).filter(|p| p.uid().as_deref() == Some(pod_uid)) else {
+            let Some(pod) = request_pod(&ctx.stores, self.crr)
+                .filter(|p| p.uid().as_deref() == Some(self.pod_uid))
+            else {
                 return Exit::PodGone;
             };
-            let mut obs = Observation {
-                now: Timestamp::now(),
-                pod: pod_view(&pod, name),
-                runtime: None,
-            };
-            let decision = loop {
-                let (decision, previous, report) = {
-                    let mut p = lock(shared);
-                    let before = p.visible();
-                    p.settle(plan, obs.now);
-                    let decision = match p.containers.get_mut(idx) {
-                        Some(c) => machine::decide(c, cplan, &obs, deadline),
-                        None => Decision::Finished,
-                    };
-                    p.settle(plan, obs.now);
-                    let previous = p.containers.get(idx).and_then(|c| c.previous_container_id.clone());
-                    let report = (p.visible() != before).then(|| p.report());
-                    (decision, previous, report)
-                };
-                if let Some(report) = report {
-                    ctx.reporter.submit(report);
-                }
-                if decision != Decision::ObserveRuntime || obs.runtime.is_some() {
-                    break decision;
-                }
-                match runtime_view(&ctx.runtime, pod_uid, name, previous.as_deref()).await {
-                    Ok(view) => obs.runtime = Some(view),
-                    Err(e) => {
-                        warn!("cannot read the container from the runtime, retrying: {e}");
-                        break Decision::Wait { recheck: Duration::from_secs(1) };
-                    }
-                }
-            };
-            match decision {
+            let exit = match self.decide(&pod).await {
                 Decision::Finished => return Exit::Finished,
-                Decision::ObserveRuntime => {}
+                Decision::ObserveRuntime => None,
                 Decision::Wait { recheck } => {
                     tokio::select! {
                         _ = ctx.stop.cancelled() => return Exit::Interrupted,
                         _ = changes.changed() => {}
                         _ = tokio::time::sleep(recheck.max(Duration::from_millis(10))) => {}
                     }
+                    None
                 }
-                Decision::RequestUnready => {
-                    let untouched = "the pod was not held NotReady and nothing was stopped";
-                    if !journal_before_acting(ctx, shared, idx, untouched) {
-                        continue;
-                    }
-                    let request = ReadinessRequest {
-                        request: lock(shared).request.clone(),
-                        ready: false,
+                Decision::RequestUnready => self.request_unready().await,
+                Decision::Shutdown {
+                    container_id,
+                    budget,
+                } => self.shut_down(&pod, &container_id, budget).await,
+                Decision::Stop {
+                    container_id,
+                    grace,
+                } => self.stop(&container_id, grace).await,
+            };
+            if let Some(exit) = exit {
+                return exit;
+            }
+        }
+    }
+
+    /// Observes the pod (and the runtime when the machine asks) and lets the machine decide;
+    /// a change the coordinator should see is reported.
+    async fn decide(&self, pod: &Pod) -> Decision {
+        let ctx = self.ctx;
+        let name = self.cplan.name.as_str();
+        let mut obs = Observation {
+            now: Timestamp::now(),
+            pod: pod_view(pod, name),
+            runtime: None,
+        };
+        loop {
+            let (decision, previous, report) = {
+                let mut p = lock(self.shared);
+                let before = p.visible();
+                p.settle(self.plan, obs.now);
+                let decision = match p.containers.get_mut(self.idx) {
+                    Some(c) => machine::decide(c, self.cplan, &obs, self.deadline),
+                    None => Decision::Finished,
+                };
+                p.settle(self.plan, obs.now);
+                let previous =
+                    (p.containers.get(self.idx)).and_then(|c| c.previous_container_id.clone());
+                let report = (p.visible() != before).then(|| p.report());
+                (decision, previous, report)
+            };
+            if let Some(report) = report {
+                ctx.reporter.submit(report);
+            }
+            if decision != Decision::ObserveRuntime || obs.runtime.is_some() {
+                return decision;
+            }
+            match runtime_view(&ctx.runtime, self.pod_uid, name, previous.as_deref()).await {
+                Ok(view) => obs.runtime = Some(view),
+                Err(e) => {
+                    let what = "cannot read the container from the runtime, retrying";
+                    error_policy(&ctx.metrics, what, &e.into());
+                    return Decision::Wait {
+                        recheck: Duration::from_secs(1),
                     };
-                    let give_up = Timestamp::now()
-                        .checked_add(jiff::SignedDuration::try_from(UNREADY_TIMEOUT).unwrap_or_default())
-                        .ok()
-                        .map(|t| deadline.map_or(t, |d| d.min(t)));
-                    match ask_unready(ctx, &request, give_up).await {
-                        Ok(gated) => {
-                            if !gated {
-                                warn!("the pod has no relaunch.dev/ready readiness gate: the unready step cannot hold traffic off");
-                            }
-                            lock(shared).containers[idx].unready_done(Timestamp::now());
-                        }
-                        Err(UnreadyFailure::Interrupted) => return Exit::Interrupted,
-                        Err(UnreadyFailure::Failed(message)) => {
-                            let mut p = lock(shared);
-                            p.containers[idx].fail(message, Timestamp::now());
-                        }
-                    }
-                }
-                Decision::Shutdown { container_id, budget } => {
-                    let Some((_, step)) = &cplan.shutdown else {
-                        lock(shared).containers[idx].shutdown_done(None);
-                        continue;
-                    };
-                    // The action can make the application exit and the kubelet restart it: record
-                    // durably which container it targets, so a resumed agent never acts on the
-                    // container's successor.
-                    let untouched = "the shutdown action did not run and nothing was stopped";
-                    if !journal_before_acting(ctx, shared, idx, untouched) {
-                        continue;
-                    }
-                    let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-                    let note = tokio::select! {
-                        _ = ctx.stop.cancelled() => return Exit::Interrupted,
-                        note = shutdown::run(&ctx.runtime, &ctx.hooks, &container_id, pod_ip.as_deref(), step, budget) => note,
-                    };
-                    failpoint::hit(Failpoint::DuringShutdown);
-                    if let Some(note) = &note {
-                        warn!("{note}");
-                    }
-                    lock(shared).containers[idx].shutdown_done(note);
-                }
-                Decision::Stop { container_id, grace } => {
-                    // Durably record what is about to be stopped before stopping it.
-                    if !journal_before_acting(ctx, shared, idx, "nothing was stopped") {
-                        continue;
-                    }
-                    failpoint::hit(Failpoint::AfterStopJournal);
-                    info!(container_id = %container_id, grace_seconds = grace.as_secs(), "stopping");
-                    // Not cancelled by SIGTERM: a stop in progress is finished.
-                    match ctx.runtime.stop_container(&container_id, grace).await {
-                        Ok(()) | Err(CriError::NotFound { .. }) => {
-                            failpoint::hit(Failpoint::AfterStop);
-                            lock(shared).containers[idx].stop_done(Timestamp::now());
-                        }
-                        Err(e) if e.is_transient() => {
-                            warn!("stopping failed, retrying: {e}");
-                            tokio::select! {
-                                _ = ctx.stop.cancelled() => return Exit::Interrupted,
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            }
-                        }
-                        Err(e) => {
-                            lock(shared).containers[idx]
-                                .fail(format!("StopContainer failed: {e}"), Timestamp::now());
-                        }
-                    }
                 }
             }
         }
     }
-    .instrument(span)
-    .await
+
+    /// Asks the coordinator to hold the pod NotReady (journaled first).
+    async fn request_unready(&self) -> Option<Exit> {
+        let untouched = "the pod was not held NotReady and nothing was stopped";
+        if !journal_before_acting(self.ctx, self.shared, self.idx, untouched) {
+            return None;
+        }
+        let request = ReadinessRequest {
+            request: lock(self.shared).request.clone(),
+            ready: false,
+        };
+        let give_up = Timestamp::now()
+            .checked_add(jiff::SignedDuration::try_from(UNREADY_TIMEOUT).unwrap_or_default())
+            .ok()
+            .map(|t| self.deadline.map_or(t, |d| d.min(t)));
+        match ask_unready(self.ctx, &request, give_up).await {
+            Ok(gated) => {
+                if !gated {
+                    warn!(
+                        "the pod has no relaunch.dev/ready readiness gate: the unready step cannot hold traffic off"
+                    );
+                }
+                lock(self.shared).containers[self.idx].unready_done(Timestamp::now());
+            }
+            Err(UnreadyFailure::Interrupted) => return Some(Exit::Interrupted),
+            Err(UnreadyFailure::Failed(message)) => {
+                let mut p = lock(self.shared);
+                p.containers[self.idx].fail(message, Timestamp::now());
+            }
+        }
+        None
+    }
+
+    /// Runs the container's shutdown action, if it has one (journaled first).
+    async fn shut_down(&self, pod: &Pod, container_id: &str, budget: Duration) -> Option<Exit> {
+        let ctx = self.ctx;
+        let Some((_, step)) = &self.cplan.shutdown else {
+            lock(self.shared).containers[self.idx].shutdown_done(None);
+            return None;
+        };
+        // The action can make the application exit and the kubelet restart it: record durably
+        // which container it targets, so a resumed agent never acts on the container's
+        // successor.
+        let untouched = "the shutdown action did not run and nothing was stopped";
+        if !journal_before_acting(ctx, self.shared, self.idx, untouched) {
+            return None;
+        }
+        let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let note = tokio::select! {
+            _ = ctx.stop.cancelled() => return Some(Exit::Interrupted),
+            note = shutdown::run(&ctx.runtime, &ctx.hooks, container_id, pod_ip.as_deref(), step, budget) => note,
+        };
+        failpoint::hit(Failpoint::DuringShutdown);
+        if let Some(note) = &note {
+            warn!("{note}");
+        }
+        lock(self.shared).containers[self.idx].shutdown_done(note);
+        None
+    }
+
+    /// Stops the container (journaled first); a stop in progress is finished even on SIGTERM.
+    async fn stop(&self, container_id: &str, grace: Duration) -> Option<Exit> {
+        let ctx = self.ctx;
+        // Durably record what is about to be stopped before stopping it.
+        if !journal_before_acting(ctx, self.shared, self.idx, "nothing was stopped") {
+            return None;
+        }
+        failpoint::hit(Failpoint::AfterStopJournal);
+        info!(container_id = %container_id, grace_seconds = grace.as_secs(), "stopping");
+        // Not cancelled by SIGTERM: a stop in progress is finished.
+        match ctx.runtime.stop_container(container_id, grace).await {
+            Ok(()) | Err(CriError::NotFound { .. }) => {
+                failpoint::hit(Failpoint::AfterStop);
+                lock(self.shared).containers[self.idx].stop_done(Timestamp::now());
+            }
+            Err(e) if e.is_transient() => {
+                error_policy(&ctx.metrics, "stopping failed, retrying", &e.into());
+                tokio::select! {
+                    _ = ctx.stop.cancelled() => return Some(Exit::Interrupted),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => {
+                lock(self.shared).containers[self.idx]
+                    .fail(format!("StopContainer failed: {e}"), Timestamp::now());
+            }
+        }
+        None
+    }
 }
 
 /// Durably records the request's progress (above all the container ID the next action targets)
@@ -539,7 +646,7 @@ async fn ask_unready(
                     )));
                 }
                 backoff = super::report::next_backoff(backoff);
-                warn!(retry_in = ?backoff, "unready request failed: {e}");
+                error_policy(&ctx.metrics, "unready request failed, retrying", &e.into());
                 tokio::select! {
                     _ = ctx.stop.cancelled() => return Err(UnreadyFailure::Interrupted),
                     _ = tokio::time::sleep(backoff) => {}

@@ -11,6 +11,7 @@ use kube::{Client, Resource};
 use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 
+use super::error_policy::{ShellError, error_policy};
 use super::metrics::AgentMetrics;
 use relaunch_api::{ContainerRecreateRequest, LABEL_NODE_NAME};
 
@@ -43,7 +44,7 @@ pub fn start(
         .default_backoff()
         .modify(prune_pod)
         .reflect(pods_writer);
-    tokio::spawn(drive(
+    tokio::spawn(run_watch(
         pod_events,
         "pods",
         metrics.clone(),
@@ -58,7 +59,7 @@ pub fn start(
         .default_backoff()
         .modify(prune_request)
         .reflect(requests_writer);
-    tokio::spawn(drive(
+    tokio::spawn(run_watch(
         request_events,
         "containerrecreaterequests",
         metrics,
@@ -68,7 +69,9 @@ pub fn start(
     Stores { pods, requests }
 }
 
-async fn drive<S, K>(
+/// Runs a watch stream (its reflector fills the store), counts re-lists, and announces every
+/// change on `changes`; its errors go to the error policy.
+async fn run_watch<S, K>(
     stream: S,
     resource: &'static str,
     metrics: AgentMetrics,
@@ -100,10 +103,11 @@ async fn drive<S, K>(
                 after_error = false;
                 changes.send_modify(|n| *n = n.wrapping_add(1));
             }
-            Some(Err(e)) => {
+            Some(Err(source)) => {
                 metrics.watch_restarts.with_label_values(&[resource]).inc();
                 after_error = true;
-                tracing::warn!(resource, "watch failed, retrying with back-off: {e}");
+                let error = ShellError::Watch { resource, source };
+                error_policy(&metrics, "watch failed, retrying with back-off", &error);
             }
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use relaunch_coordinator::rollout::lease::LeaderElection;
+use relaunch_coordinator::leader_election::LeaderElection;
 use relaunch_coordinator::{Context, ReportListener, ServiceAccountRef, Settings, TlsFiles};
 use relaunch_telemetry::{LogFormat, admin};
 use tokio_util::sync::CancellationToken;

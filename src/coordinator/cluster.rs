@@ -1,41 +1,45 @@
-//! The coordinator's Kubernetes I/O: every read and write it makes, in one narrow adapter.
+//! The coordinator's Kubernetes I/O: every read, watch and write it makes, in one narrow
+//! adapter. Errors come back as [`ClusterError`]; callers hand them to [`crate::error_policy`].
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::core::NamespaceResourceScope;
+use kube::runtime::events::{self as kube_events, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
 
-use relaunch_api::{ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_POD_UID};
+use relaunch_api::{ContainerRecreateRequest, LABEL_POD_UID, RollingRestart};
 
-use super::{Note, readiness};
+use crate::error::ClusterError;
+use crate::error_policy::error_policy;
+use crate::events::{Event, is_rollout_request};
+use crate::metrics::Metrics;
+use crate::readiness::{self, GateHolder};
 
 /// Field manager of every write.
 pub const FIELD_MANAGER: &str = "relaunch-coordinator";
-
-/// A write that lost a race: the object changed (409) since it was read.
-pub fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
-}
-
-/// Whether an API error means the object does not exist.
-pub fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
 
 /// Reads and writes the coordinator makes.
 #[derive(Clone)]
 pub struct Cluster {
     client: Client,
     recorder: Recorder,
+    /// For Events that could not be recorded (in the background, so nobody else sees the error).
+    metrics: Metrics,
 }
 
 impl Cluster {
-    pub fn new(client: Client, instance: &str) -> Self {
+    /// The adapter over `client`; Events name `instance` as their reporting instance.
+    pub fn new(client: Client, instance: &str, metrics: Metrics) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: Some(instance.to_string()),
@@ -43,11 +47,19 @@ impl Cluster {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            metrics,
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// A cluster-wide watch of `K` (feed it to a reflector).
+    pub fn watch<K>(
+        &self,
+        config: watcher::Config,
+    ) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        watcher(Api::<K>::all(self.client.clone()), config)
     }
 
     /// TokenReview of `token` for `audience`.
@@ -55,7 +67,7 @@ impl Cluster {
         &self,
         token: &str,
         audience: &str,
-    ) -> Result<TokenReviewStatus, kube::Error> {
+    ) -> Result<TokenReviewStatus, ClusterError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
@@ -69,57 +81,67 @@ impl Cluster {
         Ok(answer.status.unwrap_or_default())
     }
 
-    pub async fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, kube::Error> {
-        Api::<Pod>::namespaced(self.client.clone(), namespace)
+    /// The pod, if it exists.
+    pub async fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, ClusterError> {
+        Ok(Api::<Pod>::namespaced(self.client.clone(), namespace)
             .get_opt(name)
-            .await
+            .await?)
     }
 
+    /// The request, if it exists.
     pub async fn get_request(
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<ContainerRecreateRequest>, kube::Error> {
-        Api::<ContainerRecreateRequest>::namespaced(self.client.clone(), namespace)
-            .get_opt(name)
-            .await
-    }
-
-    fn requests(&self, crr: &ContainerRecreateRequest) -> Api<ContainerRecreateRequest> {
-        Api::namespaced(
-            self.client.clone(),
-            crr.metadata.namespace.as_deref().unwrap_or("default"),
+    ) -> Result<Option<ContainerRecreateRequest>, ClusterError> {
+        Ok(
+            Api::<ContainerRecreateRequest>::namespaced(self.client.clone(), namespace)
+                .get_opt(name)
+                .await?,
         )
     }
 
-    /// Replaces the request's status, only if the request is still at the version `crr` was read
-    /// at (409 otherwise: re-read and decide again).
-    pub async fn write_status(
+    /// The API of `object`'s kind in `object`'s namespace.
+    fn api_of<K>(&self, object: &K) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+    {
+        Api::namespaced(
+            self.client.clone(),
+            object.meta().namespace.as_deref().unwrap_or("default"),
+        )
+    }
+
+    /// Replaces `object`'s status `old` (as read) by `new`, only if the object is still at the
+    /// version it was read at (409 otherwise: re-read and decide again). The merge patch carries
+    /// what changed and clears what `new` dropped.
+    pub async fn write_status<K, S>(
         &self,
-        crr: &ContainerRecreateRequest,
-        status: &ContainerRecreateRequestStatus,
-    ) -> Result<ContainerRecreateRequest, kube::Error> {
-        let mut value = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
-        // A merge patch leaves absent fields alone: clear the ones the new status dropped (a
-        // message the latest report no longer has).
-        if let (Value::Object(new), Some(Ok(Value::Object(old)))) =
-            (&mut value, crr.status.as_ref().map(serde_json::to_value))
-        {
-            for key in old.keys() {
-                new.entry(key.clone()).or_insert(Value::Null);
-            }
-        }
+        object: &K,
+        old: Option<&S>,
+        new: &S,
+    ) -> Result<K, ClusterError>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+        S: Serialize,
+    {
+        let to_json = |s: &S| serde_json::to_value(s).map_err(kube::Error::SerdeError);
+        let old = old.map(to_json).transpose()?.unwrap_or(Value::Null);
         let patch = json!({
-            "metadata": {"resourceVersion": crr.resource_version()},
-            "status": value,
+            "metadata": {"resourceVersion": object.resource_version()},
+            "status": merge_patch(&old, &to_json(new)?),
         });
-        self.requests(crr)
+        Ok(self
+            .api_of(object)
             .patch_status(
-                &crr.name_any(),
+                &object.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
-            .await
+            .await?)
     }
 
     /// Adds labels to the request (at the version it was read at).
@@ -127,21 +149,22 @@ impl Cluster {
         &self,
         crr: &ContainerRecreateRequest,
         labels: &BTreeMap<String, String>,
-    ) -> Result<ContainerRecreateRequest, kube::Error> {
+    ) -> Result<ContainerRecreateRequest, ClusterError> {
         let patch = json!({
             "metadata": {"resourceVersion": crr.resource_version(), "labels": labels},
         });
-        self.requests(crr)
+        Ok(self
+            .api_of(crr)
             .patch(
                 &crr.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
-            .await
+            .await?)
     }
 
     /// Deletes the request, only if it is still the same object.
-    pub async fn delete_request(&self, crr: &ContainerRecreateRequest) -> Result<(), kube::Error> {
+    pub async fn delete_request(&self, crr: &ContainerRecreateRequest) -> Result<(), ClusterError> {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: crr.uid(),
@@ -149,106 +172,194 @@ impl Cluster {
             }),
             ..Default::default()
         };
-        match self.requests(crr).delete(&crr.name_any(), &params).await {
+        match self.api_of(crr).delete(&crr.name_any(), &params).await {
             Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => match ClusterError::from(e) {
+                ClusterError::NotFound(_) => Ok(()),
+                e => Err(e),
+            },
         }
     }
 
-    /// Sets the pod's `relaunch.dev/ready` condition on behalf of request `crr_ns/crr_name`.
+    /// Creates `request`; one that already exists (AlreadyExists, 409) counts as created: its
+    /// name is deterministic, so it is this very request, made earlier or by another leader.
+    pub async fn create_request(
+        &self,
+        request: &ContainerRecreateRequest,
+    ) -> Result<(), ClusterError> {
+        match self
+            .api_of(request)
+            .create(&PostParams::default(), request)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates `rollout`; false when it already exists (its name is derived from what started it).
+    pub async fn create_rollout(&self, rollout: &RollingRestart) -> Result<bool, ClusterError> {
+        match self
+            .api_of(rollout)
+            .create(&PostParams::default(), rollout)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sets the rollout's `spec.strategy.paused`: the switch a user flips, so resuming is the
+    /// user's ordinary unpause.
+    pub async fn pause_rollout(&self, rollout: &RollingRestart) -> Result<(), ClusterError> {
+        let patch = json!({"spec": {"strategy": {"paused": true}}});
+        self.api_of(rollout)
+            .patch(
+                &rollout.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sets the pod's `relaunch.dev/ready` condition on behalf of request `holder`.
     pub async fn set_gate(
         &self,
-        pod_namespace: &str,
         pod_name: &str,
         ready: bool,
-        crr_name: &str,
-    ) -> Result<(), kube::Error> {
-        let patch = readiness::gate_patch(ready, pod_namespace, crr_name, Timestamp::now());
-        Api::<Pod>::namespaced(self.client.clone(), pod_namespace)
-            .patch_status(pod_name, &PatchParams::default(), &Patch::Strategic(&patch))
+        holder: &GateHolder,
+    ) -> Result<(), ClusterError> {
+        let patch = readiness::gate_patch(ready, holder, Timestamp::now());
+        self.patch_pod_status(&holder.namespace, pod_name, &patch)
             .await
-            .map(|_| ())
     }
 
     /// Opens a gated pod's `relaunch.dev/ready` condition (sets it True for the first time).
-    pub async fn open_gate(&self, pod_namespace: &str, pod_name: &str) -> Result<(), kube::Error> {
+    pub async fn open_gate(&self, pod_namespace: &str, pod_name: &str) -> Result<(), ClusterError> {
         let patch = readiness::opening_patch(Timestamp::now());
-        Api::<Pod>::namespaced(self.client.clone(), pod_namespace)
-            .patch_status(pod_name, &PatchParams::default(), &Patch::Strategic(&patch))
-            .await
-            .map(|_| ())
+        self.patch_pod_status(pod_namespace, pod_name, &patch).await
     }
 
     /// Releases the gate of a pod held by request `holder` (in the pod's namespace), which no
     /// longer exists, only if the pod is still at `resource_version` (409 otherwise).
     pub async fn release_gone_holder(
         &self,
-        pod_namespace: &str,
         pod_name: &str,
-        holder: &str,
+        holder: &GateHolder,
         resource_version: &str,
-    ) -> Result<(), kube::Error> {
-        let patch =
-            readiness::holder_gone_patch(pod_namespace, holder, resource_version, Timestamp::now());
-        Api::<Pod>::namespaced(self.client.clone(), pod_namespace)
-            .patch_status(pod_name, &PatchParams::default(), &Patch::Strategic(&patch))
+    ) -> Result<(), ClusterError> {
+        let patch = readiness::holder_gone_patch(holder, resource_version, Timestamp::now());
+        self.patch_pod_status(&holder.namespace, pod_name, &patch)
             .await
-            .map(|_| ())
     }
 
-    /// Records `notes` on the request and on its pod (on the pod only for a RollingRestart's
+    async fn patch_pod_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<(), ClusterError> {
+        Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await?;
+        Ok(())
+    }
+
+    /// The Lease, if it exists.
+    pub async fn get_lease(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Lease>, ClusterError> {
+        Ok(Api::<Lease>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await?)
+    }
+
+    /// Creates the Lease (409 if another replica created it first).
+    pub async fn create_lease(&self, lease: &Lease) -> Result<(), ClusterError> {
+        self.api_of(lease)
+            .create(&PostParams::default(), lease)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces the Lease at the version it was read at (409 if another replica wrote it since).
+    pub async fn replace_lease(&self, lease: &Lease) -> Result<(), ClusterError> {
+        self.api_of(lease)
+            .replace(&lease.name_any(), &PostParams::default(), lease)
+            .await?;
+        Ok(())
+    }
+
+    /// Records `events` on the request and on its pod (on the pod only for a RollingRestart's
     /// request), in the background: Events are best effort and must not hold up an agent's
     /// report.
     pub fn record(
         &self,
         crr: &ContainerRecreateRequest,
         pod: Option<ObjectReference>,
-        notes: Vec<Note>,
+        events: Vec<Event>,
     ) {
         let pod_ref = pod.or_else(|| pod_reference(crr));
         // A RollingRestart's requests carry no Events of their own: their pod and the rollout
-        // tell what happened (see `reports::is_rollout_request`).
-        let on_request = !super::reports::is_rollout_request(crr);
+        // tell what happened (see `events::is_rollout_request`).
+        let on_request = !is_rollout_request(crr);
         let targets = on_request
             .then(|| crr.object_ref(&()))
             .into_iter()
             .chain(pod_ref)
             .collect();
-        self.publish(targets, notes);
+        self.publish(targets, events);
     }
 
-    /// Records `notes` on `pod` only, in the background.
-    pub fn record_on_pod(&self, pod: ObjectReference, notes: Vec<Note>) {
-        self.publish(vec![pod], notes);
+    /// Records `events` on `object` only (a pod, a rollout, a workload), in the background.
+    pub fn record_on(&self, object: ObjectReference, events: Vec<Event>) {
+        self.publish(vec![object], events);
     }
 
-    fn publish(&self, targets: Vec<ObjectReference>, notes: Vec<Note>) {
-        if notes.is_empty() {
+    fn publish(&self, targets: Vec<ObjectReference>, events: Vec<Event>) {
+        if events.is_empty() {
             return;
         }
         let recorder = self.recorder.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            for note in notes {
-                let event = Event {
-                    type_: if note.warning {
+            for event in events {
+                let published = kube_events::Event {
+                    type_: if event.warning {
                         EventType::Warning
                     } else {
                         EventType::Normal
                     },
-                    reason: note.reason.into(),
-                    note: Some(truncate(&note.message, 1000)),
-                    action: note.reason.into(),
+                    reason: event.reason.into(),
+                    note: Some(event.note()),
+                    action: event.reason.into(),
                     secondary: None,
                 };
                 for target in &targets {
-                    if let Err(e) = recorder.publish(&event, target).await {
-                        tracing::warn!(error = %e, reason = note.reason, "cannot record event");
+                    if let Err(e) = recorder.publish(&published, target).await {
+                        let object = described(target);
+                        let action = format!("recording Event {}", event.reason);
+                        error_policy(&metrics, &action, &object, &ClusterError::from(e));
                     }
                 }
             }
         });
     }
+}
+
+/// `Kind namespace/name` of a reference, for logs.
+fn described(reference: &ObjectReference) -> String {
+    format!(
+        "{} {}/{}",
+        reference.kind.as_deref().unwrap_or_default(),
+        reference.namespace.as_deref().unwrap_or_default(),
+        reference.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// A reference to the request's pod, from the request alone.
@@ -271,13 +382,78 @@ pub fn object_reference(pod: &Pod) -> ObjectReference {
     pod.object_ref(&())
 }
 
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`: changed and added fields with
+/// their new values, dropped fields as `null` (a merge patch leaves absent fields alone), nested
+/// objects compared field by field. Arrays are replaced whole, as a merge patch does.
+pub fn merge_patch(old: &Value, new: &Value) -> Value {
+    let (Value::Object(old), Value::Object(new)) = (old, new) else {
+        return new.clone();
+    };
+    let mut patch = Map::new();
+    for (key, value) in new {
+        match old.get(key) {
+            Some(previous) if previous == value => {}
+            Some(previous @ Value::Object(_)) if value.is_object() => {
+                patch.insert(key.clone(), merge_patch(previous, value));
+            }
+            _ => {
+                patch.insert(key.clone(), value.clone());
+            }
+        }
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
+    for key in old.keys() {
+        if !new.contains_key(key) {
+            patch.insert(key.clone(), Value::Null);
+        }
     }
-    format!("{}…", &text[..end])
+    Value::Object(patch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7386 `MergePatch(target, patch)`.
+    fn apply(target: &Value, patch: &Value) -> Value {
+        let Value::Object(patch) = patch else {
+            return patch.clone();
+        };
+        let mut target = match target {
+            Value::Object(t) => t.clone(),
+            _ => Map::new(),
+        };
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                let merged = apply(target.get(key).unwrap_or(&Value::Null), value);
+                target.insert(key.clone(), merged);
+            }
+        }
+        Value::Object(target)
+    }
+
+    #[test]
+    fn a_merge_patch_turns_the_old_status_into_the_new_one() {
+        let old = json!({
+            "phase": "Progressing", "message": "restarting db-1", "total": 3,
+            "currentBatch": ["db-1"], "nested": {"a": 1, "b": 2},
+        });
+        let new =
+            json!({"phase": "Succeeded", "total": 3, "nested": {"a": 1}, "completionTime": "t"});
+        let patch = merge_patch(&old, &new);
+        assert_eq!(apply(&old, &patch), new);
+        assert_eq!(
+            patch,
+            json!({"phase": "Succeeded", "message": null, "currentBatch": null,
+                   "nested": {"b": null}, "completionTime": "t"})
+        );
+    }
+
+    #[test]
+    fn a_first_status_is_written_whole_and_an_unchanged_one_is_empty() {
+        let new = json!({"phase": "Pending", "observedGeneration": 1});
+        assert_eq!(merge_patch(&Value::Null, &new), new);
+        assert_eq!(merge_patch(&new, &new), json!({}));
+    }
 }

@@ -1,5 +1,6 @@
 //! The `relaunch.dev/ready` readiness gate: whether a pod has it, who holds it, and the pod
-//! status patch that holds or releases it.
+//! status patch that holds or releases it. Who holds a pod is written into the gate
+//! condition's message and read back from it in one place, [`GateHolder`].
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, PodCondition};
@@ -18,6 +19,47 @@ pub const REASON_HOLDER_GONE: &str = "RecreateRequestDeleted";
 
 const HOLD_PREFIX: &str = "held NotReady by ContainerRecreateRequest ";
 
+/// The request holding a pod NotReady. It is kept in the gate condition's message (the pod is
+/// the only place that outlives the request), written by [`GateHolder::message`] and read back
+/// by [`GateHolder::from_message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateHolder {
+    /// The request's namespace (the pod's).
+    pub namespace: String,
+    /// The request's name.
+    pub name: String,
+}
+
+impl GateHolder {
+    /// Request `namespace/name`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The gate condition's message while this request holds the pod.
+    pub fn message(&self) -> String {
+        format!("{HOLD_PREFIX}{self}")
+    }
+
+    /// The holder named by a message [`GateHolder::message`] wrote; anything else is none.
+    pub fn from_message(message: &str) -> Option<Self> {
+        let (namespace, name) = message.strip_prefix(HOLD_PREFIX)?.split_once('/')?;
+        if namespace.is_empty() || name.is_empty() {
+            return None;
+        }
+        Some(Self::new(namespace, name))
+    }
+}
+
+impl std::fmt::Display for GateHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// Whether the pod lists `relaunch.dev/ready` in `spec.readinessGates`.
 pub fn has_gate(pod: &Pod) -> bool {
     pod.spec
@@ -34,33 +76,25 @@ pub fn gate_condition(pod: &Pod) -> Option<&PodCondition> {
         .and_then(|c| c.iter().find(|c| c.type_ == READINESS_GATE))
 }
 
-/// The condition message naming the request that holds the pod NotReady.
-pub fn hold_message(namespace: &str, name: &str) -> String {
-    format!("{HOLD_PREFIX}{namespace}/{name}")
-}
-
-/// The request (namespace, name) that holds the pod NotReady, when the coordinator set the
-/// condition False on its behalf.
-pub fn holder(pod: &Pod) -> Option<(String, String)> {
+/// The request that holds the pod NotReady, when the coordinator set the condition False on its
+/// behalf.
+pub fn holder(pod: &Pod) -> Option<GateHolder> {
     let c = gate_condition(pod)?;
     if c.status != "False" || c.reason.as_deref() != Some(REASON_HELD) {
         return None;
     }
-    let (namespace, name) = c
-        .message
-        .as_deref()?
-        .strip_prefix(HOLD_PREFIX)?
-        .split_once('/')?;
-    if namespace.is_empty() || name.is_empty() {
-        return None;
-    }
-    Some((namespace.to_string(), name.to_string()))
+    GateHolder::from_message(c.message.as_deref()?)
 }
 
-/// Whether request `namespace/name` holds the pod NotReady.
-pub fn is_held_by(pod: &Pod, namespace: &str, name: &str) -> bool {
+/// Whether request `holder` holds the pod NotReady.
+pub fn is_held_by(pod: &Pod, holder: &GateHolder) -> bool {
     gate_condition(pod).is_some_and(|c| {
-        c.status == "False" && c.message.as_deref() == Some(hold_message(namespace, name).as_str())
+        c.status == "False"
+            && c.message
+                .as_deref()
+                .and_then(GateHolder::from_message)
+                .as_ref()
+                == Some(holder)
     })
 }
 
@@ -75,15 +109,15 @@ pub enum GateChange {
     Set { ready: bool },
 }
 
-/// Decides what `ready` asked for by request `namespace/name` changes on `pod`.
-pub fn gate_change(pod: &Pod, ready: bool, namespace: &str, name: &str) -> GateChange {
+/// Decides what `ready` asked for by request `holder` changes on `pod`.
+pub fn gate_change(pod: &Pod, ready: bool, holder: &GateHolder) -> GateChange {
     if !has_gate(pod) {
         return GateChange::NotGated;
     }
     let done = match gate_condition(pod) {
         None => false,
         Some(c) if ready => c.status == "True",
-        Some(_) => is_held_by(pod, namespace, name),
+        Some(_) => is_held_by(pod, holder),
     };
     if done {
         GateChange::Unchanged
@@ -113,15 +147,10 @@ pub fn opening_patch(now: Timestamp) -> Value {
     })
 }
 
-/// The patch that releases a pod held by request `namespace/name`, which no longer exists. It
-/// applies only to pod version `resource_version` (409 otherwise), so a hold a new request
-/// takes meanwhile is never undone.
-pub fn holder_gone_patch(
-    namespace: &str,
-    name: &str,
-    resource_version: &str,
-    now: Timestamp,
-) -> Value {
+/// The patch that releases a pod held by request `holder`, which no longer exists. It applies
+/// only to pod version `resource_version` (409 otherwise), so a hold a new request takes
+/// meanwhile is never undone.
+pub fn holder_gone_patch(holder: &GateHolder, resource_version: &str, now: Timestamp) -> Value {
     json!({
         "metadata": {"resourceVersion": resource_version},
         "status": {
@@ -129,7 +158,7 @@ pub fn holder_gone_patch(
                 "type": READINESS_GATE,
                 "status": "True",
                 "reason": REASON_HOLDER_GONE,
-                "message": format!("released: ContainerRecreateRequest {namespace}/{name}, which held the pod NotReady, was deleted before it finished"),
+                "message": format!("released: ContainerRecreateRequest {holder}, which held the pod NotReady, was deleted before it finished"),
                 "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
             }]
         }
@@ -138,15 +167,15 @@ pub fn holder_gone_patch(
 
 /// The strategic merge patch on `pods/status` that sets the gate condition (other conditions,
 /// merged by `type`, stay as they are).
-pub fn gate_patch(ready: bool, namespace: &str, name: &str, now: Timestamp) -> Value {
+pub fn gate_patch(ready: bool, holder: &GateHolder, now: Timestamp) -> Value {
     let (status, reason, message) = if ready {
         (
             "True",
             REASON_RELEASED,
-            format!("released by ContainerRecreateRequest {namespace}/{name}"),
+            format!("released by ContainerRecreateRequest {holder}"),
         )
     } else {
-        ("False", REASON_HELD, hold_message(namespace, name))
+        ("False", REASON_HELD, holder.message())
     };
     json!({
         "status": {
@@ -164,6 +193,10 @@ pub fn gate_patch(ready: bool, namespace: &str, name: &str, now: Timestamp) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn r(name: &str) -> GateHolder {
+        GateHolder::new("ns", name)
+    }
     use k8s_openapi::api::core::v1::{PodReadinessGate, PodSpec, PodStatus};
 
     fn pod(gated: bool, condition: Option<(&str, &str)>) -> Pod {
@@ -213,11 +246,11 @@ mod tests {
     #[test]
     fn pod_without_gate_cannot_be_held() {
         assert_eq!(
-            gate_change(&pod(false, None), false, "ns", "r"),
+            gate_change(&pod(false, None), false, &r("r")),
             GateChange::NotGated
         );
         assert_eq!(
-            gate_change(&pod(false, None), true, "ns", "r"),
+            gate_change(&pod(false, None), true, &r("r")),
             GateChange::NotGated
         );
     }
@@ -225,39 +258,39 @@ mod tests {
     #[test]
     fn holding_writes_once() {
         assert_eq!(
-            gate_change(&pod(true, Some(("True", "x"))), false, "ns", "r"),
+            gate_change(&pod(true, Some(("True", "x"))), false, &r("r")),
             GateChange::Set { ready: false }
         );
-        let held = pod(true, Some(("False", &hold_message("ns", "r"))));
-        assert_eq!(gate_change(&held, false, "ns", "r"), GateChange::Unchanged);
-        assert!(is_held_by(&held, "ns", "r"));
-        assert!(!is_held_by(&held, "ns", "other"));
+        let held = pod(true, Some(("False", &r("r").message())));
+        assert_eq!(gate_change(&held, false, &r("r")), GateChange::Unchanged);
+        assert!(is_held_by(&held, &r("r")));
+        assert!(!is_held_by(&held, &r("other")));
         assert_eq!(
-            gate_change(&held, false, "ns", "other"),
+            gate_change(&held, false, &r("other")),
             GateChange::Set { ready: false }
         );
     }
 
     #[test]
     fn releasing_writes_once() {
-        let held = pod(true, Some(("False", &hold_message("ns", "r"))));
+        let held = pod(true, Some(("False", &r("r").message())));
         assert_eq!(
-            gate_change(&held, true, "ns", "r"),
+            gate_change(&held, true, &r("r")),
             GateChange::Set { ready: true }
         );
         assert_eq!(
-            gate_change(&pod(true, Some(("True", "x"))), true, "ns", "r"),
+            gate_change(&pod(true, Some(("True", "x"))), true, &r("r")),
             GateChange::Unchanged
         );
         assert_eq!(
-            gate_change(&pod(true, None), true, "ns", "r"),
+            gate_change(&pod(true, None), true, &r("r")),
             GateChange::Set { ready: true }
         );
     }
 
     #[test]
     fn the_holder_is_read_back_from_the_condition_the_coordinator_wrote() {
-        let mut held = pod(true, Some(("False", &hold_message("ns", "r"))));
+        let mut held = pod(true, Some(("False", &r("r").message())));
         assert_eq!(
             holder(&held),
             None,
@@ -268,9 +301,9 @@ mod tests {
                 Some(REASON_HELD.into());
         };
         condition(&mut held);
-        assert_eq!(holder(&held), Some(("ns".into(), "r".into())));
+        assert_eq!(holder(&held), Some(r("r")));
 
-        let mut released = pod(true, Some(("True", &hold_message("ns", "r"))));
+        let mut released = pod(true, Some(("True", &r("r").message())));
         condition(&mut released);
         assert_eq!(holder(&released), None);
         let mut garbled = pod(true, Some(("False", "held NotReady by someone")));
@@ -278,7 +311,7 @@ mod tests {
         assert_eq!(holder(&garbled), None);
         assert_eq!(holder(&pod(true, None)), None);
 
-        let p = holder_gone_patch("ns", "r", "42", Timestamp::UNIX_EPOCH);
+        let p = holder_gone_patch(&r("r"), "42", Timestamp::UNIX_EPOCH);
         assert_eq!(p["metadata"]["resourceVersion"], "42");
         assert_eq!(p["status"]["conditions"][0]["status"], "True");
         assert_eq!(p["status"]["conditions"][0]["reason"], REASON_HOLDER_GONE);
@@ -286,7 +319,7 @@ mod tests {
 
     #[test]
     fn patch_names_the_request() {
-        let p = gate_patch(false, "ns", "r", Timestamp::UNIX_EPOCH);
+        let p = gate_patch(false, &r("r"), Timestamp::UNIX_EPOCH);
         let c = &p["status"]["conditions"][0];
         assert_eq!(c["type"], READINESS_GATE);
         assert_eq!(c["status"], "False");
@@ -296,7 +329,22 @@ mod tests {
             "held NotReady by ContainerRecreateRequest ns/r"
         );
         assert_eq!(c["lastTransitionTime"], "1970-01-01T00:00:00Z");
-        let p = gate_patch(true, "ns", "r", Timestamp::UNIX_EPOCH);
+        let p = gate_patch(true, &r("r"), Timestamp::UNIX_EPOCH);
         assert_eq!(p["status"]["conditions"][0]["status"], "True");
+    }
+
+    #[test]
+    fn the_holder_reads_back_exactly_what_was_written() {
+        let holder = GateHolder::new("default", "db-restart-db-0-abcde");
+        assert_eq!(GateHolder::from_message(&holder.message()), Some(holder));
+        for foreign in [
+            "",
+            "held NotReady by someone",
+            "held NotReady by ContainerRecreateRequest ns",
+            "held NotReady by ContainerRecreateRequest /r",
+            "held NotReady by ContainerRecreateRequest ns/",
+        ] {
+            assert_eq!(GateHolder::from_message(foreign), None, "{foreign:?}");
+        }
     }
 }

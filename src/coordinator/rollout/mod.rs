@@ -1,11 +1,10 @@
-//! RollingRestart: in-place rolling restarts of whole workloads. The planner and [`state`] decide
-//! in pure code; [`controller`] acts on it; [`trigger`] turns workload annotations into rollouts;
-//! [`lease`] elects the replica that runs the controllers.
+//! RollingRestart: in-place rolling restarts of whole workloads. [`planner`] and [`state`] hold
+//! the rules, [`reconcile`] decides what one pass does for a rollout (and for the workload
+//! trigger, whose annotations [`trigger`] reads), all in pure code; [`controller`] gathers from
+//! the caches and applies the decisions.
 
 pub mod controller;
-pub mod lease;
 pub mod planner;
+pub mod reconcile;
 pub mod state;
 pub mod trigger;
-
-pub use controller::RolloutMetrics;

@@ -26,6 +26,85 @@ pub const MAX_POD_RESULTS: usize = 50;
 pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_BLOCKED: &str = "Blocked";
 
+/// The reason of a rollout's `Progressing` or `Blocked` condition. [`apply_step`] writes it and
+/// [`paused_for_failures`] reads it back, both through this type: one spelling per reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ConditionReason {
+    BatchStarted,
+    WaitingForReady,
+    WaitingForTarget,
+    BlockedByPDB,
+    BlockedByUnavailablePods,
+    /// Paused through `spec.strategy.paused` by a user.
+    Paused,
+    /// Paused because more pod restarts failed than `maxFailures` allows.
+    FailureThresholdReached,
+    Succeeded,
+    Failed,
+    NotBlocked,
+}
+
+impl ConditionReason {
+    /// Every reason.
+    pub const ALL: [ConditionReason; 10] = [
+        ConditionReason::BatchStarted,
+        ConditionReason::WaitingForReady,
+        ConditionReason::WaitingForTarget,
+        ConditionReason::BlockedByPDB,
+        ConditionReason::BlockedByUnavailablePods,
+        ConditionReason::Paused,
+        ConditionReason::FailureThresholdReached,
+        ConditionReason::Succeeded,
+        ConditionReason::Failed,
+        ConditionReason::NotBlocked,
+    ];
+
+    /// As written in the condition (and in the `reason` label of `relaunch_rollout_blocked`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionReason::BatchStarted => "BatchStarted",
+            ConditionReason::WaitingForReady => "WaitingForReady",
+            ConditionReason::WaitingForTarget => "WaitingForTarget",
+            ConditionReason::BlockedByPDB => "BlockedByPDB",
+            ConditionReason::BlockedByUnavailablePods => "BlockedByUnavailablePods",
+            ConditionReason::Paused => "Paused",
+            ConditionReason::FailureThresholdReached => "FailureThresholdReached",
+            ConditionReason::Succeeded => "Succeeded",
+            ConditionReason::Failed => "Failed",
+            ConditionReason::NotBlocked => "NotBlocked",
+        }
+    }
+
+    /// The reason a condition names, if it is one of ours.
+    pub fn parse(reason: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == reason)
+    }
+}
+
+/// Why the rollout cannot start a batch: the reason of its `Blocked` condition while True.
+pub fn blocked_reason(status: &RollingRestartStatus) -> Option<ConditionReason> {
+    let blocked = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_BLOCKED && c.status == "True")?;
+    ConditionReason::parse(blocked.reason.as_deref()?)
+}
+
+/// Why a step leaves the rollout unable to start a batch (none: it is not blocked).
+pub fn blocked_by(step: &Step) -> Option<ConditionReason> {
+    match step {
+        Step::Wait(WaitReason::BlockedByPDB(_)) => Some(ConditionReason::BlockedByPDB),
+        Step::Wait(WaitReason::BlockedByUnavailablePods) => {
+            Some(ConditionReason::BlockedByUnavailablePods)
+        }
+        Step::PauseForFailures | Step::Hold { failures: true } => {
+            Some(ConditionReason::FailureThresholdReached)
+        }
+        Step::Hold { failures: false } => Some(ConditionReason::Paused),
+        _ => None,
+    }
+}
+
 /// Longest RollingRestart name: it is the value of label `relaunch.dev/rolling-restart` on the
 /// requests the rollout creates, and label values are at most 63 characters.
 pub const MAX_NAME_LENGTH: usize = 63;
@@ -316,13 +395,11 @@ pub fn acknowledged_failures(
     }
 }
 
-/// Whether the rollout is paused because too many pod restarts failed.
-fn paused_for_failures(status: &RollingRestartStatus) -> bool {
+/// Whether the rollout is paused because too many pod restarts failed (rather than by a user):
+/// its `Blocked` condition says so.
+pub fn paused_for_failures(status: &RollingRestartStatus) -> bool {
     status.phase == RolloutPhase::Paused
-        && status
-            .conditions
-            .iter()
-            .any(|c| c.reason.as_deref() == Some("FailureThresholdReached"))
+        && blocked_reason(status) == Some(ConditionReason::FailureThresholdReached)
 }
 
 /// The status of a rollout whose target workload does not exist (yet), `missing` saying which:
@@ -363,7 +440,7 @@ pub fn waiting_for_target(
             c,
             CONDITION_PROGRESSING,
             true,
-            "WaitingForTarget",
+            ConditionReason::WaitingForTarget,
             missing,
             generation,
             now,
@@ -372,7 +449,7 @@ pub fn waiting_for_target(
             c,
             CONDITION_BLOCKED,
             false,
-            "NotBlocked",
+            ConditionReason::NotBlocked,
             "",
             generation,
             now,
@@ -446,7 +523,7 @@ pub fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
     status: bool,
-    reason: &str,
+    reason: ConditionReason,
     message: &str,
     generation: Option<i64>,
     now: Timestamp,
@@ -461,7 +538,7 @@ pub fn set_condition(
     let condition = Condition {
         type_: type_.into(),
         status: status.into(),
-        reason: Some(reason.into()),
+        reason: Some(reason.as_str().into()),
         message: Some(message.into()),
         last_transition_time: Some(transition),
         observed_generation: generation,
@@ -519,6 +596,68 @@ pub fn tally(
         .collect();
 }
 
+/// The phase, message and `Progressing` condition (status, reason) a step leads to.
+fn progress_of(
+    step: &Step,
+    status: &RollingRestartStatus,
+) -> (RolloutPhase, String, bool, ConditionReason) {
+    use ConditionReason as R;
+    match step {
+        Step::Fail(message) => (RolloutPhase::Failed, message.clone(), false, R::Failed),
+        Step::PauseForFailures | Step::Hold { failures: true } => (
+            RolloutPhase::Paused,
+            format!(
+                "paused: {} pod restarts failed; fix them, then set spec.strategy.paused to false",
+                status.failed
+            ),
+            false,
+            R::FailureThresholdReached,
+        ),
+        Step::Hold { failures: false } => (
+            RolloutPhase::Paused,
+            "paused: spec.strategy.paused is true".into(),
+            false,
+            R::Paused,
+        ),
+        Step::Wait(WaitReason::WaitingForReady) => (
+            RolloutPhase::Progressing,
+            format!(
+                "waiting for {} to be ready",
+                describe_batch(&status.current_batch)
+            ),
+            true,
+            R::WaitingForReady,
+        ),
+        Step::Wait(WaitReason::BlockedByPDB(pdb)) => (
+            RolloutPhase::Progressing,
+            format!("PodDisruptionBudget {pdb} allows no further disruption"),
+            true,
+            R::BlockedByPDB,
+        ),
+        Step::Wait(WaitReason::BlockedByUnavailablePods) => (
+            RolloutPhase::Progressing,
+            "pods unavailable for other reasons use up maxUnavailable".into(),
+            true,
+            R::BlockedByUnavailablePods,
+        ),
+        Step::Start { batch, .. } => (
+            RolloutPhase::Progressing,
+            format!("restarting {}", describe_batch(batch)),
+            true,
+            R::BatchStarted,
+        ),
+        Step::Succeed => (
+            RolloutPhase::Succeeded,
+            format!(
+                "restarted {} of {} pods ({} failed)",
+                status.restarted, status.total, status.failed
+            ),
+            false,
+            R::Succeeded,
+        ),
+    }
+}
+
 /// The status after `step`: phase, message and conditions (counts come from [`tally`]).
 pub fn apply_step(
     status: &mut RollingRestartStatus,
@@ -526,67 +665,15 @@ pub fn apply_step(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    let c = &mut status.conditions;
-    let (phase, message, progressing, blocked): (RolloutPhase, String, (bool, &str), Option<&str>) =
-        match step {
-            Step::Fail(message) => (
-                RolloutPhase::Failed,
-                message.clone(),
-                (false, "Failed"),
-                None,
-            ),
-            Step::PauseForFailures | Step::Hold { failures: true } => (
-                RolloutPhase::Paused,
-                format!(
-                    "paused: {} pod restarts failed; fix them, then set spec.strategy.paused to false",
-                    status.failed
-                ),
-                (false, "FailureThresholdReached"),
-                Some("FailureThresholdReached"),
-            ),
-            Step::Hold { failures: false } => (
-                RolloutPhase::Paused,
-                "paused: spec.strategy.paused is true".into(),
-                (false, "Paused"),
-                Some("Paused"),
-            ),
-            Step::Wait(WaitReason::WaitingForReady) => (
-                RolloutPhase::Progressing,
-                format!(
-                    "waiting for {} to be ready",
-                    describe_batch(&status.current_batch)
-                ),
-                (true, "WaitingForReady"),
-                None,
-            ),
-            Step::Wait(WaitReason::BlockedByPDB(pdb)) => (
-                RolloutPhase::Progressing,
-                format!("PodDisruptionBudget {pdb} allows no further disruption"),
-                (true, "BlockedByPDB"),
-                Some("BlockedByPDB"),
-            ),
-            Step::Wait(WaitReason::BlockedByUnavailablePods) => (
-                RolloutPhase::Progressing,
-                "pods unavailable for other reasons use up maxUnavailable".into(),
-                (true, "BlockedByUnavailablePods"),
-                Some("BlockedByUnavailablePods"),
-            ),
-            Step::Start { batch, limited_by } => (
-                RolloutPhase::Progressing,
-                format!("restarting {}", describe_batch(batch)),
-                (true, "BatchStarted"),
-                limited_by.as_deref().map(|_| "BlockedByPDB"),
-            ),
-            Step::Succeed => (
-                RolloutPhase::Succeeded,
-                format!(
-                    "restarted {} of {} pods ({} failed)",
-                    status.restarted, status.total, status.failed
-                ),
-                (false, "Succeeded"),
-                None,
-            ),
-        };
+    let (phase, message, progressing, progress_reason) = progress_of(step, status);
+    // A batch a budget kept small is started, and blocked from growing.
+    let blocked = match step {
+        Step::Start {
+            limited_by: Some(_),
+            ..
+        } => Some(ConditionReason::BlockedByPDB),
+        _ => blocked_by(step),
+    };
     let blocked_message = match (step, blocked) {
         (
             Step::Start {
@@ -600,11 +687,12 @@ pub fn apply_step(
         (_, Some(_)) => message.clone(),
         (_, None) => String::new(),
     };
+    let c = &mut status.conditions;
     set_condition(
         c,
         CONDITION_PROGRESSING,
-        progressing.0,
-        progressing.1,
+        progressing,
+        progress_reason,
         &message,
         generation,
         now,
@@ -613,7 +701,7 @@ pub fn apply_step(
         c,
         CONDITION_BLOCKED,
         blocked.is_some(),
-        blocked.unwrap_or("NotBlocked"),
+        blocked.unwrap_or(ConditionReason::NotBlocked),
         &blocked_message,
         generation,
         now,
@@ -995,7 +1083,7 @@ mod tests {
             &mut conditions,
             "Blocked",
             true,
-            "BlockedByPDB",
+            ConditionReason::BlockedByPDB,
             "a",
             None,
             t0,
@@ -1004,7 +1092,7 @@ mod tests {
             &mut conditions,
             "Blocked",
             true,
-            "BlockedByPDB",
+            ConditionReason::BlockedByPDB,
             "b",
             None,
             t1,
@@ -1014,7 +1102,7 @@ mod tests {
             &mut conditions,
             "Blocked",
             false,
-            "NotBlocked",
+            ConditionReason::NotBlocked,
             "",
             None,
             t1,
@@ -1037,5 +1125,26 @@ mod tests {
             (2, 1, 1)
         );
         assert_eq!(status.current_batch, vec!["db-1".to_string()]);
+    }
+
+    #[test]
+    fn condition_reasons_read_back_as_written_also_from_older_objects() {
+        for reason in ConditionReason::ALL {
+            assert_eq!(ConditionReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(ConditionReason::parse("SomethingElse"), None);
+        // A rollout paused for failures before the reasons were typed reads the same.
+        let old: RollingRestartStatus = serde_json::from_value(json!({
+            "phase": "Paused",
+            "conditions": [
+                {"type": "Progressing", "status": "False", "reason": "FailureThresholdReached"},
+                {"type": "Blocked", "status": "True", "reason": "FailureThresholdReached"},
+            ],
+        }))
+        .unwrap();
+        assert!(paused_for_failures(&old));
+        let mut by_user = old.clone();
+        by_user.conditions[1].reason = Some("Paused".into());
+        assert!(!paused_for_failures(&by_user));
     }
 }

@@ -1,30 +1,34 @@
-//! The controllers: admission of new requests and their lifecycle (deadline, pod gone, silent
-//! agent, readiness-gate release, TTL). Watches feed two caches; every pass decides, per request,
-//! with the pure functions of [`super::admission`] and [`super::lifecycle`], then acts through
-//! [`super::cluster`]. Every write is conditional on the version decided on, so a decision taken
-//! on a stale cache fails harmlessly (409) and is taken again on fresh data.
+//! The request controller: admission of new requests and their lifecycle (deadline, pod gone,
+//! silent agent, readiness-gate release, TTL). The shared caches feed it; every pass gathers and
+//! decides, per request and per gated pod, with the pure functions of [`crate::admission`],
+//! [`crate::lifecycle`] and [`crate::readiness`], then applies the [`Action`]s through
+//! [`crate::cluster`]; what fails goes to [`crate::error_policy`]. Every write is conditional on
+//! the version decided on, so a decision taken on a stale cache fails harmlessly (409) and is
+//! taken again on fresh data.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, ResourceExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use relaunch_api::{
-    ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_POD_UID, READINESS_GATE,
-};
+use relaunch_api::{ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_POD_UID};
 
-use super::admission::{Admission, admit};
-use super::cluster::{is_conflict, object_reference, pod_reference};
-use super::lifecycle::{self, Decision, FailReason, Observed, PodView, Predecessor, decide};
-use super::{Context, CoordinatorError, Note, readiness};
+use crate::admission::{Admission, admit};
+use crate::caches::Caches;
+use crate::cluster::{object_reference, pod_reference};
+use crate::context::Context;
+use crate::error::{ClusterError, CoordinatorError};
+use crate::error_policy::error_policy;
+use crate::events::{self, Event};
+use crate::lifecycle::{self, Decision, FailReason, Observed, PodView, Predecessor, decide};
+use crate::readiness::{self, GateHolder};
 
 /// Longest sleep between passes (time-based decisions are re-checked at least this often).
 const MAX_IDLE: Duration = Duration::from_secs(30);
@@ -36,48 +40,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Actions run concurrently in one pass.
 const CONCURRENCY: usize = 8;
 
-/// The pod and request caches the CRR controllers and the rollout controller share: one watch
-/// each, cluster-wide, pods pruned to what the controllers read.
-#[derive(Clone)]
-pub struct Caches {
-    pub pods: Store<Pod>,
-    pub requests: Store<ContainerRecreateRequest>,
-}
-
-impl Caches {
-    /// Waits until both caches are filled.
-    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        tokio::try_join!(
-            self.requests.wait_until_ready(),
-            self.pods.wait_until_ready()
-        )
-        .map(|_| ())
-    }
-}
-
-/// Starts the shared watches; every change wakes each of `wake`. The returned tasks run until
-/// aborted.
-pub fn watch_shared(
-    client: kube::Client,
-    wake: Vec<Arc<Notify>>,
-) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
-    let (requests, writer) = reflector::store::<ContainerRecreateRequest>();
-    let stream = watcher(Api::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|r: &mut ContainerRecreateRequest| r.metadata.managed_fields = None)
-        .reflect(writer);
-    let request_watch = tokio::spawn(drive("containerrecreaterequests", stream, wake.clone()));
-
-    let (pods, writer) = reflector::store::<Pod>();
-    let stream = watcher(Api::<Pod>::all(client), watcher::Config::default())
-        .default_backoff()
-        .modify(prune_pod)
-        .reflect(writer);
-    let pod_watch = tokio::spawn(drive("pods", stream, wake));
-    (Caches { pods, requests }, vec![request_watch, pod_watch])
-}
-
-/// Runs the controllers on `caches` until `shutdown`, waking on `notify`; `synced` fires once
+/// Runs the controller on `caches` until `shutdown`, waking on `notify`; `synced` fires once
 /// both caches are filled.
 pub async fn run(
     ctx: Arc<Context>,
@@ -98,7 +61,7 @@ pub async fn run(
         }
     }
 
-    let mut worker = Worker {
+    let mut controller = RequestController {
         ctx,
         requests: caches.requests,
         pods: caches.pods,
@@ -113,111 +76,121 @@ pub async fn run(
             _ = tokio::time::sleep(wake) => {}
         }
         tokio::time::sleep(MIN_GAP).await;
-        wake = worker.pass().await.clamp(MIN_GAP, MAX_IDLE);
+        wake = controller.reconcile_all().await.clamp(MIN_GAP, MAX_IDLE);
     }
     Ok(())
 }
 
-/// Drives a watch stream (its reflector fills the cache) and wakes the workers on every change.
-pub(crate) async fn drive<S, K>(what: &'static str, stream: S, wake: Vec<Arc<Notify>>)
-where
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-{
-    let mut stream = std::pin::pin!(stream.into_stream());
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(_) => wake.iter().for_each(|n| n.notify_one()),
-            Err(e) => tracing::warn!(resource = what, error = %e, "watch failed; retrying"),
+/// One thing to do for one request or pod.
+enum Action {
+    /// A request without status: admit or refuse it.
+    Admit(Arc<ContainerRecreateRequest>),
+    /// Carry out a lifecycle decision (never [`Decision::Wait`]).
+    Lifecycle(Arc<ContainerRecreateRequest>, Decision),
+    /// A pod with the `relaunch.dev/ready` gate but no condition yet.
+    OpenGate(Arc<Pod>),
+    /// A pod held NotReady by a request that is gone.
+    ReleaseGoneHolder(Arc<Pod>, GateHolder),
+}
+
+/// An action that failed: what was being done, on which object, and why.
+struct Failure {
+    action: &'static str,
+    object: String,
+    error: ClusterError,
+}
+
+impl Failure {
+    fn on_request(
+        action: &'static str,
+        crr: &ContainerRecreateRequest,
+        error: ClusterError,
+    ) -> Self {
+        Self {
+            action,
+            object: format!("ContainerRecreateRequest {}", describe(crr)),
+            error,
+        }
+    }
+
+    fn on_pod(action: &'static str, pod: &Pod, error: ClusterError) -> Self {
+        Self {
+            action,
+            object: format!(
+                "Pod {}/{}",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            ),
+            error,
         }
     }
 }
 
-/// Keeps only what the controllers read of a pod, so the cache stays small as the cluster grows:
-/// identity, labels (rollout and budget selectors, ordinal), owner kinds (ordinal), deletion;
-/// node, grace period, readiness gates, container names (and native sidecars); phase and the
-/// Ready and `relaunch.dev/ready` conditions.
-pub(crate) fn prune_pod(pod: &mut Pod) {
-    let meta = &mut pod.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
-    let spec = pod.spec.take().unwrap_or_default();
-    let name_only = |c: Container| Container {
-        name: c.name,
-        restart_policy: c.restart_policy,
-        ..Default::default()
-    };
-    pod.spec = Some(PodSpec {
-        node_name: spec.node_name,
-        termination_grace_period_seconds: spec.termination_grace_period_seconds,
-        readiness_gates: spec.readiness_gates,
-        containers: spec.containers.into_iter().map(name_only).collect(),
-        init_containers: spec.init_containers.map(|c| {
-            c.into_iter()
-                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-                .map(name_only)
-                .collect()
-        }),
-        ..Default::default()
-    });
-    let status = pod.status.take().unwrap_or_default();
-    pod.status = Some(PodStatus {
-        phase: status.phase,
-        conditions: status.conditions.map(|c| {
-            c.into_iter()
-                .filter(|c| c.type_ == READINESS_GATE || c.type_ == "Ready")
-                .map(|mut c| {
-                    c.last_probe_time = None;
-                    if c.type_ == "Ready" {
-                        c.message = None;
-                        c.reason = None;
-                    }
-                    c
-                })
-                .collect()
-        }),
-        ..Default::default()
-    });
-}
-
-/// One thing to do for one request.
-enum Job {
-    Admit(Arc<ContainerRecreateRequest>),
-    Act(Arc<ContainerRecreateRequest>, Decision),
-    /// A pod with the `relaunch.dev/ready` gate but no condition yet.
-    OpenGate(Arc<Pod>),
-    /// A pod held NotReady by a request (named) that is gone.
-    ReleaseGoneHolder(Arc<Pod>, String),
-}
-
-struct Worker {
+struct RequestController {
     ctx: Arc<Context>,
     requests: Store<ContainerRecreateRequest>,
     pods: Store<Pod>,
     watching_since: Timestamp,
-    /// What was last attempted per request UID: (request version, pod version, when).
+    /// What was last attempted per request or pod UID: (request version, pod version, when).
     attempted: HashMap<String, (String, String, Instant)>,
 }
 
-impl Worker {
-    /// Decides for every request and acts; returns how long until something is due.
-    async fn pass(&mut self) -> Duration {
+impl RequestController {
+    /// Decides for every request and gated pod, applies the actions, hands what failed to the
+    /// error policy; returns how long until a pass is due.
+    async fn reconcile_all(&mut self) -> Duration {
         let now = Timestamp::now();
         let all = self.requests.state();
+        let pods = self.pods.state();
+        let (mut actions, mut next) = self.decide_requests(&all, now);
+        actions.extend(self.decide_pods(&pods, &all));
+        let ctx = &self.ctx;
+        let failures: Vec<Failure> = futures::stream::iter(actions)
+            .map(|action| apply(ctx, action))
+            .buffer_unordered(CONCURRENCY)
+            .filter_map(|result| std::future::ready(result.err()))
+            .collect()
+            .await;
+        for failure in failures {
+            let retry = error_policy(
+                &ctx.metrics,
+                failure.action,
+                &failure.object,
+                &failure.error,
+            );
+            if let Some(delay) = retry.delay() {
+                next = next.min(delay);
+            }
+        }
+
+        let mut live: HashSet<String> = all.iter().filter_map(|c| c.uid()).collect();
+        live.extend(pods.iter().filter_map(|p| p.uid()));
+        self.attempted.retain(|uid, _| live.contains(uid));
+        self.ctx.heartbeats.retain(|uid| live.contains(uid));
+        next
+    }
+
+    /// What to do for each request, and how long until a time-based decision is due. An action
+    /// already taken on the same versions of the request and its pod is not repeated within
+    /// [`RETRY_AFTER`].
+    fn decide_requests(
+        &mut self,
+        all: &[Arc<ContainerRecreateRequest>],
+        now: Timestamp,
+    ) -> (Vec<Action>, Duration) {
         let mut next = MAX_IDLE;
-        let mut jobs = Vec::new();
-        for crr in &all {
+        let mut actions = Vec::new();
+        for crr in all {
             let uid = crr.uid().unwrap_or_default();
             let pod = self.pod_of(crr);
-            let job = if crr.status.is_none() {
-                Job::Admit(crr.clone())
+            let action = if crr.status.is_none() {
+                Action::Admit(crr.clone())
             } else {
                 let observed = Observed {
                     request: crr,
                     pod: pod.as_deref().map(|p| pod_view(p, crr)),
-                    predecessor: predecessor(crr, &all),
-                    last_report: self.ctx.activity.last(&uid),
+                    predecessor: predecessor(crr, all),
+                    last_report: self.ctx.heartbeats.last(&uid),
                     watching_since: self.watching_since,
                     now,
                     agent_timeout: self.ctx.settings.agent_timeout,
@@ -229,7 +202,7 @@ impl Worker {
                         }
                         continue;
                     }
-                    decision => Job::Act(crr.clone(), decision),
+                    decision => Action::Lifecycle(crr.clone(), decision),
                 }
             };
             let key = (
@@ -244,13 +217,24 @@ impl Worker {
                 continue;
             }
             self.attempted.insert(uid, (key.0, key.1, Instant::now()));
-            jobs.push(job);
+            actions.push(action);
         }
-        for pod in self.pods.state() {
-            let job = if readiness::needs_opening(&pod) {
-                Job::OpenGate(pod.clone())
-            } else if let Some(holder) = orphaned_hold(&pod, &all) {
-                Job::ReleaseGoneHolder(pod.clone(), holder)
+        (actions, next)
+    }
+
+    /// What to do for gated pods nobody holds: open a gate never set, release a hold whose
+    /// request is gone (each not repeated on the same pod version within [`RETRY_AFTER`]).
+    fn decide_pods(
+        &mut self,
+        pods: &[Arc<Pod>],
+        all: &[Arc<ContainerRecreateRequest>],
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for pod in pods {
+            let action = if readiness::needs_opening(pod) {
+                Action::OpenGate(pod.clone())
+            } else if let Some(holder) = orphaned_hold(pod, all) {
+                Action::ReleaseGoneHolder(pod.clone(), holder)
             } else {
                 continue;
             };
@@ -264,32 +248,9 @@ impl Worker {
             }
             self.attempted
                 .insert(uid, (String::new(), rv, Instant::now()));
-            jobs.push(job);
+            actions.push(action);
         }
-        let ctx = &self.ctx;
-        futures::stream::iter(jobs)
-            .for_each_concurrent(CONCURRENCY, |job| async move {
-                match job {
-                    Job::Admit(crr) => admit_request(ctx, &crr).await,
-                    Job::Act(crr, decision) => act(ctx, &crr, decision).await,
-                    Job::OpenGate(pod) => {
-                        let ns = pod.namespace().unwrap_or_default();
-                        if let Err(e) = ctx.cluster.open_gate(&ns, &pod.name_any()).await {
-                            tracing::warn!(pod = %format!("{ns}/{}", pod.name_any()), error = %e, "opening the readiness gate failed; will retry");
-                        }
-                    }
-                    Job::ReleaseGoneHolder(pod, holder) => {
-                        release_gone_holder(ctx, &pod, &holder).await
-                    }
-                }
-            })
-            .await;
-
-        let mut live: HashSet<String> = all.iter().filter_map(|c| c.uid()).collect();
-        live.extend(self.pods.state().iter().filter_map(|p| p.uid()));
-        self.attempted.retain(|uid, _| live.contains(uid));
-        self.ctx.activity.retain(|uid| live.contains(uid));
-        next
+        actions
     }
 
     fn pod_of(&self, crr: &ContainerRecreateRequest) -> Option<Arc<Pod>> {
@@ -299,6 +260,27 @@ impl Worker {
     }
 }
 
+/// Applies one action through the cluster adapter.
+async fn apply(ctx: &Context, action: Action) -> Result<(), Failure> {
+    match action {
+        Action::Admit(crr) => admit_request(ctx, &crr).await,
+        Action::Lifecycle(crr, decision) => carry_out(ctx, &crr, decision).await,
+        Action::OpenGate(pod) => {
+            let ns = pod.namespace().unwrap_or_default();
+            ctx.cluster
+                .open_gate(&ns, &pod.name_any())
+                .await
+                .map_err(|e| Failure::on_pod("opening the readiness gate", &pod, e))
+        }
+        Action::ReleaseGoneHolder(pod, holder) => release_gone_holder(ctx, &pod, &holder).await,
+    }
+}
+
+/// The request as the holder of its pod's readiness gate.
+fn holder_of(crr: &ContainerRecreateRequest) -> GateHolder {
+    GateHolder::new(&crr.namespace().unwrap_or_default(), &crr.name_any())
+}
+
 fn pod_view(pod: &Pod, crr: &ContainerRecreateRequest) -> PodView {
     PodView {
         uid: pod.uid().unwrap_or_default(),
@@ -306,11 +288,7 @@ fn pod_view(pod: &Pod, crr: &ContainerRecreateRequest) -> PodView {
             .spec
             .as_ref()
             .and_then(|s| s.termination_grace_period_seconds),
-        gate_held_by_request: readiness::is_held_by(
-            pod,
-            &crr.namespace().unwrap_or_default(),
-            &crr.name_any(),
-        ),
+        gate_held_by_request: readiness::is_held_by(pod, &holder_of(crr)),
     }
 }
 
@@ -318,21 +296,21 @@ fn pod_view(pod: &Pod, crr: &ContainerRecreateRequest) -> PodView {
 /// pod any more: the holder is not there (deleted before it finished), and no other unfinished
 /// request of the pod is either (it may be about to hold the pod itself; once it finishes, the
 /// pod is released). A holder that is still there releases the gate itself once finished.
-fn orphaned_hold(pod: &Pod, requests: &[Arc<ContainerRecreateRequest>]) -> Option<String> {
+fn orphaned_hold(pod: &Pod, requests: &[Arc<ContainerRecreateRequest>]) -> Option<GateHolder> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
-    let (namespace, holder) = readiness::holder(pod)?;
+    let holder = readiness::holder(pod)?;
     let pod_ns = pod.namespace().unwrap_or_default();
     let pod_uid = pod.uid().unwrap_or_default();
-    if namespace != pod_ns {
+    if holder.namespace != pod_ns {
         return None;
     }
     let blocked = requests.iter().any(|r| {
         if r.namespace().as_deref() != Some(pod_ns.as_str()) {
             return false;
         }
-        if r.name_any() == holder {
+        if r.name_any() == holder.name {
             return true;
         }
         let of_pod = r.spec.pod_name == pod.name_any()
@@ -346,45 +324,27 @@ fn orphaned_hold(pod: &Pod, requests: &[Arc<ContainerRecreateRequest>]) -> Optio
 }
 
 /// Releases a pod held NotReady by request `holder`, which the cache no longer has.
-async fn release_gone_holder(ctx: &Context, pod: &Pod, holder: &str) {
-    let ns = pod.namespace().unwrap_or_default();
+async fn release_gone_holder(ctx: &Context, pod: &Pod, holder: &GateHolder) -> Result<(), Failure> {
     let pod_name = pod.name_any();
-    let described = format!("{ns}/{pod_name}");
     // The cache may lag behind a request just created (or re-created under the same name):
     // ask the API before releasing.
-    match ctx.cluster.get_request(&ns, holder).await {
-        Ok(None) => {}
-        Ok(Some(_)) => return,
-        Err(e) => {
-            tracing::warn!(pod = %described, request = holder, error = %e, "cannot check the request holding the readiness gate; will retry");
-            return;
-        }
+    let found = ctx
+        .cluster
+        .get_request(&holder.namespace, &holder.name)
+        .await
+        .map_err(|e| Failure::on_pod("checking the request holding the readiness gate", pod, e))?;
+    if found.is_some() {
+        return Ok(());
     }
     let rv = pod.resource_version().unwrap_or_default();
-    match ctx
-        .cluster
-        .release_gone_holder(&ns, &pod_name, holder, &rv)
+    ctx.cluster
+        .release_gone_holder(&pod_name, holder, &rv)
         .await
-    {
-        Ok(()) => {
-            tracing::info!(pod = %described, request = holder, "readiness gate released: the request holding it was deleted");
-            ctx.cluster.record_on_pod(
-                object_reference(pod),
-                vec![Note::normal(
-                    "ReadinessReleased",
-                    format!(
-                        "{READINESS_GATE} set True: ContainerRecreateRequest {ns}/{holder}, which held pod {pod_name} NotReady, was deleted before it finished"
-                    ),
-                )],
-            );
-        }
-        Err(e) if is_conflict(&e) => {
-            tracing::debug!(pod = %described, "the pod changed meanwhile; deciding again")
-        }
-        Err(e) => {
-            tracing::warn!(pod = %described, error = %e, "releasing the readiness gate failed; will retry")
-        }
-    }
+        .map_err(|e| Failure::on_pod("releasing the readiness gate", pod, e))?;
+    tracing::info!(pod = %format!("{}/{pod_name}", holder.namespace), request = %holder.name, "readiness gate released: the request holding it was deleted");
+    let event = events::gate_released_holder_gone(&holder.namespace, &holder.name, &pod_name);
+    ctx.cluster.record_on(object_reference(pod), vec![event]);
+    Ok(())
 }
 
 /// The earlier admitted requests for the same pod (the agent runs them one at a time, in
@@ -420,114 +380,93 @@ fn describe(crr: &ContainerRecreateRequest) -> String {
     format!("{}/{}", crr.namespace().unwrap_or_default(), crr.name_any())
 }
 
-fn log_write_error(crr: &ContainerRecreateRequest, what: &str, e: &kube::Error) {
-    if is_conflict(e) {
-        tracing::debug!(request = %describe(crr), "{what}: the request changed meanwhile; deciding again");
-    } else {
-        tracing::warn!(request = %describe(crr), error = %e, "{what} failed; will retry");
-    }
-}
-
 /// Admits a new request: labels and Pending, or Failed with what to fix.
-async fn admit_request(ctx: &Context, crr: &ContainerRecreateRequest) {
+async fn admit_request(ctx: &Context, crr: &ContainerRecreateRequest) -> Result<(), Failure> {
     let ns = crr.namespace().unwrap_or_default();
-    let pod = match ctx.cluster.get_pod(&ns, &crr.spec.pod_name).await {
-        Ok(pod) => pod,
-        Err(e) => return log_write_error(crr, "reading the pod for admission", &e),
-    };
+    let pod = ctx
+        .cluster
+        .get_pod(&ns, &crr.spec.pod_name)
+        .await
+        .map_err(|e| Failure::on_request("reading the pod for admission", crr, e))?;
     match admit(crr, pod.as_ref()) {
         Admission::Admit { labels } => {
             let labelled = if labels.is_empty() {
                 crr.clone()
             } else {
-                match ctx.cluster.add_labels(crr, &labels).await {
-                    Ok(updated) => updated,
-                    Err(e) => return log_write_error(crr, "labelling", &e),
-                }
+                ctx.cluster
+                    .add_labels(crr, &labels)
+                    .await
+                    .map_err(|e| Failure::on_request("labelling", crr, e))?
             };
             let status = ContainerRecreateRequestStatus {
                 observed_generation: crr.metadata.generation,
                 ..Default::default()
             };
-            match ctx.cluster.write_status(&labelled, &status).await {
-                Ok(_) => {
-                    tracing::info!(request = %describe(crr), pod = %crr.spec.pod_name, "admitted")
-                }
-                Err(e) => log_write_error(crr, "admission", &e),
-            }
+            ctx.cluster
+                .write_status(&labelled, labelled.status.as_ref(), &status)
+                .await
+                .map_err(|e| Failure::on_request("admission", crr, e))?;
+            tracing::info!(request = %describe(crr), pod = %crr.spec.pod_name, "admitted");
         }
         Admission::Refuse { message } => {
             let status = lifecycle::failed(None, &message, Timestamp::now());
-            match ctx.cluster.write_status(crr, &status).await {
-                Ok(_) => {
-                    tracing::info!(request = %describe(crr), %message, "refused");
-                    ctx.metrics.crrs.with_label_values(&["refused"]).inc();
-                    let pod_ref = pod.as_ref().map(object_reference);
-                    ctx.cluster
-                        .record(crr, pod_ref, vec![Note::warning("Refused", message)]);
-                }
-                Err(e) => log_write_error(crr, "refusal", &e),
-            }
+            ctx.cluster
+                .write_status(crr, crr.status.as_ref(), &status)
+                .await
+                .map_err(|e| Failure::on_request("refusal", crr, e))?;
+            tracing::info!(request = %describe(crr), %message, "refused");
+            ctx.metrics.crrs.with_label_values(&["refused"]).inc();
+            let pod_ref = pod.as_ref().map(object_reference);
+            ctx.cluster
+                .record(crr, pod_ref, vec![Event::warning("Refused", message)]);
         }
     }
+    Ok(())
 }
 
 /// Carries out a lifecycle decision.
-async fn act(ctx: &Context, crr: &ContainerRecreateRequest, decision: Decision) {
-    let ns = crr.namespace().unwrap_or_default();
+async fn carry_out(
+    ctx: &Context,
+    crr: &ContainerRecreateRequest,
+    decision: Decision,
+) -> Result<(), Failure> {
     match decision {
         Decision::Wait(_) => {}
         Decision::Fail { reason, message } => {
             if reason == FailReason::PodGone && pod_still_there(ctx, crr).await {
-                return;
+                return Ok(());
             }
             let status = lifecycle::failed(crr.status.as_ref(), &message, Timestamp::now());
-            match ctx.cluster.write_status(crr, &status).await {
-                Ok(_) => {
-                    tracing::info!(request = %describe(crr), %message, "failed");
-                    ctx.metrics
-                        .crrs
-                        .with_label_values(&[reason.metric_result()])
-                        .inc();
-                    ctx.cluster.record(
-                        crr,
-                        pod_reference(crr),
-                        vec![Note::warning(reason.event_reason(), message)],
-                    );
-                }
-                Err(e) => log_write_error(crr, "failing the request", &e),
-            }
+            ctx.cluster
+                .write_status(crr, crr.status.as_ref(), &status)
+                .await
+                .map_err(|e| Failure::on_request("failing the request", crr, e))?;
+            tracing::info!(request = %describe(crr), %message, "failed");
+            ctx.metrics
+                .crrs
+                .with_label_values(&[reason.metric_result()])
+                .inc();
+            let event = Event::warning(reason.event_reason(), message);
+            ctx.cluster.record(crr, pod_reference(crr), vec![event]);
         }
         Decision::ReleaseGate => {
-            match ctx
-                .cluster
-                .set_gate(&ns, &crr.spec.pod_name, true, &crr.name_any())
+            ctx.cluster
+                .set_gate(&crr.spec.pod_name, true, &holder_of(crr))
                 .await
-            {
-                Ok(()) => {
-                    tracing::info!(request = %describe(crr), "readiness gate released");
-                    ctx.cluster.record(
-                        crr,
-                        pod_reference(crr),
-                        vec![Note::normal(
-                            "ReadinessReleased",
-                            format!(
-                                "{READINESS_GATE} set True: the request finished, pod {} may receive traffic again",
-                                crr.spec.pod_name
-                            ),
-                        )],
-                    );
-                }
-                Err(e) => log_write_error(crr, "releasing the readiness gate", &e),
-            }
+                .map_err(|e| Failure::on_request("releasing the readiness gate", crr, e))?;
+            tracing::info!(request = %describe(crr), "readiness gate released");
+            let event = events::gate_released_after_finish(&crr.spec.pod_name);
+            ctx.cluster.record(crr, pod_reference(crr), vec![event]);
         }
-        Decision::Delete => match ctx.cluster.delete_request(crr).await {
-            Ok(()) => {
-                tracing::info!(request = %describe(crr), "deleted after ttlSecondsAfterFinished")
-            }
-            Err(e) => log_write_error(crr, "TTL deletion", &e),
-        },
+        Decision::Delete => {
+            ctx.cluster
+                .delete_request(crr)
+                .await
+                .map_err(|e| Failure::on_request("TTL deletion", crr, e))?;
+            tracing::info!(request = %describe(crr), "deleted after ttlSecondsAfterFinished");
+        }
     }
+    Ok(())
 }
 
 /// The pod cache may lag behind: before failing a request for a missing pod, ask the API.
@@ -547,7 +486,9 @@ async fn pod_still_there(ctx: &Context, crr: &ContainerRecreateRequest) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodCondition, PodReadinessGate};
+    use crate::caches::prune_pod;
+    use k8s_openapi::api::core::v1::{PodCondition, PodReadinessGate, PodSpec, PodStatus};
+    use relaunch_api::READINESS_GATE;
     use relaunch_api::{ContainerRecreateRequestSpec, RecreatePhase};
     use std::collections::BTreeMap;
 
@@ -567,7 +508,7 @@ mod tests {
                 type_: READINESS_GATE.into(),
                 status: "False".into(),
                 reason: Some(readiness::REASON_HELD.into()),
-                message: Some(readiness::hold_message("default", holder)),
+                message: Some(GateHolder::new("default", holder).message()),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -601,7 +542,10 @@ mod tests {
     #[test]
     fn a_hold_by_a_deleted_request_is_released_when_no_other_request_may_hold_the_pod() {
         let pod = held_pod("gone");
-        assert_eq!(orphaned_hold(&pod, &[]), Some("gone".into()));
+        assert_eq!(
+            orphaned_hold(&pod, &[]),
+            Some(GateHolder::new("default", "gone"))
+        );
         let done = request(
             "done",
             "db-0",
@@ -612,7 +556,7 @@ mod tests {
         let old_pod = request("old", "db-0", Some("uid-0"), Some(RecreatePhase::Pending));
         assert_eq!(
             orphaned_hold(&pod, &[done, elsewhere, old_pod]),
-            Some("gone".into()),
+            Some(GateHolder::new("default", "gone")),
             "finished requests, other pods' and an earlier pod instance's do not keep the hold"
         );
     }
@@ -701,7 +645,7 @@ mod tests {
                     {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
                     {"type": "PodScheduled", "status": "True"},
                     {"type": READINESS_GATE, "status": "False", "reason": readiness::REASON_HELD,
-                     "message": readiness::hold_message("default", held_by)},
+                     "message": GateHolder::new("default", held_by).message()},
                 ],
                 "containerStatuses": [{"name": "db", "ready": true, "restartCount": 3, "image": "postgres", "imageID": "x"}],
             },
@@ -766,7 +710,10 @@ mod tests {
         assert!(pod_view(&pruned, &crr).gate_held_by_request);
         assert_eq!(pod_view(&pruned, &crr).termination_grace_seconds, Some(45));
         assert_eq!(readiness::holder(&pruned), readiness::holder(&full));
-        assert_eq!(orphaned_hold(&pruned, &[]), Some("r1".into()));
+        assert_eq!(
+            orphaned_hold(&pruned, &[]),
+            Some(GateHolder::new("default", "r1"))
+        );
         assert_eq!(
             readiness::needs_opening(&pruned),
             readiness::needs_opening(&full)

@@ -23,8 +23,9 @@ use relaunch_api::report::{
     RecreateReport,
 };
 
-use super::reports::{Refusal, apply_readiness, apply_report, authenticate};
-use super::{Context, CoordinatorError, TlsFiles, tls};
+use super::handlers::{Refusal, apply_readiness, apply_report, authenticate};
+use super::tls::{self, TlsFiles};
+use crate::{Context, CoordinatorError};
 
 /// Slow clients get this long for their headers, and again for their body.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,5 +1,6 @@
 //! TLS for the report API (rustls with the ring provider, the one kube already links).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_rustls::TlsAcceptor;
@@ -7,7 +8,14 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{CoordinatorError, TlsFiles};
+use crate::CoordinatorError;
+
+/// TLS for the report API: PEM certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// A TLS acceptor serving the PEM certificate chain and key in `files` (HTTP/1.1 over ALPN).
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, CoordinatorError> {

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::ObjectMeta;
 use tokio_util::sync::CancellationToken;
 
-use crate::CoordinatorError;
+use crate::cluster::Cluster;
+use crate::error::{ClusterError, CoordinatorError};
+use crate::error_policy::error_policy;
+use crate::metrics::Metrics;
 
 /// Where the Lease is and who this replica is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,9 +108,11 @@ pub fn next_spec(
 }
 
 /// Tries to hold the Lease once: true when this replica holds it afterwards.
-async fn try_hold(api: &Api<Lease>, election: &LeaderElection) -> Result<bool, kube::Error> {
+async fn try_hold(cluster: &Cluster, election: &LeaderElection) -> Result<bool, ClusterError> {
     let now = Timestamp::now();
-    let current = api.get_opt(&election.name).await?;
+    let current = cluster
+        .get_lease(&election.namespace, &election.name)
+        .await?;
     let decision = decide(
         current.as_ref().and_then(|l| l.spec.as_ref()),
         &election.identity,
@@ -133,25 +137,25 @@ async fn try_hold(api: &Api<Lease>, election: &LeaderElection) -> Result<bool, k
                 },
                 spec: Some(spec),
             };
-            api.create(&PostParams::default(), &lease).await
+            cluster.create_lease(&lease).await
         }
         Some(mut lease) => {
             // Replace at the version read: a concurrent writer makes this a 409.
             lease.spec = Some(spec);
-            api.replace(&election.name, &PostParams::default(), &lease)
-                .await
+            cluster.replace_lease(&lease).await
         }
     };
     match written {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Ok(()) => Ok(true),
+        Err(ClusterError::Conflict(_)) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Gives the Lease up on shutdown so another replica takes over at once.
-async fn release(api: &Api<Lease>, election: &LeaderElection) {
-    let Ok(Some(mut lease)) = api.get_opt(&election.name).await else {
+/// Gives the Lease up on shutdown so another replica takes over at once; when that fails, it
+/// expires by itself.
+async fn release(cluster: &Cluster, metrics: &Metrics, election: &LeaderElection) {
+    let Ok(Some(mut lease)) = cluster.get_lease(&election.namespace, &election.name).await else {
         return;
     };
     let Some(spec) = lease.spec.as_mut() else {
@@ -161,19 +165,22 @@ async fn release(api: &Api<Lease>, election: &LeaderElection) {
         return;
     }
     spec.holder_identity = None;
-    if let Err(e) = api
-        .replace(&election.name, &PostParams::default(), &lease)
-        .await
-    {
-        tracing::debug!(error = %e, "releasing the lease failed; it expires by itself");
+    if let Err(e) = cluster.replace_lease(&lease).await {
+        error_policy(metrics, "releasing the lease", &lease_object(election), &e);
     }
+}
+
+/// `Lease namespace/name`, for logs.
+fn lease_object(election: &LeaderElection) -> String {
+    format!("Lease {}/{}", election.namespace, election.name)
 }
 
 /// Runs `lead` whenever this replica holds the Lease, until `shutdown`. `lead` gets a token that
 /// is cancelled when leadership is lost; an error from it ends the election with that error.
 /// `following` is called whenever another replica is seen holding the Lease.
 pub async fn run_elected<L, F>(
-    client: kube::Client,
+    cluster: Cluster,
+    metrics: Metrics,
     election: LeaderElection,
     shutdown: CancellationToken,
     mut following: impl FnMut(),
@@ -183,15 +190,15 @@ where
     L: FnMut(CancellationToken) -> F,
     F: Future<Output = Result<(), CoordinatorError>> + Send + 'static,
 {
-    let api: Api<Lease> = Api::namespaced(client, &election.namespace);
+    let lease = lease_object(&election);
     loop {
         // Follow until the Lease is ours.
         loop {
-            match try_hold(&api, &election).await {
+            match try_hold(&cluster, &election).await {
                 Ok(true) => break,
                 Ok(false) => following(),
                 Err(e) => {
-                    tracing::warn!(error = %e, lease = %election.name, "reading the lease failed; retrying")
+                    error_policy(&metrics, "taking the lease", &lease, &e);
                 }
             }
             tokio::select! {
@@ -208,20 +215,20 @@ where
                 _ = shutdown.cancelled() => {
                     leading.cancel();
                     let result = controllers.await.unwrap_or(Err(CoordinatorError::ControllersStopped));
-                    release(&api, &election).await;
+                    release(&cluster, &metrics, &election).await;
                     return result;
                 }
                 result = &mut controllers => {
-                    release(&api, &election).await;
+                    release(&cluster, &metrics, &election).await;
                     return result.unwrap_or(Err(CoordinatorError::ControllersStopped)).and(Err(CoordinatorError::ControllersStopped));
                 }
                 _ = tokio::time::sleep(election.renew_interval) => {}
             }
-            match try_hold(&api, &election).await {
+            match try_hold(&cluster, &election).await {
                 Ok(true) => renewed = Instant::now(),
                 Ok(false) => break "another replica holds the lease",
                 Err(e) => {
-                    tracing::warn!(error = %e, "renewing the lease failed");
+                    error_policy(&metrics, "renewing the lease", &lease, &e);
                     if renewed.elapsed() >= election.renew_deadline {
                         break "could not renew the lease in time";
                     }

@@ -1,0 +1,148 @@
+//! The caches the controllers decide on: one cluster-wide watch per resource feeding a reflector
+//! store, objects pruned to what the controllers read, and every change waking the controllers.
+//! The pod and request caches are shared by the request controller and the rollout controller.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use kube::Resource;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use relaunch_api::{ContainerRecreateRequest, READINESS_GATE};
+
+use crate::context::Context;
+use crate::error::ClusterError;
+use crate::error_policy::error_policy;
+use crate::metrics::Metrics;
+
+/// The pod and request caches the request controller and the rollout controller share: one
+/// watch each, cluster-wide, pods pruned to what the controllers read.
+#[derive(Clone)]
+pub struct Caches {
+    pub pods: Store<Pod>,
+    pub requests: Store<ContainerRecreateRequest>,
+}
+
+impl Caches {
+    /// Waits until both caches are filled.
+    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        tokio::try_join!(
+            self.requests.wait_until_ready(),
+            self.pods.wait_until_ready()
+        )
+        .map(|_| ())
+    }
+}
+
+/// Starts the shared watches; every change wakes each of `wake`. The returned tasks run until
+/// aborted.
+pub fn watch_shared(ctx: &Context, wake: Vec<Arc<Notify>>) -> (Caches, Vec<JoinHandle<()>>) {
+    let (requests, request_watch) = watch_into(
+        ctx,
+        "containerrecreaterequests",
+        |r: &mut ContainerRecreateRequest| r.metadata.managed_fields = None,
+        wake.clone(),
+    );
+    let (pods, pod_watch) = watch_into(ctx, "pods", prune_pod, wake);
+    (Caches { pods, requests }, vec![request_watch, pod_watch])
+}
+
+/// Starts a cluster-wide watch of `resource` into a new cache, each object pruned by `prune`;
+/// every change wakes each of `wake`. The task runs until aborted.
+pub fn watch_into<K>(
+    ctx: &Context,
+    resource: &'static str,
+    prune: impl FnMut(&mut K) + Send + 'static,
+    wake: Vec<Arc<Notify>>,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = ctx
+        .cluster
+        .watch::<K>(watcher::Config::default())
+        .default_backoff()
+        .modify(prune)
+        .reflect(writer);
+    let task = tokio::spawn(run_watch(resource, stream, wake, ctx.metrics.clone()));
+    (store, task)
+}
+
+/// Runs a watch stream (its reflector fills the cache) and wakes the controllers on every
+/// change; its errors go to the error policy (the watcher retries with back-off).
+async fn run_watch<S, K>(
+    resource: &'static str,
+    stream: S,
+    wake: Vec<Arc<Notify>>,
+    metrics: Metrics,
+) where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    let mut stream = std::pin::pin!(stream.into_stream());
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(_) => wake.iter().for_each(|n| n.notify_one()),
+            Err(e) => {
+                error_policy(&metrics, "watch", &resource, &ClusterError::Watch(e));
+            }
+        }
+    }
+}
+
+/// Keeps only what the controllers read of a pod, so the cache stays small as the cluster grows:
+/// identity, labels (rollout and budget selectors, ordinal), owner kinds (ordinal), deletion;
+/// node, grace period, readiness gates, container names (and native sidecars); phase and the
+/// Ready and `relaunch.dev/ready` conditions.
+pub fn prune_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+    let spec = pod.spec.take().unwrap_or_default();
+    let name_only = |c: Container| Container {
+        name: c.name,
+        restart_policy: c.restart_policy,
+        ..Default::default()
+    };
+    pod.spec = Some(PodSpec {
+        node_name: spec.node_name,
+        termination_grace_period_seconds: spec.termination_grace_period_seconds,
+        readiness_gates: spec.readiness_gates,
+        containers: spec.containers.into_iter().map(name_only).collect(),
+        init_containers: spec.init_containers.map(|c| {
+            c.into_iter()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                .map(name_only)
+                .collect()
+        }),
+        ..Default::default()
+    });
+    let status = pod.status.take().unwrap_or_default();
+    pod.status = Some(PodStatus {
+        phase: status.phase,
+        conditions: status.conditions.map(|c| {
+            c.into_iter()
+                .filter(|c| c.type_ == READINESS_GATE || c.type_ == "Ready")
+                .map(|mut c| {
+                    c.last_probe_time = None;
+                    if c.type_ == "Ready" {
+                        c.message = None;
+                        c.reason = None;
+                    }
+                    c
+                })
+                .collect()
+        }),
+        ..Default::default()
+    });
+}
