@@ -107,21 +107,21 @@ pub fn merge_report(
         && report
             .containers
             .iter()
-            .any(|c| c.phase > ContainerRecreatePhase::Pending)
+            .any(|c| c.phase.is_after(ContainerRecreatePhase::Pending))
     {
         phase = RecreatePhase::Recreating;
     }
-    if phase > old.phase {
+    if phase.is_after(old.phase) {
         new.phase = phase;
     }
     // A report behind neither the recorded phase nor any recorded container is the agent's
     // latest view: its message (or its lack of one) replaces the recorded one, so `queued: …`
     // does not outlive the queue.
-    let behind = phase < old.phase
+    let behind = old.phase.is_after(phase)
         || report.containers.iter().any(|r| {
             old.container_recreate_states
                 .iter()
-                .any(|c| c.name == r.name && r.phase < c.phase)
+                .any(|c| c.name == r.name && c.phase.is_after(r.phase))
         });
     if !behind {
         new.message = report.message.clone();
@@ -131,7 +131,7 @@ pub fn merge_report(
     }
 
     new.start_time = earliest(new.start_time.take(), report_start.map(Time));
-    if new.phase >= RecreatePhase::Recreating && new.start_time.is_none() {
+    if !RecreatePhase::Recreating.is_after(new.phase) && new.start_time.is_none() {
         new.start_time = Some(Time(now));
     }
     if new.phase.is_finished() && new.completion_time.is_none() {
@@ -193,7 +193,7 @@ fn merge_container(
 ) {
     // A report that is not behind the recorded phase is current: its values win. A stale one
     // (or any report about a finished container) only fills what is still missing.
-    let current = !state.phase.is_finished() && reported.phase >= state.phase;
+    let current = !state.phase.is_finished() && !state.phase.is_after(reported.phase);
     if current {
         state.phase = reported.phase;
     }
@@ -275,7 +275,8 @@ pub fn steps_between(
             .find(|c| c.name == state.name);
         let phase_before = before.map_or(ContainerRecreatePhase::Pending, |c| c.phase);
         let stopped = |p: ContainerRecreatePhase| {
-            p >= ContainerRecreatePhase::WaitingForRestart && p != ContainerRecreatePhase::Failed
+            !ContainerRecreatePhase::WaitingForRestart.is_after(p)
+                && p != ContainerRecreatePhase::Failed
         };
         if stopped(state.phase) && !stopped(phase_before) {
             steps.push(Step::ContainerStopped {
@@ -819,12 +820,12 @@ mod tests {
                     &report(phase, vec![container("app", cphase)]),
                 );
                 if let Some(before) = &status {
-                    assert!(merged.status.phase >= before.phase);
+                    assert!(!before.phase.is_after(merged.status.phase));
                     let (b, a) = (
                         before.container_recreate_states.first().map(|c| c.phase),
                         merged.status.container_recreate_states[0].phase,
                     );
-                    assert!(b.is_none_or(|b| a >= b));
+                    assert!(b.is_none_or(|b| !b.is_after(a)));
                 }
                 status = Some(merged.status);
             }
