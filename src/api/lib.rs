@@ -4,9 +4,11 @@
 mod crr;
 pub mod report;
 mod rollout;
+mod workload;
 
 pub use crr::*;
 pub use rollout::*;
+pub use workload::WorkloadKind;
 
 use kube::CustomResourceExt;
 

@@ -5,71 +5,16 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use relaunch_api::{OrdinalOrder, RoleOrder, RolloutOrder};
+use relaunch_api::{OrdinalOrder, RoleOrder, RolloutOrder, WorkloadKind};
 
-/// A workload kind a rollout can target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkloadKind {
-    StatefulSet,
-    Deployment,
-    DaemonSet,
-    ReplicaSet,
-}
-
-impl WorkloadKind {
-    const ALL: [WorkloadKind; 4] = [
-        WorkloadKind::StatefulSet,
-        WorkloadKind::Deployment,
-        WorkloadKind::DaemonSet,
-        WorkloadKind::ReplicaSet,
-    ];
-
-    /// The kind as in `workloadRef.kind`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkloadKind::StatefulSet => "StatefulSet",
-            WorkloadKind::Deployment => "Deployment",
-            WorkloadKind::DaemonSet => "DaemonSet",
-            WorkloadKind::ReplicaSet => "ReplicaSet",
-        }
-    }
-
-    /// The lowercase singular, as kubectl prints it.
-    pub fn singular(self) -> &'static str {
-        match self {
-            WorkloadKind::StatefulSet => "statefulset",
-            WorkloadKind::Deployment => "deployment",
-            WorkloadKind::DaemonSet => "daemonset",
-            WorkloadKind::ReplicaSet => "replicaset",
-        }
-    }
-
-    /// The resource (plural) name.
-    pub fn plural(self) -> &'static str {
-        match self {
-            WorkloadKind::StatefulSet => "statefulsets",
-            WorkloadKind::Deployment => "deployments",
-            WorkloadKind::DaemonSet => "daemonsets",
-            WorkloadKind::ReplicaSet => "replicasets",
-        }
-    }
-
-    fn short(self) -> &'static str {
-        match self {
-            WorkloadKind::StatefulSet => "sts",
-            WorkloadKind::Deployment => "deploy",
-            WorkloadKind::DaemonSet => "ds",
-            WorkloadKind::ReplicaSet => "rs",
-        }
-    }
-
-    fn from_word(word: &str) -> Option<Self> {
-        let word = word.to_ascii_lowercase();
-        let word = word.strip_suffix(".apps").unwrap_or(&word);
-        Self::ALL
-            .into_iter()
-            .find(|k| [k.short(), k.singular(), k.plural()].contains(&word))
-    }
+/// A kind as kubectl spells it: short name, singular or plural, any case, with or without the
+/// `.apps` group (`sts`, `StatefulSets`, `deployments.apps`).
+fn workload_kind(word: &str) -> Option<WorkloadKind> {
+    let word = word.to_ascii_lowercase();
+    let word = word.strip_suffix(".apps").unwrap_or(&word);
+    WorkloadKind::ALL
+        .into_iter()
+        .find(|k| k.short_name() == Some(word) || k.singular() == word || k.plural() == word)
 }
 
 /// `KIND/NAME` of a workload: `sts/db`, `statefulset/db`, `deployments.apps/web`, ...
@@ -79,7 +24,7 @@ pub fn workload(text: &str) -> Result<(WorkloadKind, String), String> {
             "{text:?} is not KIND/NAME; use e.g. sts/{text} (kinds: sts, deploy, ds, rs)"
         ));
     };
-    let kind = WorkloadKind::from_word(kind).ok_or_else(|| {
+    let kind = workload_kind(kind).ok_or_else(|| {
         format!(
             "{kind:?} is not a workload kind relaunch can roll out; use sts, deploy, ds or rs (statefulset, deployment, daemonset, replicaset)"
         )

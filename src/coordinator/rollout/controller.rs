@@ -34,7 +34,7 @@ use crate::{Context, CoordinatorError};
 use relaunch_api::{
     ANNOTATION_RESTART_AT, ContainerRecreateRequest, ContainerRecreateRequestContainer,
     ContainerRecreateRequestSpec, LABEL_NODE_NAME, LABEL_POD_UID, LABEL_ROLLING_RESTART,
-    RollingRestart, RollingRestartStatus, RolloutPhase,
+    RollingRestart, RollingRestartStatus, RolloutPhase, WorkloadKind,
 };
 
 use super::planner::{self, Budget, TargetPod, WaitReason};
@@ -594,28 +594,28 @@ impl Worker {
         let Some(workload) = &target.workload_ref else {
             return Err("no target".into());
         };
-        let selector = match workload.kind.as_str() {
-            "StatefulSet" => self
+        let selector = match &workload.kind {
+            WorkloadKind::StatefulSet => self
                 .stores
                 .statefulsets
                 .get(&reflector::ObjectRef::new(&workload.name).within(&ns))
                 .and_then(|o| o.spec.as_ref().map(|s| s.selector.clone())),
-            "Deployment" => self
+            WorkloadKind::Deployment => self
                 .stores
                 .deployments
                 .get(&reflector::ObjectRef::new(&workload.name).within(&ns))
                 .and_then(|o| o.spec.as_ref().map(|s| s.selector.clone())),
-            "DaemonSet" => self
+            WorkloadKind::DaemonSet => self
                 .stores
                 .daemonsets
                 .get(&reflector::ObjectRef::new(&workload.name).within(&ns))
                 .and_then(|o| o.spec.as_ref().map(|s| s.selector.clone())),
-            "ReplicaSet" => self
+            WorkloadKind::ReplicaSet => self
                 .stores
                 .replicasets
                 .get(&reflector::ObjectRef::new(&workload.name).within(&ns))
                 .and_then(|o| o.spec.as_ref().map(|s| s.selector.clone())),
-            _ => None,
+            WorkloadKind::Unknown(_) => None,
         };
         let described = format!("{}/{}", workload.kind, workload.name);
         selector
@@ -909,16 +909,16 @@ impl Worker {
     /// Creates one RollingRestart per distinct `relaunch.dev/restart-at` token.
     async fn trigger(&mut self) {
         let mut wanted = Vec::new();
-        let mut collect = |kind: &str, meta: &ObjectMeta| {
-            let Some(token) = trigger::restart_token(kind, meta) else {
+        let mut collect = |kind: WorkloadKind, meta: &ObjectMeta| {
+            let Some(token) = trigger::restart_token(&kind, meta) else {
                 return;
             };
             let name = meta.name.clone().unwrap_or_default();
             let ns = meta.namespace.clone().unwrap_or_default();
-            let rollout = trigger::rollout_name(kind, &name, token);
+            let rollout = trigger::rollout_name(&kind, &name, token);
             let owner = OwnerReference {
                 api_version: "apps/v1".into(),
-                kind: kind.into(),
+                kind: kind.to_string(),
                 name: name.clone(),
                 uid: meta.uid.clone().unwrap_or_default(),
                 controller: None,
@@ -928,16 +928,16 @@ impl Worker {
             wanted.push((ns, rollout, token.to_string(), owner, annotations));
         };
         for o in self.stores.statefulsets.state() {
-            collect("StatefulSet", &o.metadata);
+            collect(WorkloadKind::StatefulSet, &o.metadata);
         }
         for o in self.stores.deployments.state() {
-            collect("Deployment", &o.metadata);
+            collect(WorkloadKind::Deployment, &o.metadata);
         }
         for o in self.stores.daemonsets.state() {
-            collect("DaemonSet", &o.metadata);
+            collect(WorkloadKind::DaemonSet, &o.metadata);
         }
         for o in self.stores.replicasets.state() {
-            collect("ReplicaSet", &o.metadata);
+            collect(WorkloadKind::ReplicaSet, &o.metadata);
         }
         let mut refused = HashSet::new();
         for (ns, rollout, token, owner, annotations) in wanted {
@@ -946,7 +946,11 @@ impl Worker {
                 continue;
             }
             let (kind, name) = (owner.kind.clone(), owner.name.clone());
-            let spec = match trigger::rollout_spec(&kind, &name, &annotations) {
+            let spec = match trigger::rollout_spec(
+                WorkloadKind::from(kind.as_str()),
+                &name,
+                &annotations,
+            ) {
                 Ok(spec) => spec,
                 Err(message) => {
                     // Said once per workload, token and problem, not on every pass.

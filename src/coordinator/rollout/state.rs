@@ -12,12 +12,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use relaunch_api::{
     Condition, ContainerRecreateRequest, LABEL_POD_UID, LABEL_ROLLING_RESTART, PodRestartResult,
     RecreatePhase, RollingRestartSpec, RollingRestartStatus, RolloutFailurePolicy, RolloutPhase,
+    WorkloadKind,
 };
 
 use super::planner::{self, Budget, Plan, PlanStrategy, RestartState, TargetPod, WaitReason};
 
-/// Workload kinds a rollout can target.
-pub const WORKLOAD_KINDS: [&str; 4] = ["StatefulSet", "Deployment", "DaemonSet", "ReplicaSet"];
 /// Label the StatefulSet controller sets with the pod's ordinal.
 pub const LABEL_POD_INDEX: &str = "apps.kubernetes.io/pod-index";
 /// Per-pod results kept in status.
@@ -53,11 +52,11 @@ pub fn validate(spec: &RollingRestartSpec) -> Result<(), String> {
             return Err("spec.target takes a workloadRef or a selector, not both".into());
         }
         (Some(w), None) => {
-            if !WORKLOAD_KINDS.contains(&w.kind.as_str()) {
+            if let WorkloadKind::Unknown(kind) = &w.kind {
+                let known: Vec<&str> = WorkloadKind::ALL.iter().map(WorkloadKind::as_str).collect();
                 return Err(format!(
-                    "spec.target.workloadRef.kind {:?} is not supported; use one of {}",
-                    w.kind,
-                    WORKLOAD_KINDS.join(", ")
+                    "spec.target.workloadRef.kind {kind:?} is not supported; use one of {}",
+                    known.join(", ")
                 ));
             }
             if w.name.is_empty() {
@@ -663,7 +662,7 @@ mod tests {
         RollingRestartSpec {
             target: RolloutTarget {
                 workload_ref: Some(WorkloadRef {
-                    kind: "StatefulSet".into(),
+                    kind: WorkloadKind::StatefulSet,
                     name: "db".into(),
                 }),
                 selector: None,
