@@ -2,11 +2,13 @@
 //! and conditions they use, and the agent→coordinator report protocol.
 
 mod crr;
+mod order;
 pub mod report;
 mod rollout;
 mod workload;
 
 pub use crr::*;
+pub use order::InvalidOrder;
 pub use rollout::*;
 pub use workload::WorkloadKind;
 

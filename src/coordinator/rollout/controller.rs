@@ -952,7 +952,8 @@ impl Worker {
                 &annotations,
             ) {
                 Ok(spec) => spec,
-                Err(message) => {
+                Err(invalid) => {
+                    let message = invalid.to_string();
                     // Said once per workload, token and problem, not on every pass.
                     let warning = (ns.clone(), rollout.clone(), message.clone());
                     if !self.refused_triggers.contains(&warning) {

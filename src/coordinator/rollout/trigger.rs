@@ -10,8 +10,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
 use relaunch_api::{
-    ANNOTATION_RESTART_AT, OrdinalOrder, RoleOrder, RollingRestartSpec, RolloutOrder,
-    RolloutStrategy, RolloutTarget, WorkloadKind, WorkloadRef,
+    ANNOTATION_RESTART_AT, InvalidOrder, RollingRestartSpec, RolloutOrder, RolloutStrategy,
+    RolloutTarget, WorkloadKind, WorkloadRef,
 };
 
 /// Optional: `maxUnavailable` of the triggered rollout (`2` or `25%`).
@@ -60,12 +60,19 @@ pub fn rollout_name(kind: &WorkloadKind, name: &str, token: &str) -> String {
     format!("{prefix}-{hash}")
 }
 
+/// Why a workload's annotations start no rollout; the message names the bad annotation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidAnnotation {
+    #[error("{ANNOTATION_ORDER} {0}")]
+    Order(#[from] InvalidOrder),
+}
+
 /// The spec of the rollout a workload's annotations ask for; the error names the bad annotation.
 pub fn rollout_spec(
     kind: WorkloadKind,
     name: &str,
     annotations: &BTreeMap<String, String>,
-) -> Result<RollingRestartSpec, String> {
+) -> Result<RollingRestartSpec, InvalidAnnotation> {
     let max_unavailable =
         annotations
             .get(ANNOTATION_MAX_UNAVAILABLE)
@@ -85,7 +92,7 @@ pub fn rollout_spec(
         .unwrap_or_default();
     let order = annotations
         .get(ANNOTATION_ORDER)
-        .map(|v| parse_order(v))
+        .map(|v| v.parse::<RolloutOrder>())
         .transpose()?;
     Ok(RollingRestartSpec {
         target: RolloutTarget {
@@ -105,52 +112,10 @@ pub fn rollout_spec(
     })
 }
 
-/// Parses `relaunch.dev/order`.
-pub fn parse_order(value: &str) -> Result<RolloutOrder, String> {
-    let value = value.trim();
-    let ordinal = |o| RolloutOrder {
-        ordinal: Some(o),
-        role: None,
-    };
-    match value {
-        "ordinal" | "ordinal-desc" => return Ok(ordinal(OrdinalOrder::OrdinalDescending)),
-        "ordinal-asc" => return Ok(ordinal(OrdinalOrder::OrdinalAscending)),
-        _ => {}
-    }
-    let bad = || {
-        format!(
-            "{ANNOTATION_ORDER} {value:?} is not one of ordinal, ordinal-asc, role=KEY:FIRST,...:LAST,..."
-        )
-    };
-    let role = value.strip_prefix("role=").ok_or_else(bad)?;
-    let mut parts = role.split(':');
-    let key = parts.next().filter(|k| !k.is_empty()).ok_or_else(bad)?;
-    let list = |p: Option<&str>| -> Vec<String> {
-        p.unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
-    };
-    let first = list(parts.next());
-    let last = list(parts.next());
-    if parts.next().is_some() || (first.is_empty() && last.is_empty()) {
-        return Err(bad());
-    }
-    Ok(RolloutOrder {
-        ordinal: None,
-        role: Some(RoleOrder {
-            key: key.into(),
-            first,
-            last,
-        }),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relaunch_api::OrdinalOrder;
 
     #[test]
     fn one_name_per_token_and_short_enough_for_a_label() {
@@ -256,17 +221,27 @@ mod tests {
 
     #[test]
     fn order_annotation_forms() {
+        let order = |value: &str| {
+            let annotations = BTreeMap::from([(ANNOTATION_ORDER.to_string(), value.to_string())]);
+            rollout_spec(WorkloadKind::StatefulSet, "db", &annotations)
+                .map(|spec| spec.strategy.order.unwrap_or_default())
+        };
         assert_eq!(
-            parse_order("ordinal-asc").unwrap().ordinal,
+            order("ordinal-asc").unwrap().ordinal,
             Some(OrdinalOrder::OrdinalAscending)
         );
         assert_eq!(
-            parse_order("ordinal").unwrap().ordinal,
+            order("ordinal").unwrap().ordinal,
             Some(OrdinalOrder::OrdinalDescending)
         );
-        assert!(parse_order("role=role::primary").is_ok());
-        assert!(parse_order("random").is_err());
-        assert!(parse_order("role=:a:b").is_err());
-        assert!(parse_order("role=k").is_err());
+        assert!(order("role=role::primary").is_ok());
+        assert!(order("random").is_err());
+        assert!(order("role=:a:b").is_err());
+        assert!(order("role=k").is_err());
+        let message = order("random").unwrap_err().to_string();
+        assert!(
+            message.starts_with("relaunch.dev/order \"random\": use ordinal"),
+            "{message}"
+        );
     }
 }
