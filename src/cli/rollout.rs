@@ -13,17 +13,17 @@ use serde::de::DeserializeOwned;
 use super::error::CliError;
 use super::parse;
 use super::progress::{bar, seconds};
-use super::restart::restartable_containers;
 use super::session::{
     Call, DAEMONSETS, DEPLOYMENTS, REPLICASETS, ROLLOUTS, ResourceKind, STATEFULSETS, Session,
 };
 use super::wait::{View, follow};
+use relaunch_api::containers::RecreatableContainers;
+use relaunch_api::validation::validate_rollout;
 use relaunch_api::{
-    ContainerRecreateRequestStrategy, ContainerShutdown, ExecAction, RollingRestart,
-    RollingRestartSpec, RolloutOrder, RolloutPhase, RolloutStrategy, RolloutTarget, ShutdownAction,
-    WorkloadKind, WorkloadRef,
+    CONDITION_BLOCKED, ContainerRecreateRequestStrategy, ContainerShutdown, ExecAction,
+    RollingRestart, RollingRestartSpec, RolloutOrder, RolloutPhase, RolloutStrategy, RolloutTarget,
+    ShutdownAction, WorkloadKind, WorkloadRef,
 };
-use relaunch_coordinator::rollout::state::{CONDITION_BLOCKED, validate};
 
 /// After this long without any status, the wait says the coordinator may not be running.
 const NO_STATUS_HINT_AFTER: Duration = Duration::from_secs(10);
@@ -144,11 +144,11 @@ pub fn rolling_restart(
             kind.as_str()
         )));
     }
-    let known = restartable_containers(template);
+    let recreatable = RecreatableContainers::of(template);
     let unknown: Vec<&str> = options
         .containers
         .iter()
-        .filter(|c| !known.contains(c))
+        .filter(|c| !recreatable.contains(c))
         .map(String::as_str)
         .collect();
     if !unknown.is_empty() {
@@ -156,14 +156,18 @@ pub fn rolling_restart(
             "the pods of {} {name} have no container {} (their containers: {})",
             kind.singular(),
             unknown.join(", "),
-            known.join(", ")
+            recreatable.names().join(", ")
         )));
     }
     let shutdown = match &options.shutdown_exec {
         None => Vec::new(),
         Some(command) => {
             let targets: Vec<String> = if options.containers.is_empty() {
-                template.containers.iter().map(|c| c.name.clone()).collect()
+                recreatable
+                    .default_names()
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
             } else {
                 options.containers.clone()
             };
@@ -208,7 +212,7 @@ pub fn rolling_restart(
         },
         abort: false,
     };
-    validate(&spec).map_err(CliError::Invalid)?;
+    validate_rollout(&spec)?;
     Ok(RollingRestart {
         metadata: ObjectMeta {
             generate_name: Some(format!("{name}-restart-")),

@@ -17,6 +17,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use relaunch_api::containers::is_native_sidecar;
 use relaunch_api::{
     ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_POD_UID, READINESS_GATE,
 };
@@ -134,8 +135,9 @@ where
 
 /// Keeps only what the controllers read of a pod, so the cache stays small as the cluster grows:
 /// identity, labels (rollout and budget selectors, ordinal), owner kinds (ordinal), deletion;
-/// node, grace period, readiness gates, container names (and native sidecars); phase and the
-/// Ready and `relaunch.dev/ready` conditions.
+/// node, grace period, readiness gates, the names of the containers that can be recreated
+/// (regular containers and native sidecars, with the restart policy that makes one a sidecar);
+/// phase and the Ready and `relaunch.dev/ready` conditions.
 pub(crate) fn prune_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
@@ -155,7 +157,7 @@ pub(crate) fn prune_pod(pod: &mut Pod) {
         containers: spec.containers.into_iter().map(name_only).collect(),
         init_containers: spec.init_containers.map(|c| {
             c.into_iter()
-                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                .filter(is_native_sidecar)
                 .map(name_only)
                 .collect()
         }),

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{FIELD_MANAGER, is_conflict};
 use crate::controller::{Caches, drive};
 use crate::{Context, CoordinatorError};
+use relaunch_api::validation::{InvalidRollout, validate_rollout, validate_rollout_name};
 use relaunch_api::{
     ANNOTATION_RESTART_AT, ContainerRecreateRequest, ContainerRecreateRequestContainer,
     ContainerRecreateRequestSpec, LABEL_NODE_NAME, LABEL_POD_UID, LABEL_ROLLING_RESTART,
@@ -335,8 +336,8 @@ impl Worker {
         let generation = rollout.metadata.generation;
         let previous = rollout.status.clone().unwrap_or_default();
         let spec = &rollout.spec;
-        if let Err(message) = state::validate_name(&name).and_then(|()| state::validate(spec)) {
-            let status = state::failed_status(&previous, &message, generation, now);
+        if let Err(invalid) = validate_rollout_name(&name).and_then(|()| validate_rollout(spec)) {
+            let status = state::failed_status(&previous, &invalid, generation, now);
             return self.finish(rollout, &previous, status, true).await;
         }
         let (selector, target) = match self.selector(rollout) {
@@ -356,12 +357,8 @@ impl Worker {
             }
         };
         let Ok(selector) = Selector::try_from(selector) else {
-            let status = state::failed_status(
-                &previous,
-                "the target's selector is invalid",
-                generation,
-                now,
-            );
+            let status =
+                state::failed_status(&previous, &InvalidRollout::InvalidSelector, generation, now);
             return self.finish(rollout, &previous, status, true).await;
         };
 
@@ -385,8 +382,8 @@ impl Worker {
                 Ok(c) => {
                     containers.insert(pod.name_any(), c);
                 }
-                Err(message) => {
-                    let status = state::failed_status(&previous, &message, generation, now);
+                Err(invalid) => {
+                    let status = state::failed_status(&previous, &invalid, generation, now);
                     return self.finish(rollout, &previous, status, true).await;
                 }
             }
@@ -439,8 +436,8 @@ impl Worker {
             .count();
         let strategy = match state::plan_strategy(spec, eligible) {
             Ok(s) => s,
-            Err(message) => {
-                let status = state::failed_status(&previous, &message, generation, now);
+            Err(invalid) => {
+                let status = state::failed_status(&previous, &invalid, generation, now);
                 return self.finish(rollout, &previous, status, true).await;
             }
         };
