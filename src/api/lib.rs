@@ -8,12 +8,14 @@ pub mod containers;
 mod crr;
 mod order;
 pub mod report;
+mod request;
 mod rollout;
 pub mod validation;
 mod workload;
 
 pub use crr::*;
 pub use order::InvalidOrder;
+pub use request::RecreateRequestBuilder;
 pub use rollout::*;
 pub use workload::WorkloadKind;
 

@@ -1,11 +1,10 @@
 //! `kubectl relaunch restart pod/NAME`: one ContainerRecreateRequest, checked against the pod
 //! before it is created, and followed until it ends with `--wait`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, PostParams};
 
 use super::error::CliError;
 use super::parse;
@@ -15,9 +14,8 @@ use super::wait::{View, follow};
 use relaunch_api::containers::RecreatableContainers;
 use relaunch_api::validation::validate_request;
 use relaunch_api::{
-    ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestContainer,
-    ContainerRecreateRequestSpec, ContainerRecreateRequestStrategy, ContainerRecreateState,
-    ExecAction, LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase, ShutdownAction,
+    ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestStrategy,
+    ContainerRecreateState, ExecAction, RecreatePhase, ShutdownAction,
 };
 
 /// After this long without any status, the wait says the coordinator may not be running.
@@ -123,35 +121,16 @@ pub fn recreate_request(
             unready_grace_period_seconds: options.unready_grace_seconds,
             ..ContainerRecreateRequestStrategy::default()
         });
-    let mut labels = BTreeMap::from([(
-        LABEL_POD_UID.to_string(),
-        pod.metadata.uid.clone().unwrap_or_default(),
-    )]);
-    if let Some(node) = spec.node_name.clone().filter(|n| !n.is_empty()) {
-        labels.insert(LABEL_NODE_NAME.to_string(), node);
-    }
-    let request = ContainerRecreateRequest {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{pod_name}-")),
-            namespace: Some(namespace.to_string()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
-        spec: ContainerRecreateRequestSpec {
-            pod_name,
-            containers: wanted
-                .into_iter()
-                .map(|name| ContainerRecreateRequestContainer {
-                    name,
-                    shutdown: shutdown.clone(),
-                })
-                .collect(),
-            strategy,
-            active_deadline_seconds: None,
-            ttl_seconds_after_finished: None,
-        },
-        status: None,
-    };
+    let request = wanted
+        .into_iter()
+        .fold(
+            ContainerRecreateRequest::for_pod(pod)
+                .namespace(namespace)
+                .generate_name(format!("{pod_name}-"))
+                .strategy(strategy),
+            |request, name| request.container(name, shutdown.clone()),
+        )
+        .build();
     validate_request(&request, Some(pod))?;
     Ok(request)
 }
@@ -309,7 +288,10 @@ fn failure_message(message: Option<&str>, states: &[ContainerRecreateState]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relaunch_api::ContainerRecreateRequestStatus;
+    use relaunch_api::{
+        ContainerRecreateRequestSpec, ContainerRecreateRequestStatus, LABEL_NODE_NAME,
+        LABEL_POD_UID,
+    };
     use serde_json::json;
 
     fn pod(node: Option<&str>) -> Pod {

@@ -33,9 +33,8 @@ use crate::controller::{Caches, drive};
 use crate::{Context, CoordinatorError};
 use relaunch_api::validation::{InvalidRollout, validate_rollout, validate_rollout_name};
 use relaunch_api::{
-    ANNOTATION_RESTART_AT, ContainerRecreateRequest, ContainerRecreateRequestContainer,
-    ContainerRecreateRequestSpec, LABEL_NODE_NAME, LABEL_POD_UID, LABEL_ROLLING_RESTART,
-    RollingRestart, RollingRestartStatus, RolloutPhase, WorkloadKind,
+    ANNOTATION_RESTART_AT, ContainerRecreateRequest, LABEL_ROLLING_RESTART, RollingRestart,
+    RollingRestartStatus, RolloutPhase, WorkloadKind,
 };
 
 use super::planner::{self, Budget, TargetPod, WaitReason};
@@ -669,18 +668,11 @@ impl Worker {
     ) -> Result<String, kube::Error> {
         let ns = rollout.namespace().unwrap_or_default();
         let rollout_name = rollout.name_any();
-        let pod_uid = pod.uid().unwrap_or_default();
-        let name = state::request_name(&rollout_name, &pod.name_any(), &pod_uid);
-        let node = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
-        let labels = BTreeMap::from([
-            (LABEL_NODE_NAME.to_string(), node),
-            (LABEL_POD_UID.to_string(), pod_uid),
-            (LABEL_ROLLING_RESTART.to_string(), rollout_name),
-        ]);
+        let name = state::request_name(
+            &rollout_name,
+            &pod.name_any(),
+            &pod.uid().unwrap_or_default(),
+        );
         let owner = OwnerReference {
             api_version: "relaunch.dev/v1alpha1".into(),
             kind: "RollingRestart".into(),
@@ -689,30 +681,27 @@ impl Worker {
             controller: Some(true),
             block_owner_deletion: Some(true),
         };
-        let mut request = ContainerRecreateRequest::new(
-            &name,
-            ContainerRecreateRequestSpec {
-                pod_name: pod.name_any(),
-                containers: containers
-                    .iter()
-                    .map(|c| ContainerRecreateRequestContainer {
-                        name: c.clone(),
-                        shutdown: rollout
-                            .spec
-                            .shutdown
-                            .iter()
-                            .find(|s| &s.container == c)
-                            .map(|s| s.action.clone()),
-                    })
-                    .collect(),
-                strategy: rollout.spec.recreate_strategy.clone(),
-                active_deadline_seconds: rollout.spec.active_deadline_seconds,
-                ttl_seconds_after_finished: None,
-            },
-        );
-        request.metadata.namespace = Some(ns.clone());
-        request.metadata.labels = Some(labels);
-        request.metadata.owner_references = Some(vec![owner]);
+        let shutdown = |container: &String| {
+            rollout
+                .spec
+                .shutdown
+                .iter()
+                .find(|s| &s.container == container)
+                .map(|s| s.action.clone())
+        };
+        let request = containers
+            .iter()
+            .fold(
+                ContainerRecreateRequest::for_pod(pod)
+                    .name(&name)
+                    .namespace(&ns)
+                    .label(LABEL_ROLLING_RESTART, &rollout_name)
+                    .owner(owner)
+                    .strategy(rollout.spec.recreate_strategy.clone())
+                    .active_deadline_seconds(rollout.spec.active_deadline_seconds),
+                |request, container| request.container(container, shutdown(container)),
+            )
+            .build();
         let api: Api<ContainerRecreateRequest> =
             Api::namespaced(self.ctx.cluster.client().clone(), &ns);
         match api.create(&PostParams::default(), &request).await {
