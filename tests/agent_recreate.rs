@@ -17,9 +17,7 @@ use kube::CustomResourceExt;
 use kube::api::{Api, PostParams};
 use relaunch_agent::failpoint::{self, Failpoint};
 use relaunch_api::report::RecreateReport;
-use relaunch_api::{
-    ContainerRecreatePhase, ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase,
-};
+use relaunch_api::{ContainerRecreatePhase, ContainerRecreateRequest, RecreatePhase};
 use relaunch_testbed::eventually;
 use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
@@ -215,15 +213,11 @@ impl Bed {
     }
 
     async fn create_request(&self, name: &str, pod: &Pod, spec: Value) -> String {
-        let crr: ContainerRecreateRequest = serde_json::from_value(json!({
-            "apiVersion": "relaunch.dev/v1alpha1", "kind": "ContainerRecreateRequest",
-            "metadata": {"name": name, "namespace": "default", "labels": {
-                LABEL_NODE_NAME: NODE,
-                LABEL_POD_UID: pod.metadata.uid.clone().unwrap(),
-            }},
-            "spec": spec,
-        }))
-        .unwrap();
+        let mut crr = ContainerRecreateRequest::for_pod(pod)
+            .name(name)
+            .namespace("default")
+            .build();
+        crr.spec = serde_json::from_value(spec).unwrap();
         let api: Api<ContainerRecreateRequest> = Api::namespaced(self.client.clone(), "default");
         api.create(&PostParams::default(), &crr)
             .await

@@ -7,8 +7,7 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use relaunch_agent::failpoint::{self, Failpoint};
 use relaunch_api::{
-    ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestStatus,
-    LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase,
+    ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestStatus, RecreatePhase,
 };
 use relaunch_testbed::eventually;
 use relaunch_testbed::processes::Binaries;
@@ -91,25 +90,9 @@ impl Bed {
         containers: Value,
         strategy: Value,
     ) -> ContainerRecreateRequest {
-        let node = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
-        let mut labels = serde_json::Map::new();
-        if !node.is_empty() {
-            labels.insert(LABEL_NODE_NAME.into(), json!(node));
-            labels.insert(
-                LABEL_POD_UID.into(),
-                json!(pod.metadata.uid.clone().unwrap_or_default()),
-            );
-        }
-        let request: ContainerRecreateRequest = serde_json::from_value(json!({
-            "apiVersion": "relaunch.dev/v1alpha1", "kind": "ContainerRecreateRequest",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {"podName": pod.metadata.name, "containers": containers, "strategy": strategy},
-        }))
-        .unwrap();
+        let mut request = ContainerRecreateRequest::for_pod(pod).name(name).build();
+        request.spec.containers = serde_json::from_value(containers).unwrap();
+        request.spec.strategy = serde_json::from_value(strategy).unwrap();
         self.requests()
             .create(&PostParams::default(), &request)
             .await

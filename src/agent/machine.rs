@@ -574,8 +574,8 @@ impl RequestProgress {
             sequence: self.sequence,
             phase: self.phase,
             message: self.message.clone(),
-            start_time: self.start_time.map(|t| t.to_string()),
-            completion_time: self.completion_time.map(|t| t.to_string()),
+            start_time: self.start_time,
+            completion_time: self.completion_time,
             containers: self
                 .containers
                 .iter()

@@ -1,11 +1,13 @@
-//! What a request asks of its pod, checked against the pod spec before anything is touched:
-//! refusals for what would not come back, and each container's shutdown action and grace.
+//! What a request asks of its pod, checked against the pod spec before anything is touched
+//! (the API's validation: refusals for what would not come back), and each container's
+//! shutdown action and grace.
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, ContainerPort, LifecycleHandler, Pod};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod, PodSpec};
 
+use relaunch_api::containers::resolve_port;
+use relaunch_api::validation::{self, CheckedShutdown, InvalidRequest};
 use relaunch_api::{ContainerRecreateRequestSpec, FailurePolicy, HttpGetAction, ShutdownAction};
 
 /// Grace when neither the request nor the pod sets one (the API's default).
@@ -65,155 +67,35 @@ pub struct RequestPlan {
     pub active_deadline: Option<Duration>,
 }
 
-/// Why a request is refused before anything is stopped. The text says what to fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("spec.containers is empty: name at least one container of pod {pod}")]
-    NoContainers { pod: String },
-    #[error(
-        "container {name} is listed more than once in spec.containers: list each container once"
-    )]
-    Duplicate { name: String },
-    #[error(
-        "pod {pod} has no container {name} (containers: {known}); only regular containers and restartable init containers (sidecars) can be recreated"
-    )]
-    UnknownContainer {
-        pod: String,
-        name: String,
-        known: String,
-    },
-    #[error(
-        "{name} is an init container that runs to completion, not a sidecar (restartPolicy: Always): it cannot be recreated in place"
-    )]
-    InitContainer { name: String },
-    #[error(
-        "pod {pod} has restartPolicy: Never: the kubelet would not start container {name} again after the stop; recreate the pod instead"
-    )]
-    RestartPolicyNever { pod: String, name: String },
-    #[error(
-        "pod {pod} has restartPolicy: OnFailure: a graceful exit 0 of container {name} would end it for good; only pods with restartPolicy: Always (or sidecars) can be recreated in place"
-    )]
-    RestartPolicyOnFailure { pod: String, name: String },
-    #[error("{field} is {value}: it must not be negative")]
-    Negative { field: String, value: i64 },
-    #[error("shutdown of container {name}: {reason}")]
-    BadShutdown { name: String, reason: String },
+/// A duration in whole seconds. The request's were checked (never negative); a negative pod
+/// grace period, which the API server refuses, counts as unset.
+fn seconds(value: Option<i64>) -> Option<Duration> {
+    value
+        .and_then(|v| u64::try_from(v).ok())
+        .map(Duration::from_secs)
 }
 
-impl Refusal {
-    /// A short label for logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Refusal::NoContainers { .. } => "no_containers",
-            Refusal::Duplicate { .. } => "duplicate_container",
-            Refusal::UnknownContainer { .. } => "unknown_container",
-            Refusal::InitContainer { .. } => "init_container",
-            Refusal::RestartPolicyNever { .. } => "restart_policy_never",
-            Refusal::RestartPolicyOnFailure { .. } => "restart_policy_on_failure",
-            Refusal::Negative { .. } => "negative_duration",
-            Refusal::BadShutdown { .. } => "bad_shutdown",
-        }
-    }
-}
-
-fn seconds(field: &str, value: Option<i64>) -> Result<Option<Duration>, Refusal> {
-    match value {
-        Some(v) if v < 0 => Err(Refusal::Negative {
-            field: field.to_string(),
-            value: v,
-        }),
-        Some(v) => Ok(Some(Duration::from_secs(v as u64))),
-        None => Ok(None),
-    }
-}
-
-/// Checks `spec` against `pod` and resolves every container's steps, or says why not.
-pub fn plan(spec: &ContainerRecreateRequestSpec, pod: &Pod) -> Result<RequestPlan, Refusal> {
-    let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let pod_spec = pod.spec.clone().unwrap_or_default();
+/// Checks `spec` against `pod` (the API's checks on the request and the pod spec, so a request
+/// seen before admission is refused with admission's message) and resolves every container's
+/// steps, or says why not.
+pub fn plan(spec: &ContainerRecreateRequestSpec, pod: &Pod) -> Result<RequestPlan, InvalidRequest> {
+    let no_spec = PodSpec::default();
+    let pod_spec = pod.spec.as_ref().unwrap_or(&no_spec);
+    validation::check_spec(spec)?;
+    let checked = validation::check_containers(spec, pod_spec)?;
     let strategy = spec.strategy.clone().unwrap_or_default();
-    if spec.containers.is_empty() {
-        return Err(Refusal::NoContainers { pod: pod_name });
-    }
-    let active_deadline = seconds("spec.activeDeadlineSeconds", spec.active_deadline_seconds)?;
-    let request_grace = seconds(
-        "spec.strategy.terminationGracePeriodSeconds",
-        strategy.termination_grace_period_seconds,
-    )?;
-    let pod_grace = seconds(
-        "pod spec.terminationGracePeriodSeconds",
-        pod_spec.termination_grace_period_seconds,
-    )?;
-    let grace = request_grace.or(pod_grace).unwrap_or(DEFAULT_GRACE);
-    let unready_grace = seconds(
-        "spec.strategy.unreadyGracePeriodSeconds",
-        strategy.unready_grace_period_seconds,
-    )?
-    .filter(|d| !d.is_zero());
-    let min_started = seconds(
-        "spec.strategy.minStartedSeconds",
-        strategy.min_started_seconds.map(i64::from),
-    )?
-    .unwrap_or_default();
-    let policy = pod_spec.restart_policy.as_deref().unwrap_or("Always");
+    let grace = seconds(strategy.termination_grace_period_seconds)
+        .or(seconds(pod_spec.termination_grace_period_seconds))
+        .unwrap_or(DEFAULT_GRACE);
+    let unready_grace = seconds(strategy.unready_grace_period_seconds).filter(|d| !d.is_zero());
+    let min_started = seconds(strategy.min_started_seconds.map(i64::from)).unwrap_or_default();
 
     let mut containers = Vec::new();
-    for (i, wanted) in spec.containers.iter().enumerate() {
-        if spec.containers[..i].iter().any(|c| c.name == wanted.name) {
-            return Err(Refusal::Duplicate {
-                name: wanted.name.clone(),
-            });
-        }
-        let regular = pod_spec.containers.iter().find(|c| c.name == wanted.name);
-        let init = pod_spec
-            .init_containers
-            .iter()
-            .flatten()
-            .find(|c| c.name == wanted.name);
-        let container = match (regular, init) {
-            (Some(c), _) => {
-                match policy {
-                    "Never" => {
-                        return Err(Refusal::RestartPolicyNever {
-                            pod: pod_name,
-                            name: wanted.name.clone(),
-                        });
-                    }
-                    "OnFailure" => {
-                        return Err(Refusal::RestartPolicyOnFailure {
-                            pod: pod_name,
-                            name: wanted.name.clone(),
-                        });
-                    }
-                    _ => {}
-                }
-                c
-            }
-            // Native sidecars come back whatever the pod's restartPolicy is.
-            (None, Some(c)) if c.restart_policy.as_deref() == Some("Always") => c,
-            (None, Some(_)) => {
-                return Err(Refusal::InitContainer {
-                    name: wanted.name.clone(),
-                });
-            }
-            (None, None) => {
-                return Err(Refusal::UnknownContainer {
-                    pod: pod_name,
-                    name: wanted.name.clone(),
-                    known: known_containers(
-                        &pod_spec.containers,
-                        pod_spec.init_containers.as_deref(),
-                    ),
-                });
-            }
-        };
+    for (index, (wanted, container)) in spec.containers.iter().zip(checked).enumerate() {
         let shutdown = match &wanted.shutdown {
             Some(action) => Some((
                 ShutdownSource::Request,
-                request_shutdown(action, container).map_err(|reason| Refusal::BadShutdown {
-                    name: wanted.name.clone(),
-                    reason,
-                })?,
+                request_shutdown(index, action, container)?,
             )),
             None => container
                 .lifecycle
@@ -235,57 +117,24 @@ pub fn plan(spec: &ContainerRecreateRequestSpec, pod: &Pod) -> Result<RequestPla
         containers,
         ordered: strategy.ordered_recreate.unwrap_or(false),
         failure_policy: strategy.failure_policy.unwrap_or_default(),
-        active_deadline,
+        active_deadline: seconds(spec.active_deadline_seconds),
     })
 }
 
-fn known_containers(regular: &[Container], init: Option<&[Container]>) -> String {
-    let names: Vec<&str> = regular
-        .iter()
-        .map(|c| c.name.as_str())
-        .chain(
-            init.into_iter()
-                .flatten()
-                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-                .map(|c| c.name.as_str()),
-        )
-        .collect();
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join(", ")
-    }
-}
-
 fn request_shutdown(
+    index: usize,
     action: &ShutdownAction,
     container: &Container,
-) -> Result<ShutdownStep, String> {
-    match (&action.exec, &action.http_get) {
-        (Some(_), Some(_)) => Err("set either exec or httpGet, not both".into()),
-        (None, None) => {
-            Err("set exec or httpGet (or leave shutdown out to use the preStop hook)".into())
-        }
-        (Some(exec), None) if exec.command.is_empty() => Err("exec.command is empty".into()),
-        (Some(exec), None) => Ok(ShutdownStep::Exec(exec.command.clone())),
-        (None, Some(http)) => http_target(http, container).map(ShutdownStep::HttpGet),
+) -> Result<ShutdownStep, InvalidRequest> {
+    match validation::check_shutdown(index, action)? {
+        CheckedShutdown::Exec(command) => Ok(ShutdownStep::Exec(command.to_vec())),
+        CheckedShutdown::HttpGet(http) => http_target(http, container).map(ShutdownStep::HttpGet),
     }
 }
 
-fn http_target(http: &HttpGetAction, container: &Container) -> Result<HttpTarget, String> {
-    let ports = container.ports.as_deref().unwrap_or_default();
-    let port = resolve_port(&http.port, ports).ok_or_else(|| match &http.port {
-        IntOrString::String(name) => format!(
-            "httpGet port {name:?} is not a port number and container {} has no port with that name",
-            container.name
-        ),
-        IntOrString::Int(n) => format!("httpGet port {n} is not a valid port"),
-    })?;
-    let scheme = match http.scheme.as_deref().unwrap_or("HTTP") {
-        "HTTP" | "http" => "http",
-        "HTTPS" | "https" => "https",
-        other => return Err(format!("httpGet scheme {other:?}: use HTTP or HTTPS")),
-    };
+fn http_target(http: &HttpGetAction, container: &Container) -> Result<HttpTarget, InvalidRequest> {
+    let port = validation::http_get_port(http, container)?;
+    let scheme = validation::http_get_scheme(http, container)?;
     Ok(HttpTarget {
         scheme: scheme.into(),
         host: http.host.clone().filter(|h| !h.is_empty()),
@@ -337,21 +186,6 @@ fn normalise_path(path: Option<&str>) -> String {
         None | Some("") => "/".into(),
         Some(p) if p.starts_with('/') => p.into(),
         Some(p) => format!("/{p}"),
-    }
-}
-
-/// A numeric port, or a named one looked up in the container's ports.
-pub fn resolve_port(port: &IntOrString, ports: &[ContainerPort]) -> Option<u16> {
-    match port {
-        IntOrString::Int(n) => u16::try_from(*n).ok().filter(|p| *p > 0),
-        IntOrString::String(name) => match name.parse::<u16>() {
-            Ok(n) if n > 0 => Some(n),
-            Ok(_) => None,
-            Err(_) => ports
-                .iter()
-                .find(|p| p.name.as_deref() == Some(name.as_str()))
-                .and_then(|p| u16::try_from(p.container_port).ok()),
-        },
     }
 }
 

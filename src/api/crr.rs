@@ -123,20 +123,7 @@ pub enum FailurePolicy {
 }
 
 /// Whether the request worked.
-#[derive(
-    Deserialize,
-    Serialize,
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    JsonSchema,
-)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum RecreatePhase {
     #[default]
     Pending,
@@ -146,10 +133,28 @@ pub enum RecreatePhase {
 }
 
 impl RecreatePhase {
+    /// How far along a request in this phase is. Status only ever moves to a phase of greater
+    /// progress (the coordinator's merge of reports relies on it); `Failed` counts as furthest.
+    pub fn progress(self) -> u8 {
+        match self {
+            RecreatePhase::Pending => 0,
+            RecreatePhase::Recreating => 1,
+            RecreatePhase::Succeeded => 2,
+            RecreatePhase::Failed => 3,
+        }
+    }
+
+    /// Whether this phase lies beyond `other` in the order a request moves through.
+    pub fn is_after(self, other: RecreatePhase) -> bool {
+        self.progress() > other.progress()
+    }
+
+    /// Whether the request ended, successfully or not.
     pub fn is_finished(self) -> bool {
         matches!(self, RecreatePhase::Succeeded | RecreatePhase::Failed)
     }
 
+    /// The phase as written in status.
     pub fn as_str(self) -> &'static str {
         match self {
             RecreatePhase::Pending => "Pending",
@@ -161,20 +166,7 @@ impl RecreatePhase {
 }
 
 /// Where one container's recreate is, in the order the steps happen.
-#[derive(
-    Deserialize,
-    Serialize,
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    JsonSchema,
-)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum ContainerRecreatePhase {
     #[default]
     Pending,
@@ -193,6 +185,27 @@ pub enum ContainerRecreatePhase {
 }
 
 impl ContainerRecreatePhase {
+    /// How far along a container in this phase is: the order the steps happen in, `Failed`
+    /// counting as furthest. Status only ever moves to a phase of greater progress.
+    pub fn progress(self) -> u8 {
+        match self {
+            ContainerRecreatePhase::Pending => 0,
+            ContainerRecreatePhase::Unready => 1,
+            ContainerRecreatePhase::ShuttingDown => 2,
+            ContainerRecreatePhase::Stopping => 3,
+            ContainerRecreatePhase::WaitingForRestart => 4,
+            ContainerRecreatePhase::WaitingForReady => 5,
+            ContainerRecreatePhase::Succeeded => 6,
+            ContainerRecreatePhase::Failed => 7,
+        }
+    }
+
+    /// Whether this phase lies beyond `other` in the order the steps happen.
+    pub fn is_after(self, other: ContainerRecreatePhase) -> bool {
+        self.progress() > other.progress()
+    }
+
+    /// Whether the container's recreate ended, successfully or not.
     pub fn is_finished(self) -> bool {
         matches!(
             self,
@@ -277,4 +290,45 @@ pub struct Condition {
     pub last_transition_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_phases_progress_pending_recreating_succeeded_failed() {
+        use RecreatePhase::*;
+        let order = [Pending, Recreating, Succeeded, Failed];
+        for (i, earlier) in order.iter().enumerate() {
+            for later in &order[i + 1..] {
+                assert!(later.is_after(*earlier), "{later:?} after {earlier:?}");
+                assert!(!earlier.is_after(*later), "{earlier:?} not after {later:?}");
+            }
+            assert!(!earlier.is_after(*earlier));
+        }
+    }
+
+    #[test]
+    fn container_phases_progress_in_the_order_the_steps_happen() {
+        use ContainerRecreatePhase::*;
+        let order = [
+            Pending,
+            Unready,
+            ShuttingDown,
+            Stopping,
+            WaitingForRestart,
+            WaitingForReady,
+            Succeeded,
+            Failed,
+        ];
+        let progress: Vec<u8> = order.iter().map(|p| p.progress()).collect();
+        assert_eq!(progress, (0..8).collect::<Vec<u8>>());
+        for (i, earlier) in order.iter().enumerate() {
+            for later in &order[i + 1..] {
+                assert!(later.is_after(*earlier), "{later:?} after {earlier:?}");
+                assert!(!earlier.is_after(*later), "{earlier:?} not after {later:?}");
+            }
+        }
+    }
 }

@@ -1,12 +1,23 @@
 //! relaunch's API: the custom resources (group `relaunch.dev`, version `v1alpha1`), the labels
-//! and conditions they use, and the agent→coordinator report protocol.
+//! and conditions they use, the agent→coordinator report protocol, and the rules every
+//! component shares: which containers can be recreated ([`containers`]), whether a request or a
+//! rollout is valid ([`validation`]), how a rollout's order is written, and how a request for a
+//! pod is built.
 
+pub mod containers;
 mod crr;
+mod order;
 pub mod report;
+mod request;
 mod rollout;
+pub mod validation;
+mod workload;
 
 pub use crr::*;
+pub use order::InvalidOrder;
+pub use request::RecreateRequestBuilder;
 pub use rollout::*;
+pub use workload::WorkloadKind;
 
 use kube::CustomResourceExt;
 

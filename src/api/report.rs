@@ -3,6 +3,7 @@
 //! Every request carries the agent's projected service-account token (audience
 //! [`super::COORDINATOR_AUDIENCE`]) as a bearer token.
 
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{ContainerRecreateState, RecreatePhase};
@@ -36,11 +37,12 @@ pub struct RecreateReport {
     pub phase: RecreatePhase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// RFC 3339.
+    /// When the agent started the request; RFC 3339 on the wire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<String>,
+    pub start_time: Option<Timestamp>,
+    /// When the request finished; RFC 3339 on the wire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<String>,
+    pub completion_time: Option<Timestamp>,
     #[serde(default)]
     pub containers: Vec<ContainerRecreateState>,
 }
@@ -78,4 +80,53 @@ pub struct ErrorDetail {
     /// `PayloadTooLarge`, `UnsupportedMediaType`, `MethodNotAllowed`, `Unavailable`.
     pub reason: String,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn report(times: serde_json::Value) -> serde_json::Value {
+        let mut report = json!({
+            "request": {"namespace": "default", "name": "r", "uid": "u"},
+            "phase": "Succeeded",
+        });
+        if let (Some(report), Some(times)) = (report.as_object_mut(), times.as_object()) {
+            report.extend(times.clone());
+        }
+        report
+    }
+
+    #[test]
+    fn report_times_travel_as_rfc3339() {
+        let wire = report(json!({
+            "startTime": "2023-11-14T22:13:20Z",
+            "completionTime": "2023-11-14T22:13:29.5Z",
+        }));
+        let parsed: RecreateReport = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(
+            parsed.start_time,
+            Some(Timestamp::from_second(1_700_000_000).unwrap())
+        );
+        let mut back = serde_json::to_value(&parsed).unwrap();
+        if let Some(m) = back.as_object_mut() {
+            m.remove("sequence");
+            m.remove("containers");
+        }
+        assert_eq!(back, wire);
+    }
+
+    #[test]
+    fn a_report_whose_times_are_not_rfc3339_is_refused() {
+        for bad in [
+            json!({"startTime": "yesterday"}),
+            json!({"completionTime": ""}),
+        ] {
+            assert!(
+                serde_json::from_value::<RecreateReport>(report(bad.clone())).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }

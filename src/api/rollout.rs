@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, ContainerRecreateRequestStrategy, ShutdownAction};
+use super::{Condition, ContainerRecreateRequestStrategy, ShutdownAction, WorkloadKind};
 
 /// Restart the pods of a workload (or of a pod selector) in place, within a disruption budget.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -63,7 +63,7 @@ pub struct RolloutTarget {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadRef {
-    pub kind: String,
+    pub kind: WorkloadKind,
     pub name: String,
 }
 
@@ -143,6 +143,11 @@ pub enum RolloutFailurePolicy {
     Continue,
     Abort,
 }
+
+/// Condition type on a RollingRestart: whether it is moving (`True`) or has stopped, and why.
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+/// Condition type on a RollingRestart: whether something keeps it from starting its next batch.
+pub const CONDITION_BLOCKED: &str = "Blocked";
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum RolloutPhase {

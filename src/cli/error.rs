@@ -1,5 +1,7 @@
 //! Why a command failed, each as one line a person can act on.
 
+use relaunch_api::validation::{InvalidRequest, InvalidRollout};
+
 /// Where relaunch's manifests install it from (kustomize).
 pub const INSTALL_HINT: &str = "kubectl apply -k manifests/base";
 
@@ -38,6 +40,12 @@ pub enum CliError {
     /// The request cannot work for this pod or workload (not scheduled, no such container, ...).
     #[error("{0}")]
     Invalid(String),
+    /// A restart the coordinator would refuse (its admission checks).
+    #[error("{}", request_message(.0))]
+    InvalidRequest(#[from] InvalidRequest),
+    /// A rollout the coordinator would fail at once (its validation).
+    #[error("{0}")]
+    InvalidRollout(#[from] InvalidRollout),
     /// The API server refused or failed a request for another reason.
     #[error("cannot {what}: {message}")]
     Api { what: String, message: String },
@@ -63,6 +71,39 @@ impl CliError {
             CliError::Interrupted(_) => 130,
             _ => 1,
         }
+    }
+}
+
+/// A refused restart in the plugin's words: the API's message, except where the plugin names
+/// what to do in terms of its own command (`restart it` rather than `create the request`; the
+/// pod's containers, for `-c`).
+fn request_message(invalid: &InvalidRequest) -> String {
+    match invalid {
+        InvalidRequest::PodNotScheduled { pod } => {
+            format!("pod {pod} is not scheduled to a node yet; restart it once it runs")
+        }
+        InvalidRequest::UnknownContainers {
+            pod,
+            names,
+            recreatable,
+        }
+        | InvalidRequest::InitContainers {
+            pod,
+            names,
+            recreatable,
+        } => {
+            let noun = if names.len() == 1 {
+                "container"
+            } else {
+                "containers"
+            };
+            format!(
+                "pod {pod} has no {noun} {} (its containers: {})",
+                names.join(", "),
+                recreatable.join(", ")
+            )
+        }
+        other => other.to_string(),
     }
 }
 

@@ -5,71 +5,16 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use relaunch_api::{OrdinalOrder, RoleOrder, RolloutOrder};
+use relaunch_api::{RolloutOrder, WorkloadKind};
 
-/// A workload kind a rollout can target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkloadKind {
-    StatefulSet,
-    Deployment,
-    DaemonSet,
-    ReplicaSet,
-}
-
-impl WorkloadKind {
-    const ALL: [WorkloadKind; 4] = [
-        WorkloadKind::StatefulSet,
-        WorkloadKind::Deployment,
-        WorkloadKind::DaemonSet,
-        WorkloadKind::ReplicaSet,
-    ];
-
-    /// The kind as in `workloadRef.kind`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkloadKind::StatefulSet => "StatefulSet",
-            WorkloadKind::Deployment => "Deployment",
-            WorkloadKind::DaemonSet => "DaemonSet",
-            WorkloadKind::ReplicaSet => "ReplicaSet",
-        }
-    }
-
-    /// The lowercase singular, as kubectl prints it.
-    pub fn singular(self) -> &'static str {
-        match self {
-            WorkloadKind::StatefulSet => "statefulset",
-            WorkloadKind::Deployment => "deployment",
-            WorkloadKind::DaemonSet => "daemonset",
-            WorkloadKind::ReplicaSet => "replicaset",
-        }
-    }
-
-    /// The resource (plural) name.
-    pub fn plural(self) -> &'static str {
-        match self {
-            WorkloadKind::StatefulSet => "statefulsets",
-            WorkloadKind::Deployment => "deployments",
-            WorkloadKind::DaemonSet => "daemonsets",
-            WorkloadKind::ReplicaSet => "replicasets",
-        }
-    }
-
-    fn short(self) -> &'static str {
-        match self {
-            WorkloadKind::StatefulSet => "sts",
-            WorkloadKind::Deployment => "deploy",
-            WorkloadKind::DaemonSet => "ds",
-            WorkloadKind::ReplicaSet => "rs",
-        }
-    }
-
-    fn from_word(word: &str) -> Option<Self> {
-        let word = word.to_ascii_lowercase();
-        let word = word.strip_suffix(".apps").unwrap_or(&word);
-        Self::ALL
-            .into_iter()
-            .find(|k| [k.short(), k.singular(), k.plural()].contains(&word))
-    }
+/// A kind as kubectl spells it: short name, singular or plural, any case, with or without the
+/// `.apps` group (`sts`, `StatefulSets`, `deployments.apps`).
+fn workload_kind(word: &str) -> Option<WorkloadKind> {
+    let word = word.to_ascii_lowercase();
+    let word = word.strip_suffix(".apps").unwrap_or(&word);
+    WorkloadKind::ALL
+        .into_iter()
+        .find(|k| k.short_name() == Some(word) || k.singular() == word || k.plural() == word)
 }
 
 /// `KIND/NAME` of a workload: `sts/db`, `statefulset/db`, `deployments.apps/web`, ...
@@ -79,7 +24,7 @@ pub fn workload(text: &str) -> Result<(WorkloadKind, String), String> {
             "{text:?} is not KIND/NAME; use e.g. sts/{text} (kinds: sts, deploy, ds, rs)"
         ));
     };
-    let kind = WorkloadKind::from_word(kind).ok_or_else(|| {
+    let kind = workload_kind(kind).ok_or_else(|| {
         format!(
             "{kind:?} is not a workload kind relaunch can roll out; use sts, deploy, ds or rs (statefulset, deployment, daemonset, replicaset)"
         )
@@ -190,75 +135,13 @@ pub fn max_unavailable(text: &str) -> Result<IntOrString, String> {
 /// `--order` values: at most one of `ordinal` / `ordinal-asc` (`ordinal-desc`) and at most one
 /// `role=KEY:FIRST1,FIRST2:LAST1,LAST2` (either list may be empty, not both).
 pub fn order(values: &[String]) -> Result<Option<RolloutOrder>, String> {
-    let mut order = RolloutOrder::default();
-    for value in values {
-        let value = value.trim();
-        if let Some(role) = value.strip_prefix("role=") {
-            if order.role.is_some() {
-                return Err("--order role=... is given twice".into());
-            }
-            order.role = Some(role_order(role)?);
-            continue;
-        }
-        let ordinal = match value {
-            "ordinal" | "ordinal-desc" => OrdinalOrder::OrdinalDescending,
-            "ordinal-asc" => OrdinalOrder::OrdinalAscending,
-            _ => {
-                return Err(format!(
-                    "--order {value:?}: use ordinal (highest first), ordinal-asc, or role=KEY:FIRST1,FIRST2:LAST1,LAST2"
-                ));
-            }
-        };
-        if order.ordinal.is_some() {
-            return Err("--order takes one ordinal direction, not two".into());
-        }
-        order.ordinal = Some(ordinal);
-    }
-    Ok((order != RolloutOrder::default()).then_some(order))
-}
-
-fn role_order(text: &str) -> Result<RoleOrder, String> {
-    let usage = "use role=KEY:FIRST1,FIRST2:LAST1,LAST2, e.g. role=role:replica:primary,master";
-    let mut parts = text.split(':');
-    let key = parts.next().unwrap_or_default().trim();
-    let first = parts.next().unwrap_or_default();
-    let last = parts.next().unwrap_or_default();
-    if parts.next().is_some() {
-        return Err(format!("--order role={text}: too many ':'; {usage}"));
-    }
-    if key.is_empty() || key.contains(char::is_whitespace) || key.contains(',') {
-        return Err(format!(
-            "--order role={text}: {key:?} is not a label key; {usage}"
-        ));
-    }
-    let list = |s: &str| -> Vec<String> {
-        s.split(',')
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
-    let (first, last) = (list(first), list(last));
-    if first.is_empty() && last.is_empty() {
-        return Err(format!(
-            "--order role={text}: name values to go first and/or last; {usage}"
-        ));
-    }
-    if let Some(both) = first.iter().find(|v| last.contains(v)) {
-        return Err(format!(
-            "--order role={text}: {both:?} cannot go both first and last"
-        ));
-    }
-    Ok(RoleOrder {
-        key: key.to_string(),
-        first,
-        last,
-    })
+    RolloutOrder::from_terms(values.iter().map(String::as_str)).map_err(|e| format!("--order {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relaunch_api::{OrdinalOrder, RoleOrder};
 
     #[test]
     fn workload_kinds_accept_kubectl_spellings() {

@@ -1,23 +1,22 @@
 //! `kubectl relaunch restart pod/NAME`: one ContainerRecreateRequest, checked against the pod
 //! before it is created, and followed until it ends with `--wait`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use kube::api::{Api, PostParams};
 
 use super::error::CliError;
 use super::parse;
 use super::progress::{seconds, short_id};
 use super::session::{Call, PODS, REQUESTS, Session};
 use super::wait::{View, follow};
+use relaunch_api::containers::RecreatableContainers;
+use relaunch_api::validation::validate_request;
 use relaunch_api::{
-    ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestContainer,
-    ContainerRecreateRequestSpec, ContainerRecreateRequestStrategy, ContainerRecreateState,
-    ExecAction, LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase, ShutdownAction,
+    ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestStrategy,
+    ContainerRecreateState, ExecAction, RecreatePhase, ShutdownAction,
 };
-use relaunch_coordinator::admission::{self, Admission};
 
 /// After this long without any status, the wait says the coordinator may not be running.
 const NO_STATUS_HINT_AFTER: Duration = Duration::from_secs(10);
@@ -83,21 +82,6 @@ impl RestartArgs {
     }
 }
 
-/// The containers of `pod` that can be restarted: regular containers and native sidecars.
-pub fn restartable_containers(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<String> {
-    spec.containers
-        .iter()
-        .map(|c| c.name.clone())
-        .chain(
-            spec.init_containers
-                .iter()
-                .flatten()
-                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-                .map(|c| c.name.clone()),
-        )
-        .collect()
-}
-
 /// The request for `pod`, labelled with its node and UID so the agent sees it at once; refused
 /// with what to fix when it could not work (the checks the coordinator's admission makes).
 pub fn recreate_request(
@@ -106,39 +90,21 @@ pub fn recreate_request(
     options: &RestartOptions,
 ) -> Result<ContainerRecreateRequest, CliError> {
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let spec = pod.spec.clone().unwrap_or_default();
-    let Some(node) = spec.node_name.clone().filter(|n| !n.is_empty()) else {
-        return Err(CliError::Invalid(format!(
-            "pod {pod_name} is not scheduled to a node yet; restart it once it runs"
-        )));
-    };
-    let known = restartable_containers(&spec);
+    let no_spec = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&no_spec);
     let mut wanted: Vec<String> = Vec::new();
     if options.containers.is_empty() {
-        wanted = spec.containers.iter().map(|c| c.name.clone()).collect();
+        wanted = RecreatableContainers::of(spec)
+            .default_names()
+            .into_iter()
+            .map(String::from)
+            .collect();
     } else {
         for name in &options.containers {
             if !wanted.contains(name) {
                 wanted.push(name.clone());
             }
         }
-    }
-    let unknown: Vec<&str> = wanted
-        .iter()
-        .filter(|n| !known.contains(n))
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
-        let noun = if unknown.len() == 1 {
-            "container"
-        } else {
-            "containers"
-        };
-        return Err(CliError::Invalid(format!(
-            "pod {pod_name} has no {noun} {} (its containers: {})",
-            unknown.join(", "),
-            known.join(", ")
-        )));
     }
     let shutdown = options
         .shutdown_exec
@@ -155,39 +121,18 @@ pub fn recreate_request(
             unready_grace_period_seconds: options.unready_grace_seconds,
             ..ContainerRecreateRequestStrategy::default()
         });
-    let labels = BTreeMap::from([
-        (LABEL_NODE_NAME.to_string(), node),
-        (
-            LABEL_POD_UID.to_string(),
-            pod.metadata.uid.clone().unwrap_or_default(),
-        ),
-    ]);
-    let request = ContainerRecreateRequest {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{pod_name}-")),
-            namespace: Some(namespace.to_string()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
-        spec: ContainerRecreateRequestSpec {
-            pod_name,
-            containers: wanted
-                .into_iter()
-                .map(|name| ContainerRecreateRequestContainer {
-                    name,
-                    shutdown: shutdown.clone(),
-                })
-                .collect(),
-            strategy,
-            active_deadline_seconds: None,
-            ttl_seconds_after_finished: None,
-        },
-        status: None,
-    };
-    match admission::admit(&request, Some(pod)) {
-        Admission::Admit { .. } => Ok(request),
-        Admission::Refuse { message } => Err(CliError::Invalid(message)),
-    }
+    let request = wanted
+        .into_iter()
+        .fold(
+            ContainerRecreateRequest::for_pod(pod)
+                .namespace(namespace)
+                .generate_name(format!("{pod_name}-"))
+                .strategy(strategy),
+            |request, name| request.container(name, shutdown.clone()),
+        )
+        .build();
+    validate_request(&request, Some(pod))?;
+    Ok(request)
 }
 
 /// Runs the command.
@@ -343,7 +288,10 @@ fn failure_message(message: Option<&str>, states: &[ContainerRecreateState]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relaunch_api::ContainerRecreateRequestStatus;
+    use relaunch_api::{
+        ContainerRecreateRequestSpec, ContainerRecreateRequestStatus, LABEL_NODE_NAME,
+        LABEL_POD_UID,
+    };
     use serde_json::json;
 
     fn pod(node: Option<&str>) -> Pod {

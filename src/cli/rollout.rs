@@ -11,17 +11,19 @@ use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use serde::de::DeserializeOwned;
 
 use super::error::CliError;
-use super::parse::{self, WorkloadKind};
+use super::parse;
 use super::progress::{bar, seconds};
-use super::restart::restartable_containers;
-use super::session::{Call, ROLLOUTS, ResourceKind, Session};
-use super::wait::{View, follow};
-use relaunch_api::{
-    ContainerRecreateRequestStrategy, ContainerShutdown, ExecAction, RollingRestart,
-    RollingRestartSpec, RolloutOrder, RolloutPhase, RolloutStrategy, RolloutTarget, ShutdownAction,
-    WorkloadRef,
+use super::session::{
+    Call, DAEMONSETS, DEPLOYMENTS, REPLICASETS, ROLLOUTS, ResourceKind, STATEFULSETS, Session,
 };
-use relaunch_coordinator::rollout::state::{CONDITION_BLOCKED, validate};
+use super::wait::{View, follow};
+use relaunch_api::containers::RecreatableContainers;
+use relaunch_api::validation::validate_rollout;
+use relaunch_api::{
+    CONDITION_BLOCKED, ContainerRecreateRequestStrategy, ContainerShutdown, ExecAction,
+    RollingRestart, RollingRestartSpec, RolloutOrder, RolloutPhase, RolloutStrategy, RolloutTarget,
+    ShutdownAction, WorkloadKind, WorkloadRef,
+};
 
 /// After this long without any status, the wait says the coordinator may not be running.
 const NO_STATUS_HINT_AFTER: Duration = Duration::from_secs(10);
@@ -142,11 +144,11 @@ pub fn rolling_restart(
             kind.as_str()
         )));
     }
-    let known = restartable_containers(template);
+    let recreatable = RecreatableContainers::of(template);
     let unknown: Vec<&str> = options
         .containers
         .iter()
-        .filter(|c| !known.contains(c))
+        .filter(|c| !recreatable.contains(c))
         .map(String::as_str)
         .collect();
     if !unknown.is_empty() {
@@ -154,14 +156,18 @@ pub fn rolling_restart(
             "the pods of {} {name} have no container {} (their containers: {})",
             kind.singular(),
             unknown.join(", "),
-            known.join(", ")
+            recreatable.names().join(", ")
         )));
     }
     let shutdown = match &options.shutdown_exec {
         None => Vec::new(),
         Some(command) => {
             let targets: Vec<String> = if options.containers.is_empty() {
-                template.containers.iter().map(|c| c.name.clone()).collect()
+                recreatable
+                    .default_names()
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
             } else {
                 options.containers.clone()
             };
@@ -189,7 +195,7 @@ pub fn rolling_restart(
     let spec = RollingRestartSpec {
         target: RolloutTarget {
             workload_ref: Some(WorkloadRef {
-                kind: kind.as_str().into(),
+                kind: kind.clone(),
                 name: name.into(),
             }),
             selector: None,
@@ -206,7 +212,7 @@ pub fn rolling_restart(
         },
         abort: false,
     };
-    validate(&spec).map_err(CliError::Invalid)?;
+    validate_rollout(&spec)?;
     Ok(RollingRestart {
         metadata: ObjectMeta {
             generate_name: Some(format!("{name}-restart-")),
@@ -222,8 +228,8 @@ pub fn rolling_restart(
 pub async fn run(session: &Session, args: &RolloutArgs) -> Result<(), CliError> {
     let (kind, name) = parse::workload(&args.workload).map_err(CliError::Usage)?;
     let options = args.options()?;
-    let template = pod_template(session, kind, &name).await?;
-    let rollout = rolling_restart(kind, &name, &template, &session.namespace, &options)?;
+    let template = pod_template(session, &kind, &name).await?;
+    let rollout = rolling_restart(kind.clone(), &name, &template, &session.namespace, &options)?;
     let ns = session.namespace.as_str();
     let rollouts: Api<RollingRestart> = Api::namespaced(session.client.clone(), ns);
     let existing = session
@@ -232,7 +238,7 @@ pub async fn run(session: &Session, args: &RolloutArgs) -> Result<(), CliError> 
             rollouts.list(&ListParams::default()),
         )
         .await?;
-    if let Some(other) = unfinished_rollout_of(&existing.items, kind, &name) {
+    if let Some(other) = unfinished_rollout_of(&existing.items, kind.clone(), &name) {
         let other = other.metadata.name.as_deref().unwrap_or_default();
         return Err(CliError::Invalid(format!(
             "rollingrestart {other} is still restarting {} {name}; wait for it to finish, or stop it first: kubectl relaunch abort {other} -n {ns}",
@@ -275,7 +281,7 @@ pub fn unfinished_rollout_of<'a>(
             .target
             .workload_ref
             .as_ref()
-            .is_some_and(|w| w.kind == kind.as_str() && w.name == name);
+            .is_some_and(|w| w.kind == kind && w.name == name);
         let finished = r
             .status
             .as_ref()
@@ -287,21 +293,31 @@ pub fn unfinished_rollout_of<'a>(
 /// The pod template of the workload; a clear error when it does not exist.
 async fn pod_template(
     session: &Session,
-    kind: WorkloadKind,
+    kind: &WorkloadKind,
     name: &str,
 ) -> Result<PodSpec, CliError> {
     let template = match kind {
         WorkloadKind::StatefulSet => {
-            fetch::<StatefulSet>(session, kind, name, |w| w.spec.map(|s| s.template)).await?
+            fetch::<StatefulSet>(session, STATEFULSETS, name, |w| w.spec.map(|s| s.template))
+                .await?
         }
         WorkloadKind::Deployment => {
-            fetch::<Deployment>(session, kind, name, |w| w.spec.map(|s| s.template)).await?
+            fetch::<Deployment>(session, DEPLOYMENTS, name, |w| w.spec.map(|s| s.template)).await?
         }
         WorkloadKind::DaemonSet => {
-            fetch::<DaemonSet>(session, kind, name, |w| w.spec.map(|s| s.template)).await?
+            fetch::<DaemonSet>(session, DAEMONSETS, name, |w| w.spec.map(|s| s.template)).await?
         }
         WorkloadKind::ReplicaSet => {
-            fetch::<ReplicaSet>(session, kind, name, |w| w.spec.and_then(|s| s.template)).await?
+            fetch::<ReplicaSet>(session, REPLICASETS, name, |w| {
+                w.spec.and_then(|s| s.template)
+            })
+            .await?
+        }
+        // The command line only names the kinds above.
+        WorkloadKind::Unknown(kind) => {
+            return Err(CliError::Usage(format!(
+                "{kind:?} is not a workload kind relaunch can roll out"
+            )));
         }
     };
     Ok(template.and_then(|t| t.spec).unwrap_or_default())
@@ -309,7 +325,7 @@ async fn pod_template(
 
 async fn fetch<K>(
     session: &Session,
-    kind: WorkloadKind,
+    resource: ResourceKind,
     name: &str,
     template: impl FnOnce(K) -> Option<k8s_openapi::api::core::v1::PodTemplateSpec>,
 ) -> Result<Option<k8s_openapi::api::core::v1::PodTemplateSpec>, CliError>
@@ -320,10 +336,6 @@ where
         + Debug,
 {
     let api: Api<K> = Api::namespaced(session.client.clone(), &session.namespace);
-    let resource = ResourceKind {
-        plural: kind.plural(),
-        kind: kind.singular(),
-    };
     let workload = session
         .call(Call::get(resource, name, &session.namespace), api.get(name))
         .await?;

@@ -54,6 +54,22 @@ pub const ROLLOUTS: ResourceKind = ResourceKind {
     plural: "rollingrestarts",
     kind: "rollingrestart",
 };
+pub const STATEFULSETS: ResourceKind = ResourceKind {
+    plural: "statefulsets",
+    kind: "statefulset",
+};
+pub const DEPLOYMENTS: ResourceKind = ResourceKind {
+    plural: "deployments",
+    kind: "deployment",
+};
+pub const DAEMONSETS: ResourceKind = ResourceKind {
+    plural: "daemonsets",
+    kind: "daemonset",
+};
+pub const REPLICASETS: ResourceKind = ResourceKind {
+    plural: "replicasets",
+    kind: "replicaset",
+};
 
 /// One API call, described for error messages.
 #[derive(Debug, Clone, Copy)]

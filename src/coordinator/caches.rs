@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use relaunch_api::containers::is_native_sidecar;
 use relaunch_api::{ContainerRecreateRequest, READINESS_GATE};
 
 use crate::context::Context;
@@ -100,8 +101,9 @@ async fn run_watch<S, K>(
 
 /// Keeps only what the controllers read of a pod, so the cache stays small as the cluster grows:
 /// identity, labels (rollout and budget selectors, ordinal), owner kinds (ordinal), deletion;
-/// node, grace period, readiness gates, container names (and native sidecars); phase and the
-/// Ready and `relaunch.dev/ready` conditions.
+/// node, grace period, readiness gates, the names of the containers that can be recreated
+/// (regular containers and native sidecars, with the restart policy that makes one a sidecar);
+/// phase and the Ready and `relaunch.dev/ready` conditions.
 pub fn prune_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
@@ -121,7 +123,7 @@ pub fn prune_pod(pod: &mut Pod) {
         containers: spec.containers.into_iter().map(name_only).collect(),
         init_containers: spec.init_containers.map(|c| {
             c.into_iter()
-                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                .filter(is_native_sidecar)
                 .map(name_only)
                 .collect()
         }),

@@ -10,7 +10,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use relaunch_api::{
-    ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RollingRestart, RolloutPhase,
+    ContainerRecreateRequest, ContainerRecreateRequestStrategy, ExecAction, RollingRestart,
+    RolloutPhase, ShutdownAction,
 };
 use relaunch_telemetry::{LogFormat, init_logging};
 use relaunch_testbed::processes::Binaries;
@@ -189,11 +190,6 @@ async fn run_demo(sandbox: &Sandbox) -> Result<(), String> {
 async fn restart_in_place(client: kube::Client, pod: &Pod) -> Result<(), String> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let node = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .unwrap_or_default();
     let before = pod
         .status
         .as_ref()
@@ -204,15 +200,21 @@ async fn restart_in_place(client: kube::Client, pod: &Pod) -> Result<(), String>
     println!(
         "== restarting {name}/db in place: shutdown command `touch /tmp/shutdown`, then CRI stop, then the kubelet restarts it"
     );
-    let request: ContainerRecreateRequest = serde_json::from_value(serde_json::json!({
-        "apiVersion": "relaunch.dev/v1alpha1",
-        "kind": "ContainerRecreateRequest",
-        "metadata": {"name": format!("{name}-restart"), "namespace": "default",
-                     "labels": {LABEL_NODE_NAME: node, LABEL_POD_UID: uid}},
-        "spec": {"podName": name, "containers": [{"name": "db", "shutdown": {"exec": {"command": ["touch", "/tmp/shutdown"]}}}],
-                 "strategy": {"terminationGracePeriodSeconds": 10}}
-    }))
-    .map_err(|e| e.to_string())?;
+    let shutdown = ShutdownAction {
+        exec: Some(ExecAction {
+            command: vec!["touch".into(), "/tmp/shutdown".into()],
+        }),
+        http_get: None,
+    };
+    let request = ContainerRecreateRequest::for_pod(pod)
+        .name(format!("{name}-restart"))
+        .namespace("default")
+        .container("db", Some(shutdown))
+        .strategy(Some(ContainerRecreateRequestStrategy {
+            termination_grace_period_seconds: Some(10),
+            ..ContainerRecreateRequestStrategy::default()
+        }))
+        .build();
     let requests: Api<ContainerRecreateRequest> = Api::default_namespaced(client.clone());
     requests
         .create(&PostParams::default(), &request)

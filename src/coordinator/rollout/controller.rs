@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use relaunch_api::{
     ANNOTATION_RESTART_AT, ContainerRecreateRequest, LABEL_ROLLING_RESTART, RollingRestart,
-    RolloutPhase,
+    RolloutPhase, WorkloadKind,
 };
 
 use super::reconcile::{self, Action, Batch, Observed, Workload, describe};
@@ -321,16 +321,16 @@ impl RolloutController {
             return Err("no target".into());
         };
         let name = workload.name.as_str();
-        let selector = match workload.kind.as_str() {
-            "StatefulSet" => find(&self.stores.statefulsets, &ns, name)
+        let selector = match &workload.kind {
+            WorkloadKind::StatefulSet => find(&self.stores.statefulsets, &ns, name)
                 .and_then(|o| o.spec.as_ref().map(|s| s.selector.clone())),
-            "Deployment" => find(&self.stores.deployments, &ns, name)
+            WorkloadKind::Deployment => find(&self.stores.deployments, &ns, name)
                 .and_then(|o| o.spec.as_ref().map(|s| s.selector.clone())),
-            "DaemonSet" => find(&self.stores.daemonsets, &ns, name)
+            WorkloadKind::DaemonSet => find(&self.stores.daemonsets, &ns, name)
                 .and_then(|o| o.spec.as_ref().map(|s| s.selector.clone())),
-            "ReplicaSet" => find(&self.stores.replicasets, &ns, name)
+            WorkloadKind::ReplicaSet => find(&self.stores.replicasets, &ns, name)
                 .and_then(|o| o.spec.as_ref().map(|s| s.selector.clone())),
-            _ => None,
+            WorkloadKind::Unknown(_) => None,
         };
         let described = format!("{}/{}", workload.kind, workload.name);
         selector
@@ -432,20 +432,20 @@ impl RolloutController {
 
     /// Creates one RollingRestart per distinct `relaunch.dev/restart-at` token.
     async fn trigger(&mut self) {
-        let workload = |kind: &'static str, meta| Workload { kind, meta };
+        let workload = |kind: WorkloadKind, meta| Workload { kind, meta };
         let workloads: Vec<Workload> = (self.stores.statefulsets.state().iter())
-            .map(|o| workload("StatefulSet", o.metadata.clone()))
+            .map(|o| workload(WorkloadKind::StatefulSet, o.metadata.clone()))
             .chain(
                 (self.stores.deployments.state().iter())
-                    .map(|o| workload("Deployment", o.metadata.clone())),
+                    .map(|o| workload(WorkloadKind::Deployment, o.metadata.clone())),
             )
             .chain(
                 (self.stores.daemonsets.state().iter())
-                    .map(|o| workload("DaemonSet", o.metadata.clone())),
+                    .map(|o| workload(WorkloadKind::DaemonSet, o.metadata.clone())),
             )
             .chain(
                 (self.stores.replicasets.state().iter())
-                    .map(|o| workload("ReplicaSet", o.metadata.clone())),
+                    .map(|o| workload(WorkloadKind::ReplicaSet, o.metadata.clone())),
             )
             .collect();
         let rollouts = &self.stores.rollouts;

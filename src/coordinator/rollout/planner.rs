@@ -184,33 +184,6 @@ fn role_group(pod: &TargetPod, role: Option<&RoleOrder>) -> u8 {
     }
 }
 
-/// Resolves a count-or-percent against `total`: percentages round down, but a non-zero
-/// percentage allows at least one pod (as StatefulSet `maxUnavailable` does).
-pub fn resolve_max_unavailable(
-    value: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
-    total: usize,
-) -> Result<usize, String> {
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    match value {
-        IntOrString::Int(n) if *n >= 1 => Ok(*n as usize),
-        IntOrString::Int(n) => Err(format!("maxUnavailable must be at least 1, not {n}")),
-        IntOrString::String(s) => {
-            let percent: u32 = s
-                .strip_suffix('%')
-                .and_then(|p| p.trim().parse().ok())
-                .ok_or_else(|| {
-                    format!(
-                        "maxUnavailable {s:?} is neither a number nor a percentage like \"25%\""
-                    )
-                })?;
-            if percent == 0 || percent > 100 {
-                return Err(format!("maxUnavailable {s:?} must be between 1% and 100%"));
-            }
-            Ok(((total * percent as usize) / 100).max(1))
-        }
-    }
-}
-
 /// Healthy pods a budget requires, from `minAvailable` or `maxUnavailable` (count or percent of
 /// the pods it selects; percentages round up, as the disruption controller does).
 pub fn desired_healthy(
@@ -416,22 +389,6 @@ mod tests {
             plan(&pods, &[], &BTreeMap::new(), &strategy(1)),
             Plan::Wait(WaitReason::BlockedByUnavailablePods)
         );
-    }
-
-    #[test]
-    fn max_unavailable_resolves_counts_and_percentages() {
-        assert_eq!(resolve_max_unavailable(&IntOrString::Int(2), 6), Ok(2));
-        assert_eq!(
-            resolve_max_unavailable(&IntOrString::String("50%".into()), 6),
-            Ok(3)
-        );
-        assert_eq!(
-            resolve_max_unavailable(&IntOrString::String("10%".into()), 6),
-            Ok(1)
-        );
-        assert!(resolve_max_unavailable(&IntOrString::Int(0), 6).is_err());
-        assert!(resolve_max_unavailable(&IntOrString::String("150%".into()), 6).is_err());
-        assert!(resolve_max_unavailable(&IntOrString::String("many".into()), 6).is_err());
     }
 
     #[test]

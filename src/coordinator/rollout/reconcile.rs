@@ -15,10 +15,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
 
+use relaunch_api::validation::{InvalidRollout, validate_rollout, validate_rollout_name};
 use relaunch_api::{
-    ANNOTATION_RESTART_AT, ContainerRecreateRequest, ContainerRecreateRequestContainer,
-    ContainerRecreateRequestSpec, LABEL_NODE_NAME, LABEL_POD_UID, LABEL_ROLLING_RESTART,
-    RecreatePhase, RollingRestart, RollingRestartStatus, RolloutPhase,
+    ANNOTATION_RESTART_AT, ContainerRecreateRequest, LABEL_ROLLING_RESTART, RecreatePhase,
+    RollingRestart, RollingRestartStatus, RolloutPhase, WorkloadKind,
 };
 
 use super::planner::{self, Budget, TargetPod};
@@ -204,17 +204,17 @@ pub fn reconcile(o: &Observed) -> Reconciled {
         has_status: rollout.status.is_some(),
         since_written: o.since_written,
     };
-    let fail = |message: &str| Reconciled {
+    let fail = |invalid: &InvalidRollout| Reconciled {
         counts: None,
         actions: writer.finish(
-            state::failed_status(&previous, message, generation, o.now),
+            state::failed_status(&previous, invalid, generation, o.now),
             true,
         ),
     };
-    if let Err(message) =
-        state::validate_name(&rollout.name_any()).and_then(|()| state::validate(spec))
+    if let Err(invalid) =
+        validate_rollout_name(&rollout.name_any()).and_then(|()| validate_rollout(spec))
     {
-        return fail(&message);
+        return fail(&invalid);
     }
     let (selector, target) = match &o.target {
         Ok(found) => found.clone(),
@@ -234,7 +234,7 @@ pub fn reconcile(o: &Observed) -> Reconciled {
         }
     };
     let Ok(selector) = Selector::try_from(selector) else {
-        return fail("the target's selector is invalid");
+        return fail(&InvalidRollout::InvalidSelector);
     };
     let mut targets: Vec<&Arc<Pod>> = o
         .pods
@@ -248,7 +248,7 @@ pub fn reconcile(o: &Observed) -> Reconciled {
             Ok(c) => {
                 containers.insert(pod.name_any(), c);
             }
-            Err(message) => return fail(&message),
+            Err(invalid) => return fail(&invalid),
         }
     }
     // Until the requests of the last batch are in the cache, the cache cannot be planned on.
@@ -421,53 +421,41 @@ pub fn request_for_pod(
     pod: &Pod,
     containers: &[String],
 ) -> ContainerRecreateRequest {
-    let ns = rollout.namespace().unwrap_or_default();
     let rollout_name = rollout.name_any();
-    let pod_uid = pod.uid().unwrap_or_default();
-    let name = state::request_name(&rollout_name, &pod.name_any(), &pod_uid);
-    let node = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .unwrap_or_default();
-    let labels = BTreeMap::from([
-        (LABEL_NODE_NAME.to_string(), node),
-        (LABEL_POD_UID.to_string(), pod_uid),
-        (LABEL_ROLLING_RESTART.to_string(), rollout_name),
-    ]);
+    let name = state::request_name(
+        &rollout_name,
+        &pod.name_any(),
+        &pod.uid().unwrap_or_default(),
+    );
     let owner = OwnerReference {
         api_version: "relaunch.dev/v1alpha1".into(),
         kind: "RollingRestart".into(),
-        name: rollout.name_any(),
+        name: rollout_name.clone(),
         uid: rollout.uid().unwrap_or_default(),
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
-    let mut request = ContainerRecreateRequest::new(
-        &name,
-        ContainerRecreateRequestSpec {
-            pod_name: pod.name_any(),
-            containers: containers
-                .iter()
-                .map(|c| ContainerRecreateRequestContainer {
-                    name: c.clone(),
-                    shutdown: rollout
-                        .spec
-                        .shutdown
-                        .iter()
-                        .find(|s| &s.container == c)
-                        .map(|s| s.action.clone()),
-                })
-                .collect(),
-            strategy: rollout.spec.recreate_strategy.clone(),
-            active_deadline_seconds: rollout.spec.active_deadline_seconds,
-            ttl_seconds_after_finished: None,
-        },
-    );
-    request.metadata.namespace = Some(ns);
-    request.metadata.labels = Some(labels);
-    request.metadata.owner_references = Some(vec![owner]);
-    request
+    let shutdown = |container: &String| {
+        rollout
+            .spec
+            .shutdown
+            .iter()
+            .find(|s| &s.container == container)
+            .map(|s| s.action.clone())
+    };
+    containers
+        .iter()
+        .fold(
+            ContainerRecreateRequest::for_pod(pod)
+                .name(&name)
+                .namespace(rollout.namespace().unwrap_or_default())
+                .label(LABEL_ROLLING_RESTART, &rollout_name)
+                .owner(owner)
+                .strategy(rollout.spec.recreate_strategy.clone())
+                .active_deadline_seconds(rollout.spec.active_deadline_seconds),
+            |request, container| request.container(container, shutdown(container)),
+        )
+        .build()
 }
 
 /// Whether `status` differs from `previous` only in progress counts (pods restarted or in
@@ -560,7 +548,7 @@ fn limited_by_event(pdb: &str) -> Event {
 /// A workload as the trigger reads it: its kind and metadata.
 #[derive(Debug, Clone)]
 pub struct Workload {
-    pub kind: &'static str,
+    pub kind: WorkloadKind,
     pub meta: ObjectMeta,
 }
 
@@ -586,7 +574,7 @@ pub fn triggered(
 ) -> Triggered {
     let mut out = Triggered::default();
     for workload in workloads {
-        let (kind, meta) = (workload.kind, &workload.meta);
+        let (kind, meta) = (&workload.kind, &workload.meta);
         let Some(token) = trigger::restart_token(kind, meta) else {
             continue;
         };
@@ -598,21 +586,22 @@ pub fn triggered(
         }
         let owner = OwnerReference {
             api_version: "apps/v1".into(),
-            kind: kind.into(),
+            kind: kind.to_string(),
             name: name.clone(),
             uid: meta.uid.clone().unwrap_or_default(),
             controller: None,
             block_owner_deletion: None,
         };
         let annotations = meta.annotations.clone().unwrap_or_default();
-        let spec = match trigger::rollout_spec(kind, &name, &annotations) {
+        let spec = match trigger::rollout_spec(kind.clone(), &name, &annotations) {
             Ok(spec) => spec,
-            Err(message) => {
+            Err(invalid) => {
+                let message = invalid.to_string();
                 let refusal = (ns.clone(), rollout.clone(), message.clone());
                 if !told.contains(&refusal) {
                     let reference = ObjectReference {
                         api_version: Some(owner.api_version.clone()),
-                        kind: Some(kind.into()),
+                        kind: Some(kind.to_string()),
                         name: Some(name.clone()),
                         namespace: Some(ns.clone()),
                         uid: Some(owner.uid.clone()),

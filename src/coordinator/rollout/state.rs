@@ -1,31 +1,29 @@
-//! What a rollout is doing, decided in pure code: spec validation, the target pods as the planner
+//! What a rollout is doing, decided in pure code (the spec is checked by the API's
+//! [`relaunch_api::validation`]): the target pods as the planner
 //! sees them, the failure policy, and the status that follows. The controller only gathers the
 //! inputs and carries out the [`Step`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use relaunch_api::containers::RecreatableContainers;
+use relaunch_api::validation::{InvalidRollout, resolve_max_unavailable};
 use relaunch_api::{
-    Condition, ContainerRecreateRequest, LABEL_POD_UID, LABEL_ROLLING_RESTART, PodRestartResult,
-    RecreatePhase, RollingRestartSpec, RollingRestartStatus, RolloutFailurePolicy, RolloutPhase,
+    CONDITION_BLOCKED, CONDITION_PROGRESSING, Condition, ContainerRecreateRequest, LABEL_POD_UID,
+    PodRestartResult, RecreatePhase, RollingRestartSpec, RollingRestartStatus,
+    RolloutFailurePolicy, RolloutPhase,
 };
 
 use super::planner::{self, Budget, Plan, PlanStrategy, RestartState, TargetPod, WaitReason};
 
-/// Workload kinds a rollout can target.
-pub const WORKLOAD_KINDS: [&str; 4] = ["StatefulSet", "Deployment", "DaemonSet", "ReplicaSet"];
 /// Label the StatefulSet controller sets with the pod's ordinal.
 pub const LABEL_POD_INDEX: &str = "apps.kubernetes.io/pod-index";
 /// Per-pod results kept in status.
 pub const MAX_POD_RESULTS: usize = 50;
-/// Condition types.
-pub const CONDITION_PROGRESSING: &str = "Progressing";
-pub const CONDITION_BLOCKED: &str = "Blocked";
-
 /// The reason of a rollout's `Progressing` or `Blocked` condition. [`apply_step`] writes it and
 /// [`paused_for_failures`] reads it back, both through this type: one spelling per reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,110 +103,21 @@ pub fn blocked_by(step: &Step) -> Option<ConditionReason> {
     }
 }
 
-/// Longest RollingRestart name: it is the value of label `relaunch.dev/rolling-restart` on the
-/// requests the rollout creates, and label values are at most 63 characters.
-pub const MAX_NAME_LENGTH: usize = 63;
 /// The message of an aborted rollout.
 pub const ABORTED: &str = "aborted: spec.abort is true";
 
-/// Checks the rollout's name; the error says what to fix.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.len() > MAX_NAME_LENGTH {
-        return Err(format!(
-            "metadata.name is {} characters long; a RollingRestart's name becomes the value of label {LABEL_ROLLING_RESTART} on its requests, which allows at most {MAX_NAME_LENGTH}: create it again with a shorter name",
-            name.len()
-        ));
-    }
-    Ok(())
-}
-
-/// Checks what can be checked without the cluster; the error says what to fix.
-pub fn validate(spec: &RollingRestartSpec) -> Result<(), String> {
-    match (&spec.target.workload_ref, &spec.target.selector) {
-        (None, None) => {
-            return Err("spec.target needs a workloadRef (kind and name) or a pod selector".into());
-        }
-        (Some(_), Some(_)) => {
-            return Err("spec.target takes a workloadRef or a selector, not both".into());
-        }
-        (Some(w), None) => {
-            if !WORKLOAD_KINDS.contains(&w.kind.as_str()) {
-                return Err(format!(
-                    "spec.target.workloadRef.kind {:?} is not supported; use one of {}",
-                    w.kind,
-                    WORKLOAD_KINDS.join(", ")
-                ));
-            }
-            if w.name.is_empty() {
-                return Err("spec.target.workloadRef.name is empty".into());
-            }
-        }
-        (None, Some(_)) => {}
-    }
-    if let Some(max) = &spec.strategy.max_unavailable {
-        planner::resolve_max_unavailable(max, 100).map_err(|e| {
-            format!("spec.strategy.{e} (use a count ≥ 1 or a percentage such as \"25%\")")
-        })?;
-    }
-    let non_negative = [
-        ("partition", spec.strategy.partition),
-        ("minReadySeconds", spec.strategy.min_ready_seconds),
-        ("maxFailures", spec.strategy.max_failures),
-    ];
-    if let Some(deadline) = spec.active_deadline_seconds
-        && deadline < 1
-    {
-        return Err(format!(
-            "spec.activeDeadlineSeconds must be at least 1, not {deadline}"
-        ));
-    }
-    for (field, value) in non_negative {
-        if let Some(v) = value
-            && v < 0
-        {
-            return Err(format!(
-                "spec.strategy.{field} must not be negative, not {v}"
-            ));
-        }
-    }
-    if let Some(role) = spec.strategy.order.as_ref().and_then(|o| o.role.as_ref())
-        && role.key.is_empty()
-    {
-        return Err("spec.strategy.order.role.key is empty".into());
-    }
-    let mut seen = BTreeSet::new();
-    for name in &spec.containers {
-        if !seen.insert(name) {
-            return Err(format!("spec.containers names {name:?} twice"));
-        }
-    }
-    for shutdown in &spec.shutdown {
-        if !spec.containers.is_empty() && !spec.containers.contains(&shutdown.container) {
-            return Err(format!(
-                "spec.shutdown names container {:?}, which is not in spec.containers",
-                shutdown.container
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The containers to restart in `pod`: `spec.containers`, or all its regular containers. Fails
-/// when a named container (or a shutdown action's) is not in the pod.
-pub fn containers_for(spec: &RollingRestartSpec, pod: &Pod) -> Result<Vec<String>, String> {
-    let pod_spec = pod.spec.as_ref();
-    let regular: Vec<String> = pod_spec
-        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
-        .unwrap_or_default();
-    let sidecars = pod_spec
-        .and_then(|s| s.init_containers.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-        .map(|c| c.name.clone());
-    let known: Vec<String> = regular.iter().cloned().chain(sidecars).collect();
-    let wanted = if spec.containers.is_empty() {
-        regular
+/// The containers to restart in `pod`: `spec.containers`, or all its regular containers (the
+/// API's [`RecreatableContainers`] rule). Fails when a named container (or a shutdown action's)
+/// cannot be recreated in the pod.
+pub fn containers_for(spec: &RollingRestartSpec, pod: &Pod) -> Result<Vec<String>, InvalidRollout> {
+    let no_spec = PodSpec::default();
+    let recreatable = RecreatableContainers::of(pod.spec.as_ref().unwrap_or(&no_spec));
+    let wanted: Vec<String> = if spec.containers.is_empty() {
+        recreatable
+            .default_names()
+            .into_iter()
+            .map(String::from)
+            .collect()
     } else {
         spec.containers.clone()
     };
@@ -217,11 +126,12 @@ pub fn containers_for(spec: &RollingRestartSpec, pod: &Pod) -> Result<Vec<String
         .iter()
         .chain(spec.shutdown.iter().map(|s| &s.container))
     {
-        if !known.contains(name) {
-            return Err(format!(
-                "container {name:?} is not in pod {pod_name} (its containers: {}); fix spec.containers or spec.shutdown",
-                known.join(", ")
-            ));
+        if !recreatable.contains(name) {
+            return Err(InvalidRollout::ContainerNotInPod {
+                container: name.clone(),
+                pod: pod_name.into(),
+                recreatable: recreatable.names().into_iter().map(String::from).collect(),
+            });
         }
     }
     Ok(wanted)
@@ -344,12 +254,16 @@ pub fn request_for<'a>(
 }
 
 /// The strategy as plain numbers for `total` target pods.
-pub fn plan_strategy(spec: &RollingRestartSpec, total: usize) -> Result<PlanStrategy, String> {
+pub fn plan_strategy(
+    spec: &RollingRestartSpec,
+    total: usize,
+) -> Result<PlanStrategy, InvalidRollout> {
     let s = &spec.strategy;
-    let max_unavailable = planner::resolve_max_unavailable(
+    let max_unavailable = resolve_max_unavailable(
         s.max_unavailable.as_ref().unwrap_or(&IntOrString::Int(1)),
         total,
-    )?;
+    )
+    .map_err(InvalidRollout::MaxUnavailable)?;
     let order = s.order.clone().unwrap_or_default();
     Ok(PlanStrategy {
         max_unavailable,
@@ -727,14 +641,14 @@ fn describe_batch(batch: &[String]) -> String {
 /// A failed validation as a complete status.
 pub fn failed_status(
     previous: &RollingRestartStatus,
-    message: &str,
+    invalid: &InvalidRollout,
     generation: Option<i64>,
     now: Timestamp,
 ) -> RollingRestartStatus {
     let mut status = previous.clone();
     apply_step(
         &mut status,
-        &Step::Fail(message.to_string()),
+        &Step::Fail(invalid.to_string()),
         generation,
         now,
     );
@@ -744,14 +658,14 @@ pub fn failed_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relaunch_api::{RoleOrder, RolloutTarget, WorkloadRef};
+    use relaunch_api::{RolloutTarget, WorkloadKind, WorkloadRef};
     use serde_json::json;
 
     fn sts_spec() -> RollingRestartSpec {
         RollingRestartSpec {
             target: RolloutTarget {
                 workload_ref: Some(WorkloadRef {
-                    kind: "StatefulSet".into(),
+                    kind: WorkloadKind::StatefulSet,
                     name: "db".into(),
                 }),
                 selector: None,
@@ -771,37 +685,6 @@ mod tests {
     }
 
     #[test]
-    fn bad_specs_say_what_to_fix() {
-        let mut spec = sts_spec();
-        assert_eq!(validate(&spec), Ok(()));
-        spec.target.workload_ref = None;
-        assert!(validate(&spec).unwrap_err().contains("workloadRef"));
-        spec = sts_spec();
-        spec.target.workload_ref.as_mut().unwrap().kind = "CronJob".into();
-        assert!(
-            validate(&spec)
-                .unwrap_err()
-                .contains("StatefulSet, Deployment")
-        );
-        spec = sts_spec();
-        spec.strategy.max_unavailable = Some(IntOrString::Int(0));
-        assert!(validate(&spec).unwrap_err().contains("at least 1"));
-        spec.strategy.max_unavailable = Some(IntOrString::String("150%".into()));
-        assert!(validate(&spec).unwrap_err().contains("between 1% and 100%"));
-        spec = sts_spec();
-        spec.strategy.partition = Some(-1);
-        assert!(validate(&spec).unwrap_err().contains("partition"));
-        spec = sts_spec();
-        spec.strategy.partition = Some(3);
-        assert_eq!(validate(&spec), Ok(()));
-        spec.strategy.order = Some(relaunch_api::RolloutOrder {
-            ordinal: None,
-            role: Some(RoleOrder::default()),
-        });
-        assert!(validate(&spec).unwrap_err().contains("role.key"));
-    }
-
-    #[test]
     fn unknown_containers_are_refused_with_the_pods_containers() {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "db-0"},
@@ -817,7 +700,7 @@ mod tests {
         spec.containers = vec!["proxy".into()];
         assert_eq!(containers_for(&spec, &pod), Ok(vec!["proxy".into()]));
         spec.containers = vec!["init".into()];
-        let err = containers_for(&spec, &pod).unwrap_err();
+        let err = containers_for(&spec, &pod).unwrap_err().to_string();
         assert!(
             err.contains("\"init\" is not in pod db-0 (its containers: db, exporter, proxy)"),
             "{err}"
@@ -894,7 +777,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn request_names_are_dns_subdomains_for_any_rollout_and_pod(
-            rollout in subdomain(MAX_NAME_LENGTH, 1..3),
+            rollout in subdomain(relaunch_api::validation::MAX_ROLLOUT_NAME_LENGTH, 1..3),
             pod in subdomain(253, 1..7),
             uid in "[0-9a-fA-F-]{0,36}",
         ) {
@@ -902,15 +785,6 @@ mod tests {
             proptest::prop_assert!(is_dns_subdomain(&name), "{} ({} chars)", name, name.len());
             proptest::prop_assert_eq!(name.clone(), request_name(&rollout, &pod, &uid));
         }
-    }
-
-    #[test]
-    fn a_name_too_long_for_a_label_value_is_refused_with_what_to_fix() {
-        assert_eq!(validate_name(&"r".repeat(63)), Ok(()));
-        let message = validate_name(&"r".repeat(64)).unwrap_err();
-        assert!(message.contains("64 characters"), "{message}");
-        assert!(message.contains("at most 63"), "{message}");
-        assert!(message.contains("shorter name"), "{message}");
     }
 
     #[test]

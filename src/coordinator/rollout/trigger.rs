@@ -10,8 +10,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
 use relaunch_api::{
-    ANNOTATION_RESTART_AT, OrdinalOrder, RoleOrder, RollingRestartSpec, RolloutOrder,
-    RolloutStrategy, RolloutTarget, WorkloadRef,
+    ANNOTATION_RESTART_AT, InvalidOrder, RollingRestartSpec, RolloutOrder, RolloutStrategy,
+    RolloutTarget, WorkloadKind, WorkloadRef,
 };
 
 /// Optional: `maxUnavailable` of the triggered rollout (`2` or `25%`).
@@ -25,13 +25,13 @@ pub const ANNOTATION_ORDER: &str = "relaunch.dev/order";
 /// of its own. A ReplicaSet controlled by a Deployment never does: the Deployment controller
 /// copies the Deployment's annotations onto its ReplicaSets, and the Deployment's rollout already
 /// restarts their pods (a second rollout would restart each pod twice).
-pub fn restart_token<'a>(kind: &str, meta: &'a ObjectMeta) -> Option<&'a str> {
+pub fn restart_token<'a>(kind: &WorkloadKind, meta: &'a ObjectMeta) -> Option<&'a str> {
     let controlled_by_deployment = meta
         .owner_references
         .iter()
         .flatten()
-        .any(|o| o.controller == Some(true) && o.kind == "Deployment");
-    if kind == "ReplicaSet" && controlled_by_deployment {
+        .any(|o| o.controller == Some(true) && o.kind == WorkloadKind::Deployment.as_str());
+    if *kind == WorkloadKind::ReplicaSet && controlled_by_deployment {
         return None;
     }
     meta.annotations
@@ -48,9 +48,9 @@ pub fn short_hash(text: &str) -> String {
 
 /// The RollingRestart a token starts: `<kind-lower>-<name>-<hash>`, at most 63 characters (it is
 /// also a label value on the requests it creates).
-pub fn rollout_name(kind: &str, name: &str, token: &str) -> String {
+pub fn rollout_name(kind: &WorkloadKind, name: &str, token: &str) -> String {
     let hash = short_hash(token);
-    let prefix = format!("{}-{name}", kind.to_ascii_lowercase());
+    let prefix = format!("{}-{name}", kind.singular());
     let room = 63 - hash.len() - 1;
     let prefix = if prefix.len() > room {
         prefix[..room].trim_end_matches(['-', '.'])
@@ -60,12 +60,19 @@ pub fn rollout_name(kind: &str, name: &str, token: &str) -> String {
     format!("{prefix}-{hash}")
 }
 
+/// Why a workload's annotations start no rollout; the message names the bad annotation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidAnnotation {
+    #[error("{ANNOTATION_ORDER} {0}")]
+    Order(#[from] InvalidOrder),
+}
+
 /// The spec of the rollout a workload's annotations ask for; the error names the bad annotation.
 pub fn rollout_spec(
-    kind: &str,
+    kind: WorkloadKind,
     name: &str,
     annotations: &BTreeMap<String, String>,
-) -> Result<RollingRestartSpec, String> {
+) -> Result<RollingRestartSpec, InvalidAnnotation> {
     let max_unavailable =
         annotations
             .get(ANNOTATION_MAX_UNAVAILABLE)
@@ -85,12 +92,12 @@ pub fn rollout_spec(
         .unwrap_or_default();
     let order = annotations
         .get(ANNOTATION_ORDER)
-        .map(|v| parse_order(v))
+        .map(|v| v.parse::<RolloutOrder>())
         .transpose()?;
     Ok(RollingRestartSpec {
         target: RolloutTarget {
             workload_ref: Some(WorkloadRef {
-                kind: kind.into(),
+                kind,
                 name: name.into(),
             }),
             selector: None,
@@ -105,61 +112,28 @@ pub fn rollout_spec(
     })
 }
 
-/// Parses `relaunch.dev/order`.
-pub fn parse_order(value: &str) -> Result<RolloutOrder, String> {
-    let value = value.trim();
-    let ordinal = |o| RolloutOrder {
-        ordinal: Some(o),
-        role: None,
-    };
-    match value {
-        "ordinal" | "ordinal-desc" => return Ok(ordinal(OrdinalOrder::OrdinalDescending)),
-        "ordinal-asc" => return Ok(ordinal(OrdinalOrder::OrdinalAscending)),
-        _ => {}
-    }
-    let bad = || {
-        format!(
-            "{ANNOTATION_ORDER} {value:?} is not one of ordinal, ordinal-asc, role=KEY:FIRST,...:LAST,..."
-        )
-    };
-    let role = value.strip_prefix("role=").ok_or_else(bad)?;
-    let mut parts = role.split(':');
-    let key = parts.next().filter(|k| !k.is_empty()).ok_or_else(bad)?;
-    let list = |p: Option<&str>| -> Vec<String> {
-        p.unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
-    };
-    let first = list(parts.next());
-    let last = list(parts.next());
-    if parts.next().is_some() || (first.is_empty() && last.is_empty()) {
-        return Err(bad());
-    }
-    Ok(RolloutOrder {
-        ordinal: None,
-        role: Some(RoleOrder {
-            key: key.into(),
-            first,
-            last,
-        }),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relaunch_api::OrdinalOrder;
 
     #[test]
     fn one_name_per_token_and_short_enough_for_a_label() {
-        let a = rollout_name("StatefulSet", "db", "2026-01-01");
-        assert_eq!(a, rollout_name("StatefulSet", "db", "2026-01-01"));
+        let a = rollout_name(&WorkloadKind::StatefulSet, "db", "2026-01-01");
+        assert_eq!(
+            a,
+            rollout_name(&WorkloadKind::StatefulSet, "db", "2026-01-01")
+        );
         assert!(a.starts_with("statefulset-db-"));
-        assert_ne!(a, rollout_name("StatefulSet", "db", "2026-01-02"));
-        assert_ne!(a, rollout_name("Deployment", "db", "2026-01-01"));
-        let long = rollout_name("StatefulSet", &"x".repeat(80), "t");
+        assert_ne!(
+            a,
+            rollout_name(&WorkloadKind::StatefulSet, "db", "2026-01-02")
+        );
+        assert_ne!(
+            a,
+            rollout_name(&WorkloadKind::Deployment, "db", "2026-01-01")
+        );
+        let long = rollout_name(&WorkloadKind::StatefulSet, &"x".repeat(80), "t");
         assert_eq!(long.len(), 63);
     }
 
@@ -182,23 +156,29 @@ mod tests {
             ..Default::default()
         };
         let copied = owned_by("Deployment", Some(true));
-        assert_eq!(restart_token("ReplicaSet", &copied), None);
-        assert_eq!(restart_token("Deployment", &copied), Some("t1"));
+        assert_eq!(restart_token(&WorkloadKind::ReplicaSet, &copied), None);
+        assert_eq!(
+            restart_token(&WorkloadKind::Deployment, &copied),
+            Some("t1")
+        );
         // Only the controlling owner counts; a bare ReplicaSet is triggered itself.
         assert_eq!(
-            restart_token("ReplicaSet", &owned_by("Deployment", None)),
+            restart_token(&WorkloadKind::ReplicaSet, &owned_by("Deployment", None)),
             Some("t1")
         );
         assert_eq!(
-            restart_token("ReplicaSet", &owned_by("Example", Some(true))),
+            restart_token(&WorkloadKind::ReplicaSet, &owned_by("Example", Some(true))),
             Some("t1")
         );
         let bare = ObjectMeta {
             owner_references: None,
             ..copied.clone()
         };
-        assert_eq!(restart_token("ReplicaSet", &bare), Some("t1"));
-        assert_eq!(restart_token("StatefulSet", &ObjectMeta::default()), None);
+        assert_eq!(restart_token(&WorkloadKind::ReplicaSet, &bare), Some("t1"));
+        assert_eq!(
+            restart_token(&WorkloadKind::StatefulSet, &ObjectMeta::default()),
+            None
+        );
     }
 
     #[test]
@@ -214,7 +194,7 @@ mod tests {
                 "role=role:replica:primary,master".to_string(),
             ),
         ]);
-        let spec = rollout_spec("StatefulSet", "db", &annotations).unwrap();
+        let spec = rollout_spec(WorkloadKind::StatefulSet, "db", &annotations).unwrap();
         assert_eq!(
             spec.strategy.max_unavailable,
             Some(IntOrString::String("25%".into()))
@@ -231,7 +211,7 @@ mod tests {
         );
         let two = BTreeMap::from([(ANNOTATION_MAX_UNAVAILABLE.to_string(), "2".to_string())]);
         assert_eq!(
-            rollout_spec("Deployment", "web", &two)
+            rollout_spec(WorkloadKind::Deployment, "web", &two)
                 .unwrap()
                 .strategy
                 .max_unavailable,
@@ -241,17 +221,27 @@ mod tests {
 
     #[test]
     fn order_annotation_forms() {
+        let order = |value: &str| {
+            let annotations = BTreeMap::from([(ANNOTATION_ORDER.to_string(), value.to_string())]);
+            rollout_spec(WorkloadKind::StatefulSet, "db", &annotations)
+                .map(|spec| spec.strategy.order.unwrap_or_default())
+        };
         assert_eq!(
-            parse_order("ordinal-asc").unwrap().ordinal,
+            order("ordinal-asc").unwrap().ordinal,
             Some(OrdinalOrder::OrdinalAscending)
         );
         assert_eq!(
-            parse_order("ordinal").unwrap().ordinal,
+            order("ordinal").unwrap().ordinal,
             Some(OrdinalOrder::OrdinalDescending)
         );
-        assert!(parse_order("role=role::primary").is_ok());
-        assert!(parse_order("random").is_err());
-        assert!(parse_order("role=:a:b").is_err());
-        assert!(parse_order("role=k").is_err());
+        assert!(order("role=role::primary").is_ok());
+        assert!(order("random").is_err());
+        assert!(order("role=:a:b").is_err());
+        assert!(order("role=k").is_err());
+        let message = order("random").unwrap_err().to_string();
+        assert!(
+            message.starts_with("relaunch.dev/order \"random\": use ordinal"),
+            "{message}"
+        );
     }
 }

@@ -1,7 +1,8 @@
 use super::*;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use relaunch_api::{
-    ContainerRecreateRequestStatus, PodRestartResult, RollingRestartSpec, RolloutTarget,
+    ContainerRecreateRequestStatus, LABEL_NODE_NAME, LABEL_POD_UID, PodRestartResult,
+    RollingRestartSpec, RolloutTarget,
 };
 use serde_json::json;
 
@@ -355,7 +356,7 @@ fn only_progress_counts_are_coalesced() {
 
 fn workload(kind: &'static str, annotations: &[(&str, &str)]) -> Workload {
     Workload {
-        kind,
+        kind: kind.into(),
         meta: ObjectMeta {
             name: Some("db".into()),
             namespace: Some("default".into()),
@@ -380,7 +381,7 @@ fn a_restart_annotation_starts_one_rollout_and_a_bad_one_is_told_once() {
     let created = &first.create[0];
     assert_eq!(
         created.name_any(),
-        trigger::rollout_name("StatefulSet", "db", "t1")
+        trigger::rollout_name(&WorkloadKind::StatefulSet, "db", "t1")
     );
     assert_eq!(created.owner_references()[0].uid, "workload-uid");
     assert!(
