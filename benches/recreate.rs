@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use relaunch_api::{ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase};
+use relaunch_testbed::Binaries;
 use relaunch_testbed::eventually;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::{Sandbox, SandboxConfig};
 use serde_json::json;
 use support::{EXITS_ON_SIGTERM, Samples};
 

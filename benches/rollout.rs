@@ -20,10 +20,10 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use relaunch_api::{ContainerRecreateRequest, RecreatePhase, RollingRestart, RolloutPhase};
 use relaunch_coordinator::rollout::state::is_ready;
-use relaunch_testbed::apiserver::RequestKind;
+use relaunch_testbed::Binaries;
+use relaunch_testbed::RequestKind;
 use relaunch_testbed::eventually;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::{Sandbox, SandboxConfig};
 use serde_json::json;
 use support::{EXITS_ON_SIGTERM, Samples};
 

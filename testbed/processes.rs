@@ -18,7 +18,7 @@ use crate::{TestbedError, eventually};
 use relaunch_api::COORDINATOR_AUDIENCE;
 
 /// Namespace and service accounts relaunch runs under.
-pub const NAMESPACE: &str = "relaunch-system";
+pub const RELAUNCH_NAMESPACE: &str = "relaunch-system";
 pub const AGENT_SERVICE_ACCOUNT: &str = "relaunch-agent";
 pub const COORDINATOR_SERVICE_ACCOUNT: &str = "relaunch-coordinator";
 
@@ -159,14 +159,14 @@ impl Drop for ManagedProcess {
 pub async fn prepare_identities(api: &ApiServer) -> Result<(), TestbedError> {
     let client = api.client()?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": RELAUNCH_NAMESPACE}}))?;
     ignore_exists(namespaces.create(&PostParams::default(), &ns).await)?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client, NAMESPACE);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client, RELAUNCH_NAMESPACE);
     for name in [AGENT_SERVICE_ACCOUNT, COORDINATOR_SERVICE_ACCOUNT] {
         let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
         ignore_exists(accounts.create(&PostParams::default(), &sa).await)?;
     }
-    api.grant_write(NAMESPACE, COORDINATOR_SERVICE_ACCOUNT);
+    api.grant_write(RELAUNCH_NAMESPACE, COORDINATOR_SERVICE_ACCOUNT);
     Ok(())
 }
 
@@ -187,7 +187,7 @@ pub async fn token(
     audiences: &[&str],
     node: Option<&str>,
 ) -> Result<String, TestbedError> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(api.client()?, NAMESPACE);
+    let accounts: Api<ServiceAccount> = Api::namespaced(api.client()?, RELAUNCH_NAMESPACE);
     let bound = node.map(|n| json!({"apiVersion": "v1", "kind": "Node", "name": n}));
     let request = json!({
         "apiVersion": "authentication.k8s.io/v1",
@@ -253,21 +253,16 @@ async fn readyz(admin: SocketAddr) -> bool {
     answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200")
 }
 
-/// How to launch the coordinator: its arguments and where it answers.
-pub struct CoordinatorLaunch {
-    pub url: String,
-    pub admin: SocketAddr,
-}
-
-/// Name of the coordinators' leader-election Lease (in [`NAMESPACE`]).
+/// Name of the coordinators' leader-election Lease (in [`RELAUNCH_NAMESPACE`]).
 pub const COORDINATOR_LEASE: &str = "relaunch-coordinator";
 
-/// Starts the coordinator with its own (write-granted) service-account identity.
+/// Starts the coordinator with its own (write-granted) service-account identity; returns it and
+/// the URL of its report API.
 pub async fn start_coordinator(
     api: &ApiServer,
     binaries: &Binaries,
     dir: &Path,
-) -> Result<(ManagedProcess, CoordinatorLaunch), TestbedError> {
+) -> Result<(ManagedProcess, String), TestbedError> {
     start_coordinator_replica(api, binaries, dir, "coordinator").await
 }
 
@@ -278,7 +273,7 @@ pub async fn start_coordinator_replica(
     binaries: &Binaries,
     dir: &Path,
     subdir: &str,
-) -> Result<(ManagedProcess, CoordinatorLaunch), TestbedError> {
+) -> Result<(ManagedProcess, String), TestbedError> {
     let dir = dir.join(subdir);
     std::fs::create_dir_all(&dir)?;
     let token = token(api, COORDINATOR_SERVICE_ACCOUNT, &[API_AUDIENCE], None).await?;
@@ -296,9 +291,9 @@ pub async fn start_coordinator_replica(
         "--admin-listen".into(),
         admin.to_string(),
         "--agent-service-account".into(),
-        format!("{NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"),
+        format!("{RELAUNCH_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"),
         "--leader-election-namespace".into(),
-        NAMESPACE.into(),
+        RELAUNCH_NAMESPACE.into(),
         "--leader-election-name".into(),
         COORDINATOR_LEASE.into(),
     ];
@@ -310,13 +305,7 @@ pub async fn start_coordinator_replica(
         dir.join("log"),
     )?;
     wait_ready(&mut process, admin).await?;
-    Ok((
-        process,
-        CoordinatorLaunch {
-            url: format!("http://{listen}"),
-            admin,
-        },
-    ))
+    Ok((process, format!("http://{listen}")))
 }
 
 /// Where and how one node's agent runs.

@@ -5,13 +5,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kube::api::{Api, PostParams};
-
 use crate::apiserver::ApiServer;
 use crate::controllers::Controllers;
 use crate::kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
 use crate::processes::{self, AgentConfig, Binaries, ManagedProcess};
-use crate::{Containerd, TestbedError};
+use crate::{Containerd, TestbedError, install_crds};
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -128,10 +126,10 @@ impl Sandbox {
         install_crds(&client).await?;
         if let Some(binaries) = config.relaunch.clone() {
             processes::prepare_identities(&sandbox.api).await?;
-            let (coordinator, launch) =
+            let (coordinator, url) =
                 processes::start_coordinator(&sandbox.api, &binaries, &sandbox.dir).await?;
             sandbox.coordinator = Some(coordinator);
-            sandbox.coordinator_url = Some(launch.url);
+            sandbox.coordinator_url = Some(url);
             for i in 0..sandbox.nodes.len() {
                 let (agent, admin) = sandbox.launch_agent(i, &[]).await?;
                 sandbox.agents.push(agent);
@@ -272,20 +270,4 @@ impl Sandbox {
             .ok();
         api.shutdown().await;
     }
-}
-
-/// Registers relaunch's CRDs, generated from the Rust types.
-async fn install_crds(client: &kube::Client) -> Result<(), TestbedError> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, yaml) in relaunch_api::crd_manifests() {
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)
-            .map_err(|e| TestbedError::Setup(format!("generated CRD does not parse: {e}")))?;
-        match crds.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(TestbedError::Setup(format!("installing CRDs: {e}"))),
-        }
-    }
-    Ok(())
 }

@@ -21,7 +21,7 @@ use relaunch_api::{
     ContainerRecreatePhase, ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase,
 };
 use relaunch_testbed::eventually;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
 const NODE: &str = "node-1";
@@ -120,7 +120,7 @@ impl Bed {
                 &PostParams::default(),
                 &TokenRequest {
                     spec: TokenRequestSpec {
-                        audiences: vec![relaunch_testbed::apiserver::API_AUDIENCE.to_string()],
+                        audiences: vec![relaunch_testbed::API_AUDIENCE.to_string()],
                         expiration_seconds: Some(3600),
                         ..Default::default()
                     },

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use relaunch_testbed::apiserver::ApiServer;
+use relaunch_testbed::ApiServer;
 
 struct Kubectl {
     server: ApiServer,

@@ -14,10 +14,10 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use relaunch_api::{
     ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RollingRestart, RolloutPhase,
 };
-use relaunch_testbed::apiserver::{API_AUDIENCE, ApiServer};
+use relaunch_testbed::Binaries;
 use relaunch_testbed::eventually;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::{API_AUDIENCE, ApiServer};
+use relaunch_testbed::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
 /// What one `kubectl relaunch ...` did.
@@ -304,11 +304,7 @@ async fn an_unreachable_api_server_is_one_clear_line() {
         .port();
     let kubeconfig = dir.path().join("kubeconfig");
     let url = format!("http://127.0.0.1:{port}");
-    std::fs::write(
-        &kubeconfig,
-        relaunch_testbed::apiserver::kubeconfig(&url, None),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, relaunch_testbed::kubeconfig(&url, None)).unwrap();
     let unused = dir.path().join("not-this-one");
     let kubeconfig_flag = kubeconfig.to_string_lossy().into_owned();
     kubectl_relaunch(

@@ -7,8 +7,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use relaunch_testbed::apiserver::ApiServer;
-use relaunch_testbed::controllers::Controllers;
+use relaunch_testbed::ApiServer;
+use relaunch_testbed::Controllers;
 use relaunch_testbed::eventually;
 
 const TIMEOUT: Duration = Duration::from_secs(20);

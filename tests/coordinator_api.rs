@@ -19,8 +19,8 @@ use relaunch_api::{
 };
 use relaunch_coordinator::{self as coordinator, Context, ReportListener, Settings};
 use relaunch_telemetry::admin::Health;
-use relaunch_testbed::apiserver::{API_AUDIENCE, ApiServer};
 use relaunch_testbed::eventually;
+use relaunch_testbed::{API_AUDIENCE, ApiServer};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

@@ -7,7 +7,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use kube::api::{Api, PostParams};
 use relaunch_api::ContainerRecreateRequest;
-use relaunch_testbed::apiserver::ApiServer;
+use relaunch_testbed::ApiServer;
 use relaunch_testbed::eventually;
 
 fn free_port() -> u16 {

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use relaunch_cri::{ContainerState, RuntimeClient};
-use relaunch_testbed::apiserver::ApiServer;
-use relaunch_testbed::kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
+use relaunch_testbed::ApiServer;
 use relaunch_testbed::{Containerd, eventually};
+use relaunch_testbed::{CrashLoopBackoff, Kubelet, KubeletConfig};
 use serde_json::json;
 
 const NODE: &str = "node-a";

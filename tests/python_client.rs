@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use relaunch_testbed::apiserver::ApiServer;
+use relaunch_testbed::ApiServer;
 
 fn python() -> String {
     let candidate = std::env::var("RELAUNCH_PYTHON").unwrap_or_else(|_| "python3".into());

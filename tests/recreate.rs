@@ -10,9 +10,9 @@ use relaunch_api::{
     ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestStatus,
     LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase,
 };
+use relaunch_testbed::Binaries;
 use relaunch_testbed::eventually;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
 /// Exits 0 once `/tmp/shutdown` exists (the "database" shutdown command creates it) or on SIGTERM.

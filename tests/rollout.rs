@@ -18,9 +18,9 @@ use relaunch_api::{
     ContainerRecreateRequest, LABEL_ROLLING_RESTART, RollingRestart, RollingRestartStatus,
     RolloutPhase,
 };
+use relaunch_testbed::Binaries;
 use relaunch_testbed::eventually;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
 /// Exits 0 on SIGTERM; ready once started.
@@ -896,9 +896,9 @@ async fn a_pod_that_never_gets_ready_pauses_the_rollout_until_fixed_and_unpaused
 /// The holder of the coordinators' Lease.
 async fn lease_holder(bed: &Bed) -> Option<String> {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(bed.client.clone(), relaunch_testbed::processes::NAMESPACE);
+        Api::namespaced(bed.client.clone(), relaunch_testbed::RELAUNCH_NAMESPACE);
     leases
-        .get_opt(relaunch_testbed::processes::COORDINATOR_LEASE)
+        .get_opt(relaunch_testbed::COORDINATOR_LEASE)
         .await
         .ok()??
         .spec?

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use relaunch_testbed::eventually;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::{Sandbox, SandboxConfig};
 use serde_json::Value;
 
 fn kubectl_blocking(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {

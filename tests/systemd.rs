@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 use relaunch_agent::AgentArgs;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::Binaries;
+use relaunch_testbed::{Sandbox, SandboxConfig};
 use tokio::sync::mpsc;
 
 const UNIT: &str = "relaunch-agent.service";

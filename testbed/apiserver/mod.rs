@@ -20,8 +20,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use error::ApiError;
-pub use resources::ResourceType;
 pub use tokens::API_AUDIENCE;
 
 use super::TestbedError;

@@ -13,8 +13,7 @@ use relaunch_api::{
     ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RollingRestart, RolloutPhase,
 };
 use relaunch_telemetry::{LogFormat, init_logging};
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::{Binaries, Sandbox, SandboxConfig};
 
 #[derive(Parser)]
 #[command(
