@@ -1,20 +1,19 @@
 //! The sandbox end to end: kubectl against a StatefulSet on simulated nodes, and
 //! `relaunch-sandbox up` followed by SIGTERM leaving nothing behind. Needs root and kubectl.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use relaunch_testbed::eventually;
-use relaunch_testbed::{Sandbox, SandboxConfig};
 use serde_json::Value;
+use support::{Bed, binaries, eventually};
 
-fn kubectl_blocking(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run kubectl: {e}"))?;
+/// `kubectl ARGS` against `kubeconfig` (its directory is HOME): stdout, or what went wrong.
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
+    let home = kubeconfig.parent().unwrap();
+    let out = support::output(support::kubectl(kubeconfig, home, args)).await;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -23,18 +22,6 @@ fn kubectl_blocking(kubeconfig: &Path, args: &[&str]) -> Result<String, String> 
             String::from_utf8_lossy(&out.stderr)
         ))
     }
-}
-
-/// Runs kubectl off the runtime's threads (the API server may be served by this very runtime).
-async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
-    let kubeconfig = kubeconfig.to_path_buf();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        kubectl_blocking(&kubeconfig, &args)
-    })
-    .await
-    .unwrap()
 }
 
 async fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> Value {
@@ -87,12 +74,9 @@ fn names(list: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_apply_statefulset_runs_pods_with_claims_and_scale_down_keeps_claims() {
-    let dir = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox::start(SandboxConfig::new(dir.path().to_path_buf(), 2, 0))
-        .await
-        .unwrap();
-    let kubeconfig = sandbox.kubeconfig_path();
-    let manifest = dir.path().join("sts.yaml");
+    let bed = Bed::without_relaunch(2).await;
+    let kubeconfig = bed.sandbox.kubeconfig_path();
+    let manifest = bed.dir().join("sts.yaml");
     std::fs::write(&manifest, STATEFULSET).unwrap();
     kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()])
         .await
@@ -147,13 +131,13 @@ async fn kubectl_apply_statefulset_runs_pods_with_claims_and_scale_down_keeps_cl
     );
     let set = kubectl_json(&kubeconfig, &["get", "sts", "web", "-o", "json"]).await;
     assert_eq!(set["status"]["replicas"], 1);
-    sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test]
 async fn sandbox_up_then_sigterm_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(sandbox_binary())
+    let mut child = Command::new(binaries().sandbox())
         .args(["up", "--nodes", "2", "--port", "0", "--dir"])
         .arg(dir.path())
         .stdout(Stdio::null())
@@ -228,17 +212,4 @@ async fn sandbox_up_then_sigterm_leaves_nothing_behind() {
         "containerd's directory removed"
     );
     assert!(!ready.exists(), "ready file removed");
-}
-
-/// `relaunch-sandbox` is the test bed crate's binary: a workspace build (`cargo test`) puts it
-/// beside the binaries of this package.
-fn sandbox_binary() -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_BIN_EXE_relaunch-agent"))
-        .with_file_name("relaunch-sandbox");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests of the whole workspace (cargo test)",
-        path.display()
-    );
-    path
 }
