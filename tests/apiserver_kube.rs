@@ -1,6 +1,8 @@
 //! kube-rs against the test API server: watches that survive faults, optimistic concurrency,
 //! selectors, pagination, tokens and TokenReview.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -12,16 +14,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use relaunch_testbed::eventually;
 use relaunch_testbed::{API_AUDIENCE, ApiServer};
 use serde_json::json;
+use support::{TestApi, eventually};
 
 async fn server() -> (ApiServer, kube::Client) {
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = server.client().unwrap();
-    (server, client)
+    let api = TestApi::start().await;
+    (api.server, api.client)
 }
 
 fn config_map(name: &str) -> ConfigMap {
