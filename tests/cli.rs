@@ -16,9 +16,7 @@ use relaunch_api::{
 };
 use relaunch_testbed::{API_AUDIENCE, TEST_IMAGE};
 use serde_json::{Value, json};
-use support::{
-    Bed, DATABASE, TestApi, binaries, container, container_status, database_pod_spec, eventually,
-};
+use support::{Bed, TestApi, binaries, container_status, database_pod_spec, eventually};
 
 /// What one `kubectl relaunch ...` did.
 #[derive(Debug)]
@@ -664,13 +662,7 @@ async fn run_in(bed: &Bed, args: &[&str]) -> Run {
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_wait_restarts_the_container_in_place_and_exits_zero() {
     let bed = Bed::start(1).await;
-    let before = bed
-        .pod(
-            "db-0",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let before = bed.database_pod("db-0", "node-1").await;
 
     let run = run_in(
         &bed,

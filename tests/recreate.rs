@@ -42,13 +42,7 @@ async fn agent_aborted(bed: &mut Bed, failpoint: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn restarts_a_container_in_place_with_its_own_shutdown_command() {
     let bed = Bed::start(1).await;
-    let before = bed
-        .pod(
-            "db-0",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let before = bed.database_pod("db-0", "node-1").await;
     let old = container_status(&before, "db");
 
     bed.recreate(
@@ -136,13 +130,7 @@ async fn a_container_ignoring_sigterm_is_killed_after_the_grace_and_still_restar
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hanging_shutdown_command_is_bounded_by_the_grace() {
     let bed = Bed::start(1).await;
-    let before = bed
-        .pod(
-            "hang",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let before = bed.database_pod("hang", "node-1").await;
     let started = std::time::Instant::now();
     bed.recreate(
         "hang-restart",
@@ -256,13 +244,7 @@ async fn refuses_what_would_not_come_back_and_stops_nothing() {
         "{status:?}"
     );
 
-    let unknown = bed
-        .pod(
-            "unknown",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let unknown = bed.database_pod("unknown", "node-1").await;
     bed.recreate(
         "unknown-restart",
         &unknown,
@@ -308,13 +290,7 @@ async fn refuses_what_would_not_come_back_and_stops_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn back_to_back_and_deleted_requests_never_stay_pending() {
     let bed = Bed::start(1).await;
-    let pod = bed
-        .pod(
-            "busy",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let pod = bed.database_pod("busy", "node-1").await;
     bed.recreate("busy-1", &pod, json!([{"name": "db"}]), json!({}))
         .await;
     bed.recreate("busy-2", &pod, json!([{"name": "db"}]), json!({}))
@@ -349,13 +325,7 @@ async fn back_to_back_and_deleted_requests_never_stay_pending() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_recreate_completes_while_the_coordinator_is_down_and_its_status_appears_later() {
     let mut bed = Bed::start(1).await;
-    let before = bed
-        .pod(
-            "lonely",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let before = bed.database_pod("lonely", "node-1").await;
     bed.sandbox.coordinator().unwrap().kill();
     bed.recreate(
         "lonely-restart",
@@ -448,13 +418,7 @@ async fn post_report(bed: &Bed, token: &str, report: &Value) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_acts_only_on_its_own_nodes_pods_and_reports_about_other_nodes_are_forbidden() {
     let bed = Bed::start(2).await;
-    let far = bed
-        .pod(
-            "far",
-            Some("node-2"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let far = bed.database_pod("far", "node-2").await;
 
     // A request labelled for node-1 about a pod on node-2: node-1's agent does not touch it.
     let mut mislabelled = far.clone();
@@ -520,13 +484,7 @@ async fn agent_crashes_around_a_stop_still_restart_the_container_exactly_once() 
         ("stopped", Failpoint::AfterStop),
     ] {
         let pod_name = format!("crash-{case}");
-        let before = bed
-            .pod(
-                &pod_name,
-                Some("node-1"),
-                json!({"containers": [container("db", DATABASE)]}),
-            )
-            .await;
+        let before = bed.database_pod(&pod_name, "node-1").await;
         restart_agent_at(&mut bed, failpoint).await;
         bed.recreate(
             &format!("{pod_name}-restart"),
@@ -552,13 +510,7 @@ async fn agent_crashes_around_a_stop_still_restart_the_container_exactly_once() 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_killed_during_the_shutdown_step_does_not_restart_the_new_container() {
     let mut bed = Bed::start(1).await;
-    let before = bed
-        .pod(
-            "crash-shutdown",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let before = bed.database_pod("crash-shutdown", "node-1").await;
     let old = container_status(&before, "db");
     restart_agent_at(&mut bed, Failpoint::DuringShutdown).await;
     bed.recreate(

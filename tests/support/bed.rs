@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::{WAIT, binaries, eventually, ready, restart_count, statefulset};
+use super::{DATABASE, WAIT, binaries, container, eventually, ready, restart_count, statefulset};
 
 /// The whole test bed — a private containerd, the test API server, the controllers and one
 /// kubelet simulator per node — usually with relaunch running on it: the coordinator and an
@@ -117,6 +117,16 @@ impl Bed {
             return self.pods().get(name).await.unwrap();
         }
         self.ready_pod(name).await
+    }
+
+    /// Creates pod `name` on `node` with one [`DATABASE`] container `db`; waits until it is Ready.
+    pub async fn database_pod(&self, name: &str, node: &str) -> Pod {
+        self.pod(
+            name,
+            Some(node),
+            json!({"containers": [container("db", DATABASE)]}),
+        )
+        .await
     }
 
     /// Waits until pod `name` is Ready.
