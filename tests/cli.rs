@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -65,8 +65,17 @@ async fn kubectl_relaunch(kubeconfig: &Path, home: &Path, args: &[&str]) -> Run 
     }
 }
 
-/// The test API server alone, for what the plugin says without running pods.
+/// The test API server alone, for what the plugin says without running pods: a [`TestApi`]
+/// with the objects these tests need.
 struct Cluster(TestApi);
+
+impl std::ops::Deref for Cluster {
+    type Target = TestApi;
+
+    fn deref(&self) -> &TestApi {
+        &self.0
+    }
+}
 
 impl Cluster {
     /// Starts the server; with `relaunch_installed`, registers relaunch's CRDs.
@@ -78,21 +87,13 @@ impl Cluster {
         })
     }
 
-    fn kubeconfig(&self) -> PathBuf {
-        self.0.kubeconfig()
-    }
-
-    fn dir(&self) -> &Path {
-        self.0.dir()
-    }
-
     async fn run(&self, args: &[&str]) -> Run {
         kubectl_relaunch(&self.kubeconfig(), self.dir(), args).await
     }
 
     /// A pod with one container `app`, bound to `node` and Running (as a kubelet would report).
     async fn pod(&self, namespace: &str, name: &str, node: Option<&str>) -> Pod {
-        let pods: Api<Pod> = Api::namespaced(self.0.client.clone(), namespace);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {"nodeName": node, "containers": [
@@ -111,7 +112,7 @@ impl Cluster {
     }
 
     async fn namespace(&self, name: &str) {
-        let namespaces: Api<Namespace> = Api::all(self.0.client.clone());
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
         namespaces
             .create(&PostParams::default(), &ns)
@@ -120,7 +121,7 @@ impl Cluster {
     }
 
     async fn statefulset(&self, name: &str) {
-        let sets: Api<StatefulSet> = Api::default_namespaced(self.0.client.clone());
+        let sets: Api<StatefulSet> = Api::default_namespaced(self.client.clone());
         let set: StatefulSet = serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {
@@ -137,11 +138,11 @@ impl Cluster {
     }
 
     fn requests(&self, namespace: &str) -> Api<ContainerRecreateRequest> {
-        Api::namespaced(self.0.client.clone(), namespace)
+        Api::namespaced(self.client.clone(), namespace)
     }
 
     fn rollouts(&self, namespace: &str) -> Api<RollingRestart> {
-        Api::namespaced(self.0.client.clone(), namespace)
+        Api::namespaced(self.client.clone(), namespace)
     }
 }
 
@@ -241,16 +242,16 @@ async fn without_relaunch_installed_commands_say_how_to_install_it() {
 async fn a_read_only_user_is_told_what_they_may_not_do() {
     let api = Cluster::start(true).await;
     api.pod("default", "web", Some("node-1")).await;
-    let accounts: Api<ServiceAccount> = Api::default_namespaced(api.0.client.clone());
+    let accounts: Api<ServiceAccount> = Api::default_namespaced(api.client.clone());
     let account: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": "viewer"}})).unwrap();
     accounts
         .create(&PostParams::default(), &account)
         .await
         .unwrap();
-    let token = support::token(&api.0.client, "default", "viewer", API_AUDIENCE, None).await;
+    let token = support::token(&api.client, "default", "viewer", API_AUDIENCE, None).await;
     let kubeconfig = api.dir().join("viewer-kubeconfig");
-    std::fs::write(&kubeconfig, api.0.server.kubeconfig(Some(&token))).unwrap();
+    std::fs::write(&kubeconfig, api.server.kubeconfig(Some(&token))).unwrap();
 
     kubectl_relaunch(&kubeconfig, api.dir(), &["restart", "pod/web"])
         .await
@@ -434,7 +435,7 @@ async fn status_prints_tables_json_yaml_and_one_object() {
         .failed_with("rollingrestart db-0-a not found in namespace default");
 
     // The context's namespace is the default, as with kubectl.
-    let url = api.0.server.url();
+    let url = api.server.url();
     let contexts = format!(
         "apiVersion: v1
 kind: Config
