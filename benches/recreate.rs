@@ -7,16 +7,15 @@
 mod support;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
-use relaunch_api::{ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase};
-use relaunch_testbed::eventually;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
-use serde_json::json;
-use support::{EXITS_ON_SIGTERM, Samples};
+use kube::api::Api;
+use relaunch_api::RecreatePhase;
+use relaunch_testbed::TEST_IMAGE;
+use serde_json::{Value, json};
+use support::{Bed, EXITS_ON_SIGTERM, Samples, eventually};
 
 #[tokio::main]
 async fn main() {
@@ -25,21 +24,12 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(110);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let binaries = Binaries {
-        agent: env!("CARGO_BIN_EXE_relaunch-agent").into(),
-        coordinator: env!("CARGO_BIN_EXE_relaunch-coordinator").into(),
-    };
-    let sandbox =
-        Sandbox::start(SandboxConfig::new(dir.path().to_path_buf(), 1, 0).with_relaunch(binaries))
-            .await
-            .expect("start the sandbox (run as root)");
-    let client = sandbox.client().expect("client");
-    let runtime = sandbox.containerd().client().await.expect("CRI client");
-    let agent_admin = agent_admin();
+    let mut bed = Bed::start(1).await;
+    let runtime = bed.sandbox.containerd().client().await.expect("CRI client");
+    let agent_admin = bed.sandbox.agent_admin(0).expect("node-1's agent");
 
-    let floor = support::measure_floor(sandbox.containerd(), &runtime, runs).await;
-    let latency = measure_recreates(&client, &agent_admin, runs).await;
+    let floor = support::measure_floor(bed.sandbox.containerd(), &runtime, runs).await;
+    let latency = measure_recreates(&bed, agent_admin, runs).await;
 
     println!(
         "recreate of a container that exits at once on SIGTERM, {runs} runs, 1 simulated node"
@@ -52,54 +42,28 @@ async fn main() {
         println!("{}", samples.row());
     }
 
-    let footprint = measure_footprint(&client, &agent_admin, full_node).await;
+    let footprint = measure_footprint(&bed, agent_admin, full_node).await;
     println!();
     for line in footprint {
         println!("{line}");
     }
-    let mut sandbox = sandbox;
     let restarted = Instant::now();
-    sandbox.restart_agent(0).await.expect("restart the agent");
+    bed.sandbox
+        .restart_agent(0)
+        .await
+        .expect("restart the agent");
     println!(
         "  start to ready     {:.0} ms (process start, watches synced, runtime answered; polled every 20 ms)",
         restarted.elapsed().as_secs_f64() * 1000.0
     );
-    sandbox.shutdown().await;
-}
-
-/// The admin address of node-1's agent, from its command line.
-fn agent_admin() -> std::net::SocketAddr {
-    let pid_dirs = std::fs::read_dir("/proc").expect("/proc");
-    for entry in pid_dirs.flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.first().is_some_and(|a| a.ends_with("relaunch-agent"))
-            && let Some(i) = args.iter().position(|a| a == "--admin-listen")
-            && let Some(addr) = args.get(i + 1).and_then(|a| a.parse().ok())
-        {
-            return addr;
-        }
-    }
-    panic!("no relaunch-agent process found");
+    bed.shutdown().await;
 }
 
 /// The agent's metrics, as name{labels} → value.
-async fn scrape(admin: &std::net::SocketAddr) -> HashMap<String, f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(admin)
+async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
+    let (_, text) = support::http_get(admin, "/metrics")
         .await
-        .expect("agent admin port");
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {admin}\r\n\r\n").as_bytes())
-        .await
-        .expect("scrape");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.expect("scrape");
+        .expect("scrape the agent's metrics");
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -118,50 +82,21 @@ fn phase_sum(metrics: &HashMap<String, f64>, phase: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn ready_pod(client: &kube::Client, name: &str, script: &str) -> Pod {
-    let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-        "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": 30,
-                 "containers": [{"name": "app", "image": "relaunch.test/busybox:1", "command": ["sh", "-c", script]}]}
-    }))
-    .expect("pod");
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .expect("create pod");
-    eventually(
-        &format!("{name} ready"),
-        Duration::from_secs(300),
-        || async {
-            let pod = pods.get(name).await.ok()?;
-            let ready = pod
-                .status
-                .as_ref()?
-                .conditions
-                .as_ref()?
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            ready.then_some(pod)
-        },
-    )
-    .await
-    .expect("pod ready")
-}
-
 /// Recreates one container `runs` times; per run, the client-observed end-to-end time and the
 /// agent's own phase times (from its histograms, scraped around each run).
-async fn measure_recreates(
-    client: &kube::Client,
-    admin: &std::net::SocketAddr,
-    runs: usize,
-) -> Vec<Samples> {
+async fn measure_recreates(bed: &Bed, admin: SocketAddr, runs: usize) -> Vec<Samples> {
     // One pod per run: a second restart of the same container within ten minutes would wait out
     // the kubelet's crash-loop back-off (10 s), which is the kubelet's cost, not relaunch's.
     let mut pods = Vec::new();
     for run in 0..runs {
-        pods.push(ready_pod(client, &format!("bench-recreate-{run}"), EXITS_ON_SIGTERM).await);
+        let spec = json!({"terminationGracePeriodSeconds": 30, "containers": [
+            {"name": "app", "image": TEST_IMAGE, "command": ["sh", "-c", EXITS_ON_SIGTERM]},
+        ]});
+        pods.push(
+            bed.pod(&format!("bench-recreate-{run}"), Some("node-1"), spec)
+                .await,
+        );
     }
-    let requests: Api<ContainerRecreateRequest> = Api::default_namespaced(client.clone());
     let mut end_to_end = Samples::new("relaunch: end to end (client)");
     let mut agent_total = Samples::new("agent: total");
     let mut stop = Samples::new("agent: stop (CRI StopContainer)");
@@ -172,23 +107,10 @@ async fn measure_recreates(
     for (run, pod) in pods.iter().enumerate() {
         let before = scrape(admin).await;
         let name = format!("bench-{run}");
-        let request: ContainerRecreateRequest = serde_json::from_value(json!({
-            "apiVersion": "relaunch.dev/v1alpha1", "kind": "ContainerRecreateRequest",
-            "metadata": {"name": name, "labels": {LABEL_NODE_NAME: "node-1", LABEL_POD_UID: pod.metadata.uid}},
-            "spec": {"podName": pod.metadata.name, "containers": [{"name": "app"}]}
-        }))
-        .expect("request");
         let started = Instant::now();
-        requests
-            .create(&PostParams::default(), &request)
-            .await
-            .expect("create request");
-        let phase = eventually("request to finish", Duration::from_secs(120), || async {
-            let status = requests.get(&name).await.ok()?.status?;
-            status.phase.is_finished().then_some(status.phase)
-        })
-        .await
-        .expect("request finished");
+        bed.recreate(&name, pod, json!([{"name": "app"}]), Value::Null)
+            .await;
+        let phase = bed.finished(&name).await.phase;
         let e2e = started.elapsed();
         assert_eq!(phase, RecreatePhase::Succeeded, "run {run}");
         // The agent records its histograms just before its final report; wait for them.
@@ -227,22 +149,15 @@ async fn measure_recreates(
 }
 
 /// The agent's RSS, idle CPU and time to ready with `pods` running pods on its node.
-async fn measure_footprint(
-    client: &kube::Client,
-    admin: &std::net::SocketAddr,
-    pods: usize,
-) -> Vec<String> {
-    let api: Api<Pod> = Api::default_namespaced(client.clone());
+async fn measure_footprint(bed: &Bed, admin: SocketAddr, pods: usize) -> Vec<String> {
+    let api: Api<Pod> = bed.pods();
     let started = Instant::now();
     for i in 0..pods {
-        let pod: Pod = serde_json::from_value(json!({
+        bed.create::<Pod>(json!({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("fill-{i}")},
-            "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "relaunch.test/busybox:1", "command": ["sleep", "2147483647"]}]}
+            "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": TEST_IMAGE, "command": ["sleep", "2147483647"]}]}
         }))
-        .expect("pod");
-        api.create(&PostParams::default(), &pod)
-            .await
-            .expect("create pod");
+        .await;
     }
     let running = eventually("the node to fill", Duration::from_secs(900), || async {
         let list = api.list(&Default::default()).await.ok()?;
@@ -264,6 +179,7 @@ async fn measure_footprint(
     let filled_in = started.elapsed();
     let first = scrape(admin).await;
     let window = Duration::from_secs(30);
+    // A measurement window, not a wait for a condition.
     tokio::time::sleep(window).await;
     let second = scrape(admin).await;
     let rss = second

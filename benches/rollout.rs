@@ -18,14 +18,10 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use relaunch_api::{ContainerRecreateRequest, RecreatePhase, RollingRestart, RolloutPhase};
-use relaunch_coordinator::rollout::state::is_ready;
-use relaunch_testbed::apiserver::RequestKind;
-use relaunch_testbed::eventually;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_api::{ContainerRecreateRequest, RecreatePhase, RolloutPhase};
+use relaunch_testbed::{RequestKind, Sandbox, TEST_IMAGE};
 use serde_json::json;
-use support::{EXITS_ON_SIGTERM, Samples};
+use support::{Bed, EXITS_ON_SIGTERM, Samples, eventually, ready, restart_count};
 
 const NAME: &str = "bench";
 
@@ -45,18 +41,10 @@ async fn main() {
     let nodes = number("RELAUNCH_BENCH_NODES", 20);
     let max_unavailable = setting("RELAUNCH_BENCH_MAX_UNAVAILABLE", "5%");
     let cached_pods = number("RELAUNCH_BENCH_CACHED_PODS", 10_000);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let binaries = Binaries {
-        agent: env!("CARGO_BIN_EXE_relaunch-agent").into(),
-        coordinator: env!("CARGO_BIN_EXE_relaunch-coordinator").into(),
-    };
-    let mut sandbox = Sandbox::start(
-        SandboxConfig::new(dir.path().to_path_buf(), nodes, 0).with_relaunch(binaries),
-    )
-    .await
-    .expect("start the sandbox (run as root)");
-    let client = sandbox.client().expect("client");
-    let coordinator = sandbox
+    let mut bed = Bed::start(nodes).await;
+    let client = bed.client.clone();
+    let coordinator = bed
+        .sandbox
         .coordinator()
         .and_then(|c| c.pid())
         .expect("coordinator pid");
@@ -74,7 +62,7 @@ async fn main() {
         );
     }
     let filling = Instant::now();
-    statefulset(&client, pods).await;
+    statefulset(&bed, pods).await;
     println!(
         "{pods} pods of StatefulSet {NAME} on {nodes} simulated nodes ready in {:.0} s (real containers)",
         filling.elapsed().as_secs_f64()
@@ -82,37 +70,22 @@ async fn main() {
     let rss_idle = rss_mib(coordinator);
 
     let timeline = Timeline::watch(&client, pods).await;
-    let writes_before = coordinator_requests(&sandbox);
+    let writes_before = coordinator_requests(&bed.sandbox);
     let started = Instant::now();
     let rss_peak = Arc::new(Mutex::new(0.0_f64));
     let sampler = tokio::spawn(sample_rss(coordinator, rss_peak.clone()));
-    let rollouts: Api<RollingRestart> = Api::default_namespaced(client.clone());
-    let rollout: RollingRestart = serde_json::from_value(json!({
-        "apiVersion": "relaunch.dev/v1alpha1", "kind": "RollingRestart",
-        "metadata": {"name": NAME},
-        "spec": {
+    bed.rollout(
+        NAME,
+        json!({
             "target": {"workloadRef": {"kind": "StatefulSet", "name": NAME}},
             "strategy": {"maxUnavailable": max_unavailable.parse::<u32>().map_or(json!(max_unavailable), |n| json!(n))},
-        },
-    }))
-    .expect("rollout");
-    rollouts
-        .create(&PostParams::default(), &rollout)
-        .await
-        .expect("create the rollout");
-    let status = eventually(
-        "the rollout to finish",
-        Duration::from_secs(3600),
-        || async {
-            let status = rollouts.get(NAME).await.ok()?.status?;
-            matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed).then_some(status)
-        },
+        }),
     )
-    .await
-    .expect("rollout finished");
+    .await;
+    let status = bed.rollout_finished(NAME, Duration::from_secs(3600)).await;
     let total = started.elapsed();
     sampler.abort();
-    let writes = subtract(&coordinator_requests(&sandbox), &writes_before);
+    let writes = subtract(&coordinator_requests(&bed.sandbox), &writes_before);
     assert_eq!(
         status.phase,
         RolloutPhase::Succeeded,
@@ -173,7 +146,8 @@ async fn main() {
             *n as f64 / restarted
         );
     }
-    let agent_writes: u64 = sandbox
+    let agent_writes: u64 = bed
+        .sandbox
         .api()
         .request_counts()
         .iter()
@@ -187,35 +161,18 @@ async fn main() {
          {peak:.1} MiB peak during it",
         pods + extra
     );
-    sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 /// Creates the StatefulSet and waits until all its pods are Ready.
-async fn statefulset(client: &kube::Client, replicas: usize) {
-    let set: StatefulSet = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": NAME},
-        "spec": {
-            "replicas": replicas,
-            "podManagementPolicy": "Parallel",
-            "serviceName": NAME,
-            "selector": {"matchLabels": {"app": NAME}},
-            "template": {
-                "metadata": {"labels": {"app": NAME}},
-                // No readiness probe: 1,000 probe execs a second would measure the runtime.
-                "spec": {"terminationGracePeriodSeconds": 10, "containers": [{
-                    "name": "db", "image": "relaunch.test/busybox:1",
-                    "command": ["sh", "-c", EXITS_ON_SIGTERM],
-                }]},
-            },
-        },
-    }))
-    .expect("statefulset");
-    Api::<StatefulSet>::default_namespaced(client.clone())
-        .create(&PostParams::default(), &set)
-        .await
-        .expect("create the statefulset");
-    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+async fn statefulset(bed: &Bed, replicas: usize) {
+    // No readiness probe: 1,000 probe execs a second would measure the runtime.
+    let pod_spec = json!({"terminationGracePeriodSeconds": 10, "containers": [{
+        "name": "db", "image": TEST_IMAGE, "command": ["sh", "-c", EXITS_ON_SIGTERM],
+    }]});
+    bed.create::<StatefulSet>(support::statefulset(NAME, replicas, pod_spec))
+        .await;
+    let pods = bed.pods();
     let last = std::sync::atomic::AtomicUsize::new(0);
     let last = &last;
     eventually(
@@ -228,7 +185,7 @@ async fn statefulset(client: &kube::Client, replicas: usize) {
                     .list(&ListParams::default().labels(&format!("app={NAME}")))
                     .await
                     .ok()?;
-                let ready = list.items.iter().filter(|p| is_ready(p)).count();
+                let ready = list.items.iter().filter(|p| ready(p)).count();
                 let before = last.swap(ready, std::sync::atomic::Ordering::Relaxed);
                 if ready / 100 > before / 100 {
                     eprintln!("  {ready}/{replicas} pods ready");
@@ -239,14 +196,6 @@ async fn statefulset(client: &kube::Client, replicas: usize) {
     )
     .await
     .expect("statefulset ready");
-}
-
-fn restart_count(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .map(|c| c.iter().map(|c| c.restart_count).sum())
-        .unwrap_or(0)
 }
 
 async fn restart_counts(client: &kube::Client) -> BTreeMap<String, i32> {
@@ -302,7 +251,7 @@ impl Timeline {
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 let mut events = pod_events.lock().expect("events");
                 events.pods_seen.insert(name.clone());
-                if is_ready(&pod) {
+                if ready(&pod) {
                     unready.remove(&name);
                     if restart_count(&pod) > 0 && back.insert(name) {
                         events.ready_again.push(now);
@@ -492,7 +441,7 @@ async fn cached_pod(pods: &Api<Pod>, i: usize) {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "cached", "apps.kubernetes.io/pod-index": i.to_string()}},
         "spec": {"nodeName": "node-without-kubelet", "terminationGracePeriodSeconds": 30, "containers": [{
-            "name": "app", "image": "relaunch.test/busybox:1", "command": ["sh", "-c", EXITS_ON_SIGTERM],
+            "name": "app", "image": TEST_IMAGE, "command": ["sh", "-c", EXITS_ON_SIGTERM],
         }]},
     }))
     .expect("pod");
@@ -511,7 +460,7 @@ async fn cached_pod(pods: &Api<Pod>, i: usize) {
         ],
         "containerStatuses": [{
             "name": "app", "ready": true, "restartCount": 0, "started": true,
-            "image": "relaunch.test/busybox:1", "imageID": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "image": TEST_IMAGE, "imageID": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
             "containerID": format!("containerd://{:064x}", i),
             "state": {"running": {"startedAt": now}},
         }],

@@ -1,18 +1,27 @@
-//! Development-only test bed: a private containerd, the local test image, and pods created the
-//! way the kubelet creates them. Behind the `testbed` cargo feature; never part of the production
-//! binaries.
+//! Development-only test bed: a private containerd with the local test image, a test Kubernetes
+//! API server, workload controllers and a scheduler, kubelet simulators, and the sandbox that
+//! runs them all (with relaunch's own binaries as real processes). A dev-dependency of the
+//! tests and benchmarks; never part of the production binaries.
+//!
+//! The public surface is what this file re-exports plus the [`pod`] module (CRI pods made the
+//! way the kubelet makes them); everything else is internal. docs/testbed.md describes it.
 
-pub mod apiserver;
+mod apiserver;
 mod containerd;
-pub mod controllers;
+mod controllers;
 mod image;
-pub mod kubelet;
+mod kubelet;
 pub mod pod;
-pub mod processes;
-pub mod sandbox;
+mod processes;
+mod sandbox;
 
+pub use apiserver::{API_AUDIENCE, ApiServer, Faults, RequestKind, client_for, kubeconfig};
 pub use containerd::Containerd;
-pub use image::{BUSYBOX, TEST_IMAGE, build_test_image};
+pub use controllers::Controllers;
+pub use image::TEST_IMAGE;
+pub use kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
+pub use processes::{Binaries, COORDINATOR_LEASE, ManagedProcess, RELAUNCH_NAMESPACE, free_port};
+pub use sandbox::{Sandbox, SandboxConfig, SimulatedNode};
 
 use relaunch_cri::CriError;
 
@@ -56,6 +65,23 @@ where
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Registers relaunch's CRDs, generated from the Rust types (those already there are kept).
+pub async fn install_crds(client: &kube::Client) -> Result<(), TestbedError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, PostParams};
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, yaml) in relaunch_api::crd_manifests() {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)
+            .map_err(|e| TestbedError::Setup(format!("generated CRD does not parse: {e}")))?;
+        match crds.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(TestbedError::Setup(format!("installing CRDs: {e}"))),
+        }
+    }
+    Ok(())
 }
 
 /// The last `lines` lines of a log, for error messages.

@@ -2,6 +2,7 @@
 //! per simulated node, each with the identity it would have on a cluster (service-account tokens
 //! from the TokenRequest API: read-only API access, and a node-bound token for the coordinator).
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,12 +13,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
 
-use super::apiserver::ApiServer;
-use super::{TestbedError, eventually};
+use crate::apiserver::{API_AUDIENCE, ApiServer};
+use crate::{TestbedError, eventually};
 use relaunch_api::COORDINATOR_AUDIENCE;
 
 /// Namespace and service accounts relaunch runs under.
-pub const NAMESPACE: &str = "relaunch-system";
+pub const RELAUNCH_NAMESPACE: &str = "relaunch-system";
 pub const AGENT_SERVICE_ACCOUNT: &str = "relaunch-agent";
 pub const COORDINATOR_SERVICE_ACCOUNT: &str = "relaunch-coordinator";
 
@@ -158,14 +159,14 @@ impl Drop for ManagedProcess {
 pub async fn prepare_identities(api: &ApiServer) -> Result<(), TestbedError> {
     let client = api.client()?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": RELAUNCH_NAMESPACE}}))?;
     ignore_exists(namespaces.create(&PostParams::default(), &ns).await)?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client, NAMESPACE);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client, RELAUNCH_NAMESPACE);
     for name in [AGENT_SERVICE_ACCOUNT, COORDINATOR_SERVICE_ACCOUNT] {
         let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
         ignore_exists(accounts.create(&PostParams::default(), &sa).await)?;
     }
-    api.grant_write(NAMESPACE, COORDINATOR_SERVICE_ACCOUNT);
+    api.grant_write(RELAUNCH_NAMESPACE, COORDINATOR_SERVICE_ACCOUNT);
     Ok(())
 }
 
@@ -186,7 +187,7 @@ pub async fn token(
     audiences: &[&str],
     node: Option<&str>,
 ) -> Result<String, TestbedError> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(api.client()?, NAMESPACE);
+    let accounts: Api<ServiceAccount> = Api::namespaced(api.client()?, RELAUNCH_NAMESPACE);
     let bound = node.map(|n| json!({"apiVersion": "v1", "kind": "Node", "name": n}));
     let request = json!({
         "apiVersion": "authentication.k8s.io/v1",
@@ -206,7 +207,7 @@ pub async fn token(
 }
 
 /// A free TCP port on `ip` (bound and released; good enough for a test bed).
-pub fn free_port(ip: std::net::Ipv4Addr) -> Result<u16, TestbedError> {
+pub fn free_port(ip: Ipv4Addr) -> Result<u16, TestbedError> {
     let listener = std::net::TcpListener::bind((ip, 0))?;
     Ok(listener.local_addr()?.port())
 }
@@ -214,7 +215,7 @@ pub fn free_port(ip: std::net::Ipv4Addr) -> Result<u16, TestbedError> {
 /// Waits until `http://addr/readyz` answers 200.
 pub async fn wait_ready(
     process: &mut ManagedProcess,
-    admin: std::net::SocketAddr,
+    admin: SocketAddr,
 ) -> Result<(), TestbedError> {
     let name = process.name().to_string();
     let what = format!("{name} to be ready on {admin}");
@@ -227,13 +228,13 @@ pub async fn wait_ready(
         return Err(TestbedError::Setup(format!(
             "{name} did not become ready on http://{admin}/readyz ({}); its log:\n{}",
             if running { "still running" } else { "exited" },
-            super::tail(&process.log(), 30)
+            crate::tail(&process.log(), 30)
         )));
     }
     Ok(())
 }
 
-async fn readyz(admin: std::net::SocketAddr) -> bool {
+async fn readyz(admin: SocketAddr) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(Ok(mut stream)) = tokio::time::timeout(
         Duration::from_secs(1),
@@ -252,21 +253,16 @@ async fn readyz(admin: std::net::SocketAddr) -> bool {
     answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200")
 }
 
-/// How to launch the coordinator: its arguments and where it answers.
-pub struct CoordinatorLaunch {
-    pub url: String,
-    pub admin: std::net::SocketAddr,
-}
-
-/// Name of the coordinators' leader-election Lease (in [`NAMESPACE`]).
+/// Name of the coordinators' leader-election Lease (in [`RELAUNCH_NAMESPACE`]).
 pub const COORDINATOR_LEASE: &str = "relaunch-coordinator";
 
-/// Starts the coordinator with its own (write-granted) service-account identity.
+/// Starts the coordinator with its own (write-granted) service-account identity; returns it and
+/// the URL of its report API.
 pub async fn start_coordinator(
     api: &ApiServer,
     binaries: &Binaries,
     dir: &Path,
-) -> Result<(ManagedProcess, CoordinatorLaunch), TestbedError> {
+) -> Result<(ManagedProcess, String), TestbedError> {
     start_coordinator_replica(api, binaries, dir, "coordinator").await
 }
 
@@ -277,21 +273,15 @@ pub async fn start_coordinator_replica(
     binaries: &Binaries,
     dir: &Path,
     subdir: &str,
-) -> Result<(ManagedProcess, CoordinatorLaunch), TestbedError> {
+) -> Result<(ManagedProcess, String), TestbedError> {
     let dir = dir.join(subdir);
     std::fs::create_dir_all(&dir)?;
-    let token = token(
-        api,
-        COORDINATOR_SERVICE_ACCOUNT,
-        &[super::apiserver::API_AUDIENCE],
-        None,
-    )
-    .await?;
+    let token = token(api, COORDINATOR_SERVICE_ACCOUNT, &[API_AUDIENCE], None).await?;
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig(Some(&token)))?;
-    let ip = std::net::Ipv4Addr::LOCALHOST;
-    let listen = std::net::SocketAddr::from((ip, free_port(ip)?));
-    let admin = std::net::SocketAddr::from((ip, free_port(ip)?));
+    let ip = Ipv4Addr::LOCALHOST;
+    let listen = SocketAddr::from((ip, free_port(ip)?));
+    let admin = SocketAddr::from((ip, free_port(ip)?));
     let args = vec![
         "run".to_string(),
         "--kubeconfig".into(),
@@ -301,9 +291,9 @@ pub async fn start_coordinator_replica(
         "--admin-listen".into(),
         admin.to_string(),
         "--agent-service-account".into(),
-        format!("{NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"),
+        format!("{RELAUNCH_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"),
         "--leader-election-namespace".into(),
-        NAMESPACE.into(),
+        RELAUNCH_NAMESPACE.into(),
         "--leader-election-name".into(),
         COORDINATOR_LEASE.into(),
     ];
@@ -315,19 +305,22 @@ pub async fn start_coordinator_replica(
         dir.join("log"),
     )?;
     wait_ready(&mut process, admin).await?;
-    Ok((
-        process,
-        CoordinatorLaunch {
-            url: format!("http://{listen}"),
-            admin,
-        },
-    ))
+    Ok((process, format!("http://{listen}")))
 }
 
-/// Extra command-line arguments and environment for an agent.
-#[derive(Debug, Clone, Default)]
-pub struct AgentExtras {
+/// Where and how one node's agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// The node's loopback address; the agent's admin endpoint listens on it.
+    pub node_ip: Ipv4Addr,
+    /// The agent's kubeconfig, token, state and log go under `<node_dir>/agent`.
+    pub node_dir: PathBuf,
+    pub cri_socket: PathBuf,
+    pub coordinator_url: String,
+    /// Extra command-line arguments (e.g. `--max-parallel 4`).
     pub args: Vec<String>,
+    /// Extra environment (e.g. the agent's test-build failpoints).
     pub env: Vec<(String, String)>,
 }
 
@@ -335,42 +328,32 @@ pub struct AgentExtras {
 pub async fn start_agent(
     api: &ApiServer,
     binaries: &Binaries,
-    node_dir: &Path,
-    node: &super::sandbox::SimulatedNode,
-    cri_socket: &Path,
-    coordinator_url: &str,
-    extra: &AgentExtras,
-) -> Result<(ManagedProcess, std::net::SocketAddr), TestbedError> {
-    let dir = node_dir.join("agent");
+    agent: &AgentConfig,
+) -> Result<(ManagedProcess, SocketAddr), TestbedError> {
+    let dir = agent.node_dir.join("agent");
     std::fs::create_dir_all(&dir)?;
-    let api_token = token(
-        api,
-        AGENT_SERVICE_ACCOUNT,
-        &[super::apiserver::API_AUDIENCE],
-        None,
-    )
-    .await?;
+    let api_token = token(api, AGENT_SERVICE_ACCOUNT, &[API_AUDIENCE], None).await?;
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig(Some(&api_token)))?;
     let coordinator_token = token(
         api,
         AGENT_SERVICE_ACCOUNT,
         &[COORDINATOR_AUDIENCE],
-        Some(&node.name),
+        Some(&agent.node_name),
     )
     .await?;
     let token_file = dir.join("token");
     std::fs::write(&token_file, coordinator_token)?;
-    let admin = std::net::SocketAddr::from((node.ip, free_port(node.ip)?));
+    let admin = SocketAddr::from((agent.node_ip, free_port(agent.node_ip)?));
     let mut args = vec![
         "--node-name".to_string(),
-        node.name.clone(),
+        agent.node_name.clone(),
         "--kubeconfig".into(),
         kubeconfig.to_string_lossy().into_owned(),
         "--cri-socket".into(),
-        cri_socket.to_string_lossy().into_owned(),
+        agent.cri_socket.to_string_lossy().into_owned(),
         "--coordinator-url".into(),
-        coordinator_url.to_string(),
+        agent.coordinator_url.clone(),
         "--token-file".into(),
         token_file.to_string_lossy().into_owned(),
         "--admin-listen".into(),
@@ -378,12 +361,12 @@ pub async fn start_agent(
         "--state-dir".into(),
         dir.join("state").to_string_lossy().into_owned(),
     ];
-    args.extend(extra.args.iter().cloned());
+    args.extend(agent.args.iter().cloned());
     let mut process = ManagedProcess::spawn(
-        &format!("relaunch-agent ({})", node.name),
+        &format!("relaunch-agent ({})", agent.node_name),
         &binaries.agent,
         args,
-        extra.env.clone(),
+        agent.env.clone(),
         dir.join("log"),
     )?;
     wait_ready(&mut process, admin).await?;

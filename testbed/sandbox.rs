@@ -3,16 +3,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-
 use std::time::Duration;
 
-use kube::api::{Api, PostParams};
-
-use super::apiserver::ApiServer;
-use super::controllers::Controllers;
-use super::kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
-use super::processes::{self, Binaries, ManagedProcess};
-use super::{Containerd, TestbedError};
+use crate::apiserver::ApiServer;
+use crate::controllers::Controllers;
+use crate::kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
+use crate::processes::{self, AgentConfig, Binaries, ManagedProcess};
+use crate::{Containerd, TestbedError, install_crds};
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -65,6 +62,8 @@ pub struct Sandbox {
     /// Further coordinator replicas (their report APIs are not the agents' target).
     replicas: Vec<ManagedProcess>,
     agents: Vec<ManagedProcess>,
+    /// Admin endpoint (`/metrics`, `/readyz`) of each agent, by node index.
+    agent_admins: Vec<SocketAddr>,
     binaries: Option<Binaries>,
     agent_args: Vec<String>,
     kubelets: Vec<Kubelet>,
@@ -102,6 +101,7 @@ impl Sandbox {
             coordinator_url: None,
             replicas: Vec::new(),
             agents: Vec::new(),
+            agent_admins: Vec::new(),
             binaries: config.relaunch.clone(),
             agent_args: config.agent_args.clone(),
             kubelets: Vec::new(),
@@ -126,13 +126,14 @@ impl Sandbox {
         install_crds(&client).await?;
         if let Some(binaries) = config.relaunch.clone() {
             processes::prepare_identities(&sandbox.api).await?;
-            let (coordinator, launch) =
+            let (coordinator, url) =
                 processes::start_coordinator(&sandbox.api, &binaries, &sandbox.dir).await?;
             sandbox.coordinator = Some(coordinator);
-            sandbox.coordinator_url = Some(launch.url);
+            sandbox.coordinator_url = Some(url);
             for i in 0..sandbox.nodes.len() {
-                let agent = sandbox.launch_agent(i, &[]).await?;
+                let (agent, admin) = sandbox.launch_agent(i, &[]).await?;
                 sandbox.agents.push(agent);
+                sandbox.agent_admins.push(admin);
             }
         }
         std::fs::write(sandbox.kubeconfig_path(), sandbox.api.kubeconfig(None))?;
@@ -143,33 +144,33 @@ impl Sandbox {
         &self,
         index: usize,
         env: &[(String, String)],
-    ) -> Result<ManagedProcess, TestbedError> {
+    ) -> Result<(ManagedProcess, SocketAddr), TestbedError> {
         let (Some(binaries), Some(url)) = (&self.binaries, &self.coordinator_url) else {
             return Err(TestbedError::Setup(
                 "the sandbox runs without relaunch".into(),
             ));
         };
         let node = &self.nodes[index];
-        let node_dir = self.dir.join("nodes").join(&node.name);
-        let (agent, _) = processes::start_agent(
-            &self.api,
-            binaries,
-            &node_dir,
-            node,
-            self.containerd.socket(),
-            url,
-            &processes::AgentExtras {
-                args: self.agent_args.clone(),
-                env: env.to_vec(),
-            },
-        )
-        .await?;
-        Ok(agent)
+        let agent = AgentConfig {
+            node_name: node.name.clone(),
+            node_ip: node.ip,
+            node_dir: self.dir.join("nodes").join(&node.name),
+            cri_socket: self.containerd.socket().to_path_buf(),
+            coordinator_url: url.clone(),
+            args: self.agent_args.clone(),
+            env: env.to_vec(),
+        };
+        processes::start_agent(&self.api, binaries, &agent).await
     }
 
     /// The agent process of node `index` (0-based), to kill or restart it in tests.
     pub fn agent(&mut self, index: usize) -> Option<&mut ManagedProcess> {
         self.agents.get_mut(index)
+    }
+
+    /// The admin endpoint (`/metrics`, `/readyz`) of node `index`'s agent.
+    pub fn agent_admin(&self, index: usize) -> Option<SocketAddr> {
+        self.agent_admins.get(index).copied()
     }
 
     /// Starts node `index`'s agent again (killing it first if it runs); waits until it is ready.
@@ -188,8 +189,9 @@ impl Sandbox {
             .get_mut(index)
             .ok_or_else(|| TestbedError::Setup(format!("no agent {index}")))?;
         agent.kill();
-        let replacement = self.launch_agent(index, env).await?;
+        let (replacement, admin) = self.launch_agent(index, env).await?;
         self.agents[index] = replacement;
+        self.agent_admins[index] = admin;
         Ok(())
     }
 
@@ -268,20 +270,4 @@ impl Sandbox {
             .ok();
         api.shutdown().await;
     }
-}
-
-/// Registers relaunch's CRDs, generated from the Rust types.
-async fn install_crds(client: &kube::Client) -> Result<(), TestbedError> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, yaml) in relaunch_api::crd_manifests() {
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)
-            .map_err(|e| TestbedError::Setup(format!("generated CRD does not parse: {e}")))?;
-        match crds.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(TestbedError::Setup(format!("installing CRDs: {e}"))),
-        }
-    }
-    Ok(())
 }

@@ -2,6 +2,8 @@
 //! kubelet simulator), with a stand-in coordinator that records what the agent sends.
 //! Needs root.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,17 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use relaunch_agent::failpoint::{self, Failpoint};
 use relaunch_api::report::RecreateReport;
-use relaunch_api::{ContainerRecreatePhase, ContainerRecreateRequest, RecreatePhase};
-use relaunch_testbed::eventually;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_api::{ContainerRecreatePhase, RecreatePhase};
+use relaunch_testbed::{API_AUDIENCE, TEST_IMAGE};
 use serde_json::{Value, json};
+use support::{Bed, EXITS_ON_SIGTERM, STUBBORN, binaries, container_status, eventually};
 
 const NODE: &str = "node-1";
 const WAIT: Duration = Duration::from_secs(60);
@@ -84,64 +82,48 @@ fn reports_for(received: &Received, uid: &str) -> Vec<RecreateReport> {
         .collect()
 }
 
-struct Bed {
-    sandbox: Sandbox,
-    dir: tempfile::TempDir,
-    client: kube::Client,
+/// The test bed without relaunch, a stand-in coordinator, and what an agent the test starts
+/// itself needs: a read-only kubeconfig, a token file and a state directory.
+struct AgentBed {
+    bed: Bed,
+    /// The agent's files: kubeconfig, token, state, logs.
+    dir: PathBuf,
     coordinator: SocketAddr,
     received: Received,
-    agent_kubeconfig: PathBuf,
 }
 
-impl Bed {
+impl AgentBed {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let sandbox = Sandbox::start(SandboxConfig::new(dir.path().join("sandbox"), 1, 0))
-            .await
-            .expect("sandbox");
-        let client = sandbox.client().unwrap();
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        // The sandbox may have registered it already.
-        match crds
-            .create(&PostParams::default(), &ContainerRecreateRequest::crd())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => panic!("register the CRD: {e}"),
-        }
+        let bed = Bed::without_relaunch(1).await;
+        let dir = bed.dir().join("agent");
+        std::fs::create_dir_all(&dir).unwrap();
         // The agent runs with a service-account token: read-only, as its RBAC.
-        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        let token = accounts
-            .create_token_request(
-                "default",
-                &PostParams::default(),
-                &TokenRequest {
-                    spec: TokenRequestSpec {
-                        audiences: vec![relaunch_testbed::apiserver::API_AUDIENCE.to_string()],
-                        expiration_seconds: Some(3600),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .token;
-        let agent_kubeconfig = dir.path().join("agent.kubeconfig");
-        std::fs::write(&agent_kubeconfig, sandbox.api().kubeconfig(Some(&token))).unwrap();
-        std::fs::write(dir.path().join("token"), "coordinator-token\n").unwrap();
+        let token = support::token(&bed.client, "default", "default", API_AUDIENCE, None).await;
+        std::fs::write(
+            dir.join("kubeconfig"),
+            bed.sandbox.api().kubeconfig(Some(&token)),
+        )
+        .unwrap();
+        std::fs::write(dir.join("token"), "coordinator-token\n").unwrap();
         let (coordinator, received) = fake_coordinator().await;
         Self {
-            sandbox,
+            bed,
             dir,
-            client,
             coordinator,
             received,
-            agent_kubeconfig,
         }
+    }
+
+    fn pods(&self) -> kube::Api<Pod> {
+        self.bed.pods()
+    }
+
+    async fn shutdown(self) {
+        self.bed.shutdown().await;
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
     }
 
     fn agent(&self, env: &[(&str, &str)]) -> Agent {
@@ -149,19 +131,19 @@ impl Bed {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let log_path = self.dir.path().join(format!("agent-{}.log", admin.port()));
+        let log_path = self.dir.join(format!("log-{}", admin.port()));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_relaunch-agent"))
+        let child = Command::new(binaries().agent)
             .args(["--node-name", NODE, "--kubeconfig"])
-            .arg(&self.agent_kubeconfig)
+            .arg(self.dir.join("kubeconfig"))
             .arg("--cri-socket")
-            .arg(self.sandbox.containerd().socket())
+            .arg(self.bed.sandbox.containerd().socket())
             .args(["--coordinator-url", &format!("http://{}", self.coordinator)])
             .arg("--token-file")
-            .arg(self.dir.path().join("token"))
+            .arg(self.dir.join("token"))
             .args(["--admin-listen", &admin.to_string()])
             .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
+            .arg(self.state())
             .env("RUST_LOG", "relaunch=debug,info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -175,53 +157,27 @@ impl Bed {
         }
     }
 
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), "default")
-    }
-
+    /// A running pod on the node with one container `app` running `script` (no probe).
     async fn create_pod(&self, name: &str, restart_policy: &str, script: &str) -> Pod {
-        let pod: Pod = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {
-                "nodeName": NODE,
-                "restartPolicy": restart_policy,
-                "terminationGracePeriodSeconds": 5,
-                "containers": [{"name": "app", "image": "relaunch.test/busybox:1",
-                    "command": ["sh", "-c", script]}],
-            }
-        }))
-        .unwrap();
-        self.pods()
-            .create(&PostParams::default(), &pod)
+        self.bed
+            .pod(
+                name,
+                Some(NODE),
+                json!({
+                    "restartPolicy": restart_policy,
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{"name": "app", "image": TEST_IMAGE,
+                        "command": ["sh", "-c", script]}],
+                }),
+            )
             .await
-            .unwrap();
-        self.wait_pod(name, "pod running and ready", |p| {
-            app(p).is_some_and(|c| c.ready && c.container_id.is_some())
-        })
-        .await
     }
 
-    async fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Pod {
-        let pods = self.pods();
-        eventually(what, WAIT, || async {
-            let pod = pods.get(name).await.ok()?;
-            check(&pod).then_some(pod)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    async fn create_request(&self, name: &str, pod: &Pod, spec: Value) -> String {
-        let mut crr = ContainerRecreateRequest::for_pod(pod)
-            .name(name)
-            .namespace("default")
-            .build();
-        crr.spec = serde_json::from_value(spec).unwrap();
-        let api: Api<ContainerRecreateRequest> = Api::namespaced(self.client.clone(), "default");
-        api.create(&PostParams::default(), &crr)
+    /// Creates a request for container `app` of `pod`; returns its UID.
+    async fn create_request(&self, name: &str, pod: &Pod, strategy: Value) -> String {
+        self.bed
+            .recreate(name, pod, json!([{"name": "app"}]), strategy)
             .await
-            .unwrap()
             .metadata
             .uid
             .unwrap()
@@ -236,15 +192,36 @@ impl Bed {
         .await
         .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()))
     }
-}
 
-fn app(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == "app")
+    /// Waits for `uid`'s final report: Succeeded, container `app` of pod `pod` restarted exactly
+    /// once since `before`, and the report names the old and new containers. Returns the new.
+    async fn restarted_once(
+        &self,
+        uid: &str,
+        agent: &Agent,
+        pod: &str,
+        before: &ContainerStatus,
+    ) -> ContainerStatus {
+        let report = self.final_report(uid, agent).await;
+        assert_eq!(
+            report.phase,
+            RecreatePhase::Succeeded,
+            "{report:?}\n{}",
+            agent.log()
+        );
+        let now = container_status(&self.pods().get(pod).await.unwrap(), "app");
+        assert_eq!(
+            now.restart_count,
+            before.restart_count + 1,
+            "restarted exactly once"
+        );
+        assert_eq!(
+            report.containers[0].previous_container_id,
+            before.container_id
+        );
+        assert_eq!(report.containers[0].new_container_id, now.container_id);
+        now
+    }
 }
 
 struct Agent {
@@ -259,16 +236,7 @@ impl Agent {
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = tokio::net::TcpStream::connect(self.admin).await.ok()?;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut out = String::new();
-        stream.read_to_string(&mut out).await.ok()?;
-        let code = out.split_whitespace().nth(1)?.parse().ok()?;
-        Some((code, out))
+        support::http_get(self.admin, path).await
     }
 
     async fn wait_ready(&self) {
@@ -306,26 +274,20 @@ fn journal_has(state: &Path, uid: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recreates_a_container_in_place_and_refuses_restart_policy_never() {
-    let bed = Bed::start().await;
+    let bed = AgentBed::start().await;
     let agent = bed.agent(&[]);
     agent.wait_ready().await;
 
     // In place: same pod, new container, restartCount + 1, reports ending Succeeded.
-    let before = bed
-        .create_pod("web", "Always", "trap 'exit 0' TERM; sleep 100000 & wait")
-        .await;
-    let old = app(&before).unwrap().clone();
+    let before = bed.create_pod("web", "Always", EXITS_ON_SIGTERM).await;
+    let old = container_status(&before, "app");
     let uid = bed
-        .create_request(
-            "web-restart",
-            &before,
-            json!({"podName": "web", "containers": [{"name": "app"}]}),
-        )
+        .create_request("web-restart", &before, Value::Null)
         .await;
     let report = bed.final_report(&uid, &agent).await;
     assert_eq!(report.phase, RecreatePhase::Succeeded, "{report:?}");
     let after = bed.pods().get("web").await.unwrap();
-    let new = app(&after).unwrap();
+    let new = container_status(&after, "app");
     assert_eq!(after.metadata.uid, before.metadata.uid, "same pod");
     assert_ne!(new.container_id, old.container_id, "new container");
     assert_eq!(new.restart_count, old.restart_count + 1);
@@ -352,23 +314,15 @@ async fn recreates_a_container_in_place_and_refuses_restart_policy_never() {
     assert_eq!(phases.first(), Some(&RecreatePhase::Recreating));
 
     // restartPolicy Never: refused, nothing stopped.
-    let once = bed
-        .create_pod("once", "Never", "trap 'exit 0' TERM; sleep 100000 & wait")
-        .await;
-    let once_before = app(&once).unwrap().clone();
-    let uid = bed
-        .create_request(
-            "once-restart",
-            &once,
-            json!({"podName": "once", "containers": [{"name": "app"}]}),
-        )
-        .await;
+    let once = bed.create_pod("once", "Never", EXITS_ON_SIGTERM).await;
+    let once_before = container_status(&once, "app");
+    let uid = bed.create_request("once-restart", &once, Value::Null).await;
     let report = bed.final_report(&uid, &agent).await;
     assert_eq!(report.phase, RecreatePhase::Failed);
     let message = report.message.unwrap_or_default();
     assert!(message.contains("restartPolicy: Never"), "{message}");
     let once_after = bed.pods().get("once").await.unwrap();
-    let c = app(&once_after).unwrap();
+    let c = container_status(&once_after, "app");
     assert_eq!(c.container_id, once_before.container_id, "nothing stopped");
     assert_eq!(c.restart_count, 0);
     assert!(c.state.as_ref().unwrap().running.is_some());
@@ -387,52 +341,36 @@ async fn recreates_a_container_in_place_and_refuses_restart_policy_never() {
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     let status = agent.wait_exit().await;
     assert!(status.success(), "SIGTERM exits 0: {status}");
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_killed_around_a_stop_resumes_and_restarts_the_container_exactly_once() {
-    let bed = Bed::start().await;
-    let state = bed.dir.path().join("state");
+    let bed = AgentBed::start().await;
+    let state = bed.state();
     // Ignores SIGTERM: only the runtime's SIGKILL after the grace ends it.
-    let pod = bed
-        .create_pod("db", "Always", "trap '' TERM; while true; do sleep 1; done")
-        .await;
-    let first = app(&pod).unwrap().clone();
-    let spec = json!({"podName": "db", "containers": [{"name": "app"}],
-        "strategy": {"terminationGracePeriodSeconds": 3}});
+    let pod = bed.create_pod("db", "Always", STUBBORN).await;
+    let first = container_status(&pod, "app");
+    let strategy = json!({"terminationGracePeriodSeconds": 3});
 
     // 1. Killed right after journaling the stop, before issuing it.
     let agent = bed.agent(&[(failpoint::ENV, Failpoint::AfterStopJournal.name())]);
-    let uid = bed.create_request("db-1", &pod, spec.clone()).await;
+    let uid = bed.create_request("db-1", &pod, strategy.clone()).await;
     let status = agent.wait_exit().await;
     assert!(!status.success(), "the agent died after the journal write");
     assert!(journal_has(&state, &uid));
     let pod_now = bed.pods().get("db").await.unwrap();
     assert_eq!(
-        app(&pod_now).unwrap().container_id,
+        container_status(&pod_now, "app").container_id,
         first.container_id,
         "not stopped yet"
     );
 
     let agent = bed.agent(&[]);
-    let report = bed.final_report(&uid, &agent).await;
-    assert_eq!(report.phase, RecreatePhase::Succeeded, "{report:?}");
-    let pod = bed.pods().get("db").await.unwrap();
-    let second = app(&pod).unwrap().clone();
-    assert_eq!(
-        second.restart_count,
-        first.restart_count + 1,
-        "restarted exactly once"
-    );
-    assert_eq!(
-        report.containers[0].previous_container_id,
-        first.container_id
-    );
-    assert_eq!(report.containers[0].new_container_id, second.container_id);
+    let second = bed.restarted_once(&uid, &agent, "db", &first).await;
 
     // 2. Killed with SIGKILL while the stop is in progress (the runtime waits out the grace).
-    let uid = bed.create_request("db-2", &pod, spec).await;
+    let uid = bed.create_request("db-2", &pod, strategy).await;
     let state_dir = state.clone();
     eventually("stop journaled", WAIT, || async {
         journal_has(&state_dir, &uid).then_some(())
@@ -443,25 +381,7 @@ async fn agent_killed_around_a_stop_resumes_and_restarts_the_container_exactly_o
     agent.wait_exit().await;
 
     let agent = bed.agent(&[]);
-    let report = bed.final_report(&uid, &agent).await;
-    assert_eq!(
-        report.phase,
-        RecreatePhase::Succeeded,
-        "{report:?}\n{}",
-        agent.log()
-    );
-    let pod = bed.pods().get("db").await.unwrap();
-    let third = app(&pod).unwrap().clone();
-    assert_eq!(
-        third.restart_count,
-        second.restart_count + 1,
-        "restarted exactly once"
-    );
-    assert_eq!(
-        report.containers[0].previous_container_id,
-        second.container_id
-    );
-    assert_eq!(report.containers[0].new_container_id, third.container_id);
+    bed.restarted_once(&uid, &agent, "db", &second).await;
     drop(agent);
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }

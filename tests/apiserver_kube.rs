@@ -1,6 +1,8 @@
 //! kube-rs against the test API server: watches that survive faults, optimistic concurrency,
 //! selectors, pagination, tokens and TokenReview.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -12,16 +14,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use relaunch_testbed::apiserver::{self, API_AUDIENCE, ApiServer};
-use relaunch_testbed::eventually;
+use relaunch_testbed::{API_AUDIENCE, ApiServer};
 use serde_json::json;
+use support::{TestApi, eventually};
 
 async fn server() -> (ApiServer, kube::Client) {
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = server.client().unwrap();
-    (server, client)
+    let api = TestApi::start().await;
+    (api.server, api.client)
 }
 
 fn config_map(name: &str) -> ConfigMap {
@@ -376,7 +375,7 @@ async fn token_review_reports_the_bound_pods_node_and_rejects_wrong_audiences() 
 async fn service_account_tokens_read_but_may_not_write_and_bad_tokens_are_unauthorized() {
     let (server, admin) = server().await;
     let api_token = token(&admin, "reader", vec![], None).await;
-    let reader = apiserver::client_for(&server.url(), Some(&api_token)).unwrap();
+    let reader = relaunch_testbed::client_for(&server.url(), Some(&api_token)).unwrap();
     let cms: Api<ConfigMap> = Api::default_namespaced(reader);
     assert!(cms.list(&ListParams::default()).await.is_ok());
     let err = cms
@@ -395,7 +394,7 @@ async fn service_account_tokens_read_but_may_not_write_and_bad_tokens_are_unauth
             .is_ok()
     );
 
-    let stranger = apiserver::client_for(&server.url(), Some("rlt.unknown")).unwrap();
+    let stranger = relaunch_testbed::client_for(&server.url(), Some("rlt.unknown")).unwrap();
     let err = Api::<ConfigMap>::default_namespaced(stranger)
         .list(&ListParams::default())
         .await

@@ -1,54 +1,45 @@
 //! The preinstalled `kubectl` against the test API server.
 
+mod support;
+
 use std::io::Write;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use relaunch_testbed::apiserver::ApiServer;
+use support::TestApi;
 
+/// kubectl against the test API server alone.
 struct Kubectl {
-    server: ApiServer,
-    dir: tempfile::TempDir,
+    api: TestApi,
 }
 
 impl Kubectl {
     async fn start() -> Self {
-        let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("kubeconfig"), server.kubeconfig(None)).unwrap();
-        Self { server, dir }
+        Self {
+            api: TestApi::start().await,
+        }
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("kubectl");
-        cmd.env("KUBECONFIG", self.dir.path().join("kubeconfig"))
-            .env("HOME", self.dir.path())
-            .args(args);
-        cmd
+        support::kubectl(&self.api.kubeconfig(), self.api.dir(), args)
     }
 
     async fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = self.command(args);
-        tokio::task::spawn_blocking(move || cmd.output().expect("run kubectl"))
-            .await
-            .unwrap()
+        support::output(self.command(args)).await
     }
 
     async fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args).await;
         assert!(
             out.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "kubectl {args:?} failed: {}",
+            support::printed(&out)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn file(&self, name: &str, text: &str) -> String {
-        let path = self.dir.path().join(name);
+        let path = self.api.dir().join(name);
         std::fs::File::create(&path)
             .unwrap()
             .write_all(text.as_bytes())
@@ -282,5 +273,5 @@ async fn kubectl_get_watch_receives_events() {
     let _ = watch.wait();
     let seen = reader.join().unwrap();
     assert!(seen.contains("MODIFIED") && seen.contains("web"), "{seen}");
-    drop(k.server);
+    drop(k);
 }

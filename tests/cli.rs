@@ -3,22 +3,20 @@
 //! against the full sandbox (real containerd, simulated kubelets, relaunch-agent and
 //! relaunch-coordinator as real processes; needs root).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
+
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use relaunch_api::{
     ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RollingRestart, RolloutPhase,
 };
-use relaunch_testbed::apiserver::{API_AUDIENCE, ApiServer};
-use relaunch_testbed::eventually;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::{API_AUDIENCE, TEST_IMAGE};
 use serde_json::{Value, json};
+use support::{Bed, TestApi, binaries, container_status, database_pod_spec, eventually};
 
 /// What one `kubectl relaunch ...` did.
 #[derive(Debug)]
@@ -51,25 +49,15 @@ impl Run {
 
 /// Runs `kubectl relaunch <args>` with the plugin's directory first on PATH.
 async fn kubectl_relaunch(kubeconfig: &Path, home: &Path, args: &[&str]) -> Run {
-    let plugin_dir = Path::new(env!("CARGO_BIN_EXE_kubectl-relaunch"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let plugin = binaries().kubectl_relaunch;
     let path = format!(
         "{}:{}",
-        plugin_dir.display(),
+        plugin.parent().unwrap().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut command = Command::new("kubectl");
-    command
-        .arg("relaunch")
-        .args(args)
-        .env("PATH", path)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", home);
-    let output = tokio::task::spawn_blocking(move || command.output().expect("run kubectl"))
-        .await
-        .unwrap();
+    let mut command = support::kubectl(kubeconfig, home, &["relaunch"]);
+    command.args(args).env("PATH", path);
+    let output = support::output(command).await;
     Run {
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -77,42 +65,30 @@ async fn kubectl_relaunch(kubeconfig: &Path, home: &Path, args: &[&str]) -> Run 
     }
 }
 
-/// The in-process test API server with a kubeconfig for it.
-struct TestApi {
-    server: ApiServer,
-    client: kube::Client,
-    dir: tempfile::TempDir,
+/// The test API server alone, for what the plugin says without running pods: a [`TestApi`]
+/// with the objects these tests need.
+struct Cluster(TestApi);
+
+impl std::ops::Deref for Cluster {
+    type Target = TestApi;
+
+    fn deref(&self) -> &TestApi {
+        &self.0
+    }
 }
 
-impl TestApi {
+impl Cluster {
     /// Starts the server; with `relaunch_installed`, registers relaunch's CRDs.
     async fn start(relaunch_installed: bool) -> Self {
-        let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let client = server.client().unwrap();
-        if relaunch_installed {
-            let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-            for (_, yaml) in relaunch_api::crd_manifests() {
-                let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
-                crds.create(&PostParams::default(), &crd).await.unwrap();
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("kubeconfig"), server.kubeconfig(None)).unwrap();
-        Self {
-            server,
-            client,
-            dir,
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
+        Self(if relaunch_installed {
+            TestApi::with_relaunch_crds().await
+        } else {
+            TestApi::start().await
+        })
     }
 
     async fn run(&self, args: &[&str]) -> Run {
-        kubectl_relaunch(&self.kubeconfig(), self.dir.path(), args).await
+        kubectl_relaunch(&self.kubeconfig(), self.dir(), args).await
     }
 
     /// A pod with one container `app`, bound to `node` and Running (as a kubelet would report).
@@ -121,7 +97,7 @@ impl TestApi {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {"nodeName": node, "containers": [
-                {"name": "app", "image": "relaunch.test/busybox:1", "command": ["sleep", "100000"]},
+                {"name": "app", "image": TEST_IMAGE, "command": ["sleep", "100000"]},
             ]},
         }))
         .unwrap();
@@ -152,8 +128,8 @@ impl TestApi {
                 "replicas": 2, "serviceName": name,
                 "selector": {"matchLabels": {"app": name}},
                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
-                    {"name": "db", "image": "relaunch.test/busybox:1"},
-                    {"name": "exporter", "image": "relaunch.test/busybox:1"},
+                    {"name": "db", "image": TEST_IMAGE},
+                    {"name": "exporter", "image": TEST_IMAGE},
                 ]}},
             },
         }))
@@ -172,7 +148,7 @@ impl TestApi {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_without_wait_creates_a_request_labelled_for_the_agent() {
-    let api = TestApi::start(true).await;
+    let api = Cluster::start(true).await;
     let pod = api.pod("default", "web", Some("node-1")).await;
     let run = api
         .run(&[
@@ -215,7 +191,7 @@ async fn restart_without_wait_creates_a_request_labelled_for_the_agent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_refuses_a_missing_pod_an_unknown_container_and_the_wrong_namespace() {
-    let api = TestApi::start(true).await;
+    let api = Cluster::start(true).await;
     api.namespace("other").await;
     api.pod("default", "web", Some("node-1")).await;
     api.pod("default", "idle", None).await;
@@ -250,7 +226,7 @@ async fn restart_refuses_a_missing_pod_an_unknown_container_and_the_wrong_namesp
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_relaunch_installed_commands_say_how_to_install_it() {
-    let api = TestApi::start(false).await;
+    let api = Cluster::start(false).await;
     api.pod("default", "web", Some("node-1")).await;
     let expected = "relaunch is not installed in this cluster: the CRD containerrecreaterequests.relaunch.dev was not found; install with kubectl apply -k manifests/base";
     api.run(&["restart", "pod/web"]).await.failed_with(expected);
@@ -264,7 +240,7 @@ async fn without_relaunch_installed_commands_say_how_to_install_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_only_user_is_told_what_they_may_not_do() {
-    let api = TestApi::start(true).await;
+    let api = Cluster::start(true).await;
     api.pod("default", "web", Some("node-1")).await;
     let accounts: Api<ServiceAccount> = Api::default_namespaced(api.client.clone());
     let account: ServiceAccount =
@@ -273,24 +249,16 @@ async fn a_read_only_user_is_told_what_they_may_not_do() {
         .create(&PostParams::default(), &account)
         .await
         .unwrap();
-    let request = json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": [API_AUDIENCE], "expirationSeconds": 3600},
-    });
-    let answer: Value = accounts
-        .create_subresource("token", "viewer", &PostParams::default(), &request)
-        .await
-        .unwrap();
-    let token = answer["status"]["token"].as_str().unwrap();
-    let kubeconfig = api.dir.path().join("viewer-kubeconfig");
-    std::fs::write(&kubeconfig, api.server.kubeconfig(Some(token))).unwrap();
+    let token = support::token(&api.client, "default", "viewer", API_AUDIENCE, None).await;
+    let kubeconfig = api.dir().join("viewer-kubeconfig");
+    std::fs::write(&kubeconfig, api.server.kubeconfig(Some(&token))).unwrap();
 
-    kubectl_relaunch(&kubeconfig, api.dir.path(), &["restart", "pod/web"])
+    kubectl_relaunch(&kubeconfig, api.dir(), &["restart", "pod/web"])
         .await
         .failed_with(
             "you are not allowed to create containerrecreaterequests in namespace default",
         );
-    let run = kubectl_relaunch(&kubeconfig, api.dir.path(), &["status"]).await;
+    let run = kubectl_relaunch(&kubeconfig, api.dir(), &["status"]).await;
     assert_eq!(run.code, Some(0), "reading is allowed: {run:#?}");
 }
 
@@ -304,11 +272,7 @@ async fn an_unreachable_api_server_is_one_clear_line() {
         .port();
     let kubeconfig = dir.path().join("kubeconfig");
     let url = format!("http://127.0.0.1:{port}");
-    std::fs::write(
-        &kubeconfig,
-        relaunch_testbed::apiserver::kubeconfig(&url, None),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, relaunch_testbed::kubeconfig(&url, None)).unwrap();
     let unused = dir.path().join("not-this-one");
     let kubeconfig_flag = kubeconfig.to_string_lossy().into_owned();
     kubectl_relaunch(
@@ -322,7 +286,7 @@ async fn an_unreachable_api_server_is_one_clear_line() {
 
 /// Creates a RollingRestart and a ContainerRecreateRequest with statuses, as the coordinator
 /// would have written them.
-async fn rollout_and_request(api: &TestApi, namespace: &str, suffix: &str) {
+async fn rollout_and_request(api: &Cluster, namespace: &str, suffix: &str) {
     let rollout: RollingRestart = serde_json::from_value(json!({
         "apiVersion": "relaunch.dev/v1alpha1", "kind": "RollingRestart",
         "metadata": {"name": format!("db-restart-{suffix}")},
@@ -376,7 +340,7 @@ fn words(line: &str) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_prints_tables_json_yaml_and_one_object() {
-    let api = TestApi::start(true).await;
+    let api = Cluster::start(true).await;
     api.namespace("data").await;
     rollout_and_request(&api, "default", "a").await;
     rollout_and_request(&api, "data", "b").await;
@@ -489,33 +453,24 @@ users:
   user: {{}}
 "
     );
-    let kubeconfig = api.dir.path().join("contexts");
+    let kubeconfig = api.dir().join("contexts");
     std::fs::write(&kubeconfig, contexts).unwrap();
-    let run = kubectl_relaunch(
-        &kubeconfig,
-        api.dir.path(),
-        &["status", "--context", "data"],
-    )
-    .await;
+    let run = kubectl_relaunch(&kubeconfig, api.dir(), &["status", "--context", "data"]).await;
     let text = run.succeeded();
     assert!(
         text.contains("db-restart-b") && !text.contains("db-restart-a"),
         "{text}"
     );
-    let run = kubectl_relaunch(&kubeconfig, api.dir.path(), &["status"]).await;
+    let run = kubectl_relaunch(&kubeconfig, api.dir(), &["status"]).await;
     assert!(run.succeeded().contains("db-restart-a"));
-    kubectl_relaunch(
-        &kubeconfig,
-        api.dir.path(),
-        &["status", "--context", "nope"],
-    )
-    .await
-    .failed_with("nope");
+    kubectl_relaunch(&kubeconfig, api.dir(), &["status", "--context", "nope"])
+        .await
+        .failed_with("nope");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rollout_refuses_missing_workloads_and_bad_flags() {
-    let api = TestApi::start(true).await;
+    let api = Cluster::start(true).await;
     api.statefulset("db").await;
     for (args, says) in [
         (
@@ -560,7 +515,7 @@ async fn rollout_refuses_missing_workloads_and_bad_flags() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_resume_and_abort_switch_the_rollout_spec() {
-    let api = TestApi::start(true).await;
+    let api = Cluster::start(true).await;
     api.statefulset("db").await;
     let run = api
         .run(&[
@@ -629,9 +584,9 @@ async fn pause_resume_and_abort_switch_the_rollout_spec() {
 }
 
 /// Starts `kubectl relaunch <args>` in the background.
-fn spawn_run(api: &TestApi, args: &[&str]) -> tokio::task::JoinHandle<Run> {
+fn spawn_run(api: &Cluster, args: &[&str]) -> tokio::task::JoinHandle<Run> {
     let kubeconfig = api.kubeconfig();
-    let home = api.dir.path().to_path_buf();
+    let home = api.dir().to_path_buf();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::spawn(async move {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -658,7 +613,7 @@ where
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_ends_non_zero_on_failure_pause_and_timeout() {
-    let api = TestApi::start(true).await;
+    let api = Cluster::start(true).await;
     api.pod("default", "web", Some("node-1")).await;
     api.statefulset("db").await;
 
@@ -700,98 +655,19 @@ async fn waiting_ends_non_zero_on_failure_pause_and_timeout() {
 
 // ---- Full sandbox: real containerd, kubelet simulators, agents and coordinator. ----
 
-/// Exits 0 once `/tmp/shutdown` exists (the shutdown command creates it) or on SIGTERM.
-const DATABASE: &str = "trap 'exit 0' TERM; rm -f /tmp/shutdown; touch /tmp/ready; while [ ! -f /tmp/shutdown ]; do sleep 0.1; done; exit 0";
-
-struct Bed {
-    sandbox: Sandbox,
-    client: kube::Client,
-    dir: tempfile::TempDir,
-}
-
-impl Bed {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let binaries = Binaries {
-            agent: env!("CARGO_BIN_EXE_relaunch-agent").into(),
-            coordinator: env!("CARGO_BIN_EXE_relaunch-coordinator").into(),
-        };
-        let config = SandboxConfig::new(dir.path().to_path_buf(), 1, 0).with_relaunch(binaries);
-        let sandbox = Sandbox::start(config).await.unwrap();
-        let client = sandbox.client().unwrap();
-        Self {
-            sandbox,
-            client,
-            dir,
-        }
-    }
-
-    async fn run(&self, args: &[&str]) -> Run {
-        kubectl_relaunch(&self.sandbox.kubeconfig_path(), self.dir.path(), args).await
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::default_namespaced(self.client.clone())
-    }
-
-    /// Waits until the pods labelled `app=<app>` are `count` and all Ready.
-    async fn ready_pods(&self, app: &str, count: usize) -> Vec<Pod> {
-        eventually(
-            &format!("{count} pods of {app} ready"),
-            Duration::from_secs(120),
-            || async {
-                let pods = self
-                    .pods()
-                    .list(&ListParams::default().labels(&format!("app={app}")))
-                    .await
-                    .ok()?;
-                (pods.items.len() == count && pods.items.iter().all(ready)).then_some(pods.items)
-            },
-        )
-        .await
-        .unwrap()
-    }
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn container(name: &str) -> Value {
-    json!({"name": name, "image": "relaunch.test/busybox:1", "command": ["sh", "-c", DATABASE],
-           "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1}})
-}
-
-/// (restartCount, containerID) of container `name`.
-fn restarts(pod: &Pod, name: &str) -> (i32, Option<String>) {
-    let status = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == name))
-        .unwrap_or_else(|| panic!("no status for container {name}"));
-    (status.restart_count, status.container_id.clone())
+/// Runs `kubectl relaunch <args>` against the sandbox.
+async fn run_in(bed: &Bed, args: &[&str]) -> Run {
+    kubectl_relaunch(&bed.sandbox.kubeconfig_path(), bed.dir(), args).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_wait_restarts_the_container_in_place_and_exits_zero() {
-    let bed = Bed::start().await;
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "db-0", "labels": {"app": "single"}},
-        "spec": {"nodeName": "node-1", "containers": [container("db")]},
-    }))
-    .unwrap();
-    bed.pods()
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
-    let before = bed.ready_pods("single", 1).await.remove(0);
+    let bed = Bed::start(1).await;
+    let before = bed.database_pod("db-0", "node-1").await;
 
-    let run = bed
-        .run(&[
+    let run = run_in(
+        &bed,
+        &[
             "restart",
             "pod/db-0",
             "-c",
@@ -803,8 +679,9 @@ async fn restart_wait_restarts_the_container_in_place_and_exits_zero() {
             "--wait",
             "--timeout",
             "2m",
-        ])
-        .await;
+        ],
+    )
+    .await;
     let out = run.succeeded();
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -827,35 +704,23 @@ async fn restart_wait_restarts_the_container_in_place_and_exits_zero() {
 
     let after = bed.pods().get("db-0").await.unwrap();
     assert_eq!(after.metadata.uid, before.metadata.uid, "same pod");
-    let (count_before, id_before) = restarts(&before, "db");
-    let (count_after, id_after) = restarts(&after, "db");
-    assert_eq!(count_after, count_before + 1, "restarted once");
-    assert_ne!(id_after, id_before, "a new container");
-    bed.sandbox.shutdown().await;
+    let (old, new) = (
+        container_status(&before, "db"),
+        container_status(&after, "db"),
+    );
+    assert_eq!(new.restart_count, old.restart_count + 1, "restarted once");
+    assert_ne!(new.container_id, old.container_id, "a new container");
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rollout_wait_restarts_a_statefulset_and_exits_zero() {
-    let bed = Bed::start().await;
-    let set: StatefulSet = serde_json::from_value(json!({
-        "metadata": {"name": "db"},
-        "spec": {
-            "replicas": 2, "podManagementPolicy": "Parallel", "serviceName": "db",
-            "selector": {"matchLabels": {"app": "db"}},
-            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {
-                "terminationGracePeriodSeconds": 10, "containers": [container("db")],
-            }},
-        },
-    }))
-    .unwrap();
-    Api::<StatefulSet>::default_namespaced(bed.client.clone())
-        .create(&PostParams::default(), &set)
-        .await
-        .unwrap();
-    let before = bed.ready_pods("db", 2).await;
+    let bed = Bed::start(1).await;
+    let before = bed.statefulset("db", 2, database_pod_spec()).await;
 
-    let run = bed
-        .run(&[
+    let run = run_in(
+        &bed,
+        &[
             "rollout",
             "sts/db",
             "--shutdown-exec",
@@ -863,8 +728,9 @@ async fn rollout_wait_restarts_a_statefulset_and_exits_zero() {
             "--wait",
             "--timeout",
             "3m",
-        ])
-        .await;
+        ],
+    )
+    .await;
     let out = run.succeeded();
     assert!(out.contains("2/2 restarted"), "progress bar: {out}");
     let last = out.lines().last().unwrap_or_default();
@@ -873,21 +739,16 @@ async fn rollout_wait_restarts_a_statefulset_and_exits_zero() {
         "{out}"
     );
 
-    let rollouts: Api<RollingRestart> = Api::default_namespaced(bed.client.clone());
-    let all = rollouts.list(&ListParams::default()).await.unwrap().items;
+    let all = bed
+        .rollouts()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
     assert_eq!(all.len(), 1);
     let status = all[0].status.clone().unwrap();
     assert_eq!(status.phase, RolloutPhase::Succeeded);
     assert_eq!((status.total, status.restarted, status.failed), (2, 2, 0));
-    for pod in &before {
-        let name = pod.metadata.name.as_deref().unwrap();
-        let after = bed.pods().get(name).await.unwrap();
-        assert_eq!(after.metadata.uid, pod.metadata.uid, "{name} in place");
-        assert_eq!(
-            restarts(&after, "db").0,
-            restarts(pod, "db").0 + 1,
-            "{name} restarted once"
-        );
-    }
-    bed.sandbox.shutdown().await;
+    bed.assert_each_restarted_once(&before).await;
+    bed.shutdown().await;
 }

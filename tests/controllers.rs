@@ -1,15 +1,16 @@
 //! The StatefulSet controller, claim binder and scheduler against the test API server (no
 //! kubelet: pods are bound but never run).
 
+mod support;
+
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use relaunch_testbed::apiserver::ApiServer;
-use relaunch_testbed::controllers::Controllers;
-use relaunch_testbed::eventually;
+use relaunch_testbed::Controllers;
+use support::{TestApi, eventually};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -57,10 +58,8 @@ fn statefulset(replicas: i32) -> StatefulSet {
 
 #[tokio::test]
 async fn statefulset_pods_are_created_bound_spread_and_recreated() {
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = server.client().unwrap();
+    let api = TestApi::start().await;
+    let client = api.client.clone();
     ready_node(&client, "node-a", serde_json::json!({})).await;
     ready_node(&client, "node-b", serde_json::json!({})).await;
     let controllers = Controllers::start(client.clone()).await.unwrap();
@@ -145,15 +144,13 @@ async fn statefulset_pods_are_created_bound_spread_and_recreated() {
     .unwrap();
 
     controllers.shutdown().await;
-    server.shutdown().await;
+    api.server.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_pod_that_fits_nowhere_is_marked_unschedulable() {
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = server.client().unwrap();
+    let api = TestApi::start().await;
+    let client = api.client.clone();
     ready_node(&client, "node-a", serde_json::json!({ "disk": "hdd" })).await;
     let controllers = Controllers::start(client.clone()).await.unwrap();
 
@@ -195,5 +192,5 @@ async fn a_pod_that_fits_nowhere_is_marked_unschedulable() {
     assert_eq!(node, "node-b");
 
     controllers.shutdown().await;
-    server.shutdown().await;
+    api.server.shutdown().await;
 }

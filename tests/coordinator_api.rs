@@ -1,6 +1,8 @@
 //! The coordinator against the in-process test API server: admission, the authenticated report
 //! API (reports, readiness gate, refusals that write nothing) and the lifecycle controllers.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +10,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Event, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -19,17 +20,20 @@ use relaunch_api::{
 };
 use relaunch_coordinator::{self as coordinator, Context, ReportListener, Settings};
 use relaunch_telemetry::admin::Health;
-use relaunch_testbed::apiserver::{API_AUDIENCE, ApiServer};
-use relaunch_testbed::eventually;
+use relaunch_testbed::API_AUDIENCE;
 use serde_json::{Value, json};
+use support::{TestApi, eventually, token};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
 const AGENT_NS: &str = "relaunch-system";
 const AGENT_SA: &str = "relaunch-agent";
 
-struct Bed {
-    _server: ApiServer,
+/// The coordinator in this process against the test API server, which holds two nodes and
+/// three running pods (`db-0` with the readiness gate, on node-1; `web-0` on node-2; `plain-0`
+/// on node-1).
+struct CoordinatorBed {
+    api: TestApi,
     client: kube::Client,
     url: String,
     registry: prometheus::Registry,
@@ -37,23 +41,21 @@ struct Bed {
     task: Option<tokio::task::JoinHandle<Result<(), coordinator::CoordinatorError>>>,
 }
 
-impl Drop for Bed {
+impl Drop for CoordinatorBed {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
 }
 
-impl Bed {
-    async fn start(agent_timeout: Duration) -> Bed {
+impl CoordinatorBed {
+    async fn start(agent_timeout: Duration) -> CoordinatorBed {
         Self::start_with(agent_timeout, true).await
     }
 
     /// With `controllers` false only the report API runs (as on a replica without the Lease).
-    async fn start_with(agent_timeout: Duration, controllers: bool) -> Bed {
-        let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let client = server.client().unwrap();
+    async fn start_with(agent_timeout: Duration, controllers: bool) -> CoordinatorBed {
+        let api = TestApi::start().await;
+        let client = api.client.clone();
         Api::<CustomResourceDefinition>::all(client.clone())
             .create(&PostParams::default(), &ContainerRecreateRequest::crd())
             .await
@@ -118,8 +120,8 @@ impl Bed {
                 Ok(())
             })
         };
-        Bed {
-            _server: server,
+        CoordinatorBed {
+            api,
             client,
             url,
             registry,
@@ -143,7 +145,7 @@ impl Bed {
             AGENT_NS,
             AGENT_SA,
             audience,
-            json!({"apiVersion": "v1", "kind": "Node", "name": node}),
+            Some(json!({"apiVersion": "v1", "kind": "Node", "name": node})),
         )
         .await
     }
@@ -187,6 +189,16 @@ impl Bed {
         })
         .await
         .unwrap()
+    }
+
+    /// Waits until the request has Failed.
+    async fn failed(&self, name: &str, what: &str) -> ContainerRecreateRequest {
+        self.wait_for(name, what, |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == RecreatePhase::Failed)
+        })
+        .await
     }
 
     async fn admitted(
@@ -303,19 +315,6 @@ async fn running_pod(client: &kube::Client, name: &str, node: Option<&str>, gate
     .unwrap()
 }
 
-async fn token(client: &kube::Client, ns: &str, sa: &str, audience: &str, bound: Value) -> String {
-    let request: TokenRequest = serde_json::from_value(json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": [audience], "expirationSeconds": 3600, "boundObjectRef": bound}
-    }))
-    .unwrap();
-    let answer: TokenRequest = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_subresource("token", sa, &PostParams::default(), &request)
-        .await
-        .unwrap();
-    answer.status.unwrap().token
-}
-
 fn report(crr: &ContainerRecreateRequest, phase: &str, container: Value) -> Value {
     json!({
         "request": {"namespace": "default", "name": crr.name_any(), "uid": crr.uid().unwrap()},
@@ -338,7 +337,7 @@ fn message(r: &ContainerRecreateRequest) -> String {
 
 #[tokio::test]
 async fn admission_labels_valid_requests_and_fails_invalid_ones_with_clear_messages() {
-    let bed = Bed::start(Duration::from_secs(300)).await;
+    let bed = CoordinatorBed::start(Duration::from_secs(300)).await;
     let db = bed.pods().get("db-0").await.unwrap();
     let valid = bed.admitted("valid", "db-0", &["app"]).await;
     assert_eq!(valid.labels()[LABEL_NODE_NAME], "node-1");
@@ -408,13 +407,7 @@ async fn admission_labels_valid_requests_and_fails_invalid_ones_with_clear_messa
             .await;
     }
     for (name, _, _, _, expected) in &cases {
-        let failed = bed
-            .wait_for(name, "refusal", |r| {
-                r.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == RecreatePhase::Failed)
-            })
-            .await;
+        let failed = bed.failed(name, "refusal").await;
         assert!(
             message(&failed).contains(expected),
             "{name}: {:?}",
@@ -440,7 +433,7 @@ async fn admission_labels_valid_requests_and_fails_invalid_ones_with_clear_messa
 
 #[tokio::test]
 async fn reports_move_status_forward_and_stale_or_repeated_reports_write_nothing() {
-    let bed = Bed::start(Duration::from_secs(300)).await;
+    let bed = CoordinatorBed::start(Duration::from_secs(300)).await;
     let crr = bed.admitted("restart-db", "db-0", &["app"]).await;
     let token = bed.node_token("node-1", "relaunch-coordinator").await;
 
@@ -554,7 +547,7 @@ async fn reports_move_status_forward_and_stale_or_repeated_reports_write_nothing
 
 #[tokio::test]
 async fn a_token_bound_to_the_agent_pod_identifies_its_node() {
-    let bed = Bed::start(Duration::from_secs(300)).await;
+    let bed = CoordinatorBed::start(Duration::from_secs(300)).await;
     let crr = bed.admitted("via-pod", "db-0", &["app"]).await;
     let agents: Api<Pod> = Api::namespaced(bed.client.clone(), AGENT_NS);
     let agent: Pod = serde_json::from_value(json!({"metadata": {"name": "agent-1"}, "spec": {"nodeName": "node-1", "containers": [{"name": "agent", "image": "x"}]}})).unwrap();
@@ -564,7 +557,7 @@ async fn a_token_bound_to_the_agent_pod_identifies_its_node() {
         AGENT_NS,
         AGENT_SA,
         "relaunch-coordinator",
-        json!({"apiVersion": "v1", "kind": "Pod", "name": "agent-1", "uid": agent.uid()}),
+        Some(json!({"apiVersion": "v1", "kind": "Pod", "name": "agent-1", "uid": agent.uid()})),
     )
     .await;
     let r = report(
@@ -578,7 +571,7 @@ async fn a_token_bound_to_the_agent_pod_identifies_its_node() {
 
 #[tokio::test]
 async fn bad_requests_get_the_right_code_and_change_nothing() {
-    let bed = Bed::start(Duration::from_secs(300)).await;
+    let bed = CoordinatorBed::start(Duration::from_secs(300)).await;
     let crr = bed.admitted("guarded", "db-0", &["app"]).await;
     let web = bed.admitted("guarded-web", "web-0", &["app"]).await;
     let rv = crr.resource_version();
@@ -591,46 +584,29 @@ async fn bad_requests_get_the_right_code_and_change_nothing() {
         "default",
         "intruder",
         "relaunch-coordinator",
-        json!({"apiVersion": "v1", "kind": "Node", "name": "node-1"}),
+        Some(json!({"apiVersion": "v1", "kind": "Node", "name": "node-1"})),
     )
     .await;
     let expired = bed.node_token("node-1", "relaunch-coordinator").await;
-    bed._server.expire_token(&expired);
-    let valid = bytes(&report(
-        &crr,
-        "Recreating",
-        json!({"name": "app", "phase": "Stopping"}),
-    ));
-    let mut unknown = report(
-        &crr,
-        "Recreating",
-        json!({"name": "app", "phase": "Stopping"}),
-    );
-    unknown["request"]["name"] = json!("nope");
-    let mut wrong_uid = report(
-        &crr,
-        "Recreating",
-        json!({"name": "app", "phase": "Stopping"}),
-    );
-    wrong_uid["request"]["uid"] = json!("00000000-0000-0000-0000-000000000000");
-    let mut extra_field = report(
-        &crr,
-        "Recreating",
-        json!({"name": "app", "phase": "Stopping"}),
-    );
-    extra_field["surprise"] = json!(true);
-    let mut traversal = report(
-        &crr,
-        "Recreating",
-        json!({"name": "app", "phase": "Stopping"}),
-    );
-    traversal["request"]["name"] = json!("../../../api/v1/secrets");
-    let huge = {
-        let mut r = report(
+    bed.api.server.expire_token(&expired);
+    let stopping = || {
+        report(
             &crr,
             "Recreating",
             json!({"name": "app", "phase": "Stopping"}),
-        );
+        )
+    };
+    let valid = bytes(&stopping());
+    let mut unknown = stopping();
+    unknown["request"]["name"] = json!("nope");
+    let mut wrong_uid = stopping();
+    wrong_uid["request"]["uid"] = json!("00000000-0000-0000-0000-000000000000");
+    let mut extra_field = stopping();
+    extra_field["surprise"] = json!(true);
+    let mut traversal = stopping();
+    traversal["request"]["name"] = json!("../../../api/v1/secrets");
+    let huge = {
+        let mut r = stopping();
         r["message"] = json!("x".repeat(MAX_BODY_BYTES));
         bytes(&r)
     };
@@ -783,7 +759,7 @@ async fn bad_requests_get_the_right_code_and_change_nothing() {
 
 #[tokio::test]
 async fn readiness_requests_flip_the_pods_gate_condition_and_keep_the_others() {
-    let bed = Bed::start(Duration::from_secs(300)).await;
+    let bed = CoordinatorBed::start(Duration::from_secs(300)).await;
     let crr = bed.admitted("drain", "db-0", &["app"]).await;
     let token = bed.node_token("node-1", "relaunch-coordinator").await;
     let request = |ready: bool| {
@@ -848,7 +824,7 @@ async fn readiness_requests_flip_the_pods_gate_condition_and_keep_the_others() {
 
 #[tokio::test]
 async fn deadline_pod_deletion_and_ttl_end_requests_and_the_gate_is_released() {
-    let bed = Bed::start(Duration::from_secs(300)).await;
+    let bed = CoordinatorBed::start(Duration::from_secs(300)).await;
     let token = bed.node_token("node-1", "relaunch-coordinator").await;
 
     // Deadline exceeded while the pod is held NotReady: Failed, and the gate is released.
@@ -867,13 +843,7 @@ async fn deadline_pod_deletion_and_ttl_end_requests_and_the_gate_is_released() {
         bed.post(READINESS_PATH, Some(&token), bytes(&hold)).await.0,
         200
     );
-    let failed = bed
-        .wait_for("late", "deadline", |r| {
-            r.status
-                .as_ref()
-                .is_some_and(|s| s.phase == RecreatePhase::Failed)
-        })
-        .await;
+    let failed = bed.failed("late", "deadline").await;
     assert!(
         message(&failed).starts_with("deadline exceeded"),
         "{}",
@@ -921,13 +891,7 @@ async fn deadline_pod_deletion_and_ttl_end_requests_and_the_gate_is_released() {
         .delete("web-0", &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
-    let orphan = bed
-        .wait_for("orphan", "pod deletion", |r| {
-            r.status
-                .as_ref()
-                .is_some_and(|s| s.phase == RecreatePhase::Failed)
-        })
-        .await;
+    let orphan = bed.failed("orphan", "pod deletion").await;
     assert!(
         message(&orphan).contains("pod web-0 was deleted"),
         "{}",
@@ -939,16 +903,10 @@ async fn deadline_pod_deletion_and_ttl_end_requests_and_the_gate_is_released() {
 
 #[tokio::test]
 async fn a_silent_agent_fails_the_request_naming_its_node() {
-    let bed = Bed::start(Duration::from_secs(1)).await;
+    let bed = CoordinatorBed::start(Duration::from_secs(1)).await;
     bed.create_request("unheard", "db-0", &["app"], json!({}))
         .await;
-    let failed = bed
-        .wait_for("unheard", "agent timeout", |r| {
-            r.status
-                .as_ref()
-                .is_some_and(|s| s.phase == RecreatePhase::Failed)
-        })
-        .await;
+    let failed = bed.failed("unheard", "agent timeout").await;
     assert!(
         message(&failed).contains("agent on node node-1"),
         "{}",
@@ -958,7 +916,7 @@ async fn a_silent_agent_fails_the_request_naming_its_node() {
 
 #[tokio::test]
 async fn shutdown_stops_the_coordinator_cleanly() {
-    let mut bed = Bed::start(Duration::from_secs(300)).await;
+    let mut bed = CoordinatorBed::start(Duration::from_secs(300)).await;
     bed.shutdown.cancel();
     let result = tokio::time::timeout(WAIT, bed.task.take().unwrap())
         .await
@@ -969,7 +927,7 @@ async fn shutdown_stops_the_coordinator_cleanly() {
 
 #[tokio::test]
 async fn a_report_before_admission_admits_the_request_or_fails_an_invalid_one() {
-    let bed = Bed::start_with(Duration::from_secs(300), false).await;
+    let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
     let token = bed.node_token("node-1", "relaunch-coordinator").await;
     let early = bed
         .create_request("early", "db-0", &["app"], json!({}))
@@ -1015,7 +973,7 @@ async fn a_report_before_admission_admits_the_request_or_fails_an_invalid_one() 
 }
 
 /// The pod's `relaunch.dev/ready` condition: (status, reason, message).
-async fn gate_of(bed: &Bed, pod: &str) -> Option<(String, String, String)> {
+async fn gate_of(bed: &CoordinatorBed, pod: &str) -> Option<(String, String, String)> {
     let pod = bed.pods().get(pod).await.ok()?;
     let c = pod
         .status?
@@ -1031,7 +989,7 @@ async fn gate_of(bed: &Bed, pod: &str) -> Option<(String, String, String)> {
 
 #[tokio::test]
 async fn a_deleted_request_holding_the_pod_notready_releases_it_once_no_request_may_hold_it() {
-    let bed = Bed::start(Duration::from_secs(300)).await;
+    let bed = CoordinatorBed::start(Duration::from_secs(300)).await;
     let token = bed.node_token("node-1", "relaunch-coordinator").await;
     let hold = |crr: &ContainerRecreateRequest| {
         bytes(
@@ -1108,7 +1066,7 @@ async fn a_deleted_request_holding_the_pod_notready_releases_it_once_no_request_
 
 #[tokio::test]
 async fn a_queued_message_is_replaced_once_the_request_is_recreating() {
-    let bed = Bed::start(Duration::from_secs(300)).await;
+    let bed = CoordinatorBed::start(Duration::from_secs(300)).await;
     let crr = bed.admitted("waits", "db-0", &["app"]).await;
     let token = bed.node_token("node-1", "relaunch-coordinator").await;
     let mut queued = json!({

@@ -1,21 +1,15 @@
 //! The `relaunch-coordinator run` binary: HTTPS report API, admin endpoint, SIGTERM exits 0.
 
+mod support;
+
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
-use kube::api::{Api, PostParams};
-use relaunch_api::ContainerRecreateRequest;
-use relaunch_testbed::apiserver::ApiServer;
-use relaunch_testbed::eventually;
+use support::{TestApi, binaries, eventually};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    relaunch_testbed::free_port(Ipv4Addr::LOCALHOST).unwrap()
 }
 
 fn curl(args: &[&str]) -> Option<String> {
@@ -44,17 +38,9 @@ async fn serves_https_reports_and_admin_endpoints_and_exits_zero_on_sigterm() {
         eprintln!("skipped: needs openssl and curl");
         return;
     }
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    Api::<CustomResourceDefinition>::all(server.client().unwrap())
-        .create(&PostParams::default(), &ContainerRecreateRequest::crd())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig(None)).unwrap();
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let api = TestApi::with_relaunch_crds().await;
+    let kubeconfig = api.kubeconfig();
+    let (cert, key) = (api.dir().join("tls.crt"), api.dir().join("tls.key"));
     let made = Command::new("openssl")
         .args([
             "req",
@@ -81,7 +67,7 @@ async fn serves_https_reports_and_admin_endpoints_and_exits_zero_on_sigterm() {
     assert!(made.success());
 
     let (port, admin_port) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relaunch-coordinator"))
+    let mut child = Command::new(binaries().coordinator)
         .arg("run")
         .arg("--kubeconfig")
         .arg(&kubeconfig)

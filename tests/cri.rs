@@ -1,16 +1,15 @@
 //! The CRI client against a real containerd started by the test (needs root).
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use relaunch_cri::{ClientConfig, ContainerState, CriError, CriMetrics, RuntimeClient};
+use relaunch_testbed::Containerd;
 use relaunch_testbed::pod::{self, ContainerTemplate, PodIdentity, PodSandbox};
-use relaunch_testbed::{Containerd, eventually};
+use support::{EXITS_ON_SIGTERM, STUBBORN, eventually};
 
 const SLEEP_FOREVER: &str = "sleep 100000";
-/// Exits 0 as soon as SIGTERM arrives (`wait` is interrupted by a trapped signal).
-const EXITS_ON_SIGTERM: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
-/// Ignores SIGTERM; only SIGKILL ends it.
-const IGNORES_SIGTERM: &str = "trap '' TERM; sleep 100000 & wait";
 
 struct Node {
     containerd: Containerd,
@@ -242,7 +241,7 @@ async fn stopping_a_container_that_exits_on_sigterm_returns_well_before_the_grac
 async fn stopping_a_container_that_ignores_sigterm_kills_it_after_the_grace_not_before() {
     let node = Node::start().await;
     let p = node.pod("stubborn").await;
-    let id = node.run(&p, sh("db", IGNORES_SIGTERM)).await;
+    let id = node.run(&p, sh("db", STUBBORN)).await;
 
     let grace = Duration::from_secs(2);
     let started = Instant::now();

@@ -1,51 +1,53 @@
 //! The kubelet simulator against the test API server and a real containerd (needs root).
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod support;
+
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use relaunch_cri::{ContainerState, RuntimeClient};
-use relaunch_testbed::apiserver::ApiServer;
-use relaunch_testbed::kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
-use relaunch_testbed::{Containerd, eventually};
+use relaunch_testbed::{Containerd, CrashLoopBackoff, Kubelet, KubeletConfig};
 use serde_json::json;
+use support::{TestApi, eventually};
 
 const NODE: &str = "node-a";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Bed {
+/// One simulated node on its own: a private containerd, the test API server and one kubelet
+/// simulator (no controllers, no scheduler); the kubelet's root is the API's directory.
+struct Node {
     _containerd: Containerd,
-    _api: ApiServer,
-    root: tempfile::TempDir,
+    api: TestApi,
     runtime: RuntimeClient,
     pods: Api<Pod>,
     kubelet: Option<Kubelet>,
 }
 
-impl Bed {
+impl Node {
     async fn start(backoff: CrashLoopBackoff) -> Self {
         let containerd = Containerd::start().await.expect("start containerd");
         let runtime = containerd.client().await.expect("connect to containerd");
-        let api = ApiServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .expect("start API server");
-        let client = api.client().expect("API client");
-        let root = tempfile::tempdir().unwrap();
-        let mut config = KubeletConfig::new(NODE, NODE_IP, root.path());
+        let api = TestApi::start().await;
+        let mut config = KubeletConfig::new(NODE, NODE_IP, api.dir());
         config.backoff = backoff;
-        let kubelet = Kubelet::start(client.clone(), runtime.clone(), config)
+        let kubelet = Kubelet::start(api.client.clone(), runtime.clone(), config)
             .await
             .expect("start kubelet");
         Self {
             _containerd: containerd,
-            _api: api,
-            root,
+            pods: Api::namespaced(api.client.clone(), "default"),
+            api,
             runtime,
-            pods: Api::namespaced(client, "default"),
             kubelet: Some(kubelet),
         }
+    }
+
+    /// The kubelet's root directory (volumes, pod logs).
+    fn root(&self) -> &std::path::Path {
+        self.api.dir()
     }
 
     async fn create(&self, name: &str, spec: serde_json::Value) -> Pod {
@@ -107,7 +109,7 @@ fn running(pod: &Pod) -> bool {
 
 #[tokio::test]
 async fn runs_the_pods_containers_with_kubelet_labels_and_reports_it_ready() {
-    let bed = Bed::start(CrashLoopBackoff::default()).await;
+    let bed = Node::start(CrashLoopBackoff::default()).await;
     bed.create(
         "web-0",
         json!({"containers": [{"name": "web", "image": "busybox", "command": ["sleep", "100000"]}]}),
@@ -161,7 +163,7 @@ async fn externally_stopped_container_restarts_at_once_then_after_back_off() {
         max: Duration::from_secs(8),
         reset_after: Duration::from_secs(16),
     };
-    let bed = Bed::start(backoff).await;
+    let bed = Node::start(backoff).await;
     bed.create(
         "db-0",
         json!({"containers": [{"name": "db", "image": "busybox", "command": ["sleep", "100000"]}]}),
@@ -223,7 +225,7 @@ async fn externally_stopped_container_restarts_at_once_then_after_back_off() {
 
 #[tokio::test]
 async fn clean_exit_under_on_failure_is_not_restarted() {
-    let bed = Bed::start(CrashLoopBackoff::default()).await;
+    let bed = Node::start(CrashLoopBackoff::default()).await;
     bed.create(
         "job-0",
         json!({"restartPolicy": "OnFailure",
@@ -244,7 +246,7 @@ async fn clean_exit_under_on_failure_is_not_restarted() {
 
 #[tokio::test]
 async fn readiness_gate_holds_the_pod_not_ready_until_true() {
-    let bed = Bed::start(CrashLoopBackoff::default()).await;
+    let bed = Node::start(CrashLoopBackoff::default()).await;
     bed.create(
         "gated-0",
         json!({"readinessGates": [{"conditionType": "relaunch.dev/ready"}],
@@ -293,7 +295,7 @@ async fn readiness_gate_holds_the_pod_not_ready_until_true() {
 
 #[tokio::test]
 async fn exec_readiness_probe_decides_container_ready() {
-    let bed = Bed::start(CrashLoopBackoff::default()).await;
+    let bed = Node::start(CrashLoopBackoff::default()).await;
     bed.create(
         "probed-0",
         json!({"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
@@ -321,7 +323,7 @@ async fn exec_readiness_probe_decides_container_ready() {
 
 #[tokio::test]
 async fn deleting_a_pod_runs_pre_stop_and_removes_everything_but_the_claim() {
-    let bed = Bed::start(CrashLoopBackoff::default()).await;
+    let bed = Node::start(CrashLoopBackoff::default()).await;
     let pod = bed
         .create(
             "db-1",
@@ -344,8 +346,7 @@ async fn deleting_a_pod_runs_pre_stop_and_removes_everything_but_the_claim() {
     let uid = pod.metadata.uid.clone().unwrap();
     bed.wait_pod("db-1", "db running", running).await;
     let empty_dir = bed
-        .root
-        .path()
+        .root()
         .join("volumes/pods")
         .join(&uid)
         .join("volumes/scratch");
@@ -364,10 +365,7 @@ async fn deleting_a_pod_runs_pre_stop_and_removes_everything_but_the_claim() {
     })
     .await
     .unwrap();
-    let claim = bed
-        .root
-        .path()
-        .join("volumes/pvc/default/data-db-1/prestop");
+    let claim = bed.root().join("volumes/pvc/default/data-db-1/prestop");
     assert_eq!(
         std::fs::read_to_string(claim).unwrap(),
         "hello\n",

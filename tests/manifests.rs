@@ -7,23 +7,21 @@
 //! the agent trusts; and every metric the alerts and the dashboard query is exported by the
 //! binaries.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
-use kube::api::{Api, PostParams};
 use prometheus::Registry;
-use relaunch_api::{COORDINATOR_AUDIENCE, ContainerRecreateRequest, RollingRestart};
-use relaunch_testbed::apiserver::ApiServer;
-use relaunch_testbed::eventually;
-use relaunch_testbed::processes::free_port;
+use relaunch_api::COORDINATOR_AUDIENCE;
+use relaunch_testbed::free_port;
 use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use serde_yaml::Value;
+use support::{TestApi, binaries, eventually, printed};
 
 /// The Kubernetes version the manifests are validated for: the one k8s-openapi is built for
 /// (feature `v1_33` in Cargo.toml).
@@ -89,20 +87,6 @@ fn strings(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The Python with kubernetes-validate, as tests/python_client.rs finds its client.
-fn python() -> String {
-    let candidate = std::env::var("RELAUNCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let usable = Command::new(&candidate)
-        .args(["-c", "import kubernetes_validate"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        usable,
-        "{candidate} cannot import kubernetes_validate: run ./scripts/test.sh (it installs it) or set RELAUNCH_PYTHON"
-    );
-    candidate
-}
-
 /// Runs tests/python/validate_manifests.py over YAML streams.
 fn validate(streams: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
@@ -112,20 +96,12 @@ fn validate(streams: &[(&str, &str)]) -> Output {
         std::fs::write(&path, yaml).unwrap();
         files.push(path);
     }
-    Command::new(python())
+    Command::new(support::python("kubernetes_validate"))
         .arg(root().join("tests/python/validate_manifests.py"))
         .args(["--kubernetes-version", KUBERNETES_VERSION])
         .args(&files)
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
@@ -134,7 +110,7 @@ fn manifests_render_and_validate_against_kubernetes_schemas() {
     let monitoring = kustomize("manifests/monitoring");
     let count = objects(&base).len() + objects(&monitoring).len();
     let out = validate(&[("base.yaml", &base), ("monitoring.yaml", &monitoring)]);
-    let report = text(&out);
+    let report = printed(&out);
     assert!(out.status.success(), "{report}");
     assert!(
         report.contains(&format!("{count} valid, 0 invalid")),
@@ -185,7 +161,7 @@ fn documented_custom_resources_validate_against_the_generated_crds() {
         ("crds.yaml", &kustomize("manifests/crds")),
         ("docs.yaml", &examples),
     ]);
-    let report = text(&out);
+    let report = printed(&out);
     assert!(out.status.success(), "docs/api.md examples:\n{report}");
     assert!(report.contains("ContainerRecreateRequest"), "{report}");
     assert!(report.contains("RollingRestart"), "{report}");
@@ -232,7 +208,7 @@ metadata: {name: unknown-kind}
         ("crds.yaml", &kustomize("manifests/crds")),
         ("broken.yaml", broken),
     ]);
-    let report = text(&out);
+    let report = printed(&out);
     assert!(!out.status.success(), "{report}");
     for name in [
         "misspelt-field",
@@ -256,13 +232,18 @@ metadata: {name: unknown-kind}
 }
 
 /// Every token of `--help` output: flags and `[env: NAME=...]` markers.
-fn help(program: &str, args: &[&str]) -> (BTreeSet<String>, BTreeSet<String>) {
+fn help(program: &Path, args: &[&str]) -> (BTreeSet<String>, BTreeSet<String>) {
     let out = Command::new(program)
         .args(args)
         .arg("--help")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{program} --help: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "{} --help: {}",
+        program.display(),
+        printed(&out)
+    );
     let help = String::from_utf8_lossy(&out.stdout).into_owned();
     let flags = help
         .split(|c: char| c.is_whitespace() || c == ',')
@@ -289,8 +270,9 @@ fn port_of(listen: &str) -> u64 {
 #[test]
 fn pods_pass_only_flags_and_environment_the_binaries_accept() {
     let base = objects(&kustomize("manifests/base"));
-    let agent_help = help(env!("CARGO_BIN_EXE_relaunch-agent"), &[]);
-    let coordinator_help = help(env!("CARGO_BIN_EXE_relaunch-coordinator"), &["run"]);
+    let binaries = binaries();
+    let agent_help = help(&binaries.agent, &[]);
+    let coordinator_help = help(&binaries.coordinator, &["run"]);
     let workloads = [
         one(&base, "DaemonSet", "relaunch-agent"),
         one(&base, "Deployment", "relaunch-coordinator"),
@@ -507,7 +489,7 @@ async fn readme_certificate_recipe_is_trusted_by_the_agent_for_the_service_name(
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "the recipe fails:\n{}", text(&out));
+    assert!(out.status.success(), "the recipe fails:\n{}", printed(&out));
 
     let files = relaunch_coordinator::TlsFiles {
         cert: dir.path().join("tls.crt"),
@@ -729,28 +711,6 @@ impl Drop for Running {
     }
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
-            .await
-            .ok()?
-            .ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer))
-        .await
-        .ok()?
-        .ok()?;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    head.lines()
-        .next()
-        .is_some_and(|status| status.contains(" 200 "))
-        .then(|| body.to_string())
-}
-
 /// Metric families in Prometheus text output (from their `# TYPE` lines).
 fn families(exposition: &str) -> BTreeSet<String> {
     exposition
@@ -767,7 +727,9 @@ async fn scrape(admin: SocketAddr, family: &str, process: &mut Running) -> BTree
         &format!("/metrics on {admin} to list {family}"),
         Duration::from_secs(30),
         || async {
-            let body = http_get(admin, "/metrics").await?;
+            let (_, body) = support::http_get(admin, "/metrics")
+                .await
+                .filter(|(code, _)| *code == 200)?;
             let found = families(&body);
             found.contains(family).then_some(found)
         },
@@ -806,17 +768,8 @@ async fn alerts_and_dashboard_query_only_metrics_the_binaries_export() {
     let exprs = monitoring_expressions();
     assert!(exprs.len() >= 20, "rules and panels found: {exprs:?}");
 
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = server.client().unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [ContainerRecreateRequest::crd(), RollingRestart::crd()] {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig(None)).unwrap();
+    let api = TestApi::with_relaunch_crds().await;
+    let kubeconfig = api.kubeconfig();
     let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let (listen, coordinator_admin, agent_admin) = (
         local(free_port(Ipv4Addr::LOCALHOST).unwrap()),
@@ -834,7 +787,7 @@ async fn alerts_and_dashboard_query_only_metrics_the_binaries_export() {
         )
     };
     let mut coordinator = spawn(
-        Command::new(env!("CARGO_BIN_EXE_relaunch-coordinator"))
+        Command::new(binaries().coordinator)
             .arg("run")
             .arg("--kubeconfig")
             .arg(&kubeconfig)
@@ -843,17 +796,17 @@ async fn alerts_and_dashboard_query_only_metrics_the_binaries_export() {
     );
     // No runtime socket: the agent keeps retrying it and serves its admin port meanwhile.
     let mut agent = spawn(
-        Command::new(env!("CARGO_BIN_EXE_relaunch-agent"))
+        Command::new(binaries().agent)
             .args(["--node-name", "node-a"])
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .arg("--cri-socket")
-            .arg(dir.path().join("no-runtime.sock"))
+            .arg(api.dir().join("no-runtime.sock"))
             .arg(format!("--coordinator-url=http://{listen}"))
             .arg("--token-file")
-            .arg(dir.path().join("token"))
+            .arg(api.dir().join("token"))
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(api.dir().join("state"))
             .arg(format!("--admin-listen={agent_admin}")),
     );
     let mut scraped = scrape(
@@ -877,7 +830,7 @@ async fn alerts_and_dashboard_query_only_metrics_the_binaries_export() {
     relaunch_cri::CriMetrics::register(&registry).unwrap();
     let coordinator_registry = relaunch_telemetry::admin::registry_with_process_metrics();
     relaunch_coordinator::Context::new(
-        client,
+        api.client.clone(),
         relaunch_coordinator::Settings::default(),
         &coordinator_registry,
     )
@@ -927,5 +880,5 @@ async fn alerts_and_dashboard_query_only_metrics_the_binaries_export() {
         found.values().any(|how| *how == "scraped"),
         "some names were confirmed from a live /metrics"
     );
-    server.shutdown().await;
+    api.server.shutdown().await;
 }

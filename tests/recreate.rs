@@ -1,150 +1,16 @@
 //! In-place recreate end to end: real containerd, simulated kubelets, and relaunch-agent and
 //! relaunch-coordinator as real processes. Needs root.
 
+mod support;
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams};
 use relaunch_agent::failpoint::{self, Failpoint};
-use relaunch_api::{
-    ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestStatus, RecreatePhase,
-};
-use relaunch_testbed::eventually;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_api::{ContainerRecreatePhase, RecreatePhase};
 use serde_json::{Value, json};
-
-/// Exits 0 once `/tmp/shutdown` exists (the "database" shutdown command creates it) or on SIGTERM.
-const DATABASE: &str = "trap 'exit 0' TERM; rm -f /tmp/shutdown; touch /tmp/ready; while [ ! -f /tmp/shutdown ]; do sleep 0.1; done; exit 0";
-/// Ignores SIGTERM: only SIGKILL ends it.
-const STUBBORN: &str = "trap '' TERM; touch /tmp/ready; while true; do sleep 0.1; done";
-
-struct Bed {
-    sandbox: Sandbox,
-    client: kube::Client,
-    _dir: tempfile::TempDir,
-}
-
-fn binaries() -> Binaries {
-    Binaries {
-        agent: env!("CARGO_BIN_EXE_relaunch-agent").into(),
-        coordinator: env!("CARGO_BIN_EXE_relaunch-coordinator").into(),
-    }
-}
-
-impl Bed {
-    async fn start(nodes: usize, agent_args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config =
-            SandboxConfig::new(dir.path().to_path_buf(), nodes, 0).with_relaunch(binaries());
-        config.agent_args = agent_args.iter().map(|s| s.to_string()).collect();
-        let sandbox = Sandbox::start(config).await.unwrap();
-        let client = sandbox.client().unwrap();
-        Self {
-            sandbox,
-            client,
-            _dir: dir,
-        }
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::default_namespaced(self.client.clone())
-    }
-
-    fn requests(&self) -> Api<ContainerRecreateRequest> {
-        Api::default_namespaced(self.client.clone())
-    }
-
-    /// Creates a pod bound to `node` with `containers` and waits until it is Ready (unless it
-    /// can never be, e.g. not scheduled).
-    async fn pod(&self, name: &str, node: Option<&str>, spec: Value) -> Pod {
-        let mut pod =
-            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec});
-        if let Some(node) = node {
-            pod["spec"]["nodeName"] = json!(node);
-        }
-        let pod: Pod = serde_json::from_value(pod).unwrap();
-        self.pods()
-            .create(&PostParams::default(), &pod)
-            .await
-            .unwrap();
-        if node.is_none() {
-            return self.pods().get(name).await.unwrap();
-        }
-        eventually(
-            &format!("pod {name} ready"),
-            Duration::from_secs(60),
-            || async {
-                let pod = self.pods().get(name).await.ok()?;
-                ready(&pod).then_some(pod)
-            },
-        )
-        .await
-        .unwrap()
-    }
-
-    async fn recreate(
-        &self,
-        name: &str,
-        pod: &Pod,
-        containers: Value,
-        strategy: Value,
-    ) -> ContainerRecreateRequest {
-        let mut request = ContainerRecreateRequest::for_pod(pod).name(name).build();
-        request.spec.containers = serde_json::from_value(containers).unwrap();
-        request.spec.strategy = serde_json::from_value(strategy).unwrap();
-        self.requests()
-            .create(&PostParams::default(), &request)
-            .await
-            .unwrap()
-    }
-
-    /// Waits until node 1's agent died at the failpoint it was started with.
-    async fn agent_aborted(&mut self, failpoint: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while self.sandbox.agent(0).unwrap().is_running() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the agent did not reach the {failpoint} failpoint"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn finished(&self, name: &str) -> ContainerRecreateRequestStatus {
-        eventually(
-            &format!("request {name} to finish"),
-            Duration::from_secs(120),
-            || async {
-                let status = self.requests().get(name).await.ok()?.status?;
-                status.phase.is_finished().then_some(status)
-            },
-        )
-        .await
-        .unwrap()
-    }
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn container_status(pod: &Pod, name: &str) -> k8s_openapi::api::core::v1::ContainerStatus {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == name))
-        .cloned()
-        .unwrap_or_else(|| panic!("no status for container {name}"))
-}
-
-fn container(name: &str, script: &str) -> Value {
-    json!({"name": name, "image": "relaunch.test/busybox:1", "command": ["sh", "-c", script],
-           "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1}})
-}
+use support::{Bed, DATABASE, STUBBORN, container, container_status, eventually, ready};
 
 fn exit_code_of_previous(pod: &Pod, name: &str) -> Option<i32> {
     container_status(pod, name)
@@ -153,16 +19,30 @@ fn exit_code_of_previous(pod: &Pod, name: &str) -> Option<i32> {
         .map(|t| t.exit_code)
 }
 
+/// Starts node 1's agent again, to die at `failpoint`.
+async fn restart_agent_at(bed: &mut Bed, failpoint: Failpoint) {
+    let env = [(failpoint::ENV.to_string(), failpoint.name().to_string())];
+    bed.sandbox.restart_agent_with_env(0, &env).await.unwrap();
+}
+
+/// Waits until node 1's agent died at the failpoint it was started with.
+async fn agent_aborted(bed: &mut Bed, failpoint: &str) {
+    eventually(
+        &format!("the agent to reach the {failpoint} failpoint"),
+        Duration::from_secs(60),
+        || {
+            let running = bed.sandbox.agent(0).unwrap().is_running();
+            async move { (!running).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restarts_a_container_in_place_with_its_own_shutdown_command() {
-    let bed = Bed::start(1, &[]).await;
-    let before = bed
-        .pod(
-            "db-0",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let bed = Bed::start(1).await;
+    let before = bed.database_pod("db-0", "node-1").await;
     let old = container_status(&before, "db");
 
     bed.recreate(
@@ -206,8 +86,8 @@ async fn restarts_a_container_in_place_with_its_own_shutdown_command() {
     );
     assert!(status.start_time.is_some() && status.completion_time.is_some());
 
-    let events: Api<Event> = Api::default_namespaced(bed.client.clone());
-    let events = events
+    let events = bed
+        .api::<Event>()
         .list(&ListParams::default().fields("involvedObject.name=db-0-restart"))
         .await
         .unwrap();
@@ -215,12 +95,12 @@ async fn restarts_a_container_in_place_with_its_own_shutdown_command() {
         !events.items.is_empty(),
         "events on the request for kubectl describe"
     );
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_ignoring_sigterm_is_killed_after_the_grace_and_still_restarted() {
-    let bed = Bed::start(1, &[]).await;
+    let bed = Bed::start(1).await;
     let before = bed
         .pod(
             "stubborn",
@@ -244,19 +124,13 @@ async fn a_container_ignoring_sigterm_is_killed_after_the_grace_and_still_restar
         "SIGKILL after the grace"
     );
     assert_eq!(container_status(&after, "app").restart_count, 1);
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hanging_shutdown_command_is_bounded_by_the_grace() {
-    let bed = Bed::start(1, &[]).await;
-    let before = bed
-        .pod(
-            "hang",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let bed = Bed::start(1).await;
+    let before = bed.database_pod("hang", "node-1").await;
     let started = std::time::Instant::now();
     bed.recreate(
         "hang-restart",
@@ -274,12 +148,12 @@ async fn a_hanging_shutdown_command_is_bounded_by_the_grace() {
     );
     let after = bed.pods().get("hang").await.unwrap();
     assert_eq!(container_status(&after, "db").restart_count, 1);
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ordered_recreate_stops_the_second_container_only_after_the_first_is_ready() {
-    let bed = Bed::start(1, &[]).await;
+    let bed = Bed::start(1).await;
     let before = bed
         .pod(
             "pair",
@@ -304,12 +178,12 @@ async fn ordered_recreate_stops_the_second_container_only_after_the_first_is_rea
         second_stop >= first_ready,
         "second stopped at {second_stop}, first ready at {first_ready}"
     );
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_unready_grace_holds_the_pod_not_ready_before_the_stop() {
-    let bed = Bed::start(1, &[]).await;
+    let bed = Bed::start(1).await;
     let before = bed
         .pod("gated", Some("node-1"), json!({"readinessGates": [{"conditionType": "relaunch.dev/ready"}], "containers": [container("db", DATABASE)]}))
         .await;
@@ -348,12 +222,12 @@ async fn the_unready_grace_holds_the_pod_not_ready_before_the_stop() {
     })
     .await
     .unwrap();
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refuses_what_would_not_come_back_and_stops_nothing() {
-    let bed = Bed::start(1, &[]).await;
+    let bed = Bed::start(1).await;
     let never = bed
         .pod(
             "never",
@@ -370,13 +244,7 @@ async fn refuses_what_would_not_come_back_and_stops_nothing() {
         "{status:?}"
     );
 
-    let unknown = bed
-        .pod(
-            "unknown",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let unknown = bed.database_pod("unknown", "node-1").await;
     bed.recreate(
         "unknown-restart",
         &unknown,
@@ -416,19 +284,13 @@ async fn refuses_what_would_not_come_back_and_stops_nothing() {
             "{pod} was not touched"
         );
     }
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn back_to_back_and_deleted_requests_never_stay_pending() {
-    let bed = Bed::start(1, &[]).await;
-    let pod = bed
-        .pod(
-            "busy",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let bed = Bed::start(1).await;
+    let pod = bed.database_pod("busy", "node-1").await;
     bed.recreate("busy-1", &pod, json!([{"name": "db"}]), json!({}))
         .await;
     bed.recreate("busy-2", &pod, json!([{"name": "db"}]), json!({}))
@@ -457,19 +319,13 @@ async fn back_to_back_and_deleted_requests_never_stay_pending() {
     bed.recreate("busy-4", &pod, json!([{"name": "db"}]), json!({}))
         .await;
     assert_eq!(bed.finished("busy-4").await.phase, RecreatePhase::Succeeded);
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_recreate_completes_while_the_coordinator_is_down_and_its_status_appears_later() {
-    let mut bed = Bed::start(1, &[]).await;
-    let before = bed
-        .pod(
-            "lonely",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let mut bed = Bed::start(1).await;
+    let before = bed.database_pod("lonely", "node-1").await;
     bed.sandbox.coordinator().unwrap().kill();
     bed.recreate(
         "lonely-restart",
@@ -496,37 +352,23 @@ async fn the_recreate_completes_while_the_coordinator_is_down_and_its_status_app
         container_status(&bed.pods().get("lonely").await.unwrap(), "db").restart_count,
         1
     );
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_requests_on_one_node_all_succeed_never_more_than_max_parallel_at_once() {
-    let bed = Bed::start(1, &["--max-parallel", "4"]).await;
+    let bed = Bed::with_agent_args(1, &["--max-parallel", "4"]).await;
     let mut pods = Vec::new();
+    // All created first, so that they start together.
     for i in 0..20 {
-        let pod: Pod = serde_json::from_value(
+        bed.create::<Pod>(
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("many-{i}")},
             "spec": {"nodeName": "node-1", "containers": [container("db", DATABASE)]}}),
         )
-        .unwrap();
-        bed.pods()
-            .create(&PostParams::default(), &pod)
-            .await
-            .unwrap();
+        .await;
     }
     for i in 0..20 {
-        let name = format!("many-{i}");
-        let pod = eventually(
-            &format!("{name} ready"),
-            Duration::from_secs(120),
-            || async {
-                let pod = bed.pods().get(&name).await.ok()?;
-                ready(&pod).then_some(pod)
-            },
-        )
-        .await
-        .unwrap();
-        pods.push(pod);
+        pods.push(bed.ready_pod(&format!("many-{i}")).await);
     }
     for pod in &pods {
         let name = pod.metadata.name.clone().unwrap();
@@ -555,38 +397,28 @@ async fn twenty_requests_on_one_node_all_succeed_never_more_than_max_parallel_at
         .max()
         .unwrap();
     assert!(most <= 4, "{most} recreates overlapped");
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
-/// POSTs `body` to the coordinator with `token`; returns the HTTP status code.
-async fn post(url: &str, path: &str, token: &str, body: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let text = String::from_utf8_lossy(&answer);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+/// POSTs `report` to the coordinator's report API with `token`; returns the HTTP status code.
+async fn post_report(bed: &Bed, token: &str, report: &Value) -> u16 {
+    let url = bed.sandbox.coordinator_url().unwrap();
+    let addr = url.trim_start_matches("http://").parse().unwrap();
+    let authorization = format!("Bearer {token}");
+    let headers = [
+        ("Authorization", authorization.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    support::http(addr, "POST", "/v1/reports", &headers, &report.to_string())
+        .await
+        .unwrap()
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_acts_only_on_its_own_nodes_pods_and_reports_about_other_nodes_are_forbidden() {
-    let bed = Bed::start(2, &[]).await;
-    let far = bed
-        .pod(
-            "far",
-            Some("node-2"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let bed = Bed::start(2).await;
+    let far = bed.database_pod("far", "node-2").await;
 
     // A request labelled for node-1 about a pod on node-2: node-1's agent does not touch it.
     let mut mislabelled = far.clone();
@@ -619,16 +451,12 @@ async fn an_agent_acts_only_on_its_own_nodes_pods_and_reports_about_other_nodes_
         )
         .await;
     let before = bed.requests().get("far-restart").await.unwrap();
-    let token = std::fs::read_to_string(bed._dir.path().join("nodes/node-1/agent/token")).unwrap();
+    let token = std::fs::read_to_string(bed.dir().join("nodes/node-1/agent/token")).unwrap();
     let report = json!({
         "request": {"namespace": "default", "name": "far-restart", "uid": request.metadata.uid},
         "phase": "Failed", "message": "forged", "containers": []
     });
-    let url = bed.sandbox.coordinator_url().unwrap().to_string();
-    assert_eq!(
-        post(&url, "/v1/reports", &token, &report.to_string()).await,
-        403
-    );
+    assert_eq!(post_report(&bed, &token, &report).await, 403);
     let after = bed.requests().get("far-restart").await.unwrap();
     assert_ne!(
         after.status.as_ref().map(|s| s.phase),
@@ -638,41 +466,26 @@ async fn an_agent_acts_only_on_its_own_nodes_pods_and_reports_about_other_nodes_
         after.status.as_ref().and_then(|s| s.message.clone()),
         before.status.as_ref().and_then(|s| s.message.clone())
     );
-    assert_eq!(
-        post(&url, "/v1/reports", "not-a-token", &report.to_string()).await,
-        401
-    );
+    assert_eq!(post_report(&bed, "not-a-token", &report).await, 401);
 
     // The right node's agent does the work.
     assert_eq!(
         bed.finished("far-restart").await.phase,
         RecreatePhase::Succeeded
     );
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_crashes_around_a_stop_still_restart_the_container_exactly_once() {
-    let mut bed = Bed::start(1, &[]).await;
+    let mut bed = Bed::start(1).await;
     for (case, failpoint) in [
         ("journaled", Failpoint::AfterStopJournal),
         ("stopped", Failpoint::AfterStop),
     ] {
         let pod_name = format!("crash-{case}");
-        let before = bed
-            .pod(
-                &pod_name,
-                Some("node-1"),
-                json!({"containers": [container("db", DATABASE)]}),
-            )
-            .await;
-        bed.sandbox
-            .restart_agent_with_env(
-                0,
-                &[(failpoint::ENV.to_string(), failpoint.name().to_string())],
-            )
-            .await
-            .unwrap();
+        let before = bed.database_pod(&pod_name, "node-1").await;
+        restart_agent_at(&mut bed, failpoint).await;
         bed.recreate(
             &format!("{pod_name}-restart"),
             &before,
@@ -680,7 +493,7 @@ async fn agent_crashes_around_a_stop_still_restart_the_container_exactly_once() 
             json!({}),
         )
         .await;
-        bed.agent_aborted(case).await;
+        agent_aborted(&mut bed, case).await;
         bed.sandbox.restart_agent(0).await.unwrap();
         let status = bed.finished(&format!("{pod_name}-restart")).await;
         assert_eq!(status.phase, RecreatePhase::Succeeded, "{case}: {status:?}");
@@ -691,30 +504,15 @@ async fn agent_crashes_around_a_stop_still_restart_the_container_exactly_once() 
             "{case}: restarted exactly once"
         );
     }
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_killed_during_the_shutdown_step_does_not_restart_the_new_container() {
-    let mut bed = Bed::start(1, &[]).await;
-    let before = bed
-        .pod(
-            "crash-shutdown",
-            Some("node-1"),
-            json!({"containers": [container("db", DATABASE)]}),
-        )
-        .await;
+    let mut bed = Bed::start(1).await;
+    let before = bed.database_pod("crash-shutdown", "node-1").await;
     let old = container_status(&before, "db");
-    bed.sandbox
-        .restart_agent_with_env(
-            0,
-            &[(
-                failpoint::ENV.to_string(),
-                Failpoint::DuringShutdown.name().to_string(),
-            )],
-        )
-        .await
-        .unwrap();
+    restart_agent_at(&mut bed, Failpoint::DuringShutdown).await;
     bed.recreate(
         "crash-shutdown-restart",
         &before,
@@ -722,7 +520,7 @@ async fn an_agent_killed_during_the_shutdown_step_does_not_restart_the_new_conta
         json!({"terminationGracePeriodSeconds": 30}),
     )
     .await;
-    bed.agent_aborted("during-shutdown").await;
+    agent_aborted(&mut bed, "during-shutdown").await;
     // The shutdown command made the application exit by itself: the kubelet restarts it while
     // no agent runs, and the restarted agent must recognise it as the request's restart.
     let restarted = eventually(
@@ -758,5 +556,5 @@ async fn an_agent_killed_during_the_shutdown_step_does_not_restart_the_new_conta
     let state = &status.container_recreate_states[0];
     assert_eq!(state.previous_container_id, old.container_id);
     assert_eq!(state.new_container_id, restarted.container_id);
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }

@@ -3,166 +3,24 @@
 //! watches the target pods throughout and fails the test if more than `maxUnavailable` are ever
 //! unavailable at once, or a pod restarts more than once. Needs root.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use relaunch_api::{
-    ContainerRecreateRequest, LABEL_ROLLING_RESTART, RollingRestart, RollingRestartStatus,
-    RolloutPhase,
-};
-use relaunch_testbed::eventually;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
-use serde_json::{Value, json};
-
-/// Exits 0 on SIGTERM; ready once started.
-const DATABASE: &str = "trap 'exit 0' TERM; touch /tmp/ready; while true; do sleep 0.1; done";
-
-struct Bed {
-    sandbox: Sandbox,
-    client: kube::Client,
-    _dir: tempfile::TempDir,
-}
-
-fn binaries() -> Binaries {
-    Binaries {
-        agent: env!("CARGO_BIN_EXE_relaunch-agent").into(),
-        coordinator: env!("CARGO_BIN_EXE_relaunch-coordinator").into(),
-    }
-}
-
-impl Bed {
-    async fn start(nodes: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config =
-            SandboxConfig::new(dir.path().to_path_buf(), nodes, 0).with_relaunch(binaries());
-        let sandbox = Sandbox::start(config).await.unwrap();
-        let client = sandbox.client().unwrap();
-        Self {
-            sandbox,
-            client,
-            _dir: dir,
-        }
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::default_namespaced(self.client.clone())
-    }
-
-    fn rollouts(&self) -> Api<RollingRestart> {
-        Api::default_namespaced(self.client.clone())
-    }
-
-    fn requests(&self) -> Api<ContainerRecreateRequest> {
-        Api::default_namespaced(self.client.clone())
-    }
-
-    /// A StatefulSet `name` of `replicas` pods (Parallel, so they start at once), all Ready.
-    async fn statefulset(&self, name: &str, replicas: i32) -> Vec<Pod> {
-        let pod_spec = json!({"terminationGracePeriodSeconds": 10, "containers": [{
-            "name": "db", "image": "relaunch.test/busybox:1",
-            "command": ["sh", "-c", DATABASE],
-            "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1},
-        }]});
-        self.statefulset_with(name, replicas, pod_spec).await
-    }
-
-    async fn statefulset_with(&self, name: &str, replicas: i32, pod_spec: Value) -> Vec<Pod> {
-        let set: StatefulSet = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "podManagementPolicy": "Parallel",
-                "serviceName": name,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": pod_spec,
-                },
-            },
-        }))
-        .unwrap();
-        Api::<StatefulSet>::default_namespaced(self.client.clone())
-            .create(&PostParams::default(), &set)
-            .await
-            .unwrap();
-        eventually(
-            &format!("{replicas} pods of {name} ready"),
-            Duration::from_secs(120),
-            || async {
-                let pods = self
-                    .pods()
-                    .list(&ListParams::default().labels(&format!("app={name}")))
-                    .await
-                    .ok()?;
-                (pods.items.len() == replicas as usize && pods.items.iter().all(ready))
-                    .then_some(pods.items)
-            },
-        )
-        .await
-        .unwrap()
-    }
-
-    async fn rollout(&self, name: &str, spec: Value) -> RollingRestart {
-        let rollout: RollingRestart = serde_json::from_value(json!({
-            "apiVersion": "relaunch.dev/v1alpha1", "kind": "RollingRestart",
-            "metadata": {"name": name}, "spec": spec,
-        }))
-        .unwrap();
-        self.rollouts()
-            .create(&PostParams::default(), &rollout)
-            .await
-            .unwrap()
-    }
-
-    async fn finished(&self, name: &str, timeout: Duration) -> RollingRestartStatus {
-        eventually(&format!("rollout {name} to finish"), timeout, || async {
-            let status = self.rollouts().get(name).await.ok()?.status?;
-            matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed).then_some(status)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}; coordinator log:\n{}", self.coordinator_log()))
-    }
-
-    async fn requests_of(&self, rollout: &str) -> Vec<ContainerRecreateRequest> {
-        self.requests()
-            .list(&ListParams::default().labels(&format!("{LABEL_ROLLING_RESTART}={rollout}")))
-            .await
-            .unwrap()
-            .items
-    }
-
-    fn coordinator_log(&self) -> String {
-        let log = std::fs::read_to_string(self._dir.path().join("coordinator").join("log"))
-            .unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn restart_count(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
-        .unwrap_or(0)
-}
+use relaunch_api::{RollingRestart, RolloutPhase};
+use relaunch_testbed::{COORDINATOR_LEASE, RELAUNCH_NAMESPACE, TEST_IMAGE};
+use serde_json::json;
+use support::{Bed, database_pod_spec, eventually, ready, restart_count};
 
 /// What the monitor saw.
 #[derive(Default, Debug)]
@@ -279,21 +137,14 @@ impl Monitor {
     }
 }
 
-/// Each pod of `before` restarted exactly once, in place (same UID).
-async fn assert_each_restarted_once(bed: &Bed, before: &[Pod]) {
-    for pod in before {
+/// The pods of `pods` as they are now.
+async fn current(bed: &Bed, pods: &[Pod]) -> Vec<Pod> {
+    let mut now = Vec::new();
+    for pod in pods {
         let name = pod.metadata.name.as_deref().unwrap();
-        let after = bed.pods().get(name).await.unwrap();
-        assert_eq!(
-            after.metadata.uid, pod.metadata.uid,
-            "{name} restarted in place"
-        );
-        assert_eq!(
-            restart_count(&after),
-            restart_count(pod) + 1,
-            "{name} restarted once"
-        );
+        now.push(bed.pods().get(name).await.unwrap());
     }
+    now
 }
 
 fn index(order: &[String], pod: &str) -> usize {
@@ -306,7 +157,7 @@ fn index(order: &[String], pod: &str) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn restarts_a_statefulset_two_at_a_time_highest_ordinals_first() {
     let bed = Bed::start(2).await;
-    let before = bed.statefulset("db", 6).await;
+    let before = bed.statefulset("db", 6, database_pod_spec()).await;
     let monitor = Monitor::start(&bed.client, "db", "db-restart", 2, &before);
     bed.rollout(
         "db-restart",
@@ -314,7 +165,9 @@ async fn restarts_a_statefulset_two_at_a_time_highest_ordinals_first() {
                "strategy": {"maxUnavailable": 2}}),
     )
     .await;
-    let status = bed.finished("db-restart", Duration::from_secs(180)).await;
+    let status = bed
+        .rollout_finished("db-restart", Duration::from_secs(180))
+        .await;
     assert_eq!(
         status.phase,
         RolloutPhase::Succeeded,
@@ -343,7 +196,7 @@ async fn restarts_a_statefulset_two_at_a_time_highest_ordinals_first() {
             "{higher} before {lower}: {order:?}"
         );
     }
-    assert_each_restarted_once(&bed, &before).await;
+    bed.assert_each_restarted_once(&before).await;
     assert_eq!(
         bed.requests_of("db-restart").await.len(),
         6,
@@ -352,7 +205,7 @@ async fn restarts_a_statefulset_two_at_a_time_highest_ordinals_first() {
     // The coordinator tells a rollout's requests by one outcome Event per pod, none on the
     // requests, and one per batch on the rollout (Events are written in the background: wait for the last).
     let events = || async {
-        Api::<Event>::default_namespaced(bed.client.clone())
+        bed.api::<Event>()
             .list(&ListParams::default())
             .await
             .unwrap()
@@ -422,23 +275,19 @@ async fn restarts_a_statefulset_two_at_a_time_highest_ordinals_first() {
         !on_rollout.iter().any(|r| r == "PodRestarted"),
         "{on_rollout:?}"
     );
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_disruption_budget_holds_the_rollout_to_one_pod_at_a_time() {
     let bed = Bed::start(2).await;
-    let before = bed.statefulset("db", 6).await;
-    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+    let before = bed.statefulset("db", 6, database_pod_spec()).await;
+    bed.create::<PodDisruptionBudget>(json!({
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
         "metadata": {"name": "db-pdb"},
         "spec": {"minAvailable": 5, "selector": {"matchLabels": {"app": "db"}}},
     }))
-    .unwrap();
-    Api::<PodDisruptionBudget>::default_namespaced(bed.client.clone())
-        .create(&PostParams::default(), &pdb)
-        .await
-        .unwrap();
+    .await;
     let monitor = Monitor::start(&bed.client, "db", "db-restart", 1, &before);
     bed.rollout(
         "db-restart",
@@ -446,7 +295,9 @@ async fn a_pod_disruption_budget_holds_the_rollout_to_one_pod_at_a_time() {
                "strategy": {"maxUnavailable": 2}}),
     )
     .await;
-    let status = bed.finished("db-restart", Duration::from_secs(240)).await;
+    let status = bed
+        .rollout_finished("db-restart", Duration::from_secs(240))
+        .await;
     assert_eq!(
         status.phase,
         RolloutPhase::Succeeded,
@@ -461,14 +312,14 @@ async fn a_pod_disruption_budget_holds_the_rollout_to_one_pod_at_a_time() {
         "conditions seen: {:?}",
         seen.reasons
     );
-    assert_each_restarted_once(&bed, &before).await;
-    bed.sandbox.shutdown().await;
+    bed.assert_each_restarted_once(&before).await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_restart_before_the_primary_and_partition_leaves_low_ordinals_alone() {
     let bed = Bed::start(2).await;
-    let before = bed.statefulset("pg", 4).await;
+    let before = bed.statefulset("pg", 4, database_pod_spec()).await;
     // Roles are set after creation, as Patroni does.
     for (pod, role) in [
         ("pg-0", "replica"),
@@ -485,18 +336,7 @@ async fn replicas_restart_before_the_primary_and_partition_leaves_low_ordinals_a
             .await
             .unwrap();
     }
-    let before: Vec<Pod> = {
-        let mut fresh = Vec::new();
-        for p in &before {
-            fresh.push(
-                bed.pods()
-                    .get(p.metadata.name.as_deref().unwrap())
-                    .await
-                    .unwrap(),
-            );
-        }
-        fresh
-    };
+    let before = current(&bed, &before).await;
     let monitor = Monitor::start(&bed.client, "pg", "pg-restart", 2, &before);
     bed.rollout(
         "pg-restart",
@@ -504,7 +344,9 @@ async fn replicas_restart_before_the_primary_and_partition_leaves_low_ordinals_a
                "strategy": {"maxUnavailable": 2, "order": {"role": {"key": "role", "first": ["replica"], "last": ["primary", "master"]}}}}),
     )
     .await;
-    let status = bed.finished("pg-restart", Duration::from_secs(180)).await;
+    let status = bed
+        .rollout_finished("pg-restart", Duration::from_secs(180))
+        .await;
     assert_eq!(
         status.phase,
         RolloutPhase::Succeeded,
@@ -519,21 +361,10 @@ async fn replicas_restart_before_the_primary_and_partition_leaves_low_ordinals_a
             "replicas before the primary: {order:?}"
         );
     }
-    assert_each_restarted_once(&bed, &before).await;
+    bed.assert_each_restarted_once(&before).await;
 
     // Partition: a second rollout restarts only ordinals ≥ 3.
-    let now: Vec<Pod> = {
-        let mut fresh = Vec::new();
-        for p in &before {
-            fresh.push(
-                bed.pods()
-                    .get(p.metadata.name.as_deref().unwrap())
-                    .await
-                    .unwrap(),
-            );
-        }
-        fresh
-    };
+    let now = current(&bed, &before).await;
     let monitor = Monitor::start(&bed.client, "pg", "pg-upper", 2, &now);
     bed.rollout(
         "pg-upper",
@@ -541,7 +372,9 @@ async fn replicas_restart_before_the_primary_and_partition_leaves_low_ordinals_a
                "strategy": {"maxUnavailable": "50%", "partition": 3}}),
     )
     .await;
-    let status = bed.finished("pg-upper", Duration::from_secs(120)).await;
+    let status = bed
+        .rollout_finished("pg-upper", Duration::from_secs(120))
+        .await;
     assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
     assert_eq!((status.total, status.restarted), (1, 1));
     let seen = monitor.check();
@@ -549,13 +382,13 @@ async fn replicas_restart_before_the_primary_and_partition_leaves_low_ordinals_a
     let requests = bed.requests_of("pg-upper").await;
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].spec.pod_name, "pg-3");
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_specs_fail_with_what_to_fix_and_restart_nothing() {
     let bed = Bed::start(1).await;
-    let before = bed.statefulset("db", 2).await;
+    let before = bed.statefulset("db", 2, database_pod_spec()).await;
     let monitor = Monitor::start(&bed.client, "db", "none", 0, &before);
     let sts = json!({"kind": "StatefulSet", "name": "db"});
     let cases = [
@@ -601,7 +434,7 @@ async fn bad_specs_fail_with_what_to_fix_and_restart_nothing() {
     )
     .await;
     for (name, _, expected) in &cases {
-        let status = bed.finished(name, Duration::from_secs(30)).await;
+        let status = bed.rollout_finished(name, Duration::from_secs(30)).await;
         assert_eq!(status.phase, RolloutPhase::Failed, "{name}: {status:?}");
         let message = status.message.unwrap_or_default();
         assert!(
@@ -639,14 +472,14 @@ async fn bad_specs_fail_with_what_to_fix_and_restart_nothing() {
         "nothing restarted: {:?}",
         seen.restart_order
     );
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_restart_at_token_starts_exactly_one_rollout() {
     let bed = Bed::start(1).await;
-    let before = bed.statefulset("web", 2).await;
-    let sets = Api::<StatefulSet>::default_namespaced(bed.client.clone());
+    let before = bed.statefulset("web", 2, database_pod_spec()).await;
+    let sets = bed.api::<StatefulSet>();
     let annotate = |token: &str| {
         json!({"metadata": {"annotations": {
             "relaunch.dev/restart-at": token, "relaunch.dev/max-unavailable": "1", "relaunch.dev/order": "ordinal-asc"}}})
@@ -663,7 +496,7 @@ async fn a_new_restart_at_token_starts_exactly_one_rollout() {
     .await
     .unwrap();
     let warnings = || async {
-        Api::<Event>::default_namespaced(bed.client.clone())
+        bed.api::<Event>()
             .list(&ListParams::default())
             .await
             .unwrap()
@@ -691,7 +524,7 @@ async fn a_new_restart_at_token_starts_exactly_one_rollout() {
         json!({"target": {"selector": {"matchLabels": {"app": "nothing"}}}}),
     )
     .await;
-    bed.finished("probe", Duration::from_secs(30)).await;
+    bed.rollout_finished("probe", Duration::from_secs(30)).await;
     let said = warnings().await;
     assert!(
         said.len() == 1 && said[0].series.is_none(),
@@ -719,7 +552,7 @@ async fn a_new_restart_at_token_starts_exactly_one_rollout() {
     )
     .await
     .unwrap();
-    let status = bed.finished(&first, Duration::from_secs(120)).await;
+    let status = bed.rollout_finished(&first, Duration::from_secs(120)).await;
     assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
     let seen = monitor.check();
     assert_eq!(
@@ -727,7 +560,7 @@ async fn a_new_restart_at_token_starts_exactly_one_rollout() {
         vec!["web-0".to_string(), "web-1".to_string()],
         "ordinal-asc"
     );
-    assert_each_restarted_once(&bed, &before).await;
+    bed.assert_each_restarted_once(&before).await;
 
     // Re-applying the same token (another field changes, the token stays) does nothing.
     sets.patch(
@@ -768,7 +601,9 @@ async fn a_new_restart_at_token_starts_exactly_one_rollout() {
     )
     .await
     .unwrap();
-    let status = bed.finished(&second, Duration::from_secs(120)).await;
+    let status = bed
+        .rollout_finished(&second, Duration::from_secs(120))
+        .await;
     assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
     assert_eq!(
         bed.rollouts()
@@ -780,39 +615,36 @@ async fn a_new_restart_at_token_starts_exactly_one_rollout() {
         2,
         "the re-applied token t1 started nothing; t2 started exactly one"
     );
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 /// Ready on its first start; after a restart, ready only once the test "fixes" it (creates
 /// `/data/fixed` in its emptyDir) when `/data/break` exists.
 const FRAGILE: &str = "trap 'exit 0' TERM; if [ -f /data/started ] && [ -f /data/break ]; then :; else touch /tmp/ready; fi; touch /data/started; while true; do sleep 0.1; done";
 
-impl Bed {
-    /// The host directory of `pod`'s emptyDir volume `volume` (the kubelet simulator's layout).
-    fn empty_dir(&self, pod: &Pod, volume: &str) -> std::path::PathBuf {
-        let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
-        self._dir
-            .path()
-            .join("nodes")
-            .join(node)
-            .join("volumes/pods")
-            .join(pod.metadata.uid.as_deref().unwrap())
-            .join("volumes")
-            .join(volume)
-    }
+/// The host directory of `pod`'s emptyDir volume `volume` (the kubelet simulator's layout).
+fn empty_dir(bed: &Bed, pod: &Pod, volume: &str) -> std::path::PathBuf {
+    let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
+    bed.dir()
+        .join("nodes")
+        .join(node)
+        .join("volumes/pods")
+        .join(pod.metadata.uid.as_deref().unwrap())
+        .join("volumes")
+        .join(volume)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_that_never_gets_ready_pauses_the_rollout_until_fixed_and_unpaused() {
     let bed = Bed::start(1).await;
     let before = bed
-        .statefulset_with(
+        .statefulset(
             "db",
             3,
             json!({"terminationGracePeriodSeconds": 10,
                    "volumes": [{"name": "data", "emptyDir": {}}],
                    "containers": [{
-                       "name": "db", "image": "relaunch.test/busybox:1", "command": ["sh", "-c", FRAGILE],
+                       "name": "db", "image": TEST_IMAGE, "command": ["sh", "-c", FRAGILE],
                        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
                        "readinessProbe": {"exec": {"command": ["sh", "-c", "test -f /tmp/ready || test -f /data/fixed"]}, "periodSeconds": 1},
                    }]}),
@@ -822,7 +654,7 @@ async fn a_pod_that_never_gets_ready_pauses_the_rollout_until_fixed_and_unpaused
         .iter()
         .find(|p| p.metadata.name.as_deref() == Some("db-1"))
         .unwrap();
-    std::fs::write(bed.empty_dir(broken, "data").join("break"), "").unwrap();
+    std::fs::write(empty_dir(&bed, broken, "data").join("break"), "").unwrap();
     let monitor = Monitor::start(&bed.client, "db", "db-restart", 1, &before);
     bed.rollout(
         "db-restart",
@@ -864,7 +696,7 @@ async fn a_pod_that_never_gets_ready_pauses_the_rollout_until_fixed_and_unpaused
     );
 
     // Fix the pod, then resume: the rollout acknowledges the failure and finishes.
-    std::fs::write(bed.empty_dir(broken, "data").join("fixed"), "").unwrap();
+    std::fs::write(empty_dir(&bed, broken, "data").join("fixed"), "").unwrap();
     eventually("db-1 ready again", Duration::from_secs(30), || async {
         ready(&bed.pods().get("db-1").await.ok()?).then_some(())
     })
@@ -878,7 +710,9 @@ async fn a_pod_that_never_gets_ready_pauses_the_rollout_until_fixed_and_unpaused
         )
         .await
         .unwrap();
-    let status = bed.finished("db-restart", Duration::from_secs(90)).await;
+    let status = bed
+        .rollout_finished("db-restart", Duration::from_secs(90))
+        .await;
     assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
     assert_eq!(
         (
@@ -889,16 +723,14 @@ async fn a_pod_that_never_gets_ready_pauses_the_rollout_until_fixed_and_unpaused
         (2, 1, Some(1))
     );
     monitor.check();
-    assert_each_restarted_once(&bed, &before).await;
-    bed.sandbox.shutdown().await;
+    bed.assert_each_restarted_once(&before).await;
+    bed.shutdown().await;
 }
 
 /// The holder of the coordinators' Lease.
 async fn lease_holder(bed: &Bed) -> Option<String> {
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(bed.client.clone(), relaunch_testbed::processes::NAMESPACE);
-    leases
-        .get_opt(relaunch_testbed::processes::COORDINATOR_LEASE)
+    Api::<Lease>::namespaced(bed.client.clone(), RELAUNCH_NAMESPACE)
+        .get_opt(COORDINATOR_LEASE)
         .await
         .ok()??
         .spec?
@@ -922,7 +754,7 @@ async fn another_coordinator_finishes_the_rollout_when_the_leader_is_killed() {
         "the first coordinator leads: {holder}"
     );
 
-    let before = bed.statefulset("db", 6).await;
+    let before = bed.statefulset("db", 6, database_pod_spec()).await;
     let monitor = Monitor::start(&bed.client, "db", "db-restart", 1, &before);
     bed.rollout(
         "db-restart",
@@ -951,16 +783,18 @@ async fn another_coordinator_finishes_the_rollout_when_the_leader_is_killed() {
     // The agents report to the first coordinator's address: bring it back, as a follower.
     bed.sandbox.coordinator().unwrap().start().unwrap();
 
-    let status = bed.finished("db-restart", Duration::from_secs(180)).await;
+    let status = bed
+        .rollout_finished("db-restart", Duration::from_secs(180))
+        .await;
     assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
     assert_eq!((status.total, status.restarted, status.failed), (6, 6, 0));
     let seen = monitor.check();
     assert_eq!(seen.most_unavailable, 1);
-    assert_each_restarted_once(&bed, &before).await;
+    bed.assert_each_restarted_once(&before).await;
     assert_eq!(
         bed.requests_of("db-restart").await.len(),
         6,
         "one request per pod"
     );
-    bed.sandbox.shutdown().await;
+    bed.shutdown().await;
 }

@@ -3,6 +3,8 @@
 //! socket like systemd's: READY=1, WATCHDOG=1 pings, STOPPING=1 on SIGTERM, exit 0. The last
 //! test needs root (it runs the test bed's containerd).
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,8 +12,7 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 use relaunch_agent::AgentArgs;
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use support::{Bed, binaries};
 use tokio::sync::mpsc;
 
 const UNIT: &str = "relaunch-agent.service";
@@ -39,6 +40,11 @@ fn unit_with_exec(exec: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
         + "\n"
+}
+
+/// The unit as shipped, starting this build's agent.
+fn agent_unit() -> String {
+    unit_with_exec(&binaries().agent.to_string_lossy())
 }
 
 /// Runs `systemd-analyze ARGS... <unit>` on `unit` written to a temporary directory; returns
@@ -70,7 +76,7 @@ fn analyze(args: &[&str], unit: &str) -> (bool, Vec<String>, String) {
 
 #[test]
 fn unit_passes_systemd_analyze_verify_without_warnings() {
-    let unit = unit_with_exec(env!("CARGO_BIN_EXE_relaunch-agent"));
+    let unit = agent_unit();
     let (ok, complaints, printed) = analyze(&["verify", "--man=no"], &unit);
     assert!(
         ok && complaints.is_empty(),
@@ -81,8 +87,7 @@ fn unit_passes_systemd_analyze_verify_without_warnings() {
 #[test]
 fn verify_check_catches_a_broken_unit() {
     // The check above is only worth something if verify complains about mistakes.
-    let unit = unit_with_exec(env!("CARGO_BIN_EXE_relaunch-agent"))
-        .replace("WatchdogSec=30s", "WatchdogSec=soon\nProtectSystm=strict");
+    let unit = agent_unit().replace("WatchdogSec=30s", "WatchdogSec=soon\nProtectSystm=strict");
     let (_, complaints, printed) = analyze(&["verify", "--man=no"], &unit);
     assert_eq!(complaints.len(), 2, "{printed}");
     let missing = unit_with_exec("/nonexistent/relaunch-agent");
@@ -92,7 +97,7 @@ fn verify_check_catches_a_broken_unit() {
 
 #[test]
 fn unit_hardening_keeps_exposure_low() {
-    let unit = unit_with_exec(env!("CARGO_BIN_EXE_relaunch-agent"));
+    let unit = agent_unit();
     let threshold = format!("--threshold={MAX_EXPOSURE_TENTHS}");
     let (ok, _, printed) = analyze(&["security", "--offline=yes", &threshold], &unit);
     assert!(
@@ -212,14 +217,8 @@ impl Drop for NotifySocket {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_notifies_ready_then_watchdog_then_stopping_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let binaries = Binaries {
-        agent: env!("CARGO_BIN_EXE_relaunch-agent").into(),
-        coordinator: env!("CARGO_BIN_EXE_relaunch-coordinator").into(),
-    };
-    let config = SandboxConfig::new(dir.path().join("sandbox"), 1, 0).with_relaunch(binaries);
-    let mut sandbox = Sandbox::start(config).await.unwrap();
-    let mut notify = NotifySocket::bind(dir.path().join("notify"));
+    let mut bed = Bed::start(1).await;
+    let mut notify = NotifySocket::bind(bed.dir().join("notify"));
 
     // The agent again, as systemd would start it: 400 ms watchdog, pings every 200 ms.
     let env = [
@@ -229,7 +228,7 @@ async fn agent_notifies_ready_then_watchdog_then_stopping_and_exits_zero() {
         ),
         ("WATCHDOG_USEC".to_string(), "400000".to_string()),
     ];
-    sandbox.restart_agent_with_env(0, &env).await.unwrap();
+    bed.sandbox.restart_agent_with_env(0, &env).await.unwrap();
 
     let before_ready = notify.until("READY=1", Duration::from_secs(60)).await;
     let ready = before_ready.last().unwrap();
@@ -245,7 +244,7 @@ async fn agent_notifies_ready_then_watchdog_then_stopping_and_exits_zero() {
         assert_eq!(message, "WATCHDOG=1\n");
     }
 
-    let agent = sandbox.agent(0).unwrap();
+    let agent = bed.sandbox.agent(0).unwrap();
     let exit = tokio::task::block_in_place(|| agent.terminate(Duration::from_secs(30)));
     let log = agent.log();
     assert!(
@@ -259,5 +258,5 @@ async fn agent_notifies_ready_then_watchdog_then_stopping_and_exits_zero() {
             || m.starts_with("STOPPING=1\n")),
         "{stopping:?}"
     );
-    sandbox.shutdown().await;
+    bed.shutdown().await;
 }

@@ -1,15 +1,20 @@
-//! Shared pieces of the benchmark harness: timing samples and the raw CRI floor.
+//! The benchmarks' support: the tests' shared support (tests/support: the sandbox `Bed`, the
+//! binaries, pod helpers and container scripts), and what only the benchmarks need — timing
+//! samples and the raw CRI floor.
 
-#![allow(dead_code)]
+#![allow(dead_code)] // each benchmark uses a part of it
+
+#[path = "../../tests/support/mod.rs"]
+mod shared;
+
+#[allow(unused_imports)] // as with dead code: each benchmark uses a part
+pub use shared::*;
 
 use std::time::{Duration, Instant};
 
 use relaunch_cri::{ContainerState, RuntimeClient};
+use relaunch_testbed::Containerd;
 use relaunch_testbed::pod::{self, ContainerTemplate, PodIdentity};
-use relaunch_testbed::{Containerd, eventually};
-
-/// A container that exits 0 as soon as SIGTERM arrives.
-pub const EXITS_ON_SIGTERM: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
 
 /// Durations of one measured step over repeated runs.
 #[derive(Default)]

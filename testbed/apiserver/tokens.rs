@@ -87,17 +87,7 @@ impl Tokens {
             .expect("built in");
         let sa = store.get(&sa_rt, Some(ns), name)?;
         let spec = &body["spec"];
-        let mut audiences: Vec<String> = spec["audiences"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if audiences.is_empty() {
-            audiences.push(API_AUDIENCE.to_string());
-        }
+        let audiences = audiences(spec);
         let seconds = spec["expirationSeconds"].as_i64().unwrap_or(3600);
         if seconds < 600 {
             return Err(ApiError::bad_request(
@@ -197,17 +187,7 @@ impl Tokens {
     /// The TokenReview answer for `body`.
     pub fn review(&self, store: &Store, body: &Value) -> Value {
         let token = body["spec"]["token"].as_str().unwrap_or_default();
-        let mut wanted: Vec<String> = body["spec"]["audiences"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if wanted.is_empty() {
-            wanted.push(API_AUDIENCE.to_string());
-        }
+        let wanted = audiences(&body["spec"]);
         let status = match self.valid(store, token, &wanted) {
             Ok(issued) => {
                 let mut extra = serde_json::Map::new();
@@ -346,4 +326,20 @@ impl Tokens {
             issued.expires = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
         }
     }
+}
+
+/// `spec.audiences` of a TokenRequest or TokenReview; the API server's own when there are none.
+fn audiences(spec: &Value) -> Vec<String> {
+    let mut audiences: Vec<String> = spec["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if audiences.is_empty() {
+        audiences.push(API_AUDIENCE.to_string());
+    }
+    audiences
 }

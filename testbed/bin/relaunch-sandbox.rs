@@ -14,8 +14,7 @@ use relaunch_api::{
     RolloutPhase, ShutdownAction,
 };
 use relaunch_telemetry::{LogFormat, init_logging};
-use relaunch_testbed::processes::Binaries;
-use relaunch_testbed::sandbox::{Sandbox, SandboxConfig};
+use relaunch_testbed::{Binaries, Sandbox, SandboxConfig};
 
 #[derive(Parser)]
 #[command(
@@ -220,33 +219,22 @@ async fn restart_in_place(client: kube::Client, pod: &Pod) -> Result<(), String>
         .create(&PostParams::default(), &request)
         .await
         .map_err(|e| format!("creating the ContainerRecreateRequest: {e}"))?;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(120);
-    let mut last = String::new();
-    let status = loop {
-        let current = requests
-            .get(&format!("{name}-restart"))
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = current.status.clone().unwrap_or_default();
-        let line = match status.container_recreate_states.first() {
-            Some(c) => format!("{:?} (container db: {:?})", status.phase, c.phase),
-            None => format!("{:?}", status.phase),
-        };
-        if line != last {
-            println!("   {:>6.2}s  {line}", started.elapsed().as_secs_f64());
-            last = line;
-        }
-        if status.phase.is_finished() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the recreate did not finish within 2 minutes (last: {last})"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let request = format!("{name}-restart");
+    let status = follow(
+        "the recreate",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            let current = requests.get(&request).await.map_err(|e| e.to_string())?;
+            let status = current.status.clone().unwrap_or_default();
+            let line = match status.container_recreate_states.first() {
+                Some(c) => format!("{:?} (container db: {:?})", status.phase, c.phase),
+                None => format!("{:?}", status.phase),
+            };
+            Ok((line, status.phase.is_finished().then_some(status)))
+        },
+    )
+    .await?;
     if status.phase != relaunch_api::RecreatePhase::Succeeded {
         return Err(format!(
             "the recreate failed: {}",
@@ -339,47 +327,39 @@ async fn rolling_restart(client: kube::Client) -> Result<(), String> {
         .create(&PostParams::default(), &rollout)
         .await
         .map_err(|e| format!("creating the RollingRestart: {e}"))?;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(180);
-    let mut last = String::new();
-    let status = loop {
-        let status = rollouts
-            .get("demo-db-rollout")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .unwrap_or_default();
-        let total = status.total.max(1) as usize;
-        let done = status.restarted.max(0) as usize;
-        let blocked = status
-            .conditions
-            .iter()
-            .find(|c| c.status == "True" && c.type_ == "Blocked")
-            .and_then(|c| c.reason.clone())
-            .map(|r| format!(" blocked: {r}"))
-            .unwrap_or_default();
-        let line = format!(
-            "[{}{}] {done}/{} {:?} batch {:?}{blocked}",
-            "#".repeat(done * 20 / total),
-            "-".repeat(20 - done * 20 / total),
-            status.total,
-            status.phase,
-            status.current_batch,
-        );
-        if line != last {
-            println!("   {:>6.2}s  {line}", started.elapsed().as_secs_f64());
-            last = line;
-        }
-        if matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed) {
-            break status;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the rolling restart did not finish within 3 minutes (last: {last})"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = follow(
+        "the rolling restart",
+        Duration::from_secs(180),
+        Duration::from_millis(200),
+        || async {
+            let status = rollouts
+                .get("demo-db-rollout")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let total = status.total.max(1) as usize;
+            let done = status.restarted.max(0) as usize;
+            let blocked = status
+                .conditions
+                .iter()
+                .find(|c| c.status == "True" && c.type_ == "Blocked")
+                .and_then(|c| c.reason.clone())
+                .map(|r| format!(" blocked: {r}"))
+                .unwrap_or_default();
+            let line = format!(
+                "[{}{}] {done}/{} {:?} batch {:?}{blocked}",
+                "#".repeat(done * 20 / total),
+                "-".repeat(20 - done * 20 / total),
+                status.total,
+                status.phase,
+                status.current_batch,
+            );
+            let finished = matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed);
+            Ok((line, finished.then_some(status)))
+        },
+    )
+    .await?;
     let order: Vec<&str> = status.pods.iter().map(|p| p.name.as_str()).collect();
     println!("   restarted in this order: {}", order.join(", "));
     if status.phase != RolloutPhase::Succeeded {
@@ -389,6 +369,40 @@ async fn rolling_restart(client: kube::Client) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Polls `poll` every `every` until it yields a value, printing each new progress line it
+/// returns with the time since the start; gives up after `timeout`, naming `what`.
+async fn follow<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut poll: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(String, Option<T>), String>>,
+{
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut last = String::new();
+    loop {
+        let (line, finished) = poll().await?;
+        if line != last {
+            println!("   {:>6.2}s  {line}", started.elapsed().as_secs_f64());
+            last = line;
+        }
+        if let Some(value) = finished {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{what} did not finish within {} minutes (last: {last})",
+                timeout.as_secs() / 60
+            ));
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 fn is_ready(pod: &Pod) -> bool {

@@ -26,12 +26,6 @@ use tracing::{debug, warn};
 
 use super::TestbedError;
 
-pub use claims::{ClaimBinding, claim_binding};
-pub use scheduler::{Unschedulable, needs_scheduling, pick_node, pod_counts};
-pub use statefulset::{
-    Action, claim_name, new_claim, new_pod, revision_name, statefulset_actions, statefulset_status,
-};
-
 /// How long `start` waits for the first list of every watched kind.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Every loop re-examines the world at least this often, even without watch events; this is
