@@ -4,6 +4,7 @@
 //! kube-scheduler do: watches fill caches, pure functions decide, thin loops write.
 
 mod claims;
+mod node_affinity;
 mod scheduler;
 mod statefulset;
 
