@@ -782,7 +782,8 @@ impl DaemonSetController {
             Ok(_) => true,
             Err(error) if is_benign(&error) => true,
             Err(error) => {
-                warn!(daemonset = %format!("{namespace}/{}", set.name_any()), %error, "status update failed; will retry");
+                let key = format!("{namespace}/{}", set.name_any());
+                warn!(daemonset = %key, %error, "status update failed; will retry");
                 false
             }
         }

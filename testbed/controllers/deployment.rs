@@ -31,7 +31,7 @@ use super::ownership::{
     Claim, claim, controller_of, controller_ref, selector_matches, selects_everything,
 };
 use super::pods::is_terminal;
-use super::workload::{publish, scaled_value, template_hash};
+use super::workload::{canonical_template, publish, scaled_value, template_hash};
 
 /// The label (and ReplicaSet selector term) naming the pod template a ReplicaSet runs.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
@@ -1071,22 +1071,15 @@ fn remove_condition(status: &mut DeploymentStatus, type_: &str) {
     }
 }
 
-/// `deploymentutil.EqualIgnoreHash`: the templates are equal apart from the hash label.
+/// `deploymentutil.EqualIgnoreHash`: the templates are semantically equal apart from the hash
+/// label.
 fn equal_ignoring_hash(set_template: Option<&PodTemplateSpec>, template: &PodTemplateSpec) -> bool {
     let normalize = |template: &PodTemplateSpec| {
         let mut template = template.clone();
-        if let Some(meta) = template.metadata.as_mut() {
-            if let Some(labels) = meta.labels.as_mut() {
-                labels.remove(POD_TEMPLATE_HASH_LABEL);
-                if labels.is_empty() {
-                    meta.labels = None;
-                }
-            }
-            if meta == &ObjectMeta::default() {
-                template.metadata = None;
-            }
+        if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+            labels.remove(POD_TEMPLATE_HASH_LABEL);
         }
-        template
+        canonical_template(&template)
     };
     set_template.is_some_and(|t| normalize(t) == normalize(template))
 }

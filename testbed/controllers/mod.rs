@@ -1,7 +1,8 @@
 //! The parts of the control plane relaunch relies on besides the API server: the StatefulSet,
 //! Deployment, ReplicaSet and DaemonSet controllers, a stand-in for the PersistentVolume
-//! controller that binds every claim, and the scheduler. They talk to the API only through `kube::Client`, as kube-controller-manager and
-//! kube-scheduler do: watches fill caches, pure functions decide, thin loops write.
+//! controller that binds every claim, and the scheduler. They talk to the API only through
+//! `kube::Client`, as kube-controller-manager and kube-scheduler do: watches fill caches, pure
+//! functions decide, thin loops write.
 
 mod claims;
 mod daemonset;

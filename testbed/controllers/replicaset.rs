@@ -272,7 +272,8 @@ impl ReplicaSetController {
             Ok(_) => true,
             Err(error) if is_benign(&error) => true,
             Err(error) => {
-                warn!(replicaset = %format!("{namespace}/{}", set.name_any()), %error, "status update failed; will retry");
+                let key = format!("{namespace}/{}", set.name_any());
+                warn!(replicaset = %key, %error, "status update failed; will retry");
                 false
             }
         }

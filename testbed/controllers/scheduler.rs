@@ -1,7 +1,8 @@
 //! The scheduler: binds each pending pod to a ready, schedulable node that matches the pod's
 //! `nodeSelector` and required node affinity and whose taints it tolerates, preferring the node
-//! running the fewest pods. Binding goes through `pods/binding`, as kube-scheduler's does; a pod that fits nowhere
-//! gets `PodScheduled=False` with reason `Unschedulable` and is tried again later.
+//! running the fewest pods. Binding goes through `pods/binding`, as kube-scheduler's does; a pod
+//! that fits nowhere gets `PodScheduled=False` with reason `Unschedulable` and is tried again
+//! later.
 //!
 //! Not modelled: preferred node affinity, pod (anti-)affinity, topology spread, resource fit,
 //! preemption.

@@ -19,9 +19,9 @@ use super::is_benign;
 /// upstream's `burstReplicas`: at most this many pod creations or deletions per pass.
 pub const BURST_REPLICAS: usize = 500;
 
-/// `controller.ComputeHash`: 32-bit FNV-1a over the template (here its JSON, upstream a
-/// `spew` dump) and the collision count, spelled with the apimachinery "safe" alphabet. Stable,
-/// and any change to the template gives another hash.
+/// `controller.ComputeHash`: 32-bit FNV-1a over the template (here its canonical JSON,
+/// upstream a `spew` dump of the Go struct) and the collision count, spelled with the
+/// apimachinery "safe" alphabet. Stable, and any change to the template gives another hash.
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
     let mut hash: u32 = 0x811c_9dc5;
     let mut feed = |bytes: &[u8]| {
@@ -30,13 +30,45 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
             hash = hash.wrapping_mul(0x0100_0193);
         }
     };
-    feed(&serde_json::to_vec(template).unwrap_or_default());
+    feed(&serde_json::to_vec(&canonical_template(template)).unwrap_or_default());
     if let Some(count) = collision_count {
         let mut bytes = [0u8; 8];
         bytes[..4].copy_from_slice(&count.to_le_bytes());
         feed(&bytes);
     }
     safe_encode(&hash.to_string())
+}
+
+/// The template as JSON without nulls, empty objects and empty lists, so that what Go clients
+/// send for unset fields (`resources: {}`, `creationTimestamp: null`) compares and hashes like
+/// the field left out, as Go's semantic equality of the typed structs has it.
+pub fn canonical_template(template: &PodTemplateSpec) -> serde_json::Value {
+    fn prune(value: serde_json::Value) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        match value {
+            Value::Null => None,
+            Value::Object(map) => {
+                let map: serde_json::Map<String, Value> = map
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, prune(v)?)))
+                    .collect();
+                (!map.is_empty()).then_some(Value::Object(map))
+            }
+            Value::Array(items) => {
+                // Elements keep their place: an element that prunes away becomes `{}`.
+                let items: Vec<Value> = items
+                    .into_iter()
+                    .map(|v| prune(v).unwrap_or(Value::Object(Default::default())))
+                    .collect();
+                (!items.is_empty()).then_some(Value::Array(items))
+            }
+            other => Some(other),
+        }
+    }
+    serde_json::to_value(template)
+        .ok()
+        .and_then(prune)
+        .unwrap_or_default()
 }
 
 /// apimachinery's `rand.SafeEncodeString`: no vowels, no confusable characters.
@@ -146,7 +178,8 @@ impl PodWriter {
                         .await;
                     if let Err(error) = result {
                         let benign = is_benign(&error);
-                        debug!(owner = %owner.key, pod = %name, %error, "owner references not written");
+                        let owner = &owner.key;
+                        debug!(%owner, pod = %name, %error, "owner references not written");
                         return (benign, Vec::new());
                     }
                     info!(owner = %owner.key, pod = %name, "wrote owner references");
@@ -185,7 +218,8 @@ impl PodWriter {
                 Err(error) => {
                     self.expectations.deletion_observed(&owner.uid, &uid);
                     if !is_benign(&error) {
-                        warn!(owner = %owner.key, pod = %name, %error, "deleting pod failed; will retry");
+                        let key = &owner.key;
+                        warn!(owner = %key, pod = %name, %error, "deleting pod failed; will retry");
                         self.event(
                             owner,
                             EventType::Warning,
@@ -309,5 +343,11 @@ mod tests {
                 .chars()
                 .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c))
         );
+
+        // What a Go client sends for unset fields hashes like the fields left out.
+        let mut go_style = template("busybox:1");
+        go_style.spec.as_mut().unwrap().containers[0].resources = Some(Default::default());
+        go_style.metadata.as_mut().unwrap().annotations = Some(Default::default());
+        assert_eq!(first, template_hash(&go_style, None));
     }
 }

@@ -336,12 +336,20 @@ fn a_template_change_surges_one_pod_then_swaps_old_for_new() {
     assert_eq!(spec_replicas(cluster.set_named("busybox:1").unwrap()), 0);
 }
 
+/// 0–3, or 0%–100%.
+fn int_or_percent() -> impl Strategy<Value = IntOrString> {
+    prop_oneof![
+        (0..4i32).prop_map(IntOrString::Int),
+        (0..101i32).prop_map(|p| IntOrString::String(format!("{p}%"))),
+    ]
+}
+
 proptest! {
     #[test]
     fn rolling_updates_stay_within_max_surge_and_max_unavailable(
         replicas in 1..8i32,
-        surge in prop_oneof![(0..4i32).prop_map(IntOrString::Int), (0..101i32).prop_map(|p| IntOrString::String(format!("{p}%")))],
-        unavailable in prop_oneof![(0..4i32).prop_map(IntOrString::Int), (0..101i32).prop_map(|p| IntOrString::String(format!("{p}%")))],
+        surge in int_or_percent(),
+        unavailable in int_or_percent(),
     ) {
         let mut d = deployment(replicas, "busybox:1");
         strategy(&mut d, surge, unavailable);
@@ -351,8 +359,9 @@ proptest! {
         cluster.roll_out(|_| {});
         cluster.change_template("busybox:2");
         cluster.roll_out(|c| {
-            assert!(c.total_pods() <= max_total, "{} > {max_total}: {:#?}", c.total_pods(), c.sets);
-            assert!(c.available_pods() >= min_available, "{} < {min_available}", c.available_pods());
+            let (total, available) = (c.total_pods(), c.available_pods());
+            assert!(total <= max_total, "{total} > {max_total}: {:#?}", c.sets);
+            assert!(available >= min_available, "{available} < {min_available}");
         });
         prop_assert_eq!(spec_replicas(cluster.set_named("busybox:2").unwrap()), replicas);
     }
@@ -651,10 +660,17 @@ fn orphan_replica_sets_matching_the_selector_are_adopted() {
         status: None,
     };
     let actions = deployment_actions(&d, &[orphan], &[], at(NOW));
-    assert!(
-        matches!(&actions[0], DeploymentAction::SetReplicaSetOwners { name, resource_version, owner_references }
-        if name == &format!("web-{hash}") && resource_version == "9" && owner_references[0].uid == "d-uid")
-    );
+    let DeploymentAction::SetReplicaSetOwners {
+        name,
+        resource_version,
+        owner_references,
+    } = &actions[0]
+    else {
+        panic!("first the adoption: {actions:?}");
+    };
+    assert_eq!(name, &format!("web-{hash}"));
+    assert_eq!(resource_version, "9");
+    assert_eq!(owner_references[0].uid, "d-uid");
     assert!(
         !actions
             .iter()
@@ -668,9 +684,10 @@ fn a_deployment_selecting_everything_only_observes_its_generation() {
     let mut d = deployment(1, "busybox:1");
     d.spec.as_mut().unwrap().selector = LabelSelector::default();
     let actions = deployment_actions(&d, &[], &[], at(NOW));
-    assert!(
-        matches!(actions.as_slice(), [DeploymentAction::UpdateStatus(s)] if s.observed_generation == Some(1))
-    );
+    let [DeploymentAction::UpdateStatus(status)] = actions.as_slice() else {
+        panic!("only a status update: {actions:?}");
+    };
+    assert_eq!(status.observed_generation, Some(1));
 }
 
 #[test]
@@ -684,4 +701,22 @@ fn revision_history_drops_the_oldest_entries_past_the_cap() {
     let appended = append_revision_history(&long, "7").unwrap();
     assert!(appended.len() <= REVISION_HISTORY_MAX_CHARS);
     assert!(appended.ends_with(",7"));
+}
+
+#[test]
+fn a_template_sent_back_with_go_empty_fields_finds_its_replica_set() {
+    let mut cluster = Cluster::new(deployment(1, "busybox:1"));
+    cluster.roll_out(|_| {});
+    // `kubectl rollout undo` writes the template as Go marshals it.
+    let spec = cluster.deployment.spec.as_mut().unwrap();
+    spec.template.spec.as_mut().unwrap().containers[0].resources = Some(Default::default());
+    spec.template.metadata.as_mut().unwrap().annotations = Some(Default::default());
+    cluster.deployment.metadata.generation = Some(2);
+    cluster.sync();
+    assert_eq!(
+        cluster.sets.len(),
+        1,
+        "no new ReplicaSet: {:#?}",
+        cluster.sets
+    );
 }
