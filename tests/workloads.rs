@@ -348,6 +348,74 @@ async fn template_changes_roll_through_a_new_replica_set_within_max_surge_and_ma
             .all(|(_, restarted, ready)| *restarted && *ready),
         "{described:?}"
     );
+
+    // `kubectl rollout undo` brings revision 2's template back: its ReplicaSet, as revision 4.
+    kubectl(&kubeconfig, &["rollout", "undo", "deployment/web"])
+        .await
+        .unwrap();
+    let out = kubectl(
+        &kubeconfig,
+        &["rollout", "status", "deployment/web", "--timeout=180s"],
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let undone = sets.get(&all[1].name_any()).await.unwrap();
+    assert_eq!(
+        undone.annotations()["deployment.kubernetes.io/revision"],
+        "4"
+    );
+    assert_eq!(undone.spec.as_ref().unwrap().replicas, Some(3));
+
+    // Paused, a template change does not roll; resumed, it does.
+    kubectl(&kubeconfig, &["rollout", "pause", "deployment/web"])
+        .await
+        .unwrap();
+    let deployments = Api::<Deployment>::namespaced(client.clone(), "default");
+    let progressing = |d: &Deployment| {
+        d.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Progressing")?
+            .reason
+            .clone()
+    };
+    eventually("Progressing to say DeploymentPaused", WAIT, || async {
+        let d = deployments.get("web").await.ok()?;
+        (progressing(&d).as_deref() == Some("DeploymentPaused")).then_some(())
+    })
+    .await
+    .unwrap();
+    kubectl(&kubeconfig, &["set", "env", "deployment/web", "ROUND=3"])
+        .await
+        .unwrap();
+    eventually("the paused change to be observed", WAIT, || async {
+        let d = deployments.get("web").await.ok()?;
+        let observed = d.status.as_ref()?.observed_generation?;
+        (observed >= d.metadata.generation?).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sets.list(&ListParams::default()).await.unwrap().items.len(),
+        3
+    );
+    kubectl(&kubeconfig, &["rollout", "resume", "deployment/web"])
+        .await
+        .unwrap();
+    let out = kubectl(
+        &kubeconfig,
+        &["rollout", "status", "deployment/web", "--timeout=180s"],
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_eq!(
+        sets.list(&ListParams::default()).await.unwrap().items.len(),
+        4
+    );
     sandbox.shutdown().await;
 }
 
