@@ -1070,8 +1070,48 @@ fn defaults_on_create(rt: &ResourceType, object: &mut Value) {
                 }
             }
         }
-        "apps/deployments" | "apps/replicasets" if object["spec"].get("replicas").is_none() => {
+        "apps/deployments" => {
+            let spec = &mut object["spec"];
+            for (field, value) in [
+                ("replicas", json!(1)),
+                ("revisionHistoryLimit", json!(10)),
+                ("progressDeadlineSeconds", json!(600)),
+                ("strategy", json!({"type": "RollingUpdate"})),
+            ] {
+                if spec.get(field).is_none_or(Value::is_null) {
+                    spec[field] = value;
+                }
+            }
+            if spec["strategy"]["type"] == "RollingUpdate" {
+                let rolling = &mut spec["strategy"]["rollingUpdate"];
+                for field in ["maxUnavailable", "maxSurge"] {
+                    if rolling.get(field).is_none_or(Value::is_null) {
+                        rolling[field] = json!("25%");
+                    }
+                }
+            }
+        }
+        "apps/replicasets" if object["spec"].get("replicas").is_none() => {
             object["spec"]["replicas"] = json!(1);
+        }
+        "apps/daemonsets" => {
+            let spec = &mut object["spec"];
+            for (field, value) in [
+                ("revisionHistoryLimit", json!(10)),
+                ("updateStrategy", json!({"type": "RollingUpdate"})),
+            ] {
+                if spec.get(field).is_none_or(Value::is_null) {
+                    spec[field] = value;
+                }
+            }
+            if spec["updateStrategy"]["type"] == "RollingUpdate" {
+                let rolling = &mut spec["updateStrategy"]["rollingUpdate"];
+                for (field, value) in [("maxUnavailable", 1), ("maxSurge", 0)] {
+                    if rolling.get(field).is_none_or(Value::is_null) {
+                        rolling[field] = json!(value);
+                    }
+                }
+            }
         }
         "/persistentvolumeclaims" => {
             object["status"] = json!({"phase": "Pending"});
@@ -1185,6 +1225,50 @@ mod tests {
     fn pod(name: &str) -> Value {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "db"}},
                "spec": {"containers": [{"name": "c", "image": "x"}]}})
+    }
+
+    #[test]
+    fn deployments_and_daemon_sets_get_upstream_defaults() {
+        let store = Store::new();
+        let template = json!({"metadata": {"labels": {"app": "a"}},
+                              "spec": {"containers": [{"name": "c", "image": "x"}]}});
+        let object = |kind: &str| {
+            json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "a"},
+                   "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": template}})
+        };
+        let deployments = store.resource("apps", "v1", "deployments").unwrap();
+        let created = store
+            .create(&deployments, Some("default"), object("Deployment"))
+            .unwrap();
+        let spec = &created["spec"];
+        assert_eq!(spec["replicas"], 1);
+        assert_eq!(spec["revisionHistoryLimit"], 10);
+        assert_eq!(spec["progressDeadlineSeconds"], 600);
+        assert_eq!(
+            spec["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        );
+
+        let daemon_sets = store.resource("apps", "v1", "daemonsets").unwrap();
+        let created = store
+            .create(&daemon_sets, Some("default"), object("DaemonSet"))
+            .unwrap();
+        assert_eq!(
+            created["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        );
+        assert_eq!(created["spec"]["revisionHistoryLimit"], 10);
+
+        let mut on_delete = object("DaemonSet");
+        on_delete["metadata"]["name"] = json!("b");
+        on_delete["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+        let created = store
+            .create(&daemon_sets, Some("default"), on_delete)
+            .unwrap();
+        assert_eq!(
+            created["spec"]["updateStrategy"],
+            json!({"type": "OnDelete"})
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Server-side printing (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`), which is how
-//! `kubectl get` shows columns: pods like upstream, custom resources by their CRD's
-//! `additionalPrinterColumns`, everything else by name and age.
+//! `kubectl get` shows columns: pods and workloads (Deployments, ReplicaSets, DaemonSets,
+//! StatefulSets) like upstream, custom resources by their CRD's `additionalPrinterColumns`,
+//! everything else by name and age.
 
 use serde_json::{Value, json};
 
@@ -18,6 +19,17 @@ enum Cell {
     PodReady,
     PodStatus,
     PodRestarts,
+    /// An integer at the path, 0 when absent.
+    Count(&'static str),
+    /// `<ready>/<desired>` from two integer paths.
+    Fraction(&'static str, &'static str),
+    /// The template's container names or images, comma-separated.
+    Containers,
+    Images,
+    /// A label selector at the path as `kubectl` prints it.
+    Selector(&'static str),
+    /// The template's `nodeSelector` as `k=v,...`, or `<none>`.
+    NodeSelector,
 }
 
 /// The columns for objects of resource `key`, given the CRD (for custom resources).
@@ -42,6 +54,91 @@ fn columns(key: &str, crd: Option<&Value>, version: &str) -> Vec<Column> {
         cols.push(col("IP", "string", 1, Cell::Path("status.podIP".into())));
         cols.push(col("Node", "string", 1, Cell::Path("spec.nodeName".into())));
         return cols;
+    }
+    let age = |cols: &mut Vec<Column>| {
+        cols.push(col(
+            "Age",
+            "date",
+            0,
+            Cell::Path("metadata.creationTimestamp".into()),
+        ));
+    };
+    let wide = |cols: &mut Vec<Column>, selector: bool| {
+        cols.push(col("Containers", "string", 1, Cell::Containers));
+        cols.push(col("Images", "string", 1, Cell::Images));
+        if selector {
+            cols.push(col(
+                "Selector",
+                "string",
+                1,
+                Cell::Selector("spec.selector"),
+            ));
+        }
+    };
+    match key {
+        "apps/deployments" => {
+            cols.push(col(
+                "Ready",
+                "string",
+                0,
+                Cell::Fraction("status.readyReplicas", "spec.replicas"),
+            ));
+            cols.push(col(
+                "Up-to-date",
+                "integer",
+                0,
+                Cell::Count("status.updatedReplicas"),
+            ));
+            cols.push(col(
+                "Available",
+                "integer",
+                0,
+                Cell::Count("status.availableReplicas"),
+            ));
+            age(&mut cols);
+            wide(&mut cols, true);
+            return cols;
+        }
+        "apps/replicasets" => {
+            cols.push(col("Desired", "integer", 0, Cell::Count("spec.replicas")));
+            cols.push(col("Current", "integer", 0, Cell::Count("status.replicas")));
+            cols.push(col(
+                "Ready",
+                "integer",
+                0,
+                Cell::Count("status.readyReplicas"),
+            ));
+            age(&mut cols);
+            wide(&mut cols, true);
+            return cols;
+        }
+        "apps/daemonsets" => {
+            for (name, path) in [
+                ("Desired", "status.desiredNumberScheduled"),
+                ("Current", "status.currentNumberScheduled"),
+                ("Ready", "status.numberReady"),
+                ("Up-to-date", "status.updatedNumberScheduled"),
+                ("Available", "status.numberAvailable"),
+            ] {
+                cols.push(col(name, "integer", 0, Cell::Count(path)));
+            }
+            cols.push(col("Node Selector", "string", 0, Cell::NodeSelector));
+            age(&mut cols);
+            wide(&mut cols, true);
+            return cols;
+        }
+        "apps/statefulsets" => {
+            cols.push(col(
+                "Ready",
+                "string",
+                0,
+                Cell::Fraction("status.readyReplicas", "spec.replicas"),
+            ));
+            age(&mut cols);
+            wide(&mut cols, false);
+            return cols;
+        }
+        _ => {}
     }
     let printer = crd.and_then(|crd| {
         crd["spec"]["versions"]
@@ -163,12 +260,92 @@ fn cell(cell: &Cell, o: &Value) -> Value {
                     .unwrap_or("Pending")
             )
         }
+        Cell::Count(path) => json!(integer_at(o, path)),
+        Cell::Fraction(ready, desired) => {
+            json!(format!(
+                "{}/{}",
+                integer_at(o, ready),
+                integer_at(o, desired)
+            ))
+        }
+        Cell::Containers | Cell::Images => {
+            let field = if matches!(cell, Cell::Containers) {
+                "name"
+            } else {
+                "image"
+            };
+            let values: Vec<&str> = o["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c[field].as_str())
+                .collect();
+            json!(values.join(","))
+        }
+        Cell::Selector(path) => json!(format_selector(value_at(o, path))),
+        Cell::NodeSelector => {
+            let pairs: Vec<String> = o["spec"]["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            json!(if pairs.is_empty() {
+                "<none>".to_string()
+            } else {
+                pairs.join(",")
+            })
+        }
         Cell::PodRestarts => {
             let restarts: i64 = o["status"]["containerStatuses"].as_array().map_or(0, |s| {
                 s.iter().filter_map(|c| c["restartCount"].as_i64()).sum()
             });
             json!(restarts.to_string())
         }
+    }
+}
+
+fn value_at<'v>(o: &'v Value, path: &str) -> &'v Value {
+    path.split('.').fold(o, |current, part| &current[part])
+}
+
+fn integer_at(o: &Value, path: &str) -> i64 {
+    value_at(o, path).as_i64().unwrap_or(0)
+}
+
+/// `metav1.FormatLabelSelector`: `k=v` pairs and expressions, comma-separated; `<none>` when
+/// empty.
+fn format_selector(selector: &Value) -> String {
+    let mut parts: Vec<String> = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    for expression in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let key = expression["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = expression["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(match expression["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            other => format!("{key} {other} ({})", values.join(",")),
+        });
+    }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
     }
 }
 
@@ -229,6 +406,72 @@ mod tests {
             ),
             "node-1"
         );
+    }
+
+    #[test]
+    fn workloads_print_their_counts_like_kubectl() {
+        let template = json!({"spec": {"containers": [{"name": "a", "image": "busybox:1"}, {"name": "b", "image": "pause"}]}});
+        let deployment = json!({"metadata": {"name": "web", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": template},
+            "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}});
+        let t = table("apps/deployments", None, "v1", &[deployment], "1", true);
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "web",
+                "2/3",
+                3,
+                2,
+                "2026-01-01T00:00:00Z",
+                "a,b",
+                "busybox:1,pause",
+                "app=web"
+            ])
+        );
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Ready",
+                "Up-to-date",
+                "Available",
+                "Age",
+                "Containers",
+                "Images",
+                "Selector"
+            ]
+        );
+
+        let fresh = json!({"metadata": {"name": "agent"},
+            "spec": {"selector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]},
+                     "template": {"spec": {"nodeSelector": {"role": "worker"}}}}});
+        let t = table("apps/daemonsets", None, "v1", &[fresh], "1", true);
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "agent",
+                0,
+                0,
+                0,
+                0,
+                0,
+                "role=worker",
+                "",
+                "",
+                "",
+                "tier in (a,b)"
+            ])
+        );
+
+        let set = json!({"metadata": {"name": "web-abc"}, "spec": {"replicas": 2}, "status": {"replicas": 2}});
+        let t = table("apps/replicasets", None, "v1", &[set], "1", true);
+        assert_eq!(t["rows"][0]["cells"].as_array().unwrap()[1..4], [2, 2, 0]);
     }
 
     #[test]

@@ -1,11 +1,20 @@
-//! The parts of the control plane relaunch relies on besides the API server: the StatefulSet
-//! controller, a stand-in for the PersistentVolume controller that binds every claim, and the
-//! scheduler. They talk to the API only through `kube::Client`, as kube-controller-manager and
-//! kube-scheduler do: watches fill caches, pure functions decide, thin loops write.
+//! The parts of the control plane relaunch relies on besides the API server: the StatefulSet,
+//! Deployment, ReplicaSet and DaemonSet controllers, a stand-in for the PersistentVolume
+//! controller that binds every claim, and the scheduler. They talk to the API only through
+//! `kube::Client`, as kube-controller-manager and kube-scheduler do: watches fill caches, pure
+//! functions decide, thin loops write.
 
 mod claims;
+mod daemonset;
+mod deployment;
+mod expectations;
+mod node_affinity;
+mod ownership;
+mod pods;
+mod replicaset;
 mod scheduler;
 mod statefulset;
+mod workload;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -13,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -34,15 +43,16 @@ const RESYNC: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The running StatefulSet controller, claim binder and scheduler.
+/// The running workload controllers, claim binder and scheduler.
 pub struct Controllers {
     token: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Controllers {
-    /// Starts the StatefulSet controller, a trivial PVC binder, and the scheduler; returns once
-    /// their caches hold a first full list of StatefulSets, Pods, PersistentVolumeClaims and Nodes.
+    /// Starts the StatefulSet, Deployment, ReplicaSet and DaemonSet controllers, a trivial PVC
+    /// binder, and the scheduler; returns once their caches hold a first full list of every kind
+    /// they watch.
     pub async fn start(client: Client) -> Result<Controllers, TestbedError> {
         let token = CancellationToken::new();
         let mut controllers = Controllers {
@@ -53,14 +63,27 @@ impl Controllers {
         let statefulset_wake = Arc::new(Notify::new());
         let scheduler_wake = Arc::new(Notify::new());
         let binder_wake = Arc::new(Notify::new());
+        let deployment_wake = Arc::new(Notify::new());
+        let replicaset_wake = Arc::new(Notify::new());
+        let daemonset_wake = Arc::new(Notify::new());
+        let expectations = Arc::new(expectations::Expectations::default());
 
         let sets = controllers.spawn_informer(
             Api::<StatefulSet>::all(client.clone()),
             vec![statefulset_wake.clone()],
         );
-        let pods = controllers.spawn_informer(
+        let mut observer = expectations::PodObserver::default();
+        let observed = expectations.clone();
+        let pods = controllers.spawn_observed_informer(
             Api::<Pod>::all(client.clone()),
-            vec![statefulset_wake.clone(), scheduler_wake.clone()],
+            vec![
+                statefulset_wake.clone(),
+                scheduler_wake.clone(),
+                deployment_wake.clone(),
+                replicaset_wake.clone(),
+                daemonset_wake.clone(),
+            ],
+            move |event| observer.observe(event, &observed),
         );
         let claims = controllers.spawn_informer(
             Api::<PersistentVolumeClaim>::all(client.clone()),
@@ -68,25 +91,77 @@ impl Controllers {
         );
         let nodes = controllers.spawn_informer(
             Api::<Node>::all(client.clone()),
-            vec![scheduler_wake.clone()],
+            vec![scheduler_wake.clone(), daemonset_wake.clone()],
+        );
+        let deployments = controllers.spawn_informer(
+            Api::<Deployment>::all(client.clone()),
+            vec![deployment_wake.clone()],
+        );
+        let replica_sets = controllers.spawn_informer(
+            Api::<ReplicaSet>::all(client.clone()),
+            vec![deployment_wake.clone(), replicaset_wake.clone()],
+        );
+        let daemon_sets = controllers.spawn_informer(
+            Api::<DaemonSet>::all(client.clone()),
+            vec![daemonset_wake.clone()],
         );
 
         let synced = async {
             sets.wait_until_ready().await?;
             pods.wait_until_ready().await?;
             claims.wait_until_ready().await?;
-            nodes.wait_until_ready().await
+            nodes.wait_until_ready().await?;
+            deployments.wait_until_ready().await?;
+            replica_sets.wait_until_ready().await?;
+            daemon_sets.wait_until_ready().await
         };
         match tokio::time::timeout(SYNC_TIMEOUT, synced).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => {
                 controllers.shutdown().await;
                 return Err(TestbedError::Timeout(
-                    "the controllers to list StatefulSets, Pods, PersistentVolumeClaims and Nodes"
+                    "the controllers to list StatefulSets, Deployments, ReplicaSets, DaemonSets, \
+                     Pods, PersistentVolumeClaims and Nodes"
                         .into(),
                 ));
             }
         }
+
+        let writer =
+            |component| workload::PodWriter::new(client.clone(), component, expectations.clone());
+        let replicasets = replicaset::ReplicaSetController::new(
+            client.clone(),
+            replica_sets.clone(),
+            pods.clone(),
+            writer("replicaset-controller"),
+        );
+        controllers.spawn_loop("replicaset controller", replicaset_wake, move || {
+            let controller = replicasets.clone();
+            async move { controller.sync_all().await }
+        });
+
+        let deployment_controller = deployment::DeploymentController::new(
+            client.clone(),
+            deployments,
+            replica_sets,
+            pods.clone(),
+        );
+        controllers.spawn_loop("deployment controller", deployment_wake, move || {
+            let controller = deployment_controller.clone();
+            async move { controller.sync_all().await }
+        });
+
+        let daemonsets = daemonset::DaemonSetController::new(
+            client.clone(),
+            daemon_sets,
+            nodes.clone(),
+            pods.clone(),
+            writer("daemonset-controller"),
+        );
+        controllers.spawn_loop("daemonset controller", daemonset_wake, move || {
+            let controller = daemonsets.clone();
+            async move { controller.sync_all().await }
+        });
 
         let statefulsets = statefulset::StatefulSetController::new(
             client.clone(),
@@ -129,6 +204,21 @@ impl Controllers {
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
+        self.spawn_observed_informer(api, wake, |_| {})
+    }
+
+    /// Like `spawn_informer`, also handing every event to `observe` once the cache holds it
+    /// (upstream's event handlers, which record what controllers expected to see).
+    fn spawn_observed_informer<K, O>(
+        &mut self,
+        api: Api<K>,
+        wake: Vec<Arc<Notify>>,
+        mut observe: O,
+    ) -> Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        O: FnMut(&watcher::Event<K>) + Send + 'static,
+    {
         let (store, writer) = reflector::store();
         let token = self.token.clone();
         let kind = K::kind(&()).to_string();
@@ -143,6 +233,9 @@ impl Controllers {
                     () = token.cancelled() => return,
                     event = stream.next() => event,
                 };
+                if let Some(Ok(event)) = &event {
+                    observe(event);
+                }
                 match event {
                     Some(Ok(
                         watcher::Event::Apply(_)

@@ -1,9 +1,11 @@
-//! The scheduler: binds each pending pod to a ready, schedulable node whose labels match the
-//! pod's `nodeSelector` and whose taints it tolerates, preferring the node running the fewest
-//! pods. Binding goes through `pods/binding`, as kube-scheduler's does; a pod that fits nowhere
-//! gets `PodScheduled=False` with reason `Unschedulable` and is tried again later.
+//! The scheduler: binds each pending pod to a ready, schedulable node that matches the pod's
+//! `nodeSelector` and required node affinity and whose taints it tolerates, preferring the node
+//! running the fewest pods. Binding goes through `pods/binding`, as kube-scheduler's does; a pod
+//! that fits nowhere gets `PodScheduled=False` with reason `Unschedulable` and is tried again
+//! later.
 //!
-//! Not modelled: node affinity, pod (anti-)affinity, topology spread, resource fit, preemption.
+//! Not modelled: preferred node affinity, pod (anti-)affinity, topology spread, resource fit,
+//! preemption.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use tracing::{debug, info, warn};
 
 use super::is_benign;
+use super::node_affinity::fits_node;
 
 const DEFAULT_SCHEDULER: &str = "default-scheduler";
 /// How long a binding we made counts for its node while the cache has not shown it yet.
@@ -120,9 +123,7 @@ fn unfit_reason(pod: &Pod, node: &Node) -> Option<&'static str> {
             return Some("node(s) were unschedulable");
         }
     }
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let selector = spec.and_then(|s| s.node_selector.as_ref());
-    if selector.is_some_and(|sel| sel.iter().any(|(k, v)| labels.get(k) != Some(v))) {
+    if !fits_node(spec, node) {
         return Some("node(s) didn't match Pod's node affinity/selector");
     }
     let taints = node_spec
@@ -139,7 +140,7 @@ fn unfit_reason(pod: &Pod, node: &Node) -> Option<&'static str> {
 }
 
 /// `Toleration.ToleratesTaint`.
-fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+pub(super) fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     let effect = toleration.effect.as_deref().unwrap_or_default();
     if !effect.is_empty() && effect != taint.effect {
         return false;
