@@ -229,11 +229,8 @@ pub fn request_name(rollout: &str, pod: &str, uid: &str) -> String {
         return name;
     }
     let hash = super::trigger::short_hash(&name);
-    let mut end = 240;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    let kept = name[..end].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let kept = crate::cut_at_char_boundary(&name, 240)
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
     format!("{kept}-{hash}")
 }
 
