@@ -1,6 +1,9 @@
 //! The sandbox end to end: kubectl against a StatefulSet on simulated nodes. Needs root and
 //! kubectl. (`relaunch-sandbox up` itself is tested in the test bed crate.)
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::Path;

@@ -1,6 +1,9 @@
 //! The Deployment, ReplicaSet and DaemonSet controllers end to end: kubectl against simulated
 //! nodes whose kubelets run real containers. Needs root and kubectl.
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
