@@ -213,7 +213,8 @@ impl RequestController {
                 && (rv, pod_rv) == (&key.0, &key.1)
                 && at.elapsed() < RETRY_AFTER
             {
-                next = next.min(RETRY_AFTER - at.elapsed());
+                // Time passes between the check and here: never subtract past zero.
+                next = next.min(RETRY_AFTER.saturating_sub(at.elapsed()));
                 continue;
             }
             self.attempted.insert(uid, (key.0, key.1, Instant::now()));
