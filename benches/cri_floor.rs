@@ -1,6 +1,9 @@
 //! The raw CRI floor on this machine: what containerd itself costs for the steps of a recreate.
 //! Run as root: `cargo bench --bench cri_floor` (`RELAUNCH_BENCH_ITERATIONS` sets the run count).
 
+// Benchmark code: an unwrap, expect or panic stops the run where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 #[tokio::main]

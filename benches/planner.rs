@@ -1,6 +1,9 @@
 //! The pure rollout planner at scale: time to decide one batch for a 10,000-pod workload with
 //! PodDisruptionBudgets and role-aware order. `cargo bench --bench planner`.
 
+// Benchmark code: an unwrap, expect or panic stops the run where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

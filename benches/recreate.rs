@@ -4,6 +4,9 @@
 //! Run as root: `cargo bench --bench recreate` (`RELAUNCH_BENCH_ITERATIONS` = recreates, default
 //! 20; `RELAUNCH_BENCH_PODS` = pods on the full node, default 110).
 
+// Benchmark code: an unwrap, expect or panic stops the run where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::HashMap;

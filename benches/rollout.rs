@@ -7,6 +7,9 @@
 //! `RELAUNCH_BENCH_NODES` (default 20), `RELAUNCH_BENCH_MAX_UNAVAILABLE` (default "5%"),
 //! `RELAUNCH_BENCH_CACHED_PODS` (pods in the cluster in all, the rest status-only; default 10000).
 
+// Benchmark code: an unwrap, expect or panic stops the run where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::{BTreeMap, HashSet};

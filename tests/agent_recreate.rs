@@ -2,6 +2,9 @@
 //! kubelet simulator), with a stand-in coordinator that records what the agent sends.
 //! Needs root.
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::net::SocketAddr;

@@ -1,6 +1,9 @@
 //! kube-rs against the test API server: watches that survive faults, optimistic concurrency,
 //! selectors, pagination, tokens and TokenReview.
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeSet;

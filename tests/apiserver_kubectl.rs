@@ -1,5 +1,8 @@
 //! The preinstalled `kubectl` against the test API server.
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::io::Write;

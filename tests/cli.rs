@@ -3,6 +3,9 @@
 //! against the full sandbox (real containerd, simulated kubelets, relaunch-agent and
 //! relaunch-coordinator as real processes; needs root).
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::Path;

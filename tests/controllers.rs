@@ -1,6 +1,9 @@
 //! The StatefulSet controller, claim binder and scheduler against the test API server (no
 //! kubelet: pods are bound but never run).
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! The CRI client against a real containerd started by the test (needs root).
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,8 @@
 //! The kubelet simulator against the test API server and a real containerd (needs root).
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::net::Ipv4Addr;

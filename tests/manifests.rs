@@ -7,6 +7,9 @@
 //! the agent trusts; and every metric the alerts and the dashboard query is exported by the
 //! binaries.
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,6 +1,9 @@
 //! In-place recreate end to end: real containerd, simulated kubelets, and relaunch-agent and
 //! relaunch-coordinator as real processes. Needs root.
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

@@ -3,6 +3,9 @@
 //! watches the target pods throughout and fails the test if more than `maxUnavailable` are ever
 //! unavailable at once, or a pod restarts more than once. Needs root.
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,30 +1,18 @@
 //! The sandbox end to end: kubectl against a StatefulSet on simulated nodes. Needs root and
 //! kubectl. (`relaunch-sandbox up` itself is tested in the test bed crate.)
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::{Bed, eventually};
 
-/// `kubectl ARGS` against `kubeconfig` (its directory is HOME): stdout, or what went wrong.
-async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
-    let home = kubeconfig.parent().unwrap();
-    let out = support::output(support::kubectl(kubeconfig, home, args)).await;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-async fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> Value {
-    serde_json::from_str(&kubectl(kubeconfig, args).await.unwrap()).unwrap()
+async fn kubectl_json(bed: &Bed, args: &[&str]) -> Value {
+    serde_json::from_str(&bed.kubectl(args).await.unwrap()).unwrap()
 }
 
 const STATEFULSET: &str = r#"
@@ -63,15 +51,10 @@ fn names(list: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_apply_statefulset_runs_pods_with_claims_and_scale_down_keeps_claims() {
     let bed = Bed::without_relaunch(2).await;
-    let kubeconfig = bed.sandbox.kubeconfig_path();
-    let manifest = bed.dir().join("sts.yaml");
-    std::fs::write(&manifest, STATEFULSET).unwrap();
-    kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()])
-        .await
-        .unwrap();
+    bed.apply("sts.yaml", STATEFULSET).await;
 
     eventually("three Running pods", Duration::from_secs(90), || async {
-        let pods = kubectl_json(&kubeconfig, &["get", "pods", "-l", "app=web", "-o", "json"]).await;
+        let pods = kubectl_json(&bed, &["get", "pods", "-l", "app=web", "-o", "json"]).await;
         let running = pods["items"]
             .as_array()?
             .iter()
@@ -86,7 +69,7 @@ async fn kubectl_apply_statefulset_runs_pods_with_claims_and_scale_down_keeps_cl
     })
     .await
     .unwrap();
-    let claims = kubectl_json(&kubeconfig, &["get", "pvc", "-o", "json"]).await;
+    let claims = kubectl_json(&bed, &["get", "pvc", "-o", "json"]).await;
     assert_eq!(
         names(&claims),
         vec!["data-web-0", "data-web-1", "data-web-2"]
@@ -99,25 +82,22 @@ async fn kubectl_apply_statefulset_runs_pods_with_claims_and_scale_down_keeps_cl
             .all(|c| c["status"]["phase"] == "Bound")
     );
 
-    kubectl(
-        &kubeconfig,
-        &["scale", "statefulset", "web", "--replicas=1"],
-    )
-    .await
-    .unwrap();
+    bed.kubectl(&["scale", "statefulset", "web", "--replicas=1"])
+        .await
+        .unwrap();
     eventually("only web-0 left", Duration::from_secs(90), || async {
-        let pods = kubectl_json(&kubeconfig, &["get", "pods", "-l", "app=web", "-o", "json"]).await;
+        let pods = kubectl_json(&bed, &["get", "pods", "-l", "app=web", "-o", "json"]).await;
         (names(&pods) == vec!["web-0"]).then_some(())
     })
     .await
     .unwrap();
-    let claims = kubectl_json(&kubeconfig, &["get", "pvc", "-o", "json"]).await;
+    let claims = kubectl_json(&bed, &["get", "pvc", "-o", "json"]).await;
     assert_eq!(
         names(&claims),
         vec!["data-web-0", "data-web-1", "data-web-2"],
         "claims are kept on scale-down"
     );
-    let set = kubectl_json(&kubeconfig, &["get", "sts", "web", "-o", "json"]).await;
+    let set = kubectl_json(&bed, &["get", "sts", "web", "-o", "json"]).await;
     assert_eq!(set["status"]["replicas"], 1);
     bed.shutdown().await;
 }

@@ -3,6 +3,9 @@
 //! socket like systemd's: READY=1, WATCHDOG=1 pings, STOPPING=1 on SIGTERM, exit 0. The last
 //! test needs root (it runs the test bed's containerd).
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeSet;

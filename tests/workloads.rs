@@ -1,11 +1,13 @@
 //! The Deployment, ReplicaSet and DaemonSet controllers end to end: kubectl against simulated
 //! nodes whose kubelets run real containers. Needs root and kubectl.
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
@@ -13,56 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use relaunch_testbed::eventually;
-use relaunch_testbed::{Sandbox, SandboxConfig};
-
-const WAIT: Duration = Duration::from_secs(120);
-
-fn kubectl_blocking(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run kubectl: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "kubectl {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// Runs kubectl off the runtime's threads (the API server is served by this very runtime).
-async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
-    let kubeconfig = kubeconfig.to_path_buf();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        kubectl_blocking(&kubeconfig, &args)
-    })
-    .await
-    .unwrap()
-}
-
-async fn apply(sandbox: &Sandbox, dir: &Path, name: &str, manifest: &str) {
-    let path = dir.join(name);
-    std::fs::write(&path, manifest).unwrap();
-    kubectl(
-        &sandbox.kubeconfig_path(),
-        &["apply", "-f", path.to_str().unwrap()],
-    )
-    .await
-    .unwrap();
-}
-
-async fn start(dir: &Path, nodes: usize) -> Sandbox {
-    Sandbox::start(SandboxConfig::new(dir.to_path_buf(), nodes, 0))
-        .await
-        .unwrap()
-}
+use support::{Bed, WAIT, eventually, ready};
 
 const DEPLOYMENT: &str = r#"
 apiVersion: apps/v1
@@ -81,11 +34,13 @@ spec:
         command: ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
 "#;
 
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// `kubectl rollout status TARGET` succeeds within `timeout` and says the rollout finished.
+async fn assert_rolled_out(bed: &Bed, target: &str, timeout: &str) {
+    let out = bed
+        .kubectl(&["rollout", "status", target, &format!("--timeout={timeout}")])
+        .await
+        .unwrap();
+    assert!(out.contains("successfully rolled out"), "{out}");
 }
 
 fn is_live(pod: &Pod) -> bool {
@@ -96,7 +51,7 @@ fn is_live(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none() && !finished
 }
 
-/// Live (not terminating, not finished) pods of `app`, and how many are Ready.
+/// Live (not terminating, not finished) pods of `app`.
 async fn live_pods(pods: &Api<Pod>, app: &str) -> Vec<Pod> {
     pods.list(&ListParams::default().labels(&format!("app={app}")))
         .await
@@ -145,11 +100,15 @@ fn watch_rollout(pods: Api<Pod>, app: &str) -> (tokio::task::JoinHandle<()>, Arc
                 Err(_) => continue,
             }
             let live: Vec<&Pod> = known.values().filter(|p| is_live(p)).collect();
-            let ready = live.iter().filter(|p| is_ready(p)).count();
+            let ready_now = live.iter().filter(|p| ready(p)).count();
             let mut extremes = shared.lock().unwrap();
             extremes.events += 1;
             extremes.most_live = extremes.most_live.max(live.len());
-            extremes.fewest_ready = Some(extremes.fewest_ready.map_or(ready, |f| f.min(ready)));
+            extremes.fewest_ready = Some(
+                extremes
+                    .fewest_ready
+                    .map_or(ready_now, |f| f.min(ready_now)),
+            );
         }
     });
     (task, extremes)
@@ -157,27 +116,16 @@ fn watch_rollout(pods: Api<Pod>, app: &str) -> (tokio::task::JoinHandle<()>, Arc
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deployment_becomes_available_rollout_status_finishes_and_deleted_pods_are_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let sandbox = start(dir.path(), 2).await;
-    let kubeconfig = sandbox.kubeconfig_path();
-    apply(&sandbox, dir.path(), "deploy.yaml", DEPLOYMENT).await;
+    let bed = Bed::without_relaunch(2).await;
+    bed.apply("deploy.yaml", DEPLOYMENT).await;
 
-    let out = kubectl(
-        &kubeconfig,
-        &["rollout", "status", "deployment/web", "--timeout=120s"],
-    )
-    .await
-    .unwrap();
-    assert!(out.contains("successfully rolled out"), "{out}");
-    let table = kubectl(&kubeconfig, &["get", "deployment", "web"])
-        .await
-        .unwrap();
+    assert_rolled_out(&bed, "deployment/web", "120s").await;
+    let table = bed.kubectl(&["get", "deployment", "web"]).await.unwrap();
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..4], ["web", "3/3", "3", "3"], "{table}");
 
-    let client = sandbox.client().unwrap();
-    let pods = Api::<Pod>::namespaced(client.clone(), "default");
-    let sets = Api::<ReplicaSet>::namespaced(client.clone(), "default");
+    let pods = bed.pods();
+    let sets = bed.api::<ReplicaSet>();
     let set = sets.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(set.len(), 1);
     let set = &set[0];
@@ -187,15 +135,12 @@ async fn a_deployment_becomes_available_rollout_status_finishes_and_deleted_pods
     let running = live_pods(&pods, "web").await;
     assert_eq!(running.len(), 3);
     for pod in &running {
-        assert!(is_ready(pod), "{:?}", pod.status);
+        assert!(ready(pod), "{:?}", pod.status);
         assert!(pod.name_any().starts_with(&format!("web-{hash}-")));
         assert_eq!(pod.labels()["pod-template-hash"], hash);
         assert_eq!(pod.owner_references()[0].uid, set.uid().unwrap());
     }
-    let deployment = Api::<Deployment>::namespaced(client.clone(), "default")
-        .get("web")
-        .await
-        .unwrap();
+    let deployment = bed.api::<Deployment>().get("web").await.unwrap();
     let conditions = deployment.status.unwrap().conditions.unwrap();
     let reason = |t: &str| {
         conditions
@@ -213,13 +158,13 @@ async fn a_deployment_becomes_available_rollout_status_finishes_and_deleted_pods
     );
 
     let victim = running[0].name_any();
-    kubectl(&kubeconfig, &["delete", "pod", &victim, "--wait=false"])
+    bed.kubectl(&["delete", "pod", &victim, "--wait=false"])
         .await
         .unwrap();
     let replacement = eventually("a replacement pod, Ready", WAIT, || async {
         let live = live_pods(&pods, "web").await;
         let names: Vec<String> = live.iter().map(|p| p.name_any()).collect();
-        (live.len() == 3 && !names.contains(&victim) && live.iter().all(is_ready)).then_some(names)
+        (live.len() == 3 && !names.contains(&victim) && live.iter().all(ready)).then_some(names)
     })
     .await
     .unwrap();
@@ -228,32 +173,20 @@ async fn a_deployment_becomes_available_rollout_status_finishes_and_deleted_pods
             .iter()
             .all(|n| n.starts_with(&format!("web-{hash}-")))
     );
-    let out = kubectl(
-        &kubeconfig,
-        &["rollout", "status", "deployment/web", "--timeout=60s"],
-    )
-    .await
-    .unwrap();
-    assert!(out.contains("successfully rolled out"), "{out}");
-    sandbox.shutdown().await;
+    assert_rolled_out(&bed, "deployment/web", "60s").await;
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn template_changes_roll_through_a_new_replica_set_within_max_surge_and_max_unavailable() {
-    let dir = tempfile::tempdir().unwrap();
-    let sandbox = start(dir.path(), 2).await;
-    let kubeconfig = sandbox.kubeconfig_path();
-    apply(&sandbox, dir.path(), "deploy.yaml", DEPLOYMENT).await;
-    kubectl(
-        &kubeconfig,
-        &["rollout", "status", "deployment/web", "--timeout=120s"],
-    )
-    .await
-    .unwrap();
+    let bed = Bed::without_relaunch(2).await;
+    bed.apply("deploy.yaml", DEPLOYMENT).await;
+    bed.kubectl(&["rollout", "status", "deployment/web", "--timeout=120s"])
+        .await
+        .unwrap();
 
-    let client = sandbox.client().unwrap();
-    let pods = Api::<Pod>::namespaced(client.clone(), "default");
-    let sets = Api::<ReplicaSet>::namespaced(client.clone(), "default");
+    let pods = bed.pods();
+    let sets = bed.api::<ReplicaSet>();
     let (monitor, extremes) = watch_rollout(pods.clone(), "web");
     eventually("the monitor to see the three Ready pods", WAIT, || async {
         let seen = extremes.lock().unwrap().clone();
@@ -263,16 +196,10 @@ async fn template_changes_roll_through_a_new_replica_set_within_max_surge_and_ma
     .unwrap();
 
     // The default strategy on 3 replicas: maxSurge 25% → 1, maxUnavailable 25% → 0.
-    kubectl(&kubeconfig, &["set", "env", "deployment/web", "ROUND=2"])
+    bed.kubectl(&["set", "env", "deployment/web", "ROUND=2"])
         .await
         .unwrap();
-    let out = kubectl(
-        &kubeconfig,
-        &["rollout", "status", "deployment/web", "--timeout=180s"],
-    )
-    .await
-    .unwrap();
-    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_rolled_out(&bed, "deployment/web", "180s").await;
     let after_change = extremes.lock().unwrap().clone();
     assert_eq!(
         after_change.most_live, 4,
@@ -308,21 +235,16 @@ async fn template_changes_roll_through_a_new_replica_set_within_max_surge_and_ma
     );
 
     // `kubectl rollout restart` patches the template's restartedAt annotation: another rollout.
-    kubectl(&kubeconfig, &["rollout", "restart", "deployment/web"])
+    bed.kubectl(&["rollout", "restart", "deployment/web"])
         .await
         .unwrap();
-    let out = kubectl(
-        &kubeconfig,
-        &["rollout", "status", "deployment/web", "--timeout=180s"],
-    )
-    .await
-    .unwrap();
-    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_rolled_out(&bed, "deployment/web", "180s").await;
     monitor.abort();
     let overall = extremes.lock().unwrap().clone();
     assert_eq!(overall.most_live, 4, "{overall:?}");
     assert_eq!(overall.fewest_ready, Some(3), "{overall:?}");
-    let history = kubectl(&kubeconfig, &["rollout", "history", "deployment/web"])
+    let history = bed
+        .kubectl(&["rollout", "history", "deployment/web"])
         .await
         .unwrap();
     let revisions: Vec<&str> = history
@@ -338,7 +260,7 @@ async fn template_changes_roll_through_a_new_replica_set_within_max_surge_and_ma
             let restarted = p
                 .annotations()
                 .contains_key("kubectl.kubernetes.io/restartedAt");
-            (p.name_any(), restarted, is_ready(p))
+            (p.name_any(), restarted, ready(p))
         })
         .collect();
     assert_eq!(live.len(), 3, "{described:?}");
@@ -350,16 +272,10 @@ async fn template_changes_roll_through_a_new_replica_set_within_max_surge_and_ma
     );
 
     // `kubectl rollout undo` brings revision 2's template back: its ReplicaSet, as revision 4.
-    kubectl(&kubeconfig, &["rollout", "undo", "deployment/web"])
+    bed.kubectl(&["rollout", "undo", "deployment/web"])
         .await
         .unwrap();
-    let out = kubectl(
-        &kubeconfig,
-        &["rollout", "status", "deployment/web", "--timeout=180s"],
-    )
-    .await
-    .unwrap();
-    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_rolled_out(&bed, "deployment/web", "180s").await;
     let undone = sets.get(&all[1].name_any()).await.unwrap();
     assert_eq!(
         undone.annotations()["deployment.kubernetes.io/revision"],
@@ -368,10 +284,10 @@ async fn template_changes_roll_through_a_new_replica_set_within_max_surge_and_ma
     assert_eq!(undone.spec.as_ref().unwrap().replicas, Some(3));
 
     // Paused, a template change does not roll; resumed, it does.
-    kubectl(&kubeconfig, &["rollout", "pause", "deployment/web"])
+    bed.kubectl(&["rollout", "pause", "deployment/web"])
         .await
         .unwrap();
-    let deployments = Api::<Deployment>::namespaced(client.clone(), "default");
+    let deployments = bed.api::<Deployment>();
     let progressing = |d: &Deployment| {
         d.status
             .as_ref()?
@@ -388,7 +304,7 @@ async fn template_changes_roll_through_a_new_replica_set_within_max_surge_and_ma
     })
     .await
     .unwrap();
-    kubectl(&kubeconfig, &["set", "env", "deployment/web", "ROUND=3"])
+    bed.kubectl(&["set", "env", "deployment/web", "ROUND=3"])
         .await
         .unwrap();
     eventually("the paused change to be observed", WAIT, || async {
@@ -402,21 +318,15 @@ async fn template_changes_roll_through_a_new_replica_set_within_max_surge_and_ma
         sets.list(&ListParams::default()).await.unwrap().items.len(),
         3
     );
-    kubectl(&kubeconfig, &["rollout", "resume", "deployment/web"])
+    bed.kubectl(&["rollout", "resume", "deployment/web"])
         .await
         .unwrap();
-    let out = kubectl(
-        &kubeconfig,
-        &["rollout", "status", "deployment/web", "--timeout=180s"],
-    )
-    .await
-    .unwrap();
-    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_rolled_out(&bed, "deployment/web", "180s").await;
     assert_eq!(
         sets.list(&ListParams::default()).await.unwrap().items.len(),
         4
     );
-    sandbox.shutdown().await;
+    bed.shutdown().await;
 }
 
 const DAEMONSET: &str = r#"
@@ -445,7 +355,7 @@ fn daemon_set(name: &str, tolerations: &str) -> String {
 /// Node name → the live pods of `app` on it, once every one is Ready.
 async fn ready_per_node(pods: &Api<Pod>, app: &str) -> Option<BTreeMap<String, Vec<String>>> {
     let live = live_pods(pods, app).await;
-    if !live.iter().all(is_ready) {
+    if !live.iter().all(ready) {
         return None;
     }
     let mut per_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -458,35 +368,21 @@ async fn ready_per_node(pods: &Api<Pod>, app: &str) -> Option<BTreeMap<String, V
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemon_set_runs_one_ready_pod_per_schedulable_node_and_replaces_deleted_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let sandbox = start(dir.path(), 3).await;
-    let kubeconfig = sandbox.kubeconfig_path();
+    let bed = Bed::without_relaunch(3).await;
     // node-2 is cordoned (daemon pods tolerate that, as upstream), node-3 is tainted.
-    kubectl(&kubeconfig, &["cordon", "node-2"]).await.unwrap();
-    kubectl(
-        &kubeconfig,
-        &["taint", "nodes", "node-3", "dedicated=infra:NoSchedule"],
-    )
-    .await
-    .unwrap();
-    apply(&sandbox, dir.path(), "agent.yaml", &daemon_set("agent", "")).await;
+    bed.kubectl(&["cordon", "node-2"]).await.unwrap();
+    bed.kubectl(&["taint", "nodes", "node-3", "dedicated=infra:NoSchedule"])
+        .await
+        .unwrap();
+    bed.apply("agent.yaml", &daemon_set("agent", "")).await;
     let tolerating = "tolerations: [{key: dedicated, operator: Exists, effect: NoSchedule}]";
-    apply(
-        &sandbox,
-        dir.path(),
-        "tolerant.yaml",
-        &daemon_set("tolerant", tolerating),
-    )
-    .await;
+    bed.apply("tolerant.yaml", &daemon_set("tolerant", tolerating))
+        .await;
 
     for name in ["ds/agent", "ds/tolerant"] {
-        let out = kubectl(&kubeconfig, &["rollout", "status", name, "--timeout=120s"])
-            .await
-            .unwrap();
-        assert!(out.contains("successfully rolled out"), "{out}");
+        assert_rolled_out(&bed, name, "120s").await;
     }
-    let client = sandbox.client().unwrap();
-    let pods = Api::<Pod>::namespaced(client.clone(), "default");
+    let pods = bed.pods();
     let expect = |nodes: &[&str]| -> Vec<String> { nodes.iter().map(|n| n.to_string()).collect() };
     let agent = eventually("agent pods Ready", WAIT, || ready_per_node(&pods, "agent"))
         .await
@@ -505,7 +401,7 @@ async fn a_daemon_set_runs_one_ready_pod_per_schedulable_node_and_replaces_delet
     .unwrap();
     assert!(tolerant.values().all(|p| p.len() == 1), "{tolerant:?}");
 
-    let sets = Api::<DaemonSet>::namespaced(client.clone(), "default");
+    let sets = bed.api::<DaemonSet>();
     let status = sets.get("agent").await.unwrap().status.unwrap();
     assert_eq!(
         (
@@ -518,13 +414,13 @@ async fn a_daemon_set_runs_one_ready_pod_per_schedulable_node_and_replaces_delet
         ),
         (2, 2, 2, Some(2), Some(2), 0)
     );
-    let table = kubectl(&kubeconfig, &["get", "ds", "agent"]).await.unwrap();
+    let table = bed.kubectl(&["get", "ds", "agent"]).await.unwrap();
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..6], ["agent", "2", "2", "2", "2", "2"], "{table}");
 
     // A deleted daemon pod comes back on the same node.
     let victim = agent["node-1"][0].clone();
-    kubectl(&kubeconfig, &["delete", "pod", &victim, "--wait=false"])
+    bed.kubectl(&["delete", "pod", &victim, "--wait=false"])
         .await
         .unwrap();
     let after = eventually("agent pod replaced on node-1", WAIT, || async {
@@ -543,26 +439,20 @@ async fn a_daemon_set_runs_one_ready_pod_per_schedulable_node_and_replaces_delet
     // A template change rolls node by node (maxUnavailable 1) to pods of the new revision.
     let old_hash =
         pods.get(&after["node-1"][0]).await.unwrap().labels()["controller-revision-hash"].clone();
-    kubectl(&kubeconfig, &["set", "env", "ds/agent", "ROUND=2"])
+    bed.kubectl(&["set", "env", "ds/agent", "ROUND=2"])
         .await
         .unwrap();
-    let out = kubectl(
-        &kubeconfig,
-        &["rollout", "status", "ds/agent", "--timeout=180s"],
-    )
-    .await
-    .unwrap();
-    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_rolled_out(&bed, "ds/agent", "180s").await;
     let rolled = eventually("agent pods of the new revision", WAIT, || async {
         let live = live_pods(&pods, "agent").await;
         (live.len() == 2
             && live
                 .iter()
-                .all(|p| is_ready(p) && p.labels()["controller-revision-hash"] != old_hash))
+                .all(|p| ready(p) && p.labels()["controller-revision-hash"] != old_hash))
         .then_some(live)
     })
     .await
     .unwrap();
     assert_eq!(rolled.len(), 2);
-    sandbox.shutdown().await;
+    bed.shutdown().await;
 }

@@ -40,6 +40,9 @@ pub const READINESS_GATE: &str = "relaunch.dev/ready";
 pub const COORDINATOR_AUDIENCE: &str = "relaunch-coordinator";
 
 /// The CRDs as (file name, YAML), as committed under `manifests/crds/`.
+///
+/// Start-up and tooling only (the coordinator's `crds` command, the test bed's API server).
+#[allow(clippy::expect_used)] // both CRDs are generated from Rust types with string keys only: serialising them cannot fail
 pub fn crd_manifests() -> Vec<(String, String)> {
     [ContainerRecreateRequest::crd(), RollingRestart::crd()]
         .into_iter()

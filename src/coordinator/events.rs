@@ -55,11 +55,7 @@ fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    format!("{}…", crate::cut_at_char_boundary(text, max))
 }
 
 /// Whether a RollingRestart created the request: such requests are told by one outcome Event

@@ -98,7 +98,7 @@ pub fn next_spec(
         spec.acquire_time = Some(MicroTime(now));
         spec.lease_transitions = Some(match decision {
             LeaseDecision::Create => 0,
-            _ => transitions + 1,
+            _ => transitions.saturating_add(1),
         });
     }
     spec.holder_identity = Some(election.identity.clone());

@@ -42,6 +42,16 @@ pub use report_api::auth::ServiceAccountRef;
 pub use report_api::server::ReportListener;
 pub use report_api::tls::TlsFiles;
 
+/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a character boundary
+/// (cutting names and messages from the API must never split a character, or panic).
+pub(crate) fn cut_at_char_boundary(text: &str, max_bytes: usize) -> &str {
+    let mut end = max_bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
+}
+
 /// Runs the controllers, on the Lease holder only when leader election is configured. `synced`
 /// fires once the controllers' watches have synced, or once another replica is seen leading
 /// (a follower serves the report API and is ready).

@@ -107,8 +107,11 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         .map_or(o.now, |t| t.0);
     let mut next: Option<Timestamp> = None;
 
-    if let Some(seconds) = o.request.spec.active_deadline_seconds {
-        let deadline = created + SignedDuration::from_secs(seconds.max(0));
+    // The spec can be edited after admission: a deadline too far out to represent is never
+    // reached (adding it would panic).
+    if let Some(seconds) = o.request.spec.active_deadline_seconds
+        && let Ok(deadline) = created.checked_add(SignedDuration::from_secs(seconds.max(0)))
+    {
         if o.now >= deadline {
             return Decision::Fail {
                 reason: FailReason::DeadlineExceeded,
@@ -150,8 +153,14 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         if let Predecessor::FinishedAt(t) = o.predecessor {
             heard = heard.max(t);
         }
-        let allowance = o.agent_timeout + step_allowance(o, &status, pod);
-        let silent_at = heard + allowance;
+        // Grace periods come from the request and the pod: one too long to represent means
+        // the agent is never declared silent in this step.
+        let allowance = o
+            .agent_timeout
+            .saturating_add(step_allowance(o, &status, pod));
+        let Ok(silent_at) = heard.checked_add(allowance) else {
+            return Decision::Wait(next.map(|t| until(o.now, t)));
+        };
         if o.now >= silent_at {
             let node = labels
                 .get(LABEL_NODE_NAME)
@@ -180,7 +189,12 @@ fn after_finish(o: &Observed<'_>, status: &ContainerRecreateRequestStatus) -> De
     ) else {
         return Decision::Wait(None);
     };
-    let due = done.0 + SignedDuration::from_secs(i64::from(ttl.max(0)));
+    let Ok(due) = done
+        .0
+        .checked_add(SignedDuration::from_secs(i64::from(ttl.max(0))))
+    else {
+        return Decision::Wait(None);
+    };
     if o.now >= due {
         Decision::Delete
     } else {
@@ -410,6 +424,34 @@ mod tests {
         assert_eq!(decide(&o), Decision::Wait(None));
         o.predecessor = Predecessor::FinishedAt(at(9_900));
         assert_eq!(decide(&o), Decision::Wait(Some(Duration::from_secs(200))));
+    }
+
+    #[test]
+    fn durations_too_long_to_represent_never_expire_instead_of_panicking() {
+        // Admission refuses such values, but the spec can be edited afterwards, and the pod's
+        // terminationGracePeriodSeconds has no upper bound.
+        let mut r = request(RecreatePhase::Recreating);
+        r.spec.active_deadline_seconds = Some(i64::MAX);
+        r.spec.strategy = Some(ContainerRecreateRequestStrategy {
+            termination_grace_period_seconds: Some(i64::MAX),
+            ..Default::default()
+        });
+        r.status
+            .as_mut()
+            .unwrap()
+            .container_recreate_states
+            .push(ContainerRecreateState {
+                name: "db".into(),
+                phase: ContainerRecreatePhase::Stopping,
+                ..Default::default()
+            });
+        assert_eq!(decide(&observe(&r, 1_000_000)), Decision::Wait(None));
+
+        let mut done = request(RecreatePhase::Succeeded);
+        done.spec.ttl_seconds_after_finished = Some(i32::MAX);
+        done.status.as_mut().unwrap().completion_time =
+            Some(Time("9999-01-01T00:00:00Z".parse().unwrap()));
+        assert_eq!(decide(&observe(&done, 0)), Decision::Wait(None));
     }
 
     #[test]

@@ -213,7 +213,8 @@ impl RequestController {
                 && (rv, pod_rv) == (&key.0, &key.1)
                 && at.elapsed() < RETRY_AFTER
             {
-                next = next.min(RETRY_AFTER - at.elapsed());
+                // Time passes between the check and here: never subtract past zero.
+                next = next.min(RETRY_AFTER.saturating_sub(at.elapsed()));
                 continue;
             }
             self.attempted.insert(uid, (key.0, key.1, Instant::now()));
@@ -587,25 +588,14 @@ mod tests {
 
     #[test]
     fn only_holds_the_coordinator_wrote_on_live_pods_are_released() {
+        fn gate(pod: &mut Pod) -> &mut PodCondition {
+            &mut pod.status.as_mut().unwrap().conditions.as_mut().unwrap()[0]
+        }
         let mut released = held_pod("gone");
-        released
-            .status
-            .as_mut()
-            .unwrap()
-            .conditions
-            .as_mut()
-            .unwrap()[0]
-            .status = "True".into();
+        gate(&mut released).status = "True".into();
         assert_eq!(orphaned_hold(&released, &[]), None);
         let mut foreign = held_pod("gone");
-        foreign
-            .status
-            .as_mut()
-            .unwrap()
-            .conditions
-            .as_mut()
-            .unwrap()[0]
-            .reason = Some("ManualHold".into());
+        gate(&mut foreign).reason = Some("ManualHold".into());
         assert_eq!(orphaned_hold(&foreign, &[]), None);
         let mut terminating = held_pod("gone");
         terminating.metadata.deletion_timestamp = Some(

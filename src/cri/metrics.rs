@@ -12,22 +12,26 @@ pub struct CriMetrics {
 impl CriMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let metrics = Self::unregistered();
+        let metrics = Self::new()?;
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.duration.clone()))?;
         Ok(metrics)
     }
 
     /// Metrics that are recorded but exposed nowhere (tools and tests that need no `/metrics`).
+    #[allow(clippy::expect_used)] // the definitions are constants `new` accepts (the tests use them)
     pub fn unregistered() -> Self {
+        Self::new().expect("static metric definitions are valid")
+    }
+
+    fn new() -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
                 "relaunch_agent_cri_requests_total",
                 "CRI requests by method and gRPC result code.",
             ),
             &["method", "code"],
-        )
-        .expect("static metric definition is valid");
+        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "relaunch_agent_cri_request_duration_seconds",
@@ -38,9 +42,8 @@ impl CriMetrics {
                 10.0, 30.0, 60.0, 120.0,
             ]),
             &["method"],
-        )
-        .expect("static metric definition is valid");
-        Self { requests, duration }
+        )?;
+        Ok(Self { requests, duration })
     }
 
     pub(crate) fn observe(&self, method: &str, code: tonic::Code, seconds: f64) {

@@ -17,7 +17,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::{DATABASE, WAIT, binaries, container, eventually, ready, restart_count, statefulset};
+use super::{
+    DATABASE, WAIT, binaries, container, eventually, kubectl, output, printed, ready,
+    restart_count, statefulset,
+};
 
 /// The whole test bed — a private containerd, the test API server, the controllers and one
 /// kubelet simulator per node — usually with relaunch running on it: the coordinator and an
@@ -236,6 +239,26 @@ impl Bed {
                 "{name} restarted once"
             );
         }
+    }
+
+    /// `kubectl ARGS` against the sandbox, with HOME in its directory: stdout, or what kubectl
+    /// printed when it failed.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        let out = output(kubectl(&self.sandbox.kubeconfig_path(), self.dir(), args)).await;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!("kubectl {args:?}: {}", printed(&out)))
+        }
+    }
+
+    /// Writes `manifest` to `file` in the sandbox's directory and `kubectl apply`s it.
+    pub async fn apply(&self, file: &str, manifest: &str) {
+        let path = self.dir().join(file);
+        std::fs::write(&path, manifest).unwrap();
+        self.kubectl(&["apply", "-f", &path.to_string_lossy()])
+            .await
+            .unwrap();
     }
 
     /// The last 40 lines of the coordinator's log, for failure messages.

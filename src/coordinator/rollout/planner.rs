@@ -197,7 +197,8 @@ pub fn desired_healthy(
             IntOrString::Int(n) => (*n).max(0) as usize,
             IntOrString::String(s) => {
                 let percent: usize = s.trim_end_matches('%').parse().unwrap_or(100);
-                (selected * percent).div_ceil(100)
+                // A budget's percentage comes from the API: never overflow on a huge one.
+                selected.saturating_mul(percent).div_ceil(100)
             }
         }
     };

@@ -327,7 +327,7 @@ fn plan(
     }
     let actions = match &step {
         Step::PauseForFailures => {
-            let allowed = spec.strategy.max_failures.unwrap_or(0) + acknowledged;
+            let allowed = state::allowed_failures(spec, acknowledged);
             let mut actions = vec![
                 Action::Pause,
                 Action::Record(failure_threshold_event(status.failed, allowed)),

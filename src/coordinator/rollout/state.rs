@@ -229,11 +229,8 @@ pub fn request_name(rollout: &str, pod: &str, uid: &str) -> String {
         return name;
     }
     let hash = super::trigger::short_hash(&name);
-    let mut end = 240;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    let kept = name[..end].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let kept = crate::cut_at_char_boundary(&name, 240)
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
     format!("{kept}-{hash}")
 }
 
@@ -307,6 +304,16 @@ pub fn acknowledged_failures(
     } else {
         status.acknowledged_failures.unwrap_or(0)
     }
+}
+
+/// How many failed pod restarts the rollout tolerates before its failure policy applies:
+/// `maxFailures` plus the failures acknowledged by resuming. Saturating, so that `maxFailures`
+/// at its largest means "never" rather than wrapping to a negative limit.
+pub fn allowed_failures(spec: &RollingRestartSpec, acknowledged: i32) -> i32 {
+    spec.strategy
+        .max_failures
+        .unwrap_or(0)
+        .saturating_add(acknowledged)
 }
 
 /// Whether the rollout is paused because too many pod restarts failed (rather than by a user):
@@ -390,7 +397,7 @@ pub fn decide(
         .iter()
         .filter(|p| p.restart == RestartState::Failed)
         .count() as i32;
-    let allowed = spec.strategy.max_failures.unwrap_or(0) + acknowledged;
+    let allowed = allowed_failures(spec, acknowledged);
     if failed > allowed {
         match spec.strategy.failure_policy.unwrap_or_default() {
             RolloutFailurePolicy::Pause if spec.strategy.paused => {
@@ -885,6 +892,21 @@ mod tests {
         assert_eq!(acknowledged, 1, "resuming acknowledges the failure");
         assert!(matches!(
             decide(&spec, acknowledged, &pods, &[], &health, &strategy),
+            Step::Start { .. }
+        ));
+    }
+
+    #[test]
+    fn the_largest_max_failures_never_pauses_even_with_acknowledged_failures() {
+        let mut spec = sts_spec();
+        spec.strategy.max_failures = Some(i32::MAX);
+        let pods = vec![
+            pod("db-1", 1, RestartState::Failed),
+            pod("db-0", 0, RestartState::NotStarted),
+        ];
+        let strategy = plan_strategy(&spec, 2).unwrap();
+        assert!(matches!(
+            decide(&spec, 1, &pods, &[], &BTreeMap::new(), &strategy),
             Step::Start { .. }
         ));
     }

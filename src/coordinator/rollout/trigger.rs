@@ -53,7 +53,7 @@ pub fn rollout_name(kind: &WorkloadKind, name: &str, token: &str) -> String {
     let prefix = format!("{}-{name}", kind.singular());
     let room = 63 - hash.len() - 1;
     let prefix = if prefix.len() > room {
-        prefix[..room].trim_end_matches(['-', '.'])
+        crate::cut_at_char_boundary(&prefix, room).trim_end_matches(['-', '.'])
     } else {
         prefix.as_str()
     };
@@ -135,6 +135,14 @@ mod tests {
         );
         let long = rollout_name(&WorkloadKind::StatefulSet, &"x".repeat(80), "t");
         assert_eq!(long.len(), 63);
+    }
+
+    #[test]
+    fn a_long_name_is_never_cut_inside_a_character() {
+        let name = format!("x{}", "é".repeat(40));
+        let cut = rollout_name(&WorkloadKind::StatefulSet, &name, "t");
+        assert!(cut.len() <= 63);
+        assert!(cut.starts_with("statefulset-x"));
     }
 
     #[test]
