@@ -18,6 +18,7 @@ use super::access;
 use super::admission::RequestAdmission;
 use super::error::ApiError;
 use super::patch::PatchKind;
+use super::protobuf;
 use super::rbac::{Attributes, ResourceAttributes, UserInfo};
 use super::resources::ResourceType;
 use super::schema::FieldValidation;
@@ -186,11 +187,21 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
-    let body = if write {
+    let mut body = if write {
         read_body(req).await?
     } else {
         Bytes::new()
     };
+    let mut content_type = content_type;
+    if content_type.split(';').next().map(str::trim) == Some(protobuf::CONTENT_TYPE) {
+        let object = protobuf::to_json(&body).map_err(|e| {
+            ApiError::unsupported_media_type(&format!(
+                "the test API server cannot read this protobuf body ({e}); send JSON"
+            ))
+        })?;
+        body = Bytes::from(object.to_string());
+        content_type = "application/json".into();
+    }
     let mut admission = RequestAdmission {
         rt: &target.rt,
         subresource: target.subresource.as_deref().unwrap_or_default(),

@@ -11,6 +11,7 @@ mod convert;
 mod error;
 mod http;
 mod patch;
+mod protobuf;
 mod rbac;
 mod resources;
 mod schema;
