@@ -20,7 +20,10 @@ pub use containerd::Containerd;
 pub use controllers::Controllers;
 pub use image::TEST_IMAGE;
 pub use kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
-pub use processes::{Binaries, COORDINATOR_LEASE, ManagedProcess, RELAUNCH_NAMESPACE, free_port};
+pub use processes::{
+    Binaries, COORDINATOR_LEASE, Component, ManagedProcess, RELAUNCH_NAMESPACE,
+    component_kubeconfig, free_port, identity_objects, install_identities,
+};
 pub use sandbox::{Sandbox, SandboxConfig, SimulatedNode};
 
 use relaunch_cri::CriError;

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 use crate::apiserver::{API_AUDIENCE, ApiServer};
 use crate::{TestbedError, eventually};
@@ -155,19 +156,113 @@ impl Drop for ManagedProcess {
     }
 }
 
-/// Creates the namespace and service accounts; the coordinator's may write.
-pub async fn prepare_identities(api: &ApiServer) -> Result<(), TestbedError> {
-    let client = api.client()?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": RELAUNCH_NAMESPACE}}))?;
-    ignore_exists(namespaces.create(&PostParams::default(), &ns).await)?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client, RELAUNCH_NAMESPACE);
-    for name in [AGENT_SERVICE_ACCOUNT, COORDINATOR_SERVICE_ACCOUNT] {
-        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-        ignore_exists(accounts.create(&PostParams::default(), &sa).await)?;
+/// The kustomization users install relaunch from (`kubectl apply -k manifests/base`).
+const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/base");
+
+/// The kinds of `manifests/base` that make relaunch's identities.
+const IDENTITY_KINDS: [&str; 6] = [
+    "Namespace",
+    "ServiceAccount",
+    "Role",
+    "ClusterRole",
+    "RoleBinding",
+    "ClusterRoleBinding",
+];
+
+/// One of relaunch's components, each with its own service account in [`RELAUNCH_NAMESPACE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Agent,
+    Coordinator,
+}
+
+impl Component {
+    /// The component's service account.
+    pub fn service_account(self) -> &'static str {
+        match self {
+            Component::Agent => AGENT_SERVICE_ACCOUNT,
+            Component::Coordinator => COORDINATOR_SERVICE_ACCOUNT,
+        }
     }
-    api.grant_write(RELAUNCH_NAMESPACE, COORDINATOR_SERVICE_ACCOUNT);
+}
+
+/// relaunch's namespace, service accounts and RBAC as `kubectl apply -k manifests/base` creates
+/// them: the objects of those kinds in every file the kustomization lists, in its namespace and
+/// with its labels. (Listed directories, `../crds`, hold no identities.)
+pub fn identity_objects() -> Result<Vec<Value>, TestbedError> {
+    let dir = Path::new(MANIFESTS);
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| TestbedError::Setup(format!("cannot read {}/{name}: {e}", dir.display())))
+    };
+    let kustomization: Value = serde_yaml::from_str(&read("kustomization.yaml")?)
+        .map_err(|e| TestbedError::Setup(format!("manifests/base/kustomization.yaml: {e}")))?;
+    let namespace = kustomization["namespace"].as_str();
+    let mut labels = serde_json::Map::new();
+    for pairs in kustomization["labels"].as_array().into_iter().flatten() {
+        labels.extend(pairs["pairs"].as_object().cloned().unwrap_or_default());
+    }
+    let mut objects = Vec::new();
+    for file in kustomization["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|f| dir.join(f).is_file())
+    {
+        let text = read(file)?;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let mut object = Value::deserialize(document)
+                .map_err(|e| TestbedError::Setup(format!("manifests/base/{file}: {e}")))?;
+            let kind = object["kind"].as_str().unwrap_or_default().to_string();
+            if !IDENTITY_KINDS.contains(&kind.as_str()) {
+                continue;
+            }
+            if matches!(kind.as_str(), "ServiceAccount" | "Role" | "RoleBinding")
+                && let Some(namespace) = namespace
+            {
+                object["metadata"]["namespace"] = json!(namespace);
+            }
+            for (key, value) in &labels {
+                object["metadata"]["labels"][key] = value.clone();
+            }
+            objects.push(object);
+        }
+    }
+    // The namespace before what goes in it.
+    objects.sort_by_key(|o| o["kind"] != "Namespace");
+    Ok(objects)
+}
+
+/// Creates relaunch's namespace, service accounts and RBAC on `api` from `manifests/base`
+/// (objects already there are kept): what the agent and the coordinator may do is exactly what
+/// the shipped manifests grant.
+pub async fn install_identities(api: &ApiServer) -> Result<(), TestbedError> {
+    let client = api.client()?;
+    for object in identity_objects()? {
+        let api_version = object["apiVersion"].as_str().unwrap_or_default();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let kind = object["kind"].as_str().unwrap_or_default();
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+        let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
+        let dynamic: DynamicObject = serde_json::from_value(object)?;
+        let objects: Api<DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        ignore_exists(objects.create(&PostParams::default(), &dynamic).await)?;
+    }
     Ok(())
+}
+
+/// A kubeconfig for `api` that authenticates as `component`'s service account, with a token
+/// from the TokenRequest API (see [`install_identities`]).
+pub async fn component_kubeconfig(
+    api: &ApiServer,
+    component: Component,
+) -> Result<String, TestbedError> {
+    let token = token(api, component.service_account(), &[API_AUDIENCE], None).await?;
+    Ok(api.kubeconfig(Some(&token)))
 }
 
 fn ignore_exists<T>(result: Result<T, kube::Error>) -> Result<(), TestbedError> {
@@ -256,8 +351,8 @@ async fn readyz(admin: SocketAddr) -> bool {
 /// Name of the coordinators' leader-election Lease (in [`RELAUNCH_NAMESPACE`]).
 pub const COORDINATOR_LEASE: &str = "relaunch-coordinator";
 
-/// Starts the coordinator with its own (write-granted) service-account identity; returns it and
-/// the URL of its report API.
+/// Starts the coordinator with its own service-account identity; returns it and the URL of its
+/// report API.
 pub async fn start_coordinator(
     api: &ApiServer,
     binaries: &Binaries,
@@ -276,9 +371,11 @@ pub async fn start_coordinator_replica(
 ) -> Result<(ManagedProcess, String), TestbedError> {
     let dir = dir.join(subdir);
     std::fs::create_dir_all(&dir)?;
-    let token = token(api, COORDINATOR_SERVICE_ACCOUNT, &[API_AUDIENCE], None).await?;
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig(Some(&token)))?;
+    std::fs::write(
+        &kubeconfig,
+        component_kubeconfig(api, Component::Coordinator).await?,
+    )?;
     let ip = Ipv4Addr::LOCALHOST;
     let listen = SocketAddr::from((ip, free_port(ip)?));
     let admin = SocketAddr::from((ip, free_port(ip)?));
@@ -324,7 +421,8 @@ pub struct AgentConfig {
     pub env: Vec<(String, String)>,
 }
 
-/// Starts the agent of one node: read-only API access and a node-bound coordinator token.
+/// Starts the agent of one node: its service account's (read-only) API access and a node-bound
+/// coordinator token.
 pub async fn start_agent(
     api: &ApiServer,
     binaries: &Binaries,
@@ -332,9 +430,11 @@ pub async fn start_agent(
 ) -> Result<(ManagedProcess, SocketAddr), TestbedError> {
     let dir = agent.node_dir.join("agent");
     std::fs::create_dir_all(&dir)?;
-    let api_token = token(api, AGENT_SERVICE_ACCOUNT, &[API_AUDIENCE], None).await?;
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig(Some(&api_token)))?;
+    std::fs::write(
+        &kubeconfig,
+        component_kubeconfig(api, Component::Agent).await?,
+    )?;
     let coordinator_token = token(
         api,
         AGENT_SERVICE_ACCOUNT,

@@ -125,7 +125,7 @@ impl Sandbox {
         }
         install_crds(&client).await?;
         if let Some(binaries) = config.relaunch.clone() {
-            processes::prepare_identities(&sandbox.api).await?;
+            processes::install_identities(&sandbox.api).await?;
             let (coordinator, url) =
                 processes::start_coordinator(&sandbox.api, &binaries, &sandbox.dir).await?;
             sandbox.coordinator = Some(coordinator);

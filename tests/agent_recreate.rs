@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use relaunch_agent::failpoint::{self, Failpoint};
 use relaunch_api::report::RecreateReport;
 use relaunch_api::{ContainerRecreatePhase, RecreatePhase};
-use relaunch_testbed::{API_AUDIENCE, TEST_IMAGE};
+use relaunch_testbed::{Component, TEST_IMAGE};
 use serde_json::{Value, json};
 use support::{Bed, EXITS_ON_SIGTERM, STUBBORN, binaries, container_status, eventually};
 
@@ -100,13 +100,15 @@ impl AgentBed {
         let bed = Bed::without_relaunch(1).await;
         let dir = bed.dir().join("agent");
         std::fs::create_dir_all(&dir).unwrap();
-        // The agent runs with a service-account token: read-only, as its RBAC.
-        let token = support::token(&bed.client, "default", "default", API_AUDIENCE, None).await;
-        std::fs::write(
-            dir.join("kubeconfig"),
-            bed.sandbox.api().kubeconfig(Some(&token)),
-        )
-        .unwrap();
+        // The agent runs as its service account, with exactly the RBAC manifests/base ships.
+        relaunch_testbed::install_identities(bed.sandbox.api())
+            .await
+            .unwrap();
+        let kubeconfig =
+            relaunch_testbed::component_kubeconfig(bed.sandbox.api(), Component::Agent)
+                .await
+                .unwrap();
+        std::fs::write(dir.join("kubeconfig"), kubeconfig).unwrap();
         std::fs::write(dir.join("token"), "coordinator-token\n").unwrap();
         let (coordinator, received) = fake_coordinator().await;
         Self {

@@ -14,6 +14,7 @@ use k8s_openapi::api::authentication::v1::{
     TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -375,26 +376,67 @@ async fn token_review_reports_the_bound_pods_node_and_rejects_wrong_audiences() 
 }
 
 #[tokio::test]
-async fn service_account_tokens_read_but_may_not_write_and_bad_tokens_are_unauthorized() {
+async fn service_account_tokens_have_what_rbac_grants_and_bad_tokens_are_unauthorized() {
     let (server, admin) = server().await;
     let api_token = token(&admin, "reader", vec![], None).await;
     let reader = relaunch_testbed::client_for(&server.url(), Some(&api_token)).unwrap();
     let cms: Api<ConfigMap> = Api::default_namespaced(reader);
-    assert!(cms.list(&ListParams::default()).await.is_ok());
-    let err = cms
-        .create(&PostParams::default(), &config_map("x"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, kube::Error::Api(s) if s.code == 403),
-        "{err:?}"
+    let forbidden = |err: kube::Error| match err {
+        kube::Error::Api(s) if s.code == 403 => s.message,
+        other => panic!("expected 403, got {other:?}"),
+    };
+    assert_eq!(
+        forbidden(cms.list(&ListParams::default()).await.unwrap_err()),
+        r#"configmaps is forbidden: User "system:serviceaccount:default:reader" cannot list resource "configmaps" in API group "" in the namespace "default""#
     );
 
-    server.grant_write("default", "reader");
+    let roles: Api<Role> = Api::default_namespaced(admin.clone());
+    let role = |verbs: &[&str]| -> Role {
+        serde_json::from_value(json!({"metadata": {"name": "config-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": verbs}]}))
+        .unwrap()
+    };
+    roles
+        .create(&PostParams::default(), &role(&["get", "list", "watch"]))
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "config-reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "config-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "default"}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::default_namespaced(admin.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    assert!(cms.list(&ListParams::default()).await.is_ok());
+    assert_eq!(
+        forbidden(
+            cms.create(&PostParams::default(), &config_map("x"))
+                .await
+                .unwrap_err()
+        ),
+        r#"configmaps is forbidden: User "system:serviceaccount:default:reader" cannot create resource "configmaps" in API group "" in the namespace "default""#
+    );
+
+    // A changed Role takes effect with the next request.
+    roles
+        .patch(
+            "config-reader",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "create"]}]})),
+        )
+        .await
+        .unwrap();
     assert!(
         cms.create(&PostParams::default(), &config_map("x"))
             .await
             .is_ok()
+    );
+    assert_eq!(
+        forbidden(cms.get("x").await.unwrap_err()),
+        r#"configmaps "x" is forbidden: User "system:serviceaccount:default:reader" cannot get resource "configmaps" in API group "" in the namespace "default""#
     );
 
     let stranger = relaunch_testbed::client_for(&server.url(), Some("rlt.unknown")).unwrap();

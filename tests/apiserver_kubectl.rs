@@ -9,6 +9,7 @@ use std::io::Write;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use support::TestApi;
 
 /// kubectl against the test API server alone.
@@ -277,4 +278,631 @@ async fn kubectl_get_watch_receives_events() {
     let seen = reader.join().unwrap();
     assert!(seen.contains("MODIFIED") && seen.contains("web"), "{seen}");
     drop(k);
+}
+
+impl Kubectl {
+    /// kubectl against a test API server with relaunch's CRDs and its identities (namespace,
+    /// service accounts and RBAC from manifests/base).
+    async fn with_relaunch() -> Self {
+        let api = TestApi::with_relaunch_crds().await;
+        relaunch_testbed::install_identities(&api.server)
+            .await
+            .unwrap();
+        Self { api }
+    }
+
+    /// Runs kubectl, expecting it to fail; what it printed.
+    async fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} succeeded: {}",
+            support::printed(&out)
+        );
+        support::printed(&out)
+    }
+
+    /// Runs kubectl, expecting it to succeed; what it printed (stdout, then stderr).
+    async fn succeeds(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            support::printed(&out)
+        );
+        support::printed(&out)
+    }
+
+    /// `kubectl auth can-i ARGS`: true for "yes" (exit 0), false for "no" (exit 1).
+    async fn can_i(&self, args: &[&str]) -> bool {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let out = self.run(&all).await;
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        match out.status.code() {
+            Some(0) if answer == "yes" => true,
+            Some(1) if answer.starts_with("no") => false,
+            _ => panic!("kubectl {all:?}: {}", support::printed(&out)),
+        }
+    }
+
+    /// Service account `name` in `default`, allowed only to create `resource`s there (through a
+    /// Role and a RoleBinding kubectl creates).
+    async fn service_account_creating(&self, name: &str, resource: &str) {
+        self.ok(&["create", "serviceaccount", name]).await;
+        let role = format!("{resource}-creator");
+        self.ok(&[
+            "create",
+            "role",
+            &role,
+            "--verb=create",
+            &format!("--resource={resource}"),
+        ])
+        .await;
+        self.ok(&[
+            "create",
+            "rolebinding",
+            &format!("{name}-{role}"),
+            &format!("--role={role}"),
+            &format!("--serviceaccount=default:{name}"),
+        ])
+        .await;
+    }
+}
+
+// kubectl sends no credentials over plain HTTP (client-go keeps tokens for TLS), so kubectl acts
+// as a service account here by impersonating it (`--as`) as the administrator; clients that do
+// send tokens over HTTP (kube-rs, Python) authenticate with the tokens `kubectl create token`
+// issues.
+const BOT: &str = "--as=system:serviceaccount:default:bot";
+
+/// The rows of `kubectl auth can-i --list`: resource (empty for non-resource URLs) and verbs.
+fn rules_table(printed: &str) -> Vec<(String, Vec<String>)> {
+    printed
+        .lines()
+        .skip(1)
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let resource = match line.split_whitespace().next() {
+                Some(first) if !first.starts_with('[') => first.to_string(),
+                _ => String::new(),
+            };
+            let verbs = line
+                .rfind('[')
+                .map(|start| line[start + 1..].trim_end().trim_end_matches(']'))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            (resource, verbs)
+        })
+        .collect()
+}
+
+const AGENT: &str = "--as=system:serviceaccount:relaunch-system:relaunch-agent";
+const COORDINATOR: &str = "--as=system:serviceaccount:relaunch-system:relaunch-coordinator";
+
+#[tokio::test]
+async fn kubectl_auth_can_i_shows_the_agent_may_only_read() {
+    let k = Kubectl::with_relaunch().await;
+    let listed = k.ok(&["auth", "can-i", "--list", AGENT]).await;
+    let rows = rules_table(&listed);
+    let verbs_of = |resource: &str| -> Vec<String> {
+        rows.iter()
+            .find(|(r, _)| r == resource)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{resource} missing from:\n{listed}"))
+    };
+    assert_eq!(verbs_of("pods"), ["list", "watch"], "{listed}");
+    assert_eq!(
+        verbs_of("containerrecreaterequests.relaunch.dev"),
+        ["list", "watch"],
+        "{listed}"
+    );
+    // Besides reading, only what every authenticated user may: ask what it may do.
+    let self_reviews = [
+        "selfsubjectaccessreviews.authorization.k8s.io",
+        "selfsubjectrulesreviews.authorization.k8s.io",
+        "selfsubjectreviews.authentication.k8s.io",
+    ];
+    for (resource, verbs) in rows.iter().filter(|(r, _)| !r.is_empty()) {
+        let read_only = verbs
+            .iter()
+            .all(|v| ["get", "list", "watch"].contains(&v.as_str()));
+        assert!(
+            read_only || (self_reviews.contains(&resource.as_str()) && verbs == &["create"]),
+            "the agent may {verbs:?} {resource}:\n{listed}"
+        );
+    }
+
+    assert!(k.can_i(&["list", "pods", "--all-namespaces", AGENT]).await);
+    assert!(!k.can_i(&["delete", "pods", AGENT]).await);
+    assert!(
+        !k.can_i(&["create", "containerrecreaterequests.relaunch.dev", AGENT])
+            .await
+    );
+    assert!(
+        !k.can_i(&["patch", "pods", "--subresource=status", AGENT])
+            .await
+    );
+    assert!(
+        k.can_i(&["patch", "pods", "--subresource=status", COORDINATOR])
+            .await
+    );
+    assert!(
+        !k.can_i(&["patch", "pods", COORDINATOR]).await,
+        "the coordinator never changes a pod's spec"
+    );
+    assert!(
+        k.can_i(&["create", "tokenreviews.authentication.k8s.io", COORDINATOR])
+            .await
+    );
+    assert!(!k.can_i(&["delete", "nodes", "--as=jane"]).await);
+    assert!(
+        k.can_i(&["delete", "nodes", "--as=jane", "--as-group=system:masters"])
+            .await
+    );
+    assert!(k.can_i(&["delete", "nodes"]).await, "the administrator");
+}
+
+#[tokio::test]
+async fn a_service_account_allowed_only_to_create_is_refused_the_rest_with_upstreams_message() {
+    let k = Kubectl::start().await;
+    k.service_account_creating("bot", "configmaps").await;
+
+    let whoami = k.succeeds(&["auth", "whoami", BOT]).await;
+    assert!(
+        whoami.contains("system:serviceaccount:default:bot")
+            && whoami.contains("system:serviceaccounts:default"),
+        "{whoami}"
+    );
+    k.succeeds(&["create", "configmap", "settings", "--from-literal=a=1", BOT])
+        .await;
+    let refused = k.fails(&["get", "configmaps", BOT]).await;
+    assert!(
+        refused.contains(r#"Error from server (Forbidden): configmaps is forbidden: User "system:serviceaccount:default:bot" cannot list resource "configmaps" in API group "" in the namespace "default""#),
+        "{refused}"
+    );
+    let refused = k.fails(&["get", "configmap", "settings", BOT]).await;
+    assert!(
+        refused.contains(r#"Error from server (Forbidden): configmaps "settings" is forbidden: User "system:serviceaccount:default:bot" cannot get resource "configmaps" in API group "" in the namespace "default""#),
+        "{refused}"
+    );
+    let refused = k.fails(&["delete", "pod", "web", BOT]).await;
+    assert!(
+        refused.contains(r#"pods "web" is forbidden: User "system:serviceaccount:default:bot" cannot delete resource "pods" in API group "" in the namespace "default""#),
+        "{refused}"
+    );
+
+    // The token `kubectl create token` issues authenticates as the account.
+    let token = k.ok(&["create", "token", "bot"]).await;
+    let bot = relaunch_testbed::client_for(&k.api.server.url(), Some(token.trim())).unwrap();
+    let forbidden = |err: kube::Error| match err {
+        kube::Error::Api(s) if s.code == 403 => s.message,
+        other => panic!("expected 403, got {other:?}"),
+    };
+    let configmaps: kube::Api<ConfigMap> = kube::Api::default_namespaced(bot);
+    assert_eq!(
+        forbidden(configmaps.get("settings").await.unwrap_err()),
+        r#"configmaps "settings" is forbidden: User "system:serviceaccount:default:bot" cannot get resource "configmaps" in API group "" in the namespace "default""#
+    );
+
+    // Acting as someone else needs the impersonate verb.
+    let mut config = kube::Config::new(k.api.server.url().parse().unwrap());
+    config.default_namespace = "default".into();
+    config.auth_info.token = Some(token.trim().to_string().into());
+    config.auth_info.impersonate = Some("jane".into());
+    let as_jane: kube::Api<ConfigMap> =
+        kube::Api::default_namespaced(kube::Client::try_from(config.clone()).unwrap());
+    assert_eq!(
+        forbidden(as_jane.list(&Default::default()).await.unwrap_err()),
+        r#"users "jane" is forbidden: User "system:serviceaccount:default:bot" cannot impersonate resource "users" in API group "" at the cluster scope"#
+    );
+    k.ok(&[
+        "create",
+        "clusterrole",
+        "impersonate-jane",
+        "--verb=impersonate",
+        "--resource=users",
+        "--resource-name=jane",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "clusterrolebinding",
+        "bot-impersonates-jane",
+        "--clusterrole=impersonate-jane",
+        "--serviceaccount=default:bot",
+    ])
+    .await;
+    assert_eq!(
+        forbidden(as_jane.list(&Default::default()).await.unwrap_err()),
+        r#"configmaps is forbidden: User "jane" cannot list resource "configmaps" in API group "" in the namespace "default""#,
+        "impersonating, the request is jane's"
+    );
+    config.auth_info.impersonate_groups = Some(vec!["system:masters".into()]);
+    let as_admin: kube::Api<ConfigMap> =
+        kube::Api::default_namespaced(kube::Client::try_from(config).unwrap());
+    assert_eq!(
+        forbidden(as_admin.list(&Default::default()).await.unwrap_err()),
+        r#"groups "system:masters" is forbidden: User "system:serviceaccount:default:bot" cannot impersonate resource "groups" in API group "" at the cluster scope"#
+    );
+}
+
+const GIZMO_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gizmos.example.dev
+spec:
+  group: example.dev
+  scope: Namespaced
+  names: {plural: gizmos, singular: gizmo, kind: Gizmo}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [replicas]
+            x-kubernetes-validations:
+            - rule: "!has(self.minReplicas) || self.minReplicas <= self.replicas"
+              message: minReplicas must not exceed replicas
+              fieldPath: .minReplicas
+            properties:
+              replicas: {type: integer, minimum: 1, maximum: 5}
+              minReplicas: {type: integer}
+              mode:
+                type: string
+                enum: [Slow, Fast]
+                default: Slow
+                x-kubernetes-validations:
+                - rule: self == oldSelf
+                  message: mode is immutable
+          status:
+            type: object
+            properties:
+              ready: {type: integer, minimum: 0}
+"#;
+
+#[tokio::test]
+async fn kubectl_create_refuses_custom_resources_the_crd_schema_and_rules_refuse() {
+    let k = Kubectl::start().await;
+    let crd = k.file("crd.yaml", GIZMO_CRD);
+    k.ok(&["create", "-f", &crd]).await;
+    let gizmo = |name: &str, spec: &str| {
+        k.file(
+            &format!("{name}.yaml"),
+            &format!("apiVersion: example.dev/v1\nkind: Gizmo\nmetadata: {{name: {name}}}\nspec: {spec}\n"),
+        )
+    };
+
+    let bad = gizmo("too-many", "{replicas: 9}");
+    let refused = k.fails(&["create", "-f", &bad]).await;
+    assert!(
+        refused.contains(r#"The Gizmo "too-many" is invalid: spec.replicas: Invalid value: 9: spec.replicas in body should be less than or equal to 5"#),
+        "{refused}"
+    );
+    let bad = gizmo("inverted", "{replicas: 2, minReplicas: 3}");
+    let refused = k.fails(&["create", "-f", &bad]).await;
+    assert!(
+        refused.contains(r#"The Gizmo "inverted" is invalid: spec.minReplicas: Invalid value: minReplicas must not exceed replicas"#),
+        "{refused}"
+    );
+    let bad = gizmo("unknown", "{replicas: 2, bogus: true}");
+    let refused = k.fails(&["create", "-f", &bad]).await;
+    assert!(
+        refused.contains(r#"strict decoding error: unknown field "spec.bogus""#),
+        "kubectl asks for strict field validation: {refused}"
+    );
+    let out = k.run(&["get", "gizmos", "-o", "name"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "nothing was created"
+    );
+
+    let good = gizmo("g1", "{replicas: 2, minReplicas: 1}");
+    k.ok(&["create", "-f", &good]).await;
+    assert_eq!(
+        k.ok(&["get", "gizmo", "g1", "-o", "jsonpath={.spec.mode}"])
+            .await,
+        "Slow",
+        "defaulted"
+    );
+    // A transition rule compares with the stored object.
+    let refused = k
+        .fails(&[
+            "patch",
+            "gizmo",
+            "g1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"mode":"Fast"}}"#,
+        ])
+        .await;
+    assert!(
+        refused.contains(
+            r#"The Gizmo "g1" is invalid: spec.mode: Invalid value: "Fast": mode is immutable"#
+        ),
+        "{refused}"
+    );
+    k.ok(&[
+        "patch",
+        "gizmo",
+        "g1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":3}}"#,
+    ])
+    .await;
+    // The status subresource validates the status.
+    let refused = k
+        .fails(&[
+            "patch",
+            "gizmo",
+            "g1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"ready":-1}}"#,
+        ])
+        .await;
+    assert!(
+        refused.contains("status.ready: Invalid value: -1: status.ready in body should be greater than or equal to 0"),
+        "{refused}"
+    );
+
+    // A CRD whose rule does not compile is refused.
+    let broken = k.file(
+        "broken.yaml",
+        &GIZMO_CRD
+            .replace("gizmos.example.dev", "widgets.example.dev")
+            .replace(
+                "{plural: gizmos, singular: gizmo, kind: Gizmo}",
+                "{plural: widgets, singular: widget, kind: Widget}",
+            )
+            .replace(
+                "self.minReplicas <= self.replicas",
+                "self.minReplica <= self.replicas",
+            ),
+    );
+    let refused = k.fails(&["create", "-f", &broken]).await;
+    assert!(
+        refused.contains(r#"The CustomResourceDefinition "widgets.example.dev" is invalid"#)
+            && refused.contains("undefined field 'minReplica'"),
+        "{refused}"
+    );
+}
+
+const EXEC_POLICY: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: exec-needs-pods-exec}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [configmaps]}
+  validations:
+  - expression: >-
+      !has(object.data) || !('exec' in object.data) ||
+      authorizer.group('').resource('pods').subresource('exec')
+        .namespace(object.metadata.namespace).check('create').allowed()
+    messageExpression: "'user ' + request.userInfo.username + ' may not create pods/exec in ' + object.metadata.namespace"
+    reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: exec-needs-pods-exec}
+spec:
+  policyName: exec-needs-pods-exec
+  validationActions: [Deny]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: team-label}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [configmaps]}
+  validations:
+  - expression: "has(object.metadata.labels) && 'team' in object.metadata.labels"
+    message: config maps should say their team
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: team-label}
+spec:
+  policyName: team-label
+  validationActions: [Warn]
+"#;
+
+#[tokio::test]
+async fn an_admission_policy_asks_rbac_whether_the_user_may_exec_and_warns() {
+    let k = Kubectl::start().await;
+    k.service_account_creating("bot", "configmaps").await;
+    let policies = k.file("policies.yaml", EXEC_POLICY);
+    k.ok(&["create", "-f", &policies]).await;
+
+    let refused = k
+        .fails(&["create", "configmap", "c1", "--from-literal=exec=id", BOT])
+        .await;
+    assert!(
+        refused.contains(r#"configmaps "c1" is forbidden: ValidatingAdmissionPolicy 'exec-needs-pods-exec' with binding 'exec-needs-pods-exec' denied request: user system:serviceaccount:default:bot may not create pods/exec in default"#),
+        "{refused}"
+    );
+    let refused = k
+        .fails(&[
+            "create",
+            "configmap",
+            "c1",
+            "--from-literal=exec=id",
+            "--dry-run=server",
+            BOT,
+        ])
+        .await;
+    assert!(
+        refused.contains("denied request"),
+        "a dry run is admitted the same: {refused}"
+    );
+    let warned = k
+        .succeeds(&["create", "configmap", "plain", "--from-literal=a=1", BOT])
+        .await;
+    assert!(
+        warned.contains("Warning: Validation failed for ValidatingAdmissionPolicy 'team-label' with binding 'team-label': config maps should say their team"),
+        "{warned}"
+    );
+
+    k.ok(&[
+        "create",
+        "role",
+        "exec",
+        "--verb=create",
+        "--resource=pods/exec",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "bot-execs",
+        "--role=exec",
+        "--serviceaccount=default:bot",
+    ])
+    .await;
+    k.succeeds(&["create", "configmap", "c1", "--from-literal=exec=id", BOT])
+        .await;
+    assert_eq!(
+        k.ok(&["get", "configmap", "c1", "-o", "jsonpath={.data.exec}"])
+            .await,
+        "id"
+    );
+}
+
+const MONITORING_ROLES: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: monitoring}
+aggregationRule:
+  clusterRoleSelectors:
+  - matchLabels: {example.dev/aggregate-to-monitoring: "true"}
+rules: []
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: pod-reader
+  labels: {example.dev/aggregate-to-monitoring: "true"}
+rules:
+- {apiGroups: [""], resources: [pods, pods/log], verbs: [get, list, watch]}
+- {apiGroups: [""], resources: [configmaps], resourceNames: [settings], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: metrics-reader
+  labels: {example.dev/aggregate-to-monitoring: "true"}
+rules:
+- {nonResourceURLs: [/metrics, /metrics/*], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: lease-reader}
+rules:
+- {apiGroups: [coordination.k8s.io], resources: ["*"], verbs: [get]}
+"#;
+
+#[tokio::test]
+async fn aggregated_cluster_roles_bound_to_a_namespaces_service_accounts_answer_can_i() {
+    let k = Kubectl::start().await;
+    k.ok(&["create", "namespace", "team"]).await;
+    k.ok(&["create", "serviceaccount", "bot", "-n", "team"])
+        .await;
+    let roles = k.file("roles.yaml", MONITORING_ROLES);
+    k.ok(&["create", "-f", &roles]).await;
+    k.ok(&[
+        "create",
+        "clusterrolebinding",
+        "team-monitoring",
+        "--clusterrole=monitoring",
+        "--group=system:serviceaccounts:team",
+    ])
+    .await;
+    let bot = "--as=system:serviceaccount:team:bot";
+
+    // The aggregation controller's work: the aggregated role holds its members' rules.
+    let rules = k
+        .ok(&[
+            "get",
+            "clusterrole",
+            "monitoring",
+            "-o",
+            "jsonpath={.rules}",
+        ])
+        .await;
+    assert!(
+        rules.contains("pods/log") && rules.contains("/metrics/*"),
+        "{rules}"
+    );
+    assert!(k.can_i(&["get", "pods", "-n", "team", bot]).await);
+    assert!(k.can_i(&["watch", "pods", "-n", "elsewhere", bot]).await);
+    assert!(
+        k.can_i(&["get", "pods", "--subresource=log", "-n", "team", bot])
+            .await
+    );
+    assert!(!k.can_i(&["delete", "pods", "-n", "team", bot]).await);
+    assert!(
+        k.can_i(&["get", "configmap/settings", "-n", "team", bot])
+            .await
+    );
+    assert!(
+        !k.can_i(&["get", "configmap/secrets", "-n", "team", bot])
+            .await
+    );
+    assert!(
+        !k.can_i(&["list", "configmaps", "-n", "team", bot]).await,
+        "resourceNames allow only named requests"
+    );
+    assert!(k.can_i(&["get", "/metrics/cpu", bot]).await);
+    assert!(!k.can_i(&["get", "/debug/pprof", bot]).await);
+    assert!(
+        !k.can_i(&["get", "pods", "--as=system:serviceaccount:default:default"])
+            .await,
+        "a service account of another namespace is not in the group"
+    );
+
+    // A role labelled later joins the aggregate with the next request.
+    assert!(
+        !k.can_i(&["get", "leases.coordination.k8s.io", "-n", "team", bot])
+            .await
+    );
+    k.ok(&[
+        "label",
+        "clusterrole",
+        "lease-reader",
+        "example.dev/aggregate-to-monitoring=true",
+    ])
+    .await;
+    assert!(
+        k.can_i(&["get", "leases.coordination.k8s.io", "-n", "team", bot])
+            .await
+    );
+
+    // `--list` is the SelfSubjectRulesReview of the namespace.
+    let listed = k.ok(&["auth", "can-i", "--list", "-n", "team", bot]).await;
+    let rows = rules_table(&listed);
+    assert!(
+        rows.iter()
+            .any(|(r, v)| r == "pods" && v == &["get", "list", "watch"]),
+        "{listed}"
+    );
+    assert!(
+        rows.iter().any(|(r, v)| r.is_empty() && v == &["get"]),
+        "the non-resource URLs: {listed}"
+    );
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use relaunch_api::{
     ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, RollingRestart, RolloutPhase,
@@ -250,6 +251,30 @@ async fn a_read_only_user_is_told_what_they_may_not_do() {
         serde_json::from_value(json!({"metadata": {"name": "viewer"}})).unwrap();
     accounts
         .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    // What a read-only user of relaunch is granted: reading pods and relaunch's objects.
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "relaunch-viewer"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["relaunch.dev"], "resources": ["containerrecreaterequests", "rollingrestarts"],
+             "verbs": ["get", "list", "watch"]},
+        ],
+    }))
+    .unwrap();
+    Api::<Role>::default_namespaced(api.client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "relaunch-viewer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "relaunch-viewer"},
+        "subjects": [{"kind": "ServiceAccount", "name": "viewer"}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::default_namespaced(api.client.clone())
+        .create(&PostParams::default(), &binding)
         .await
         .unwrap();
     let token = support::token(&api.client, "default", "viewer", API_AUDIENCE, None).await;

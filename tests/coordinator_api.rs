@@ -23,7 +23,7 @@ use relaunch_api::{
 };
 use relaunch_coordinator::{self as coordinator, Context, ReportListener, Settings};
 use relaunch_telemetry::admin::Health;
-use relaunch_testbed::API_AUDIENCE;
+use relaunch_testbed::{API_AUDIENCE, Component};
 use serde_json::{Value, json};
 use support::{TestApi, eventually, token};
 use tokio_util::sync::CancellationToken;
@@ -63,21 +63,16 @@ impl CoordinatorBed {
             .create(&PostParams::default(), &ContainerRecreateRequest::crd())
             .await
             .unwrap();
-        create(
-            &client,
-            "namespaces",
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": AGENT_NS}}),
-        )
-        .await;
-        for (ns, sa) in [(AGENT_NS, AGENT_SA), ("default", "intruder")] {
-            Api::<ServiceAccount>::namespaced(client.clone(), ns)
-                .create(
-                    &PostParams::default(),
-                    &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
-                )
-                .await
-                .unwrap();
-        }
+        // relaunch's namespace and service accounts, and the coordinator's identity: exactly the
+        // RBAC manifests/base ships.
+        let coordinator_client = api.relaunch_client(Component::Coordinator).await;
+        Api::<ServiceAccount>::namespaced(client.clone(), "default")
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "intruder"}})).unwrap(),
+            )
+            .await
+            .unwrap();
         for node in ["node-1", "node-2"] {
             create(
                 &client,
@@ -95,7 +90,7 @@ impl CoordinatorBed {
             agent_timeout,
             ..Settings::default()
         };
-        let ctx = Context::new(client.clone(), settings, &registry).unwrap();
+        let ctx = Context::new(coordinator_client, settings, &registry).unwrap();
         let listener = ReportListener::bind("127.0.0.1:0".parse().unwrap(), None)
             .await
             .unwrap();

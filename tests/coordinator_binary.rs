@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use relaunch_testbed::Component;
 use support::{TestApi, binaries, eventually};
 
 fn free_port() -> u16 {
@@ -42,7 +43,7 @@ async fn serves_https_reports_and_admin_endpoints_and_exits_zero_on_sigterm() {
         return;
     }
     let api = TestApi::with_relaunch_crds().await;
-    let kubeconfig = api.kubeconfig();
+    let kubeconfig = api.relaunch_kubeconfig(Component::Coordinator).await;
     let (cert, key) = (api.dir().join("tls.crt"), api.dir().join("tls.key"));
     let made = Command::new("openssl")
         .args([

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use relaunch_api::COORDINATOR_AUDIENCE;
-use relaunch_testbed::free_port;
+use relaunch_testbed::{Component, free_port};
 use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -471,6 +471,41 @@ fn agent_rights_are_read_only_and_its_token_is_only_for_the_coordinator() {
     )));
 }
 
+/// The test bed runs the agent and the coordinator with the identities `manifests/base` makes:
+/// the objects it installs are those kustomize renders, of the kinds that grant rights.
+#[test]
+fn test_bed_identities_are_the_rendered_rbac() {
+    let key = |o: &serde_json::Value| {
+        format!(
+            "{} {}/{}",
+            o["kind"].as_str().unwrap_or_default(),
+            o["metadata"]["namespace"].as_str().unwrap_or_default(),
+            o["metadata"]["name"].as_str().unwrap_or_default()
+        )
+    };
+    let kinds = [
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "ClusterRole",
+        "RoleBinding",
+        "ClusterRoleBinding",
+    ];
+    let mut rendered: Vec<serde_json::Value> = objects(&kustomize("manifests/base"))
+        .into_iter()
+        .filter(|o| kinds.iter().any(|k| o["kind"] == *k))
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect();
+    let mut installed = relaunch_testbed::identity_objects().unwrap();
+    rendered.sort_by_key(key);
+    installed.sort_by_key(key);
+    assert_eq!(
+        installed.iter().map(key).collect::<Vec<_>>(),
+        rendered.iter().map(key).collect::<Vec<_>>()
+    );
+    assert_eq!(installed, rendered);
+}
+
 /// The openssl recipe in manifests/README.md makes a certificate the coordinator serves and the
 /// agent's TLS client (rustls with the CA as the only root, as `--coordinator-ca` sets it up)
 /// accepts for the Service's name, and only for it.
@@ -772,7 +807,8 @@ async fn alerts_and_dashboard_query_only_metrics_the_binaries_export() {
     assert!(exprs.len() >= 20, "rules and panels found: {exprs:?}");
 
     let api = TestApi::with_relaunch_crds().await;
-    let kubeconfig = api.kubeconfig();
+    let coordinator_kubeconfig = api.relaunch_kubeconfig(Component::Coordinator).await;
+    let agent_kubeconfig = api.relaunch_kubeconfig(Component::Agent).await;
     let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let (listen, coordinator_admin, agent_admin) = (
         local(free_port(Ipv4Addr::LOCALHOST).unwrap()),
@@ -793,7 +829,7 @@ async fn alerts_and_dashboard_query_only_metrics_the_binaries_export() {
         Command::new(binaries().coordinator)
             .arg("run")
             .arg("--kubeconfig")
-            .arg(&kubeconfig)
+            .arg(&coordinator_kubeconfig)
             .arg(format!("--listen={listen}"))
             .arg(format!("--admin-listen={coordinator_admin}")),
     );
@@ -802,7 +838,7 @@ async fn alerts_and_dashboard_query_only_metrics_the_binaries_export() {
         Command::new(binaries().agent)
             .args(["--node-name", "node-a"])
             .arg("--kubeconfig")
-            .arg(&kubeconfig)
+            .arg(&agent_kubeconfig)
             .arg("--cri-socket")
             .arg(api.dir().join("no-runtime.sock"))
             .arg(format!("--coordinator-url=http://{listen}"))

@@ -20,17 +20,15 @@ pub enum Operation {
     Create,
     Update,
     Delete,
-    Connect,
 }
 
 impl Operation {
-    /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT`.
+    /// `CREATE`, `UPDATE`, `DELETE` (the test API server serves no CONNECT requests).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Create => "CREATE",
             Self::Update => "UPDATE",
             Self::Delete => "DELETE",
-            Self::Connect => "CONNECT",
         }
     }
 }

@@ -203,11 +203,6 @@ impl Expression {
         })
     }
 
-    /// The source text.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
     /// Whether the expression refers to variable `name` (e.g. `oldSelf` for transition rules).
     pub fn uses(&self, name: &str) -> bool {
         self.variables.contains(name)

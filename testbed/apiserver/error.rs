@@ -135,18 +135,26 @@ impl ApiError {
         Self::new(401, "Unauthorized", "Unauthorized".into())
     }
 
-    pub fn forbidden(user: &str, verb: &str, rt: &ResourceType, ns: Option<&str>) -> Self {
-        let scope = match ns {
-            Some(ns) => format!(" in the namespace {ns:?}"),
-            None => " at the cluster scope".into(),
-        };
+    /// A 403 `Forbidden` for a request on `resource` of `group` (object `name`, if any), with
+    /// the whole message (`pods "p" is forbidden: User "u" cannot ...`).
+    pub fn forbidden(message: String, group: &str, resource: &str, name: &str) -> Self {
+        let mut details = serde_json::Map::new();
+        for (key, value) in [("name", name), ("group", group), ("kind", resource)] {
+            if !value.is_empty() {
+                details.insert(key.into(), json!(value));
+            }
+        }
+        let mut error = Self::new(403, "Forbidden", message);
+        error.details = Some(Value::Object(details));
+        error
+    }
+
+    /// A 500 `InternalError` (upstream's wording: `Internal error occurred: ...`).
+    pub fn internal(message: &str) -> Self {
         Self::new(
-            403,
-            "Forbidden",
-            format!(
-                "{} is forbidden: User {user:?} cannot {verb} resource {:?} in API group {:?}{scope}",
-                rt.plural, rt.plural, rt.group
-            ),
+            500,
+            "InternalError",
+            format!("Internal error occurred: {message}"),
         )
     }
 

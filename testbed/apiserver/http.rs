@@ -1,7 +1,7 @@
 //! HTTP front of the test API server: routing, discovery, list/watch streaming, authentication,
 //! injected faults, and the test bed's own control endpoint.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +14,17 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::access;
+use super::admission::RequestAdmission;
 use super::error::ApiError;
 use super::patch::PatchKind;
+use super::protobuf;
+use super::rbac::{Attributes, ResourceAttributes, UserInfo};
 use super::resources::ResourceType;
+use super::schema::FieldValidation;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::store::{Change, DeleteOptions, Selection, rv_of, with_version};
 use super::table;
-use super::tokens::Identity;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -102,17 +106,23 @@ async fn control(shared: &Shared, req: Request<Incoming>) -> Result<Response<Bod
 }
 
 impl Shared {
-    fn count(&self, identity: &Identity, verb: &str, target: &Target) {
-        let resource = match &target.subresource {
-            Some(sub) => format!("{}/{sub}", target.rt.plural),
-            None => target.rt.plural.clone(),
+    /// Counts a request in `counts` (answered or refused).
+    fn count(
+        counts: &std::sync::Mutex<BTreeMap<super::RequestKind, u64>>,
+        user: &UserInfo,
+        requested: &ResourceAttributes,
+    ) {
+        let resource = if requested.subresource.is_empty() {
+            requested.resource.clone()
+        } else {
+            format!("{}/{}", requested.resource, requested.subresource)
         };
         let kind = super::RequestKind {
-            user: identity.username(),
-            verb: verb.to_string(),
+            user: user.username.clone(),
+            verb: requested.verb.clone(),
             resource,
         };
-        if let Ok(mut counts) = self.requests.lock() {
+        if let Ok(mut counts) = counts.lock() {
             *counts.entry(kind).or_default() += 1;
         }
     }
@@ -126,14 +136,37 @@ struct Target {
     subresource: Option<String>,
 }
 
+/// Serves one request in upstream's order: authentication, impersonation, authorization, then
+/// the handler (with decoding, validation and admission for writes). Warnings from admission go
+/// back as `Warning` headers, with the answer or the refusal.
 async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let path = req.uri().path().trim_end_matches('/').to_string();
+    let raw_path = req.uri().path().to_string();
+    let path = raw_path.trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let query = parse_query(req.uri().query().unwrap_or(""));
-    if req.method() == Method::GET
-        && let Some(doc) = discovery(shared, &segments)
-    {
-        return Ok(json_response(StatusCode::OK, &doc));
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|v| v.trim().to_string());
+    let requester = shared
+        .tokens
+        .authenticate(&shared.store, bearer.as_deref())?;
+    let rbac = shared.access.rbac(&shared.store);
+    let user = access::impersonate(rbac.as_ref(), requester, req.headers())?;
+    let attributes = access::request_attributes(req.method(), &raw_path, &query);
+    let Attributes::Resource(requested) = &attributes else {
+        access::authorize(rbac.as_ref(), &user, &attributes)?;
+        return match discovery(shared, &segments) {
+            Some(doc) if req.method() == Method::GET => Ok(json_response(StatusCode::OK, &doc)),
+            _ => Err(ApiError::not_found_path(&path)),
+        };
+    };
+    Shared::count(&shared.requests, &user, requested);
+    if let Err(refusal) = access::authorize(rbac.as_ref(), &user, &attributes) {
+        Shared::count(&shared.refused, &user, requested);
+        return Err(refusal);
     }
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
@@ -142,25 +175,6 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     };
     let target =
         resolve(shared, group, version, rest).ok_or_else(|| ApiError::not_found_path(&path))?;
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|v| v.trim().to_string());
-    let identity = shared
-        .tokens
-        .authenticate(&shared.store, bearer.as_deref())?;
-    let verb = verb(req.method(), &target, &query);
-    shared.count(&identity, verb, &target);
-    if !matches!(verb, "get" | "list" | "watch") && !identity.may_write() {
-        return Err(ApiError::forbidden(
-            &identity.username(),
-            verb,
-            &target.rt,
-            target.namespace.as_deref(),
-        ));
-    }
     let table = wants_table(&req);
     let content_type = req
         .headers()
@@ -169,15 +183,58 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         .unwrap_or("application/json")
         .to_string();
     let method = req.method().clone();
-    let body = if matches!(
+    let write = matches!(
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    ) {
+    );
+    let mut body = if write {
         read_body(req).await?
     } else {
         Bytes::new()
     };
-    dispatch(
+    let mut content_type = content_type;
+    if content_type.split(';').next().map(str::trim) == Some(protobuf::CONTENT_TYPE) {
+        let object = protobuf::to_json(&body).map_err(|e| {
+            ApiError::unsupported_media_type(&format!(
+                "the test API server cannot read this protobuf body ({e}); send JSON"
+            ))
+        })?;
+        body = Bytes::from(object.to_string());
+        content_type = "application/json".into();
+    }
+    let mut admission = RequestAdmission {
+        rt: &target.rt,
+        subresource: target.subresource.as_deref().unwrap_or_default(),
+        namespace: target.namespace.as_deref().unwrap_or_default(),
+        name: target.name.as_deref().unwrap_or_default(),
+        user: &user,
+        authorizer: rbac.clone(),
+        schema: None,
+        field_validation: FieldValidation::Ignore,
+        policies: Arc::default(),
+        namespace_object: None,
+        dry_run: is_dry_run(&query),
+        warnings: Vec::new(),
+    };
+    if write {
+        admission.field_validation =
+            FieldValidation::parse(query.get("fieldValidation").map(String::as_str))
+                .map_err(|e| ApiError::bad_request(&e))?;
+        admission.schema = shared.admissions.schema(&shared.store, &target.rt);
+        admission.policies = shared.admissions.policies(&shared.store);
+        let namespace = match (&target.namespace, target.rt.key().as_str()) {
+            (Some(ns), _) => Some(ns.as_str()),
+            (None, "/namespaces") => target.name.as_deref(),
+            _ => None,
+        };
+        if !admission.policies.is_empty()
+            && let (Some(ns), Some(namespaces)) =
+                (namespace, shared.store.resource("", "v1", "namespaces"))
+        {
+            admission.namespace_object = shared.store.get(&namespaces, None, ns).ok();
+        }
+    }
+    let answer = dispatch(
         shared,
         &method,
         &target,
@@ -185,9 +242,24 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         &body,
         &content_type,
         table,
-        &identity,
+        &mut admission,
     )
-    .await
+    .await;
+    let mut response = answer.unwrap_or_else(|e| error_response(&e));
+    add_warnings(&mut response, &admission.warnings);
+    Ok(response)
+}
+
+/// `Warning: 299 - "text"` headers, once per distinct text, as upstream sends them.
+fn add_warnings(response: &mut Response<Body>, warnings: &[String]) {
+    let mut sent = std::collections::HashSet::new();
+    for warning in warnings.iter().filter(|w| sent.insert(w.as_str())) {
+        let escaped = warning.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(value) = http::HeaderValue::from_bytes(format!("299 - \"{escaped}\"").as_bytes())
+        {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -199,12 +271,13 @@ async fn dispatch(
     body: &Bytes,
     content_type: &str,
     table: bool,
-    _identity: &Identity,
+    admission: &mut RequestAdmission<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let store = &shared.store;
     let rt = &target.rt;
     let ns = target.namespace.as_deref();
     let status_sub = target.subresource.as_deref() == Some("status");
+    let dry_run = admission.dry_run;
     if let Some(sub) = target.subresource.as_deref()
         && !matches!(sub, "status" | "binding" | "token" | "scale")
     {
@@ -230,24 +303,26 @@ async fn dispatch(
             }
             Ok(json_response(StatusCode::OK, &object))
         }
+        (&Method::POST, None) if rt.review => {
+            let object = parse_json(body)?;
+            admission.admit_create(&object)?;
+            let answer = if rt.plural == "tokenreviews" {
+                shared.tokens.review(store, &object)
+            } else {
+                access::review(rt, ns, &object, admission.user, &admission.authorizer)?
+            };
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
         (&Method::POST, None) => {
             let object = parse_json(body)?;
-            if rt.plural == "tokenreviews" {
-                return Ok(json_response(
-                    StatusCode::CREATED,
-                    &shared.tokens.review(store, &object),
-                ));
-            }
-            if is_dry_run(query) {
-                return Ok(json_response(StatusCode::CREATED, &object));
-            }
-            let created = store.create(rt, ns, object)?;
+            let created = store.create_with(rt, ns, object, admission, dry_run)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (&Method::POST, Some(name))
             if target.subresource.as_deref() == Some("binding") && rt.plural == "pods" =>
         {
             let binding = parse_json(body)?;
+            admission.admit_create(&binding)?;
             store.bind(rt, ns.unwrap_or("default"), name, &binding)?;
             Ok(json_response(
                 StatusCode::CREATED,
@@ -258,6 +333,7 @@ async fn dispatch(
             if target.subresource.as_deref() == Some("token") && rt.plural == "serviceaccounts" =>
         {
             let request = parse_json(body)?;
+            admission.admit_create(&request)?;
             let answer = shared
                 .tokens
                 .request(store, ns.unwrap_or("default"), name, &request)?;
@@ -265,28 +341,21 @@ async fn dispatch(
         }
         (&Method::PUT, Some(name)) => {
             let object = parse_json(body)?;
-            if is_dry_run(query) {
-                return Ok(json_response(StatusCode::OK, &object));
-            }
-            let updated = store.update(rt, ns, name, object, status_sub)?;
+            let updated =
+                store.update_with(rt, ns, name, object, status_sub, admission, dry_run)?;
             Ok(json_response(StatusCode::OK, &updated))
         }
         (&Method::PATCH, Some(name)) => {
             let kind = PatchKind::from_content_type(content_type).ok_or_else(|| {
                 ApiError::unsupported_media_type(&format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {content_type})"))
             })?;
-            if is_dry_run(query) {
-                let current = store.get(rt, ns, name)?;
-                let patched = super::patch::apply(&current, body, kind)
-                    .map_err(|e| ApiError::bad_request(&e))?;
-                return Ok(json_response(StatusCode::OK, &patched));
-            }
-            let patched = store.patch(rt, ns, name, kind, body, status_sub)?;
+            let patched =
+                store.patch_with(rt, ns, name, kind, body, status_sub, admission, dry_run)?;
             Ok(json_response(StatusCode::OK, &patched))
         }
         (&Method::DELETE, Some(name)) => {
             let options = delete_options(body, query)?;
-            let deleted = store.delete(rt, ns, name, &options)?;
+            let deleted = store.delete_with(rt, ns, name, &options, admission, dry_run)?;
             Ok(json_response(StatusCode::OK, &deleted))
         }
         (&Method::DELETE, None) => Err(ApiError::method_not_allowed(
@@ -575,19 +644,6 @@ fn resolve(shared: &Shared, group: &str, version: &str, rest: &[&str]) -> Option
     }
 }
 
-fn verb(method: &Method, target: &Target, query: &HashMap<String, String>) -> &'static str {
-    match *method {
-        Method::GET if target.name.is_some() => "get",
-        Method::GET if query.get("watch").is_some_and(|w| w == "true" || w == "1") => "watch",
-        Method::GET => "list",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE => "delete",
-        _ => "unknown",
-    }
-}
-
 /// Discovery documents (`/version`, `/api`, `/apis`, group and group-version resource lists).
 fn discovery(shared: &Shared, segments: &[&str]) -> Option<Value> {
     let resources = shared.store.resources();
@@ -815,7 +871,7 @@ fn parse_query(query: &str) -> HashMap<String, String> {
         .collect()
 }
 
-fn percent_decode(text: &str) -> String {
+pub(super) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -1,23 +1,19 @@
 //! Test Kubernetes API server: the REST API subset relaunch, kube-rs and `kubectl` use, served
-//! over plain HTTP on a loopback port. See `docs/testbed.md` for what is faithful, approximated
-//! and missing.
+//! over plain HTTP on a loopback port, with upstream's request flow: authentication, impersonation,
+//! RBAC, decoding and validation of custom resources, ValidatingAdmissionPolicies, storage. See
+//! `docs/testbed.md` for what is faithful, approximated and missing.
 
-// Not enforced by the server yet: the admission work wires these into the request flow.
-#[allow(dead_code)]
+mod access;
+mod admission;
 mod admission_policy;
-// Not enforced by the server yet: the admission work wires these into the request flow.
-#[allow(dead_code)]
 mod cel;
 mod convert;
 mod error;
 mod http;
 mod patch;
-// Not enforced by the server yet: the admission work wires these into the request flow.
-#[allow(dead_code)]
+mod protobuf;
 mod rbac;
 mod resources;
-// Not enforced by the server yet: the admission work wires these into the request flow.
-#[allow(dead_code)]
 mod schema;
 mod selectors;
 mod store;
@@ -102,9 +98,10 @@ impl Faults {
 /// many writes a component made.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RequestKind {
-    /// `system:admin` or `system:serviceaccount:<namespace>:<name>`.
+    /// `system:admin` (requests without credentials), `system:serviceaccount:<namespace>:<name>`,
+    /// or whom the request impersonates.
     pub user: String,
-    /// get, list, watch, create, update, patch, delete.
+    /// get, list, watch, create, update, patch, delete, deletecollection.
     pub verb: String,
     /// The plural resource, with `/<subresource>` when there is one (e.g. `pods/status`).
     pub resource: String,
@@ -115,7 +112,13 @@ pub(crate) struct Shared {
     store: Store,
     faults: Faults,
     tokens: tokens::Tokens,
+    /// The RBAC authorizer over the stored RBAC objects.
+    access: access::Access,
+    /// Compiled CRD schemas and the admission policies.
+    admissions: admission::Admissions,
     requests: Mutex<BTreeMap<RequestKind, u64>>,
+    /// The requests authorization refused (403), of each kind.
+    refused: Mutex<BTreeMap<RequestKind, u64>>,
     shutdown: CancellationToken,
     addr: SocketAddr,
 }
@@ -139,10 +142,16 @@ impl ApiServer {
             store: Store::new(),
             faults: Faults::default(),
             tokens: tokens::Tokens::default(),
+            access: access::Access::default(),
+            admissions: admission::Admissions::default(),
             requests: Mutex::default(),
+            refused: Mutex::default(),
             shutdown: CancellationToken::new(),
             addr,
         });
+        shared.access.bootstrap(&shared.store).map_err(|e| {
+            TestbedError::Setup(format!("seeding the bootstrap RBAC objects: {}", e.message))
+        })?;
         let task = tokio::spawn(http::serve(listener, shared.clone()));
         Ok(Self {
             shared,
@@ -169,15 +178,20 @@ impl ApiServer {
         self.shared.store.expire_history();
     }
 
-    /// Lets service account `namespace/name` write (by default service accounts may only read).
-    pub fn grant_write(&self, namespace: &str, name: &str) {
-        self.shared.tokens.grant_write(namespace, name);
-    }
-
     /// How many authenticated requests of each kind were answered so far (refused ones too).
     pub fn request_counts(&self) -> BTreeMap<RequestKind, u64> {
         self.shared
             .requests
+            .lock()
+            .map(|counts| counts.clone())
+            .unwrap_or_default()
+    }
+
+    /// How many resource requests of each kind authorization refused (403) so far: with relaunch
+    /// running on exactly the RBAC it ships, any of its own is a permission the manifests lack.
+    pub fn refused_counts(&self) -> BTreeMap<RequestKind, u64> {
+        self.shared
+            .refused
             .lock()
             .map(|counts| counts.clone())
             .unwrap_or_default()
@@ -188,7 +202,7 @@ impl ApiServer {
         self.shared.tokens.expire(token);
     }
 
-    /// A kube-rs client with full access (like a cluster admin).
+    /// A kube-rs client without credentials: the sandbox's administrator (`system:masters`).
     pub fn client(&self) -> Result<kube::Client, TestbedError> {
         client_for(&self.url(), None)
     }

@@ -66,12 +66,15 @@ impl UserInfo {
         }
     }
 
-    /// The user of requests without credentials when anonymous requests are enabled.
+    /// The user of requests without credentials when anonymous requests are enabled (the test
+    /// API server treats such requests as its administrator's instead).
+    #[cfg(test)]
     pub fn anonymous() -> Self {
         Self::new(ANONYMOUS, &[SYSTEM_UNAUTHENTICATED])
     }
 
     /// `(namespace, name)` when this user is a service account.
+    #[cfg(test)]
     pub fn service_account_name(&self) -> Option<(&str, &str)> {
         parse_service_account_username(&self.username)
     }
@@ -182,9 +185,6 @@ pub enum Decision {
     Allow {
         reason: String,
     },
-    Deny {
-        reason: String,
-    },
     /// Not allowed by this authorizer; the request is refused when no other allows it.
     NoOpinion {
         reason: String,
@@ -200,7 +200,7 @@ impl Decision {
     /// Why, as upstream says it (often empty when not allowed).
     pub fn reason(&self) -> &str {
         match self {
-            Self::Allow { reason } | Self::Deny { reason } | Self::NoOpinion { reason } => reason,
+            Self::Allow { reason } | Self::NoOpinion { reason } => reason,
         }
     }
 }
@@ -258,6 +258,7 @@ impl std::fmt::Display for RuleSource<'_> {
 
 impl Rbac {
     /// Reads Role, ClusterRole, RoleBinding and ClusterRoleBinding objects (JSON, any order).
+    #[cfg(test)]
     pub fn from_objects<'a>(
         objects: impl IntoIterator<Item = &'a Value>,
     ) -> Result<Self, RbacError> {
@@ -295,6 +296,7 @@ impl Rbac {
     }
 
     /// The bootstrap roles and bindings of a new cluster, with aggregated roles filled in.
+    #[cfg(test)]
     pub fn bootstrap() -> Self {
         let mut rbac = Self::from_objects(&bootstrap_objects()).unwrap_or_default();
         rbac.cluster_roles = aggregate_cluster_roles(&rbac.cluster_roles);
@@ -595,6 +597,7 @@ impl SubjectRules {
 /// each role with an `aggregationRule` gets the rules of every other ClusterRole its selectors
 /// match (by name order, duplicates dropped), repeated until nothing changes so that
 /// aggregated roles feeding others (`view` into `edit` into `admin`) settle.
+#[cfg(test)]
 pub fn aggregate_cluster_roles(roles: &[ClusterRole]) -> Vec<ClusterRole> {
     let mut roles = roles.to_vec();
     roles.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -704,7 +707,9 @@ impl Impersonation {
     }
 
     /// The `impersonate` checks the API server makes, in its order: the user (or service
-    /// account), each group, each extra value, then the uid.
+    /// account), each group, each extra value, then the uid. Users, groups and service accounts
+    /// are in the core group (upstream's impersonation references carry no API version); extras
+    /// and uids in `authentication.k8s.io`.
     pub fn checks(&self) -> Vec<Attributes> {
         let mut checks = Vec::new();
         let auth = "authentication.k8s.io";
@@ -713,17 +718,11 @@ impl Impersonation {
                 Some((ns, name)) => {
                     Attributes::resource("impersonate", "", "serviceaccounts", ns, name)
                 }
-                None => Attributes::resource("impersonate", auth, "users", "", user),
+                None => Attributes::resource("impersonate", "", "users", "", user),
             });
         }
         for group in &self.groups {
-            checks.push(Attributes::resource(
-                "impersonate",
-                auth,
-                "groups",
-                "",
-                group,
-            ));
+            checks.push(Attributes::resource("impersonate", "", "groups", "", group));
         }
         for (key, values) in &self.extra {
             for value in values {
@@ -1728,7 +1727,7 @@ mod tests {
             request.checks(),
             vec![
                 Attributes::resource("impersonate", "", "serviceaccounts", "ns", "bot"),
-                Attributes::resource("impersonate", "authentication.k8s.io", "groups", "", "g1"),
+                Attributes::resource("impersonate", "", "groups", "", "g1"),
                 Attributes::resource(
                     "impersonate",
                     "authentication.k8s.io",
@@ -1778,7 +1777,7 @@ mod tests {
         };
         assert_eq!(
             message,
-            r#"users.authentication.k8s.io "jane" is forbidden: User "bob" cannot impersonate resource "users" in API group "authentication.k8s.io" at the cluster scope"#
+            r#"users "jane" is forbidden: User "bob" cannot impersonate resource "users" in API group "" at the cluster scope"#
         );
         let groups_only = Impersonation {
             groups: vec!["g".into()],

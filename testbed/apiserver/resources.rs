@@ -20,6 +20,9 @@ pub struct ResourceType {
     pub selectable_fields: Vec<String>,
     /// Created from a CRD (JSON merge patch only, no strategic merge).
     pub custom: bool,
+    /// Only `create`: a review the server answers without storing it (TokenReview,
+    /// SubjectAccessReview, ...).
+    pub review: bool,
 }
 
 impl ResourceType {
@@ -36,7 +39,13 @@ impl ResourceType {
             status: false,
             selectable_fields: Vec::new(),
             custom: false,
+            review: false,
         }
+    }
+
+    fn review(mut self) -> Self {
+        self.review = true;
+        self
     }
 
     fn with_status(mut self) -> Self {
@@ -79,7 +88,7 @@ impl ResourceType {
 
     /// The discovery entries (`APIResource`) for this resource and its subresources.
     pub fn discovery_entries(&self) -> Vec<Value> {
-        let verbs: Vec<&str> = if self.plural == "tokenreviews" {
+        let verbs: Vec<&str> = if self.review {
             vec!["create"]
         } else {
             vec![
@@ -183,6 +192,7 @@ impl ResourceType {
                 status: version["subresources"]["status"].is_object(),
                 selectable_fields: selectable,
                 custom: true,
+                review: false,
             });
         }
         if out.is_empty() {
@@ -280,6 +290,84 @@ pub fn builtin() -> Vec<ResourceType> {
             "v1",
             "tokenreviews",
             "TokenReview",
+            false,
+        )
+        .review(),
+        R::builtin(
+            "authentication.k8s.io",
+            "v1",
+            "selfsubjectreviews",
+            "SelfSubjectReview",
+            false,
+        )
+        .review(),
+        R::builtin(
+            "authorization.k8s.io",
+            "v1",
+            "subjectaccessreviews",
+            "SubjectAccessReview",
+            false,
+        )
+        .review(),
+        R::builtin(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            false,
+        )
+        .review(),
+        R::builtin(
+            "authorization.k8s.io",
+            "v1",
+            "localsubjectaccessreviews",
+            "LocalSubjectAccessReview",
+            true,
+        )
+        .review(),
+        R::builtin(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectrulesreviews",
+            "SelfSubjectRulesReview",
+            false,
+        )
+        .review(),
+        R::builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", true),
+        R::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterroles",
+            "ClusterRole",
+            false,
+        ),
+        R::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "rolebindings",
+            "RoleBinding",
+            true,
+        ),
+        R::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+        ),
+        R::builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "validatingadmissionpolicies",
+            "ValidatingAdmissionPolicy",
+            false,
+        )
+        .with_status(),
+        R::builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "validatingadmissionpolicybindings",
+            "ValidatingAdmissionPolicyBinding",
             false,
         ),
         R::builtin(

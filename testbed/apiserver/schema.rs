@@ -4,7 +4,8 @@
 //! `x-kubernetes-validations` with transition rules), with upstream's field paths and messages so
 //! that a 422 built from them reads as a real server's. Schemas are `JSONSchemaProps` as JSON.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
@@ -48,7 +49,6 @@ pub enum FieldErrorType {
     Forbidden,
     TooLong,
     TooMany,
-    Internal,
 }
 
 impl FieldErrorType {
@@ -63,7 +63,6 @@ impl FieldErrorType {
             Self::Forbidden => "FieldValueForbidden",
             Self::TooLong => "FieldValueTooLong",
             Self::TooMany => "FieldValueTooMany",
-            Self::Internal => "InternalError",
         }
     }
 
@@ -76,7 +75,6 @@ impl FieldErrorType {
             Self::Forbidden => "Forbidden",
             Self::TooLong => "Too long",
             Self::TooMany => "Too many",
-            Self::Internal => "Internal error",
         }
     }
 }
@@ -110,13 +108,7 @@ impl FieldError {
     /// The message without the field (`Invalid value: 0: ...`), as in a Status cause.
     pub fn body(&self) -> String {
         let mut body = match (self.error_type, &self.bad_value) {
-            (
-                FieldErrorType::Required
-                | FieldErrorType::Forbidden
-                | FieldErrorType::TooLong
-                | FieldErrorType::Internal,
-                _,
-            )
+            (FieldErrorType::Required | FieldErrorType::Forbidden | FieldErrorType::TooLong, _)
             | (_, None) => self.error_type.text().to_string(),
             (_, Some(value)) => format!("{}: {}", self.error_type.text(), go_value(value, false)),
         };
@@ -333,16 +325,81 @@ pub struct Validation {
     pub warnings: Vec<String>,
 }
 
+/// Compiles a rule or message expression found on a schema node.
+type Compile<'c> = dyn Fn(&Value, &str, &Declarations) -> Result<Arc<Expression>, CelError> + 'c;
+
 /// Validates a decoded custom resource against its schema and CEL rules; `old` is the stored
 /// object on update (transition rules, and ratcheting: errors on values unchanged from `old`
-/// are not reported, as with upstream's CRDValidationRatcheting).
+/// are not reported, as with upstream's CRDValidationRatcheting). Compiles every rule it runs;
+/// [`CompiledSchema`] compiles each once.
+#[cfg(test)]
 pub fn validate(schema: &Value, object: &Value, old: Option<&Value>) -> Validation {
+    let compile = |_: &Value, source: &str, declarations: &Declarations| {
+        Expression::compile(source, declarations).map(Arc::new)
+    };
+    validate_with(schema, object, old, &compile)
+}
+
+fn validate_with(
+    schema: &Value,
+    object: &Value,
+    old: Option<&Value>,
+    compile: &Compile,
+) -> Validation {
     let mut openapi = Validation::default();
     let mut rules = Validation::default();
-    walk(schema, object, old, "", true, &mut openapi, &mut rules);
+    walk(
+        schema,
+        object,
+        old,
+        "",
+        true,
+        &mut openapi,
+        &mut rules,
+        compile,
+    );
     openapi.errors.extend(rules.errors);
     openapi.warnings.extend(rules.warnings);
     openapi
+}
+
+/// The compiled rules of a [`CompiledSchema`], by the address of the schema node each sits on and
+/// its source.
+type RuleCache = HashMap<(usize, String), Result<Arc<Expression>, CelError>>;
+
+/// A schema whose CEL rules and message expressions compile once, on first use, however many
+/// objects they validate: what the server keeps per CRD version and generation.
+pub struct CompiledSchema {
+    /// Never changed once built, so the addresses of its nodes identify them in `rules`.
+    schema: Value,
+    rules: Mutex<RuleCache>,
+}
+
+impl CompiledSchema {
+    pub fn new(schema: Value) -> Self {
+        Self {
+            schema,
+            rules: Mutex::default(),
+        }
+    }
+
+    /// The `openAPIV3Schema`.
+    pub fn schema(&self) -> &Value {
+        &self.schema
+    }
+
+    /// [`validate`] with the rules compiled once.
+    pub fn validate(&self, object: &Value, old: Option<&Value>) -> Validation {
+        let compile = |node: &Value, source: &str, declarations: &Declarations| {
+            let key = (std::ptr::from_ref(node) as usize, source.to_string());
+            let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+            rules
+                .entry(key)
+                .or_insert_with(|| Expression::compile(source, declarations).map(Arc::new))
+                .clone()
+        };
+        validate_with(&self.schema, object, old, &compile)
+    }
 }
 
 fn json_type(value: &Value) -> &'static str {
@@ -373,6 +430,7 @@ fn type_matches(wanted: &str, value: &Value) -> bool {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn walk(
     schema: &Value,
     value: &Value,
@@ -381,6 +439,7 @@ fn walk(
     root: bool,
     openapi: &mut Validation,
     rules: &mut Validation,
+    compile: &Compile,
 ) {
     // Ratcheting: an unchanged value keeps passing even if the schema got stricter.
     let unchanged = old == Some(value);
@@ -390,7 +449,7 @@ fn walk(
         openapi.errors.extend(errors);
     }
     if !value.is_null() {
-        check_rules(schema, value, old, path, root, unchanged, rules);
+        check_rules(schema, value, old, path, root, unchanged, rules, compile);
     }
     match value {
         Value::Object(map) => {
@@ -417,6 +476,7 @@ fn walk(
                     false,
                     openapi,
                     rules,
+                    compile,
                 );
             }
         }
@@ -432,6 +492,7 @@ fn walk(
                     false,
                     openapi,
                     rules,
+                    compile,
                 );
             }
         }
@@ -966,6 +1027,7 @@ fn rule_field_path(path: &str, field_path: &str) -> String {
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_rules(
     schema: &Value,
     value: &Value,
@@ -974,6 +1036,7 @@ fn check_rules(
     root: bool,
     unchanged: bool,
     out: &mut Validation,
+    compile: &Compile,
 ) {
     let Some(rules) = schema["x-kubernetes-validations"].as_array() else {
         return;
@@ -1001,7 +1064,7 @@ fn check_rules(
         )
     };
     for rule in rules.iter().map(Rule::from_json) {
-        let expression = match Expression::compile(rule.rule, &declarations) {
+        let expression = match compile(schema, rule.rule, &declarations) {
             Ok(e) => e,
             Err(e) => {
                 out.errors.push(invalid(format!("rule compile error: {e}")));
@@ -1037,7 +1100,7 @@ fn check_rules(
         if result {
             continue;
         }
-        let detail = message_expression(&rule, &declarations, &activation)
+        let detail = message_expression(schema, &rule, &declarations, &activation, compile)
             .unwrap_or_else(|| rule.message_or_default());
         let field = if rule.field_path.is_empty() {
             path.to_string()
@@ -1065,14 +1128,16 @@ fn check_rules(
 
 /// The message a rule's `messageExpression` gives, if it evaluates to a usable string.
 fn message_expression(
+    schema: &Value,
     rule: &Rule,
     declarations: &Declarations,
     activation: &Activation,
+    compile: &Compile,
 ) -> Option<String> {
     if rule.message_expression.is_empty() {
         return None;
     }
-    let expression = Expression::compile(rule.message_expression, declarations).ok()?;
+    let expression = compile(schema, rule.message_expression, declarations).ok()?;
     match expression.evaluate(activation).ok()? {
         ::cel::Value::String(s) => {
             let s = s.trim();

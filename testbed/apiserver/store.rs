@@ -89,6 +89,35 @@ impl Selection {
     }
 }
 
+/// What a write is checked against before it is stored (the request's decoding, validation and
+/// admission). Called under the store's lock: implementations must not call back into the store.
+pub trait Admission {
+    /// Decodes the object a client sent (for a patch: the patched object) before the store merges
+    /// it with what is stored: pruning and defaulting of custom resources.
+    fn decode(&mut self, object: &mut Value) -> Result<(), ApiError>;
+
+    /// Validates and admits a write: `object` as it would be stored (none for a delete), `old`
+    /// the stored object (none for a create).
+    fn admit(&mut self, object: Option<&Value>, old: Option<&Value>) -> Result<(), ApiError>;
+}
+
+/// No checks: the server's own writes, and tests of the store.
+pub struct Unchecked;
+
+impl Admission for Unchecked {
+    fn decode(&mut self, _: &mut Value) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    fn admit(&mut self, _: Option<&Value>, _: Option<&Value>) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+/// API groups whose objects the server derives cached state from (the RBAC authorizer, the
+/// admission policies): any change to one of their objects bumps the group's generation.
+const TRACKED_GROUPS: [&str; 2] = ["rbac.authorization.k8s.io", "admissionregistration.k8s.io"];
+
 /// Options of a delete request.
 #[derive(Debug, Clone, Default)]
 pub struct DeleteOptions {
@@ -104,6 +133,8 @@ pub struct State {
     history: VecDeque<Arc<Change>>,
     /// Events at or below this version are no longer retained.
     compacted: u64,
+    /// Changes so far to the objects of each of [`TRACKED_GROUPS`].
+    group_generations: [u64; TRACKED_GROUPS.len()],
 }
 
 /// The shared store.
@@ -122,6 +153,7 @@ impl Store {
                 objects: HashMap::new(),
                 history: VecDeque::new(),
                 compacted: 0,
+                group_generations: [0; TRACKED_GROUPS.len()],
             }),
             changes,
         };
@@ -259,15 +291,30 @@ impl Store {
         (backlog, self.changes.subscribe())
     }
 
+    /// Creates an object the server itself writes (no admission).
     pub fn create(
         &self,
         rt: &ResourceType,
         ns: Option<&str>,
         object: Value,
     ) -> Result<Value, ApiError> {
+        self.create_with(rt, ns, object, &mut Unchecked, false)
+    }
+
+    /// Creates an object through `admission`; with `dry_run`, answers what would be created
+    /// without storing it.
+    pub fn create_with(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        object: Value,
+        admission: &mut dyn Admission,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         let mut object = super::convert::to_storage(rt, object);
         let mut state = self.lock();
         state.check_kind(rt, &object)?;
+        admission.decode(&mut object)?;
         let meta = object
             .get_mut("metadata")
             .and_then(Value::as_object_mut)
@@ -336,6 +383,10 @@ impl Store {
         }
         defaults_on_create(rt, &mut object);
         validate(rt, &object)?;
+        admission.admit(Some(&object), None)?;
+        if dry_run {
+            return Ok(with_version(&object, rt));
+        }
         match rt.key().as_str() {
             "apiextensions.k8s.io/customresourcedefinitions" => state.register_crd(&mut object)?,
             "/namespaces" => {
@@ -362,6 +413,7 @@ impl Store {
     }
 
     /// Replaces an object (PUT). With `status`, only `.status` is taken from `object`.
+    #[cfg(test)]
     pub fn update(
         &self,
         rt: &ResourceType,
@@ -370,7 +422,22 @@ impl Store {
         object: Value,
         status: bool,
     ) -> Result<Value, ApiError> {
-        let object = super::convert::to_storage(rt, object);
+        self.update_with(rt, ns, name, object, status, &mut Unchecked, false)
+    }
+
+    /// [`Store::update`] through `admission`; with `dry_run`, nothing is stored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_with(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        object: Value,
+        status: bool,
+        admission: &mut dyn Admission,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let mut object = super::convert::to_storage(rt, object);
         let mut state = self.lock();
         state.check_kind(rt, &object)?;
         let current = state
@@ -389,7 +456,12 @@ impl Store {
         if !given_rv.is_empty() && given_rv != rv_of(&current).to_string() {
             return Err(ApiError::conflict(rt, name));
         }
+        admission.decode(&mut object)?;
         let updated = state.merge_update(rt, &current, object, status)?;
+        admission.admit(Some(&updated), Some(&current))?;
+        if dry_run {
+            return Ok(with_version(&updated, rt));
+        }
         self.finish_update(&mut state, rt, current, updated)
     }
 
@@ -404,6 +476,22 @@ impl Store {
         body: &[u8],
         status: bool,
     ) -> Result<Value, ApiError> {
+        self.patch_with(rt, ns, name, kind, body, status, &mut Unchecked, false)
+    }
+
+    /// [`Store::patch`] through `admission`; with `dry_run`, nothing is stored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch_with(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        body: &[u8],
+        status: bool,
+        admission: &mut dyn Admission,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         if kind == PatchKind::Strategic && rt.custom {
             return Err(ApiError::unsupported_media_type(
                 "strategic merge patch is not supported for custom resources; use a JSON merge patch",
@@ -415,13 +503,13 @@ impl Store {
                 drop(state);
                 let object: Value = serde_json::from_slice(body)
                     .map_err(|e| ApiError::bad_request(&format!("invalid apply body: {e}")))?;
-                return self.create(rt, ns, object);
+                return self.create_with(rt, ns, object, admission, dry_run);
             }
             return Err(ApiError::not_found(rt, name));
         };
         let served = with_version(&current, rt);
         let patched = patch::apply(&served, body, kind).map_err(|e| ApiError::bad_request(&e))?;
-        let patched = super::convert::to_storage(rt, patched);
+        let mut patched = super::convert::to_storage(rt, patched);
         let given_rv = patched["metadata"]["resourceVersion"]
             .as_str()
             .unwrap_or("");
@@ -429,7 +517,12 @@ impl Store {
             return Err(ApiError::conflict(rt, name));
         }
         state.check_kind(rt, &patched)?;
+        admission.decode(&mut patched)?;
         let updated = state.merge_update(rt, &current, patched, status)?;
+        admission.admit(Some(&updated), Some(&current))?;
+        if dry_run {
+            return Ok(with_version(&updated, rt));
+        }
         self.finish_update(&mut state, rt, current, updated)
     }
 
@@ -467,12 +560,26 @@ impl Store {
         Ok(with_version(&committed, rt))
     }
 
+    #[cfg(test)]
     pub fn delete(
         &self,
         rt: &ResourceType,
         ns: Option<&str>,
         name: &str,
         options: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
+        self.delete_with(rt, ns, name, options, &mut Unchecked, false)
+    }
+
+    /// [`Store::delete`] through `admission`; with `dry_run`, nothing is deleted.
+    pub fn delete_with(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+        admission: &mut dyn Admission,
+        dry_run: bool,
     ) -> Result<Value, ApiError> {
         let mut state = self.lock();
         let current = state
@@ -495,6 +602,10 @@ impl Store {
             && *rv != rv_of(&current).to_string()
         {
             return Err(ApiError::conflict(rt, name));
+        }
+        admission.admit(None, Some(&current))?;
+        if dry_run {
+            return Ok(with_version(&current, rt));
         }
         let has_finalizers = current["metadata"]["finalizers"]
             .as_array()
@@ -584,6 +695,45 @@ impl Store {
             .get(key)?
             .get(&(ns.unwrap_or("").to_string(), name.to_string()))
             .cloned()
+    }
+
+    /// The `uid` and `metadata.generation` of an object, without copying it.
+    pub fn identity(&self, key: &str, ns: Option<&str>, name: &str) -> Option<(String, i64)> {
+        let state = self.lock();
+        let object = state
+            .objects
+            .get(key)?
+            .get(&(ns.unwrap_or("").to_string(), name.to_string()))?;
+        Some((
+            object["metadata"]["uid"].as_str()?.to_string(),
+            object["metadata"]["generation"].as_i64().unwrap_or(0),
+        ))
+    }
+
+    /// How many changes the objects of API group `group` (one of [`TRACKED_GROUPS`]) have seen.
+    pub fn group_generation(&self, group: &str) -> u64 {
+        let state = self.lock();
+        TRACKED_GROUPS
+            .iter()
+            .position(|g| *g == group)
+            .map_or(0, |i| state.group_generations[i])
+    }
+
+    /// Every object of API group `group` as served (with apiVersion and kind), and the group's
+    /// generation they are current for.
+    pub fn group_objects(&self, group: &str) -> (u64, Vec<Value>) {
+        let state = self.lock();
+        let generation = TRACKED_GROUPS
+            .iter()
+            .position(|g| *g == group)
+            .map_or(0, |i| state.group_generations[i]);
+        let mut objects = Vec::new();
+        for rt in state.resources.iter().filter(|r| r.group == group) {
+            if let Some(stored) = state.objects.get(&rt.key()) {
+                objects.extend(stored.values().map(|o| with_version(o, rt)));
+            }
+        }
+        (generation, objects)
     }
 }
 
@@ -794,6 +944,9 @@ impl State {
         previous: Option<Value>,
         changes: &broadcast::Sender<Arc<Change>>,
     ) {
+        if let Some(i) = TRACKED_GROUPS.iter().position(|g| *g == rt.group) {
+            self.group_generations[i] += 1;
+        }
         let change = Arc::new(Change {
             rv: self.rv,
             key: rt.key(),
@@ -1005,7 +1158,11 @@ fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if ok || (rt.key() == "/events" && !name.is_empty()) {
+    // RBAC objects need only be path segments (`system:discovery`), as upstream.
+    let path_segment = rt.group == "rbac.authorization.k8s.io"
+        && !matches!(name, "" | "." | "..")
+        && !name.contains(['/', '%']);
+    if ok || path_segment || (rt.key() == "/events" && !name.is_empty()) {
         Ok(())
     } else {
         Err(ApiError::invalid(

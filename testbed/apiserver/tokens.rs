@@ -2,48 +2,21 @@
 //! checked on every request, and reviewed through TokenReview exactly as the real API server
 //! reviews bound projected tokens (audiences, expiry, the bound pod, node extras).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::rbac::{SYSTEM_AUTHENTICATED, SYSTEM_MASTERS, UserInfo};
 use super::store::Store;
 
 /// The audience of tokens meant for the API server itself.
 pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 
-/// Who a request comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
-    /// No credentials: full access, like a cluster admin's kubeconfig.
-    Admin,
-    ServiceAccount {
-        namespace: String,
-        name: String,
-        may_write: bool,
-    },
-}
-
-impl Identity {
-    pub fn username(&self) -> String {
-        match self {
-            Identity::Admin => "system:admin".into(),
-            Identity::ServiceAccount {
-                namespace, name, ..
-            } => {
-                format!("system:serviceaccount:{namespace}:{name}")
-            }
-        }
-    }
-
-    pub fn may_write(&self) -> bool {
-        match self {
-            Identity::Admin => true,
-            Identity::ServiceAccount { may_write, .. } => *may_write,
-        }
-    }
-}
+/// The user of requests without credentials: the sandbox's administrator, in `system:masters`
+/// so that kubeconfigs without a token keep full access.
+pub const ADMIN: &str = "system:admin";
 
 #[derive(Debug, Clone)]
 struct Issued {
@@ -59,21 +32,13 @@ struct Issued {
     credential_id: String,
 }
 
-/// Issued tokens and write grants.
+/// Issued tokens.
 #[derive(Default)]
 pub struct Tokens {
     issued: Mutex<HashMap<String, Issued>>,
-    writers: Mutex<HashSet<(String, String)>>,
 }
 
 impl Tokens {
-    pub fn grant_write(&self, namespace: &str, name: &str) {
-        self.writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((namespace.to_string(), name.to_string()));
-    }
-
     /// Issues a token for service account `ns/name` (the TokenRequest subresource).
     pub fn request(
         &self,
@@ -164,24 +129,19 @@ impl Tokens {
         Ok(answer)
     }
 
-    /// Authenticates a request's bearer token for the API server itself.
-    pub fn authenticate(&self, store: &Store, bearer: Option<&str>) -> Result<Identity, ApiError> {
+    /// Authenticates a request's bearer token for the API server itself; without one, the request
+    /// is the sandbox's administrator's.
+    pub fn authenticate(&self, store: &Store, bearer: Option<&str>) -> Result<UserInfo, ApiError> {
         let Some(token) = bearer else {
-            return Ok(Identity::Admin);
+            return Ok(UserInfo::new(
+                ADMIN,
+                &[SYSTEM_MASTERS, SYSTEM_AUTHENTICATED],
+            ));
         };
         let issued = self
             .valid(store, token, &[API_AUDIENCE.to_string()])
             .map_err(|_| ApiError::unauthorized())?;
-        let may_write = self
-            .writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&(issued.namespace.clone(), issued.service_account.clone()));
-        Ok(Identity::ServiceAccount {
-            namespace: issued.namespace,
-            name: issued.service_account,
-            may_write,
-        })
+        Ok(user_of(store, &issued))
     }
 
     /// The TokenReview answer for `body`.
@@ -190,48 +150,6 @@ impl Tokens {
         let wanted = audiences(&body["spec"]);
         let status = match self.valid(store, token, &wanted) {
             Ok(issued) => {
-                let mut extra = serde_json::Map::new();
-                extra.insert(
-                    "authentication.kubernetes.io/credential-id".into(),
-                    json!([issued.credential_id]),
-                );
-                if let Some((pod_name, pod_uid)) = &issued.pod {
-                    extra.insert(
-                        "authentication.kubernetes.io/pod-name".into(),
-                        json!([pod_name]),
-                    );
-                    extra.insert(
-                        "authentication.kubernetes.io/pod-uid".into(),
-                        json!([pod_uid]),
-                    );
-                    let pods = store.resource("", "v1", "pods").expect("built in");
-                    if let Ok(pod) = store.get(&pods, Some(&issued.namespace), pod_name)
-                        && let Some(node) =
-                            pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())
-                    {
-                        extra.insert(
-                            "authentication.kubernetes.io/node-name".into(),
-                            json!([node]),
-                        );
-                        let nodes = store.resource("", "v1", "nodes").expect("built in");
-                        if let Ok(node) = store.get(&nodes, None, node) {
-                            extra.insert(
-                                "authentication.kubernetes.io/node-uid".into(),
-                                json!([node["metadata"]["uid"]]),
-                            );
-                        }
-                    }
-                }
-                if let Some((node_name, node_uid)) = &issued.node {
-                    extra.insert(
-                        "authentication.kubernetes.io/node-name".into(),
-                        json!([node_name]),
-                    );
-                    extra.insert(
-                        "authentication.kubernetes.io/node-uid".into(),
-                        json!([node_uid]),
-                    );
-                }
                 let audiences: Vec<&String> = issued
                     .audiences
                     .iter()
@@ -239,12 +157,7 @@ impl Tokens {
                     .collect();
                 json!({
                     "authenticated": true,
-                    "user": {
-                        "username": format!("system:serviceaccount:{}:{}", issued.namespace, issued.service_account),
-                        "uid": issued.service_account_uid,
-                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", issued.namespace), "system:authenticated"],
-                        "extra": extra,
-                    },
+                    "user": user_of(store, &issued).to_json(),
                     "audiences": audiences,
                 })
             }
@@ -326,6 +239,44 @@ impl Tokens {
             issued.expires = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
         }
     }
+}
+
+/// The user a valid service-account token authenticates as, with the extras upstream's
+/// authenticator gives bound tokens (credential id, bound pod and its node, or bound node).
+fn user_of(store: &Store, issued: &Issued) -> UserInfo {
+    let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut add = |key: &str, value: &str| {
+        extra.insert(
+            format!("authentication.kubernetes.io/{key}"),
+            vec![value.to_string()],
+        );
+    };
+    add("credential-id", &issued.credential_id);
+    if let Some((pod_name, pod_uid)) = &issued.pod {
+        add("pod-name", pod_name);
+        add("pod-uid", pod_uid);
+        let pods = store.resource("", "v1", "pods").expect("built in");
+        if let Ok(pod) = store.get(&pods, Some(&issued.namespace), pod_name)
+            && let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())
+        {
+            add("node-name", node);
+            let nodes = store.resource("", "v1", "nodes").expect("built in");
+            if let Ok(node) = store.get(&nodes, None, node) {
+                add(
+                    "node-uid",
+                    node["metadata"]["uid"].as_str().unwrap_or_default(),
+                );
+            }
+        }
+    }
+    if let Some((node_name, node_uid)) = &issued.node {
+        add("node-name", node_name);
+        add("node-uid", node_uid);
+    }
+    let mut user = UserInfo::service_account(&issued.namespace, &issued.service_account);
+    user.uid = issued.service_account_uid.clone();
+    user.extra = extra;
+    user
 }
 
 /// `spec.audiences` of a TokenRequest or TokenReview; the API server's own when there are none.

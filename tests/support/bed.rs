@@ -12,7 +12,7 @@ use relaunch_api::{
     ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_ROLLING_RESTART,
     RollingRestart, RollingRestartStatus, RolloutPhase,
 };
-use relaunch_testbed::{Sandbox, SandboxConfig};
+use relaunch_testbed::{RELAUNCH_NAMESPACE, Sandbox, SandboxConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -270,8 +270,26 @@ impl Bed {
     }
 
     /// Stops relaunch, the kubelets and the controllers, removes every container and stops
-    /// containerd and the API server.
+    /// containerd and the API server. Fails the test if the API server refused relaunch's agent
+    /// or coordinator anything: they run with exactly the RBAC manifests/base ships, so a refusal
+    /// is a permission the manifests lack.
     pub async fn shutdown(self) {
+        let refused: Vec<String> = self
+            .sandbox
+            .api()
+            .refused_counts()
+            .into_iter()
+            .filter(|(kind, _)| {
+                kind.user
+                    .starts_with(&format!("system:serviceaccount:{RELAUNCH_NAMESPACE}:"))
+            })
+            .map(|(kind, n)| format!("{} {} {} ({n}x)", kind.user, kind.verb, kind.resource))
+            .collect();
         self.sandbox.shutdown().await;
+        assert!(
+            refused.is_empty(),
+            "the API server refused relaunch (its RBAC in manifests/base lacks these):\n{}",
+            refused.join("\n")
+        );
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
-use relaunch_testbed::ApiServer;
+use relaunch_testbed::{ApiServer, Component};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -90,6 +90,35 @@ impl TestApi {
     /// A kubeconfig with full access.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
+    }
+
+    /// A kubeconfig (a file in the temporary directory) that authenticates as `component`'s
+    /// service account, whose rights are exactly the RBAC `manifests/base` ships (installed here
+    /// first, with relaunch's namespace and service accounts).
+    pub async fn relaunch_kubeconfig(&self, component: Component) -> PathBuf {
+        relaunch_testbed::install_identities(&self.server)
+            .await
+            .unwrap();
+        let text = relaunch_testbed::component_kubeconfig(&self.server, component)
+            .await
+            .unwrap();
+        let path = self
+            .dir
+            .path()
+            .join(format!("{}-kubeconfig", component.service_account()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A kube-rs client that authenticates as `component`'s service account; see
+    /// [`TestApi::relaunch_kubeconfig`].
+    pub async fn relaunch_client(&self, component: Component) -> kube::Client {
+        let kubeconfig = self.relaunch_kubeconfig(component).await;
+        let config = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
     }
 
     /// The temporary directory, for a test's own files.
