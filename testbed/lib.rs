@@ -1,5 +1,6 @@
 //! Development-only test bed: a private containerd with the local test image, a test Kubernetes
-//! API server, workload controllers and a scheduler, kubelet simulators, and the sandbox that
+//! API server, workload controllers and a scheduler, kubelet simulators, the Service network
+//! (ClusterIP proxy and cluster DNS on loopback), and the sandbox that
 //! runs them all (with relaunch's own binaries as real processes). A dev-dependency of the
 //! tests and benchmarks; never part of the production binaries.
 //!
@@ -11,11 +12,14 @@ mod containerd;
 mod controllers;
 mod image;
 mod kubelet;
+mod network;
 pub mod pod;
 mod processes;
 mod sandbox;
 
-pub use apiserver::{API_AUDIENCE, ApiServer, Faults, RequestKind, client_for, kubeconfig};
+pub use apiserver::{
+    API_AUDIENCE, ApiServer, Faults, RequestKind, ServiceRange, client_for, kubeconfig,
+};
 pub use containerd::Containerd;
 pub use controllers::Controllers;
 pub use image::TEST_IMAGE;
@@ -24,6 +28,7 @@ pub use processes::{
     Binaries, COORDINATOR_LEASE, Component, ManagedProcess, RELAUNCH_NAMESPACE,
     component_kubeconfig, free_port, identity_objects, install_identities,
 };
+pub use network::{CLUSTER_DOMAIN, ServiceNetwork};
 pub use sandbox::{Sandbox, SandboxConfig, SimulatedNode};
 
 use relaunch_cri::CriError;

@@ -1,5 +1,6 @@
 //! The whole local test bed in one value: a private containerd, the test API server, the
-//! workload controllers and scheduler, and one kubelet simulator per simulated node.
+//! workload controllers and scheduler, the Service network (ClusterIP proxy and cluster DNS),
+//! and one kubelet simulator per simulated node.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -8,8 +9,9 @@ use std::time::Duration;
 use crate::apiserver::ApiServer;
 use crate::controllers::Controllers;
 use crate::kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
+use crate::network::ServiceNetwork;
 use crate::processes::{self, AgentConfig, Binaries, ManagedProcess};
-use crate::{Containerd, TestbedError, install_crds};
+use crate::{Containerd, ServiceRange, TestbedError, install_crds};
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -68,14 +70,17 @@ pub struct Sandbox {
     agent_args: Vec<String>,
     kubelets: Vec<Kubelet>,
     controllers: Option<Controllers>,
+    network: Option<ServiceNetwork>,
+    /// The service range and DNS address, kept for after the network is shut down.
+    service_range: ServiceRange,
     api: ApiServer,
     containerd: Containerd,
     dir: PathBuf,
 }
 
 impl Sandbox {
-    /// Starts containerd, the API server, the controllers and `nodes` kubelet simulators, and
-    /// writes `<dir>/kubeconfig`.
+    /// Starts containerd, the API server, the controllers, the Service network on a free block
+    /// of 127.100.0.0/16 and `nodes` kubelet simulators, and writes `<dir>/kubeconfig`.
     pub async fn start(config: SandboxConfig) -> Result<Self, TestbedError> {
         if config.nodes == 0 || config.nodes > 250 {
             return Err(TestbedError::Setup(format!(
@@ -85,7 +90,9 @@ impl Sandbox {
         }
         std::fs::create_dir_all(&config.dir)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], config.port));
-        let api = ApiServer::start(addr).await.map_err(|e| match e {
+        let mut network = ServiceNetwork::claim().await?;
+        let service_range = network.range();
+        let api = ApiServer::start_with_service_range(addr, service_range).await.map_err(|e| match e {
             TestbedError::Setup(_) if config.port != 0 => TestbedError::Setup(format!(
                 "port {} on 127.0.0.1 is busy (is another sandbox running?): pass --port with a free port",
                 config.port
@@ -95,6 +102,7 @@ impl Sandbox {
         let containerd = Containerd::start().await?;
         let client = api.client()?;
         let controllers = Controllers::start(client.clone()).await?;
+        network.start(client.clone()).await?;
         let mut sandbox = Self {
             nodes: Vec::new(),
             coordinator: None,
@@ -106,6 +114,8 @@ impl Sandbox {
             agent_args: config.agent_args.clone(),
             kubelets: Vec::new(),
             controllers: Some(controllers),
+            network: Some(network),
+            service_range,
             api,
             containerd,
             dir: config.dir.clone(),
@@ -237,6 +247,17 @@ impl Sandbox {
         &self.containerd
     }
 
+    /// The ClusterIP range Services get their addresses from (a /24 inside 127.100.0.0/16).
+    pub fn service_range(&self) -> ServiceRange {
+        self.service_range
+    }
+
+    /// The cluster DNS server's address (UDP and TCP port 53): what the kubelet's
+    /// `--cluster-dns` names and pods' resolv.conf lists as `nameserver`.
+    pub fn dns_address(&self) -> Ipv4Addr {
+        self.service_range.dns_ip()
+    }
+
     /// A kube-rs client with full access.
     pub fn client(&self) -> Result<kube::Client, TestbedError> {
         self.api.client()
@@ -259,6 +280,9 @@ impl Sandbox {
         }
         if let Some(controllers) = self.controllers.take() {
             controllers.shutdown().await;
+        }
+        if let Some(network) = self.network.take() {
+            network.shutdown().await;
         }
         let Sandbox {
             mut containerd,

@@ -16,6 +16,7 @@ mod rbac;
 mod resources;
 mod schema;
 mod selectors;
+mod services;
 mod store;
 mod table;
 mod tokens;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use services::ServiceRange;
 pub use tokens::API_AUDIENCE;
 
 use super::TestbedError;
@@ -130,8 +132,17 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Starts serving on `addr` (port 0 picks a free port).
+    /// Starts serving on `addr` (port 0 picks a free port), with ClusterIPs from `127.100.0.0/24`.
     pub async fn start(addr: SocketAddr) -> Result<Self, TestbedError> {
+        Self::start_with_service_range(addr, ServiceRange::default()).await
+    }
+
+    /// Like [`ApiServer::start`], giving Services ClusterIPs from `range`; creates the
+    /// `kubernetes` Service (the range's first address) with this server as its endpoint.
+    pub async fn start_with_service_range(
+        addr: SocketAddr,
+        range: ServiceRange,
+    ) -> Result<Self, TestbedError> {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             TestbedError::Setup(format!(
                 "cannot listen on {addr} for the test API server: {e}"
@@ -151,6 +162,10 @@ impl ApiServer {
         });
         shared.access.bootstrap(&shared.store).map_err(|e| {
             TestbedError::Setup(format!("seeding the bootstrap RBAC objects: {}", e.message))
+        })?;
+        shared.store.set_service_range(range);
+        services::create_kubernetes_service(&shared.store, &range, addr).map_err(|e| {
+            TestbedError::Setup(format!("creating the kubernetes Service: {}", e.message))
         })?;
         let task = tokio::spawn(http::serve(listener, shared.clone()));
         Ok(Self {

@@ -257,6 +257,14 @@ pub fn builtin() -> Vec<ResourceType> {
             .with_status()
             .short(&["svc"])
             .all(),
+        R::builtin("", "v1", "endpoints", "Endpoints", true).short(&["ep"]),
+        R::builtin(
+            "discovery.k8s.io",
+            "v1",
+            "endpointslices",
+            "EndpointSlice",
+            true,
+        ),
         R::builtin("", "v1", "configmaps", "ConfigMap", true).short(&["cm"]),
         R::builtin("", "v1", "secrets", "Secret", true).fields(&["type"]),
         R::builtin("apps", "v1", "statefulsets", "StatefulSet", true)

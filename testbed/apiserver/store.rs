@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::patch::{self, PatchKind};
 use super::resources::{self, ResourceType};
 use super::selectors::{FieldSelector, LabelSelector};
+use super::services::{self, ServiceRange};
 
 /// How many events the watch history retains before older versions answer `410 Gone`.
 const HISTORY: usize = 20_000;
@@ -135,6 +136,8 @@ pub struct State {
     compacted: u64,
     /// Changes so far to the objects of each of [`TRACKED_GROUPS`].
     group_generations: [u64; TRACKED_GROUPS.len()],
+    /// Where Services get their ClusterIPs.
+    service_range: ServiceRange,
 }
 
 /// The shared store.
@@ -154,6 +157,7 @@ impl Store {
                 history: VecDeque::new(),
                 compacted: 0,
                 group_generations: [0; TRACKED_GROUPS.len()],
+                service_range: ServiceRange::default(),
             }),
             changes,
         };
@@ -174,6 +178,11 @@ impl Store {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Allocates ClusterIPs from `range` from now on (kube-apiserver's `--service-cluster-ip-range`).
+    pub fn set_service_range(&self, range: ServiceRange) {
+        self.lock().service_range = range;
     }
 
     /// The served resource `plural` in `group/version`.
@@ -386,6 +395,17 @@ impl Store {
         admission.admit(Some(&object), None)?;
         if dry_run {
             return Ok(with_version(&object, rt));
+        }
+        if rt.key() == "/services" {
+            let in_use = services::cluster_ips_in_use(
+                state
+                    .objects
+                    .get("/services")
+                    .into_iter()
+                    .flat_map(|o| o.values()),
+            );
+            services::allocate_cluster_ip(&mut object, &state.service_range, &in_use)
+                .map_err(|e| ApiError::invalid(rt, &name, &e))?;
         }
         match rt.key().as_str() {
             "apiextensions.k8s.io/customresourcedefinitions" => state.register_crd(&mut object)?,
@@ -842,6 +862,12 @@ impl State {
         if rt.key() == "/pods" && !status {
             check_pod_spec_update(rt, current, &updated)?;
         }
+        if rt.key() == "/services" && !status {
+            let name = current["metadata"]["name"].as_str().unwrap_or_default();
+            services::keep_cluster_ip(current, &mut updated)
+                .map_err(|e| ApiError::invalid(rt, name, &e))?;
+            services::default_service(&mut updated);
+        }
         validate(rt, &updated)?;
         Ok(updated)
     }
@@ -1273,6 +1299,10 @@ fn defaults_on_create(rt: &ResourceType, object: &mut Value) {
         "/persistentvolumeclaims" => {
             object["status"] = json!({"phase": "Pending"});
         }
+        "/services" => {
+            services::default_service(object);
+            object["status"] = json!({"loadBalancer": {}});
+        }
         _ => {}
     }
 }
@@ -1312,6 +1342,9 @@ fn validate(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
                     ));
                 }
             }
+        }
+        "/services" => {
+            services::validate_service(object).map_err(|e| ApiError::invalid(rt, name, &e))?;
         }
         "apps/statefulsets" | "apps/deployments" | "apps/replicasets" | "apps/daemonsets" => {
             let selector = &object["spec"]["selector"];

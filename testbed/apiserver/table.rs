@@ -1,6 +1,6 @@
 //! Server-side printing (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`), which is how
-//! `kubectl get` shows columns: pods and workloads (Deployments, ReplicaSets, DaemonSets,
-//! StatefulSets) like upstream, custom resources by their CRD's `additionalPrinterColumns`,
+//! `kubectl get` shows columns: pods, workloads (Deployments, ReplicaSets, DaemonSets,
+//! StatefulSets), Services, Endpoints and EndpointSlices like upstream, custom resources by their CRD's `additionalPrinterColumns`,
 //! everything else by name and age.
 
 use serde_json::{Value, json};
@@ -30,6 +30,20 @@ enum Cell {
     Selector(&'static str),
     /// The template's `nodeSelector` as `k=v,...`, or `<none>`.
     NodeSelector,
+    /// A Service's ClusterIP, `<none>` when it has none.
+    ClusterIp,
+    /// A Service's external IPs (`<none>`, `<pending>` for a LoadBalancer, the external name).
+    ExternalIp,
+    /// A Service's ports as `port[:nodePort]/protocol,...`.
+    ServicePorts,
+    /// A label map at the path as `k=v,...`, or `<none>`.
+    Labels(&'static str),
+    /// An EndpointSlice's port numbers, at most three.
+    SlicePorts,
+    /// An EndpointSlice's addresses, at most three.
+    SliceEndpoints,
+    /// An Endpoints' ready `ip:port` pairs, at most three.
+    EndpointsAddresses,
 }
 
 /// The columns for objects of resource `key`, given the CRD (for custom resources).
@@ -125,6 +139,32 @@ fn columns(key: &str, crd: Option<&Value>, version: &str) -> Vec<Column> {
             cols.push(col("Node Selector", "string", 0, Cell::NodeSelector));
             age(&mut cols);
             wide(&mut cols, true);
+            return cols;
+        }
+        "/services" => {
+            cols.push(col("Type", "string", 0, Cell::Path("spec.type".into())));
+            cols.push(col("Cluster-IP", "string", 0, Cell::ClusterIp));
+            cols.push(col("External-IP", "string", 0, Cell::ExternalIp));
+            cols.push(col("Port(s)", "string", 0, Cell::ServicePorts));
+            age(&mut cols);
+            cols.push(col("Selector", "string", 1, Cell::Labels("spec.selector")));
+            return cols;
+        }
+        "discovery.k8s.io/endpointslices" => {
+            cols.push(col(
+                "AddressType",
+                "string",
+                0,
+                Cell::Path("addressType".into()),
+            ));
+            cols.push(col("Ports", "string", 0, Cell::SlicePorts));
+            cols.push(col("Endpoints", "string", 0, Cell::SliceEndpoints));
+            age(&mut cols);
+            return cols;
+        }
+        "/endpoints" => {
+            cols.push(col("Endpoints", "string", 0, Cell::EndpointsAddresses));
+            age(&mut cols);
             return cols;
         }
         "apps/statefulsets" => {
@@ -296,12 +336,142 @@ fn cell(cell: &Cell, o: &Value) -> Value {
                 pairs.join(",")
             })
         }
+        Cell::ClusterIp => json!(
+            o["spec"]["clusterIP"]
+                .as_str()
+                .filter(|ip| !ip.is_empty())
+                .unwrap_or("<none>")
+        ),
+        Cell::ExternalIp => json!(external_ip(o)),
+        Cell::ServicePorts => {
+            let ports: Vec<String> = o["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let protocol = p["protocol"].as_str().unwrap_or("TCP");
+                    match p["nodePort"].as_i64().filter(|n| *n > 0) {
+                        Some(node_port) => format!("{}:{node_port}/{protocol}", p["port"]),
+                        None => format!("{}/{protocol}", p["port"]),
+                    }
+                })
+                .collect();
+            json!(if ports.is_empty() {
+                "<none>".to_string()
+            } else {
+                ports.join(",")
+            })
+        }
+        Cell::Labels(path) => {
+            let pairs: Vec<String> = value_at(o, path)
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            json!(if pairs.is_empty() {
+                "<none>".to_string()
+            } else {
+                pairs.join(",")
+            })
+        }
+        Cell::SlicePorts => {
+            let ports: Vec<String> = o["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| match (p["port"].as_i64(), p["name"].as_str()) {
+                    (Some(port), _) => port.to_string(),
+                    (None, Some(name)) => name.to_string(),
+                    (None, None) => "*".to_string(),
+                })
+                .collect();
+            json!(at_most_three(&ports, "<unset>"))
+        }
+        Cell::SliceEndpoints => {
+            let addresses: Vec<String> = o["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            json!(at_most_three(&addresses, "<unset>"))
+        }
+        Cell::EndpointsAddresses => {
+            let subsets = o["subsets"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            if subsets.is_empty() {
+                return json!("<none>");
+            }
+            let mut pairs = Vec::new();
+            for subset in subsets {
+                let ips: Vec<&str> = subset["addresses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a["ip"].as_str())
+                    .collect();
+                match subset["ports"].as_array().filter(|p| !p.is_empty()) {
+                    None => pairs.extend(ips.iter().map(|ip| ip.to_string())),
+                    Some(ports) => {
+                        for port in ports {
+                            pairs.extend(ips.iter().map(|ip| format!("{ip}:{}", port["port"])));
+                        }
+                    }
+                }
+            }
+            json!(at_most_three(&pairs, ""))
+        }
         Cell::PodRestarts => {
             let restarts: i64 = o["status"]["containerStatuses"].as_array().map_or(0, |s| {
                 s.iter().filter_map(|c| c["restartCount"].as_i64()).sum()
             });
             json!(restarts.to_string())
         }
+    }
+}
+
+/// kubectl's EXTERNAL-IP of a Service.
+fn external_ip(service: &Value) -> String {
+    let spec = &service["spec"];
+    let mut ips: Vec<String> = Vec::new();
+    match spec["type"].as_str().unwrap_or("ClusterIP") {
+        "ExternalName" => return spec["externalName"].as_str().unwrap_or_default().into(),
+        "LoadBalancer" => {
+            ips.extend(
+                service["status"]["loadBalancer"]["ingress"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                    .map(str::to_string),
+            );
+            if ips.is_empty() && spec["externalIPs"].as_array().is_none_or(|e| e.is_empty()) {
+                return "<pending>".into();
+            }
+        }
+        _ => {}
+    }
+    ips.extend(
+        spec["externalIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.as_str().map(str::to_string)),
+    );
+    if ips.is_empty() {
+        "<none>".into()
+    } else {
+        ips.join(",")
+    }
+}
+
+/// Up to three items joined with commas and `+ N more...`, as kubectl lists addresses.
+fn at_most_three(items: &[String], empty: &str) -> String {
+    match items.len() {
+        0 => empty.to_string(),
+        1..=3 => items.join(","),
+        n => format!("{} + {} more...", items[..3].join(","), n - 3),
     }
 }
 
@@ -472,6 +642,58 @@ mod tests {
         let set = json!({"metadata": {"name": "web-abc"}, "spec": {"replicas": 2}, "status": {"replicas": 2}});
         let t = table("apps/replicasets", None, "v1", &[set], "1", true);
         assert_eq!(t["rows"][0]["cells"].as_array().unwrap()[1..4], [2, 2, 0]);
+    }
+
+    #[test]
+    fn services_and_their_endpoints_print_like_kubectl() {
+        let service = json!({"metadata": {"name": "web"}, "spec": {"type": "ClusterIP", "clusterIP": "127.100.0.20",
+            "selector": {"app": "web"}, "ports": [{"port": 80, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
+        let headless =
+            json!({"metadata": {"name": "db"}, "spec": {"type": "ClusterIP", "clusterIP": "None"}});
+        let t = table("/services", None, "v1", &[service, headless], "1", true);
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "web",
+                "ClusterIP",
+                "127.100.0.20",
+                "<none>",
+                "80/TCP,53/UDP",
+                "",
+                "app=web"
+            ])
+        );
+        assert_eq!(
+            t["rows"][1]["cells"],
+            json!(["db", "ClusterIP", "None", "<none>", "<none>", "", "<none>"])
+        );
+
+        let slice = json!({"metadata": {"name": "web-x7k2p"}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": (2..=6).map(|n| json!({"addresses": [format!("127.0.0.{n}")]})).collect::<Vec<_>>()});
+        let t = table(
+            "discovery.k8s.io/endpointslices",
+            None,
+            "v1",
+            &[slice],
+            "1",
+            true,
+        );
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "web-x7k2p",
+                "IPv4",
+                "8080",
+                "127.0.0.2,127.0.0.3,127.0.0.4 + 2 more...",
+                ""
+            ])
+        );
+
+        let endpoints = json!({"metadata": {"name": "web"}, "subsets": [{"addresses": [{"ip": "127.0.0.2"}],
+            "ports": [{"port": 8080}]}]});
+        let t = table("/endpoints", None, "v1", &[endpoints], "1", true);
+        assert_eq!(t["rows"][0]["cells"], json!(["web", "127.0.0.2:8080", ""]));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The parts of the control plane relaunch relies on besides the API server: the StatefulSet,
-//! Deployment, ReplicaSet and DaemonSet controllers, a stand-in for the PersistentVolume
+//! Deployment, ReplicaSet, DaemonSet and EndpointSlice controllers, a stand-in for the PersistentVolume
 //! controller that binds every claim, and the scheduler. They talk to the API only through
 //! `kube::Client`, as kube-controller-manager and kube-scheduler do: watches fill caches, pure
 //! functions decide, thin loops write.
@@ -7,6 +7,7 @@
 mod claims;
 mod daemonset;
 mod deployment;
+pub(crate) mod endpointslice;
 mod expectations;
 mod node_affinity;
 mod ownership;
@@ -23,7 +24,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -50,7 +52,7 @@ pub struct Controllers {
 }
 
 impl Controllers {
-    /// Starts the StatefulSet, Deployment, ReplicaSet and DaemonSet controllers, a trivial PVC
+    /// Starts the StatefulSet, Deployment, ReplicaSet, DaemonSet and EndpointSlice controllers, a trivial PVC
     /// binder, and the scheduler; returns once their caches hold a first full list of every kind
     /// they watch.
     pub async fn start(client: Client) -> Result<Controllers, TestbedError> {
@@ -66,6 +68,7 @@ impl Controllers {
         let deployment_wake = Arc::new(Notify::new());
         let replicaset_wake = Arc::new(Notify::new());
         let daemonset_wake = Arc::new(Notify::new());
+        let endpointslice_wake = Arc::new(Notify::new());
         let expectations = Arc::new(expectations::Expectations::default());
 
         let sets = controllers.spawn_informer(
@@ -82,6 +85,7 @@ impl Controllers {
                 deployment_wake.clone(),
                 replicaset_wake.clone(),
                 daemonset_wake.clone(),
+                endpointslice_wake.clone(),
             ],
             move |event| observer.observe(event, &observed),
         );
@@ -106,6 +110,15 @@ impl Controllers {
             vec![daemonset_wake.clone()],
         );
 
+        let services = controllers.spawn_informer(
+            Api::<Service>::all(client.clone()),
+            vec![endpointslice_wake.clone()],
+        );
+        let endpoint_slices = controllers.spawn_informer(
+            Api::<EndpointSlice>::all(client.clone()),
+            vec![endpointslice_wake.clone()],
+        );
+
         let synced = async {
             sets.wait_until_ready().await?;
             pods.wait_until_ready().await?;
@@ -113,6 +126,8 @@ impl Controllers {
             nodes.wait_until_ready().await?;
             deployments.wait_until_ready().await?;
             replica_sets.wait_until_ready().await?;
+            services.wait_until_ready().await?;
+            endpoint_slices.wait_until_ready().await?;
             daemon_sets.wait_until_ready().await
         };
         match tokio::time::timeout(SYNC_TIMEOUT, synced).await {
@@ -121,7 +136,7 @@ impl Controllers {
                 controllers.shutdown().await;
                 return Err(TestbedError::Timeout(
                     "the controllers to list StatefulSets, Deployments, ReplicaSets, DaemonSets, \
-                     Pods, PersistentVolumeClaims and Nodes"
+                     Services, EndpointSlices, Pods, PersistentVolumeClaims and Nodes"
                         .into(),
                 ));
             }
@@ -171,6 +186,17 @@ impl Controllers {
         );
         controllers.spawn_loop("statefulset controller", statefulset_wake, move || {
             let controller = statefulsets.clone();
+            async move { controller.sync_all().await }
+        });
+
+        let endpointslices = endpointslice::EndpointSliceController::new(
+            client.clone(),
+            services,
+            pods.clone(),
+            endpoint_slices,
+        );
+        controllers.spawn_loop("endpointslice controller", endpointslice_wake, move || {
+            let controller = endpointslices.clone();
             async move { controller.sync_all().await }
         });
 
