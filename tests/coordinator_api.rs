@@ -438,7 +438,7 @@ async fn reports_move_status_forward_and_stale_or_repeated_reports_write_nothing
     let stopping = report(
         &crr,
         "Recreating",
-        json!({"name": "app", "phase": "Stopping", "previousContainerId": "containerd://old", "timestamps": {"shutdown": "2030-01-01T00:00:00Z", "stop": "2030-01-01T00:00:02Z"}}),
+        json!({"name": "app", "phase": "Stopping", "previousContainerId": "containerd://old", "timestamps": {"shutdown": "2025-01-01T00:00:00Z", "stop": "2025-01-01T00:00:02Z"}}),
     );
     let (code, body) = bed.post(REPORTS_PATH, Some(&token), bytes(&stopping)).await;
     assert_eq!(code, 200, "{body}");
@@ -753,6 +753,51 @@ async fn bad_requests_get_the_right_code_and_change_nothing() {
     }
     // And the right agent still gets through.
     assert_eq!(bed.post(REPORTS_PATH, Some(&good), valid).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_report_with_times_from_the_future_is_refused_and_changes_nothing() {
+    let bed = CoordinatorBed::start(Duration::from_secs(300)).await;
+    let crr = bed.admitted("future", "db-0", &["app"]).await;
+    let rv = crr.resource_version();
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+    let step_time = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping", "timestamps": {"stop": "9999-12-30T21:59:00Z"}}),
+    );
+    let mut start_time = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping"}),
+    );
+    start_time["startTime"] = json!("9999-12-30T21:59:00Z");
+    for (what, body) in [("step time", step_time), ("start time", start_time)] {
+        let (code, answer) = bed.post(REPORTS_PATH, Some(&token), bytes(&body)).await;
+        assert_eq!(code, 400, "{what}: {answer}");
+        assert_eq!(answer["error"]["reason"], "BadRequest", "{what}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("9999-12-30T21:59:00Z"),
+            "{what}: {answer}"
+        );
+    }
+    let unchanged = bed.requests().get("future").await.unwrap();
+    assert_eq!(unchanged.resource_version(), rv);
+    assert_eq!(unchanged.status, crr.status);
+
+    // The coordinator is still there: a sound report is merged, and the controllers still run.
+    let sound = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping"}),
+    );
+    let (code, answer) = bed.post(REPORTS_PATH, Some(&token), bytes(&sound)).await;
+    assert_eq!(code, 200, "{answer}");
+    bed.admitted("after-future", "web-0", &["app"]).await;
+    assert!(!bed.task.as_ref().unwrap().is_finished());
 }
 
 #[tokio::test]

@@ -6,8 +6,9 @@
 //! step timestamps keep the earliest value seen, and a stale report only fills gaps.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use relaunch_api::report::RecreateReport;
@@ -16,6 +17,13 @@ use relaunch_api::{
     ContainerRecreateState, RecreatePhase, StepTimestamps,
 };
 
+/// How far ahead of the coordinator's clock a reported time may be (node clocks drift a little;
+/// a time further out is a broken clock or a forged report and is refused).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(120);
+/// Longest message kept from a report (the request's and each container's); longer ones are cut
+/// on a character boundary.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+
 /// Why a report cannot be merged (the agent sent something the request cannot contain).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MergeError {
@@ -23,6 +31,73 @@ pub enum MergeError {
     UnknownContainers(Vec<String>),
     #[error("container {0} appears more than once in the report")]
     DuplicateContainer(String),
+    #[error(
+        "{field} {time} is later than the coordinator's clock ({now}) plus {}s; is the node's clock right?",
+        MAX_CLOCK_SKEW.as_secs()
+    )]
+    FromTheFuture {
+        field: String,
+        time: Timestamp,
+        now: Timestamp,
+    },
+}
+
+/// Checks what a report says before anything is done with it, and bounds it: every time it
+/// carries is at most [`MAX_CLOCK_SKEW`] ahead of `now` (a time from the future would be kept
+/// forever as the earliest one seen, and would feed every deadline computed from status), and
+/// messages are cut to [`MAX_MESSAGE_BYTES`]. Returns the report to merge.
+pub fn check_report(report: &RecreateReport, now: Timestamp) -> Result<RecreateReport, MergeError> {
+    // `now` plus two minutes is representable unless the clock itself is at the end of time.
+    let latest = now
+        .checked_add(SignedDuration::from_secs(MAX_CLOCK_SKEW.as_secs() as i64))
+        .unwrap_or(Timestamp::MAX);
+    let future = |field: String, time: Timestamp| {
+        (time > latest).then_some(MergeError::FromTheFuture { field, time, now })
+    };
+    let times = [
+        ("startTime".to_string(), report.start_time),
+        ("completionTime".to_string(), report.completion_time),
+    ]
+    .into_iter()
+    .chain(report.containers.iter().flat_map(|c| {
+        let t = &c.timestamps;
+        [
+            ("unready", &t.unready),
+            ("shutdown", &t.shutdown),
+            ("stop", &t.stop),
+            ("restarted", &t.restarted),
+            ("ready", &t.ready),
+            ("finished", &t.finished),
+        ]
+        .into_iter()
+        .map(|(step, time)| {
+            (
+                format!("container {} timestamps.{step}", c.name),
+                time.as_ref().map(|t| t.0),
+            )
+        })
+    }));
+    for (field, time) in times {
+        if let Some(error) = time.and_then(|t| future(field, t)) {
+            return Err(error);
+        }
+    }
+    let mut bounded = report.clone();
+    bound_message(&mut bounded.message);
+    for c in &mut bounded.containers {
+        bound_message(&mut c.message);
+    }
+    Ok(bounded)
+}
+
+/// Cuts a message to [`MAX_MESSAGE_BYTES`] on a character boundary.
+fn bound_message(message: &mut Option<String>) {
+    if let Some(m) = message
+        && m.len() > MAX_MESSAGE_BYTES
+    {
+        let cut = crate::cut_at_char_boundary(m, MAX_MESSAGE_BYTES).len();
+        m.truncate(cut);
+    }
 }
 
 /// A step a person would look for in `kubectl describe`, derived from a status change.
@@ -57,13 +132,15 @@ pub struct Merged {
     pub steps: Vec<Step>,
 }
 
-/// Merges `report` into `current` (None: the request has no status yet).
+/// Merges `report` into `current` (None: the request has no status yet). The report is checked
+/// and bounded by [`check_report`] first.
 pub fn merge_report(
     spec: &ContainerRecreateRequestSpec,
     current: Option<&ContainerRecreateRequestStatus>,
     report: &RecreateReport,
     now: Timestamp,
 ) -> Result<Merged, MergeError> {
+    let report = &check_report(report, now)?;
     check_containers(spec, report)?;
     let report_start = report.start_time;
     let report_completion = report.completion_time;
@@ -579,6 +656,58 @@ mod tests {
             merge_report(&s, None, &r, at(0)),
             Err(MergeError::DuplicateContainer("app".into()))
         );
+    }
+
+    #[test]
+    fn times_from_the_future_are_refused_and_skew_is_allowed() {
+        let s = spec(&["app"]);
+        let year_9999: Timestamp = "9999-12-30T21:59:00Z".parse().unwrap();
+        let mut far = container("app", ContainerRecreatePhase::Stopping);
+        far.timestamps.stop = Some(Time(year_9999));
+        let r = report(RecreatePhase::Recreating, vec![far]);
+        match merge_report(&s, None, &r, at(0)) {
+            Err(MergeError::FromTheFuture { field, time, .. }) => {
+                assert_eq!(field, "container app timestamps.stop");
+                assert_eq!(time, year_9999);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut r = report(RecreatePhase::Succeeded, vec![]);
+        r.completion_time = Some(at(121));
+        assert!(matches!(
+            check_report(&r, at(0)),
+            Err(MergeError::FromTheFuture { field, .. }) if field == "completionTime"
+        ));
+        r.completion_time = None;
+        r.start_time = Some(Timestamp::MAX);
+        assert!(check_report(&r, at(0)).is_err());
+        // Within the allowance (a node clock a little ahead), and the distant past, pass.
+        r.start_time = Some(at(120));
+        assert!(check_report(&r, at(0)).is_ok());
+        r.start_time = Some(Timestamp::MIN);
+        assert!(check_report(&r, at(0)).is_ok());
+        // The end of time as "now" does not overflow either.
+        assert!(check_report(&r, Timestamp::MAX).is_ok());
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let s = spec(&["app"]);
+        let mut c = container("app", ContainerRecreatePhase::Stopping);
+        // 3-byte characters: 8 KiB falls inside one.
+        c.message = Some("€".repeat(5000));
+        let mut r = report(RecreatePhase::Recreating, vec![c]);
+        r.message = Some("x".repeat(MAX_MESSAGE_BYTES + 1));
+        let merged = apply(&s, None, &r);
+        let message = merged.status.message.unwrap();
+        assert_eq!(message.len(), MAX_MESSAGE_BYTES);
+        let container = merged.status.container_recreate_states[0]
+            .message
+            .clone()
+            .unwrap();
+        assert!(container.len() <= MAX_MESSAGE_BYTES);
+        assert!(container.len() > MAX_MESSAGE_BYTES - 3);
+        assert!(container.chars().all(|c| c == '€'));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::error::ClusterError;
 use crate::error_policy::error_policy;
 use crate::events::{self, Event, is_rollout_request};
 use crate::lifecycle;
-use crate::merge::merge_report;
+use crate::merge::{check_report, merge_report};
 use crate::readiness::{GateChange, GateHolder, gate_change};
 
 /// How often a status write is retried after losing a race (409) before giving up with 503.
@@ -275,6 +275,16 @@ pub async fn apply_report(
     node: &str,
     report: &RecreateReport,
 ) -> Result<Applied, Refusal> {
+    // Before anything else: a refused report neither admits its request nor counts as a sign
+    // of the agent's life.
+    let report = &check_report(report, Timestamp::now()).map_err(|e| {
+        tracing::info!(
+            request = %format!("{}/{}", report.request.namespace, report.request.name),
+            node,
+            "report refused: {e}"
+        );
+        Refusal::BadRequest(e.to_string())
+    })?;
     for _ in 0..WRITE_ATTEMPTS {
         let (crr, pod) = authorize(ctx, node, &report.request).await?;
         let now = Timestamp::now();
