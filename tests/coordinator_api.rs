@@ -1108,6 +1108,92 @@ async fn a_deleted_request_holding_the_pod_notready_releases_it_once_no_request_
 }
 
 #[tokio::test]
+async fn a_gate_change_decided_on_an_old_pod_never_undoes_a_newer_hold() {
+    // The report API alone: no controller writes the pod meanwhile.
+    let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+    let first = bed
+        .create_request("first", "db-0", &["app"], json!({}))
+        .await;
+    let second = bed
+        .create_request("second", "db-0", &["app"], json!({}))
+        .await;
+    let gate = |crr: &ContainerRecreateRequest, ready: bool| {
+        bytes(
+            &json!({"request": {"namespace": "default", "name": crr.name_any(), "uid": crr.uid()}, "ready": ready}),
+        )
+    };
+    assert_eq!(
+        bed.post(READINESS_PATH, Some(&token), gate(&first, false))
+            .await
+            .0,
+        200
+    );
+    // What a controller's cache holds: the pod as "first" held it.
+    let seen = bed.pods().get("db-0").await.unwrap();
+    assert_eq!(
+        gate_of(&bed, "db-0").await.unwrap().2,
+        "held NotReady by ContainerRecreateRequest default/first"
+    );
+    // "second" takes the hold.
+    assert_eq!(
+        bed.post(READINESS_PATH, Some(&token), gate(&second, false))
+            .await
+            .0,
+        200
+    );
+    let held = bed.pods().get("db-0").await.unwrap();
+    let held_by_second = (
+        "False".to_string(),
+        "RecreateRequested".to_string(),
+        "held NotReady by ContainerRecreateRequest default/second".to_string(),
+    );
+    assert_eq!(gate_of(&bed, "db-0").await, Some(held_by_second.clone()));
+
+    // Releasing for "first", decided on the pod as it was: refused by the API server (409),
+    // the newer hold stays.
+    let cluster = coordinator::cluster::Cluster::new(
+        bed.client.clone(),
+        "test",
+        coordinator::metrics::Metrics::register(&prometheus::Registry::new()).unwrap(),
+    );
+    let stale = cluster
+        .set_gate(
+            &seen,
+            true,
+            &coordinator::readiness::GateHolder::new("default", "first"),
+        )
+        .await;
+    assert!(stale.as_ref().is_err_and(|e| e.is_conflict()), "{stale:?}");
+    assert_eq!(gate_of(&bed, "db-0").await, Some(held_by_second.clone()));
+
+    // Through the report API the pod is read again: "first" does not release "second"'s hold.
+    let (code, answer) = bed
+        .post(READINESS_PATH, Some(&token), gate(&first, true))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("held NotReady by ContainerRecreateRequest default/second"),
+        "{answer}"
+    );
+    assert_eq!(
+        bed.pods().get("db-0").await.unwrap().resource_version(),
+        held.resource_version()
+    );
+    // Its holder releases it.
+    assert_eq!(
+        bed.post(READINESS_PATH, Some(&token), gate(&second, true))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(gate_of(&bed, "db-0").await.unwrap().0, "True");
+}
+
+#[tokio::test]
 async fn a_queued_message_is_replaced_once_the_request_is_recreating() {
     let bed = CoordinatorBed::start(Duration::from_secs(300)).await;
     let crr = bed.admitted("waits", "db-0", &["app"]).await;

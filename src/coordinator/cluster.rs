@@ -225,22 +225,27 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sets the pod's `relaunch.dev/ready` condition on behalf of request `holder`.
+    /// Sets the pod's `relaunch.dev/ready` condition on behalf of request `holder`, only if the
+    /// pod is still at the version read (`pod`, on which the change was decided; 409 otherwise).
     pub async fn set_gate(
         &self,
-        pod_name: &str,
+        pod: &Pod,
         ready: bool,
         holder: &GateHolder,
     ) -> Result<(), ClusterError> {
-        let patch = readiness::gate_patch(ready, holder, Timestamp::now());
-        self.patch_pod_status(&holder.namespace, pod_name, &patch)
+        let rv = pod.resource_version().unwrap_or_default();
+        let patch = readiness::gate_patch(ready, holder, &rv, Timestamp::now());
+        self.patch_pod_status(&holder.namespace, &pod.name_any(), &patch)
             .await
     }
 
-    /// Opens a gated pod's `relaunch.dev/ready` condition (sets it True for the first time).
-    pub async fn open_gate(&self, pod_namespace: &str, pod_name: &str) -> Result<(), ClusterError> {
-        let patch = readiness::opening_patch(Timestamp::now());
-        self.patch_pod_status(pod_namespace, pod_name, &patch).await
+    /// Opens a gated pod's `relaunch.dev/ready` condition (sets it True for the first time),
+    /// only if the pod is still at the version read (409 otherwise).
+    pub async fn open_gate(&self, pod: &Pod) -> Result<(), ClusterError> {
+        let rv = pod.resource_version().unwrap_or_default();
+        let patch = readiness::opening_patch(&rv, Timestamp::now());
+        let ns = pod.namespace().unwrap_or_default();
+        self.patch_pod_status(&ns, &pod.name_any(), &patch).await
     }
 
     /// Releases the gate of a pod held by request `holder` (in the pod's namespace), which no

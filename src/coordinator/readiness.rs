@@ -105,14 +105,22 @@ pub enum GateChange {
     NotGated,
     /// The condition already says so: nothing to write.
     Unchanged,
+    /// Another request holds the pod NotReady: releasing on behalf of this one would undo that
+    /// hold, so nothing is written (the holder releases it, or the coordinator once the holder
+    /// is gone).
+    HeldByOther(GateHolder),
     /// Write the condition with this status.
     Set { ready: bool },
 }
 
-/// Decides what `ready` asked for by request `holder` changes on `pod`.
+/// Decides what `ready` asked for by request `holder` changes on `pod`. Decided on one version
+/// of the pod: the write that follows carries that version ([`gate_patch`]).
 pub fn gate_change(pod: &Pod, ready: bool, holder: &GateHolder) -> GateChange {
     if !has_gate(pod) {
         return GateChange::NotGated;
+    }
+    if ready && let Some(other) = self::holder(pod).filter(|h| h != holder) {
+        return GateChange::HeldByOther(other);
     }
     let done = match gate_condition(pod) {
         None => false,
@@ -132,9 +140,12 @@ pub fn needs_opening(pod: &Pod) -> bool {
     has_gate(pod) && gate_condition(pod).is_none() && pod.metadata.deletion_timestamp.is_none()
 }
 
-/// The patch that opens a gated pod's `relaunch.dev/ready` condition for the first time.
-pub fn opening_patch(now: Timestamp) -> Value {
+/// The patch that opens a gated pod's `relaunch.dev/ready` condition for the first time. It
+/// applies only to pod version `resource_version` (409 otherwise), so a hold an agent takes
+/// meanwhile is never undone.
+pub fn opening_patch(resource_version: &str, now: Timestamp) -> Value {
     json!({
+        "metadata": {"resourceVersion": resource_version},
         "status": {
             "conditions": [{
                 "type": READINESS_GATE,
@@ -166,8 +177,15 @@ pub fn holder_gone_patch(holder: &GateHolder, resource_version: &str, now: Times
 }
 
 /// The strategic merge patch on `pods/status` that sets the gate condition (other conditions,
-/// merged by `type`, stay as they are).
-pub fn gate_patch(ready: bool, holder: &GateHolder, now: Timestamp) -> Value {
+/// merged by `type`, stay as they are). It applies only to pod version `resource_version`, the
+/// one the change was decided on (409 otherwise: read the pod again and decide again), so a
+/// release decided on an old version never undoes a newer request's hold.
+pub fn gate_patch(
+    ready: bool,
+    holder: &GateHolder,
+    resource_version: &str,
+    now: Timestamp,
+) -> Value {
     let (status, reason, message) = if ready {
         (
             "True",
@@ -178,6 +196,7 @@ pub fn gate_patch(ready: bool, holder: &GateHolder, now: Timestamp) -> Value {
         ("False", REASON_HELD, holder.message())
     };
     json!({
+        "metadata": {"resourceVersion": resource_version},
         "status": {
             "conditions": [{
                 "type": READINESS_GATE,
@@ -238,8 +257,12 @@ mod tests {
         assert!(!needs_opening(&pod(true, Some(("False", "held")))));
         assert!(!needs_opening(&pod(false, None)));
         assert_eq!(
-            opening_patch(Timestamp::UNIX_EPOCH)["status"]["conditions"][0]["status"],
+            opening_patch("5", Timestamp::UNIX_EPOCH)["status"]["conditions"][0]["status"],
             "True"
+        );
+        assert_eq!(
+            opening_patch("5", Timestamp::UNIX_EPOCH)["metadata"]["resourceVersion"],
+            "5"
         );
     }
 
@@ -289,6 +312,32 @@ mod tests {
     }
 
     #[test]
+    fn one_request_never_releases_another_requests_hold() {
+        let mut held = pod(true, Some(("False", &r("second").message())));
+        held.status.as_mut().unwrap().conditions.as_mut().unwrap()[1].reason =
+            Some(REASON_HELD.into());
+        assert_eq!(
+            gate_change(&held, true, &r("first")),
+            GateChange::HeldByOther(r("second"))
+        );
+        assert_eq!(
+            gate_change(&held, true, &r("second")),
+            GateChange::Set { ready: true }
+        );
+        // Holding is taken over (the agent runs one request of a pod at a time).
+        assert_eq!(
+            gate_change(&held, false, &r("first")),
+            GateChange::Set { ready: false }
+        );
+        // A False condition the coordinator did not write is not a request's hold.
+        let foreign = pod(true, Some(("False", "maintenance")));
+        assert_eq!(
+            gate_change(&foreign, true, &r("first")),
+            GateChange::Set { ready: true }
+        );
+    }
+
+    #[test]
     fn the_holder_is_read_back_from_the_condition_the_coordinator_wrote() {
         let mut held = pod(true, Some(("False", &r("r").message())));
         assert_eq!(
@@ -319,7 +368,8 @@ mod tests {
 
     #[test]
     fn patch_names_the_request() {
-        let p = gate_patch(false, &r("r"), Timestamp::UNIX_EPOCH);
+        let p = gate_patch(false, &r("r"), "41", Timestamp::UNIX_EPOCH);
+        assert_eq!(p["metadata"]["resourceVersion"], "41");
         let c = &p["status"]["conditions"][0];
         assert_eq!(c["type"], READINESS_GATE);
         assert_eq!(c["status"], "False");
@@ -329,7 +379,7 @@ mod tests {
             "held NotReady by ContainerRecreateRequest ns/r"
         );
         assert_eq!(c["lastTransitionTime"], "1970-01-01T00:00:00Z");
-        let p = gate_patch(true, &r("r"), Timestamp::UNIX_EPOCH);
+        let p = gate_patch(true, &r("r"), "41", Timestamp::UNIX_EPOCH);
         assert_eq!(p["status"]["conditions"][0]["status"], "True");
     }
 

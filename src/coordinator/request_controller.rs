@@ -85,8 +85,9 @@ pub async fn run(
 enum Action {
     /// A request without status: admit or refuse it.
     Admit(Arc<ContainerRecreateRequest>),
-    /// Carry out a lifecycle decision (never [`Decision::Wait`]).
-    Lifecycle(Arc<ContainerRecreateRequest>, Decision),
+    /// Carry out a lifecycle decision (never [`Decision::Wait`]), taken on this version of the
+    /// request's pod (if it exists).
+    Lifecycle(Arc<ContainerRecreateRequest>, Decision, Option<Arc<Pod>>),
     /// A pod with the `relaunch.dev/ready` gate but no condition yet.
     OpenGate(Arc<Pod>),
     /// A pod held NotReady by a request that is gone.
@@ -202,7 +203,7 @@ impl RequestController {
                         }
                         continue;
                     }
-                    decision => Action::Lifecycle(crr.clone(), decision),
+                    decision => Action::Lifecycle(crr.clone(), decision, pod.clone()),
                 }
             };
             let key = (
@@ -265,14 +266,14 @@ impl RequestController {
 async fn apply(ctx: &Context, action: Action) -> Result<(), Failure> {
     match action {
         Action::Admit(crr) => admit_request(ctx, &crr).await,
-        Action::Lifecycle(crr, decision) => carry_out(ctx, &crr, decision).await,
-        Action::OpenGate(pod) => {
-            let ns = pod.namespace().unwrap_or_default();
-            ctx.cluster
-                .open_gate(&ns, &pod.name_any())
-                .await
-                .map_err(|e| Failure::on_pod("opening the readiness gate", &pod, e))
+        Action::Lifecycle(crr, decision, pod) => {
+            carry_out(ctx, &crr, decision, pod.as_deref()).await
         }
+        Action::OpenGate(pod) => ctx
+            .cluster
+            .open_gate(&pod)
+            .await
+            .map_err(|e| Failure::on_pod("opening the readiness gate", &pod, e)),
         Action::ReleaseGoneHolder(pod, holder) => release_gone_holder(ctx, &pod, &holder).await,
     }
 }
@@ -425,11 +426,12 @@ async fn admit_request(ctx: &Context, crr: &ContainerRecreateRequest) -> Result<
     Ok(())
 }
 
-/// Carries out a lifecycle decision.
+/// Carries out a lifecycle decision, taken on `pod` (the cached version of the request's pod).
 async fn carry_out(
     ctx: &Context,
     crr: &ContainerRecreateRequest,
     decision: Decision,
+    pod: Option<&Pod>,
 ) -> Result<(), Failure> {
     match decision {
         Decision::Wait(_) => {}
@@ -451,8 +453,12 @@ async fn carry_out(
             ctx.cluster.record(crr, pod_reference(crr), vec![event]);
         }
         Decision::ReleaseGate => {
+            // Decided on the cached pod: the release applies to that version only (409
+            // otherwise, and the next pass decides again on the pod as it is then), so it never
+            // undoes a hold a newer request took meanwhile.
+            let Some(pod) = pod else { return Ok(()) };
             ctx.cluster
-                .set_gate(&crr.spec.pod_name, true, &holder_of(crr))
+                .set_gate(pod, true, &holder_of(crr))
                 .await
                 .map_err(|e| Failure::on_request("releasing the readiness gate", crr, e))?;
             tracing::info!(request = %describe(crr), "readiness gate released");

@@ -431,60 +431,86 @@ async fn admit_here(
     }
 }
 
-/// Holds or releases the pod's readiness gate for the agent on `node`.
+/// Holds or releases the pod's readiness gate for the agent on `node`. The change is decided
+/// on the pod as just read and written only to that version; when the pod changed meanwhile
+/// (409), it is read and decided again.
 pub async fn apply_readiness(
     ctx: &Context,
     node: &str,
     request: &ReadinessRequest,
 ) -> Result<ReadinessAnswer, Refusal> {
-    let (crr, pod) = authorize(ctx, node, &request.request).await?;
-    ctx.heartbeats
-        .record(&request.request.uid, Timestamp::now());
     let (ns, name) = (&request.request.namespace, &request.request.name);
-    let finished = crr.status.as_ref().is_some_and(|s| s.phase.is_finished());
-    if finished && !request.ready {
-        return Err(Refusal::Conflict(format!(
-            "ContainerRecreateRequest {ns}/{name} is finished; its pod is not held NotReady any more"
-        )));
-    }
     let holder = GateHolder::new(ns, name);
-    match gate_change(&pod, request.ready, &holder) {
-        GateChange::NotGated => Ok(ReadinessAnswer {
-            gated: false,
-            message: Some(format!(
-                "pod {ns}/{} has no readiness gate {READINESS_GATE} in spec.readinessGates; its readiness cannot be held",
-                pod.name_any()
-            )),
-        }),
-        GateChange::Unchanged => Ok(ReadinessAnswer {
+    for attempt in 0..WRITE_ATTEMPTS {
+        let (crr, pod) = authorize(ctx, node, &request.request).await?;
+        if attempt == 0 {
+            ctx.heartbeats
+                .record(&request.request.uid, Timestamp::now());
+        }
+        let finished = crr.status.as_ref().is_some_and(|s| s.phase.is_finished());
+        if finished && !request.ready {
+            return Err(Refusal::Conflict(format!(
+                "ContainerRecreateRequest {ns}/{name} is finished; its pod is not held NotReady any more"
+            )));
+        }
+        let ready = match gate_change(&pod, request.ready, &holder) {
+            GateChange::NotGated => {
+                return Ok(ReadinessAnswer {
+                    gated: false,
+                    message: Some(format!(
+                        "pod {ns}/{} has no readiness gate {READINESS_GATE} in spec.readinessGates; its readiness cannot be held",
+                        pod.name_any()
+                    )),
+                });
+            }
+            GateChange::Unchanged => {
+                return Ok(ReadinessAnswer {
+                    gated: true,
+                    message: None,
+                });
+            }
+            GateChange::HeldByOther(other) => {
+                return Ok(ReadinessAnswer {
+                    gated: true,
+                    message: Some(format!(
+                        "pod {ns}/{} is held NotReady by ContainerRecreateRequest {other}; left as it is",
+                        pod.name_any()
+                    )),
+                });
+            }
+            GateChange::Set { ready } => ready,
+        };
+        let write = ctx.cluster.set_gate(&pod, ready, &holder).await;
+        let object = format!("Pod {ns}/{}", pod.name_any());
+        match write {
+            Ok(()) => {}
+            Err(e) if e.is_conflict() => {
+                error_policy(&ctx.metrics, "setting the readiness gate", &object, &e);
+                continue;
+            }
+            Err(e) => {
+                return Err(unavailable(
+                    ctx,
+                    (
+                        "setting the readiness gate",
+                        "cannot update the pod's readiness gate",
+                    ),
+                    &object,
+                    e,
+                ));
+            }
+        }
+        let event = events::gate_set(ready, &pod.name_any());
+        ctx.cluster
+            .record(&crr, Some(object_reference(&pod)), vec![event]);
+        return Ok(ReadinessAnswer {
             gated: true,
             message: None,
-        }),
-        GateChange::Set { ready } => {
-            ctx.cluster
-                .set_gate(&pod.name_any(), ready, &holder)
-                .await
-                .map_err(|e| {
-                    let object = format!("Pod {ns}/{}", pod.name_any());
-                    unavailable(
-                        ctx,
-                        (
-                            "setting the readiness gate",
-                            "cannot update the pod's readiness gate",
-                        ),
-                        &object,
-                        e,
-                    )
-                })?;
-            let event = events::gate_set(ready, &pod.name_any());
-            ctx.cluster
-                .record(&crr, Some(object_reference(&pod)), vec![event]);
-            Ok(ReadinessAnswer {
-                gated: true,
-                message: None,
-            })
-        }
+        });
     }
+    Err(Refusal::Unavailable(
+        "the pod kept changing while its readiness gate was set; retry".into(),
+    ))
 }
 
 #[cfg(test)]
