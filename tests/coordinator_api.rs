@@ -19,7 +19,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{CustomResourceExt, ResourceExt};
 use relaunch_api::report::{MAX_BODY_BYTES, READINESS_PATH, REPORTS_PATH};
 use relaunch_api::{
-    ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, READINESS_GATE, RecreatePhase,
+    ContainerRecreatePhase, ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID,
+    READINESS_GATE, RecreatePhase,
 };
 use relaunch_coordinator::{self as coordinator, Context, ReportListener, Settings};
 use relaunch_telemetry::admin::Health;
@@ -886,12 +887,40 @@ async fn deadline_pod_deletion_and_ttl_end_requests_and_the_gate_is_released() {
         bed.post(READINESS_PATH, Some(&token), bytes(&hold)).await.0,
         200
     );
+    // The agent is in the middle of the shutdown action when the deadline passes.
+    let shutting_down = report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "ShuttingDown"}),
+    );
+    let (code, reported) = bed
+        .post(REPORTS_PATH, Some(&token), bytes(&shutting_down))
+        .await;
+    assert_eq!(code, 200, "{reported}");
     let failed = bed.failed("late", "deadline").await;
     assert!(
         message(&failed).starts_with("deadline exceeded"),
         "{}",
         message(&failed)
     );
+    // No container is left in a step that is still going on (OpenKruise #2353).
+    let states = &failed.status.as_ref().unwrap().container_recreate_states;
+    assert_eq!(states.len(), 1, "{states:?}");
+    assert_eq!(states[0].phase, ContainerRecreatePhase::Failed);
+    let said = states[0].message.clone().unwrap_or_default();
+    // The report normally lands well within the 2 s; if the deadline won the race, the
+    // container never started.
+    if reported["phase"] == "Recreating" {
+        assert!(
+            said.starts_with(
+                "interrupted: the request failed while this container was ShuttingDown (deadline exceeded"
+            ),
+            "{said}"
+        );
+    } else {
+        assert!(said.starts_with("not started: "), "{said}");
+    }
+    assert!(states[0].timestamps.finished.is_some());
     let pods = bed.pods();
     eventually("the gate is released", WAIT, || async {
         let pod = pods.get("db-0").await.ok()?;

@@ -7,8 +7,9 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use relaunch_api::{
-    ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestStatus,
-    LABEL_NODE_NAME, LABEL_POD_UID, RecreatePhase,
+    ContainerRecreatePhase, ContainerRecreateRequest, ContainerRecreateRequestContainer,
+    ContainerRecreateRequestStatus, ContainerRecreateState, LABEL_NODE_NAME, LABEL_POD_UID,
+    RecreatePhase,
 };
 
 /// How long the kubelet may take to restart a stopped container (its crash-loop back-off cap).
@@ -255,8 +256,12 @@ fn until(now: Timestamp, then: Timestamp) -> Duration {
     Duration::try_from(d).unwrap_or_default()
 }
 
-/// The status of a request the coordinator fails: finished, with the message, nothing else lost.
+/// The status of a request the coordinator fails: finished, with the message, and every
+/// container of `containers` (the spec's) that had not finished ends Failed saying what happened
+/// to it ([`interrupted`]); nothing else is lost. A refused request (nothing ran) passes no
+/// containers.
 pub fn failed(
+    containers: &[ContainerRecreateRequestContainer],
     status: Option<&ContainerRecreateRequestStatus>,
     message: &str,
     now: Timestamp,
@@ -267,16 +272,60 @@ pub fn failed(
     if status.completion_time.is_none() {
         status.completion_time = Some(Time(now));
     }
+    interrupted(containers, &mut status, message, now);
     status
+}
+
+/// Ends every container of a failed request that is not Succeeded or Failed yet: Failed, with
+/// a message saying what it was doing when the request failed (`why`), and a finished time.
+/// Containers of the spec the status does not list yet are added (they never started). Their
+/// order follows the spec.
+pub fn interrupted(
+    containers: &[ContainerRecreateRequestContainer],
+    status: &mut ContainerRecreateRequestStatus,
+    why: &str,
+    now: Timestamp,
+) {
+    for c in containers {
+        if !status
+            .container_recreate_states
+            .iter()
+            .any(|s| s.name == c.name)
+        {
+            status
+                .container_recreate_states
+                .push(ContainerRecreateState {
+                    name: c.name.clone(),
+                    ..Default::default()
+                });
+        }
+    }
+    for state in &mut status.container_recreate_states {
+        if state.phase.is_finished() {
+            continue;
+        }
+        let what = match state.phase {
+            ContainerRecreatePhase::Pending => {
+                "not started: the request failed before this container's turn".to_string()
+            }
+            phase => format!("interrupted: the request failed while this container was {phase:?}"),
+        };
+        state.message = Some(format!("{what} ({why})"));
+        state.phase = ContainerRecreatePhase::Failed;
+        if state.timestamps.finished.is_none() {
+            state.timestamps.finished = Some(Time(now));
+        }
+    }
+    let position = |name: &str| containers.iter().position(|c| c.name == name);
+    status
+        .container_recreate_states
+        .sort_by_key(|c| position(&c.name).unwrap_or(usize::MAX));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relaunch_api::{
-        ContainerRecreateRequestContainer, ContainerRecreateRequestSpec,
-        ContainerRecreateRequestStrategy, ContainerRecreateState,
-    };
+    use relaunch_api::{ContainerRecreateRequestSpec, ContainerRecreateRequestStrategy};
     use std::collections::BTreeMap;
 
     const T0: i64 = 1_700_000_000;
@@ -543,12 +592,98 @@ mod tests {
             .container_recreate_states
             .push(ContainerRecreateState {
                 name: "db".into(),
+                phase: ContainerRecreatePhase::Succeeded,
+                message: Some("recreated".into()),
                 ..Default::default()
             });
-        let f = failed(Some(&status), "deadline exceeded", at(7));
+        let f = failed(&[], Some(&status), "deadline exceeded", at(7));
         assert_eq!(f.phase, RecreatePhase::Failed);
         assert_eq!(f.message.as_deref(), Some("deadline exceeded"));
         assert_eq!(f.completion_time, Some(Time(at(7))));
-        assert_eq!(f.container_recreate_states.len(), 1);
+        assert_eq!(
+            f.container_recreate_states,
+            status.container_recreate_states
+        );
+    }
+
+    fn containers(names: &[&str]) -> Vec<ContainerRecreateRequestContainer> {
+        names
+            .iter()
+            .map(|n| ContainerRecreateRequestContainer {
+                name: n.to_string(),
+                shutdown: None,
+            })
+            .collect()
+    }
+
+    /// OpenKruise #2353: a request failed by its deadline kept a container `ShuttingDown`.
+    #[test]
+    fn every_container_of_a_failed_request_ends_finished_saying_what_happened_to_it() {
+        use ContainerRecreatePhase as C;
+        let spec = containers(&["done", "busy", "queued", "unreported", "broken"]);
+        let state = |name: &str, phase| ContainerRecreateState {
+            name: name.into(),
+            phase,
+            ..Default::default()
+        };
+        let mut broken = state("broken", C::Failed);
+        broken.message = Some("exec failed".into());
+        broken.timestamps.finished = Some(Time(at(3)));
+        let status = ContainerRecreateRequestStatus {
+            phase: RecreatePhase::Recreating,
+            container_recreate_states: vec![
+                broken.clone(),
+                state("done", C::Succeeded),
+                state("busy", C::ShuttingDown),
+                state("queued", C::Pending),
+            ],
+            ..Default::default()
+        };
+        let why = "deadline exceeded: not finished within activeDeadlineSeconds (3s)";
+        let f = failed(&spec, Some(&status), why, at(9));
+        let names: Vec<&str> = f
+            .container_recreate_states
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["done", "busy", "queued", "unreported", "broken"]);
+        for c in &f.container_recreate_states {
+            assert!(c.phase.is_finished(), "{c:?}");
+        }
+        let of = |name: &str| {
+            f.container_recreate_states
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(of("done").phase, C::Succeeded);
+        assert_eq!(of("done").message, None);
+        assert_eq!(
+            of("broken"),
+            broken,
+            "a failed container keeps its own story"
+        );
+        let busy = of("busy");
+        assert_eq!(busy.phase, C::Failed);
+        assert_eq!(
+            busy.message.as_deref(),
+            Some(
+                "interrupted: the request failed while this container was ShuttingDown \
+                 (deadline exceeded: not finished within activeDeadlineSeconds (3s))"
+            )
+        );
+        assert_eq!(busy.timestamps.finished, Some(Time(at(9))));
+        for never in ["queued", "unreported"] {
+            let c = of(never);
+            assert_eq!(c.phase, C::Failed);
+            assert!(
+                c.message.as_deref().unwrap().starts_with("not started: "),
+                "{c:?}"
+            );
+        }
+        // Refused: nothing ran, nothing is listed.
+        let refused = failed(&[], None, "spec.podName is empty", at(1));
+        assert!(refused.container_recreate_states.is_empty());
     }
 }

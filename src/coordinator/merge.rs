@@ -204,6 +204,11 @@ pub fn merge_report(
     if new.phase == RecreatePhase::Failed && new.message.is_none() {
         new.message = Some(failure_message(&new.container_recreate_states));
     }
+    // A request the agent failed leaves no container in a step that is still going on.
+    if new.phase == RecreatePhase::Failed {
+        let why = new.message.clone().unwrap_or_default();
+        crate::lifecycle::interrupted(&spec.containers, &mut new, &why, now);
+    }
 
     new.start_time = earliest(new.start_time.take(), report_start.map(Time));
     if !RecreatePhase::Recreating.is_after(new.phase) && new.start_time.is_none() {
@@ -822,6 +827,26 @@ mod tests {
             Some(&Step::Failed {
                 message: "container app: restartPolicy Never".into()
             })
+        );
+    }
+
+    #[test]
+    fn containers_left_unfinished_by_a_failed_report_end_failed() {
+        let s = spec(&["app", "sidecar"]);
+        let mut c = container("app", ContainerRecreatePhase::Failed);
+        c.message = Some("restartPolicy Never".into());
+        let merged = apply(&s, None, &report(RecreatePhase::Failed, vec![c]));
+        let states = &merged.status.container_recreate_states;
+        assert_eq!(states.len(), 2);
+        assert_eq!(states[0].message.as_deref(), Some("restartPolicy Never"));
+        assert_eq!(states[1].name, "sidecar");
+        assert_eq!(states[1].phase, ContainerRecreatePhase::Failed);
+        assert_eq!(
+            states[1].message.as_deref(),
+            Some(
+                "not started: the request failed before this container's turn \
+                 (container app: restartPolicy Never)"
+            )
         );
     }
 

@@ -411,7 +411,7 @@ async fn admit_request(ctx: &Context, crr: &ContainerRecreateRequest) -> Result<
             tracing::info!(request = %describe(crr), pod = %crr.spec.pod_name, "admitted");
         }
         Admission::Refuse { message } => {
-            let status = lifecycle::failed(None, &message, Timestamp::now());
+            let status = lifecycle::failed(&[], None, &message, Timestamp::now());
             ctx.cluster
                 .write_status(crr, crr.status.as_ref(), &status)
                 .await
@@ -439,7 +439,12 @@ async fn carry_out(
             if reason == FailReason::PodGone && pod_still_there(ctx, crr).await {
                 return Ok(());
             }
-            let status = lifecycle::failed(crr.status.as_ref(), &message, Timestamp::now());
+            let status = lifecycle::failed(
+                &crr.spec.containers,
+                crr.status.as_ref(),
+                &message,
+                Timestamp::now(),
+            );
             ctx.cluster
                 .write_status(crr, crr.status.as_ref(), &status)
                 .await

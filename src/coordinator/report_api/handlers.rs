@@ -414,7 +414,7 @@ async fn admit_here(
             Ok(Attempt::Done(Admitted::Admitted(Box::new((crr, status)))))
         }
         Admission::Refuse { message } => {
-            let status = lifecycle::failed(None, &message, now);
+            let status = lifecycle::failed(&[], None, &message, now);
             let write = ctx.cluster.write_status(&crr, None, &status).await;
             if let Attempt::Retry = settle(ctx, WRITING_STATUS, &crr, write)? {
                 return Ok(Attempt::Retry);
