@@ -31,6 +31,7 @@ fn main() {
             )]),
             ready_seconds: Some(3600),
             restart: RestartState::NotStarted,
+            busy: false,
         })
         .collect();
     // Ten budgets, each over a tenth of the pods, allowing 5 % disruption.

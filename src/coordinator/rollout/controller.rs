@@ -265,16 +265,19 @@ impl RolloutController {
         let name = rollout.name_any();
         let uid = rollout.uid().unwrap_or_default();
         let in_namespace = |namespace: Option<String>| namespace.as_deref() == Some(ns.as_str());
-        let requests: Vec<Arc<ContainerRecreateRequest>> = self
+        let (requests, others): (Vec<Arc<ContainerRecreateRequest>>, Vec<_>) = self
             .stores
             .requests
             .state()
             .into_iter()
-            .filter(|r| {
-                in_namespace(r.namespace())
-                    && r.labels().get(LABEL_ROLLING_RESTART) == Some(&name)
+            .filter(|r| in_namespace(r.namespace()))
+            .partition(|r| {
+                r.labels().get(LABEL_ROLLING_RESTART) == Some(&name)
                     && r.owner_references().iter().any(|o| o.uid == uid)
-            })
+            });
+        let others = others
+            .into_iter()
+            .filter(|r| r.status.as_ref().is_none_or(|s| !s.phase.is_finished()))
             .collect();
         let settling = match self.created.get(&uid) {
             Some((names, at)) => {
@@ -300,6 +303,7 @@ impl RolloutController {
                 .filter(|b| in_namespace(b.namespace()))
                 .collect(),
             requests,
+            others,
             settling,
             behind_own_write: written.is_some_and(|(at, rv)| {
                 Some(rv) == rollout.resource_version().as_ref() && at.elapsed() < OWN_WRITE_SETTLE

@@ -25,6 +25,9 @@ pub struct TargetPod {
     /// Seconds the pod has been Ready without interruption; `None` when not Ready.
     pub ready_seconds: Option<i64>,
     pub restart: RestartState,
+    /// An unfinished request this rollout did not create (a manual one, another rollout's)
+    /// restarts or is about to restart the pod: it counts as unavailable and is not started.
+    pub busy: bool,
 }
 
 /// A PodDisruptionBudget: its limits and the pods it selects (targets or not).
@@ -78,7 +81,8 @@ pub fn plan(
     strategy: &PlanStrategy,
 ) -> Plan {
     let available = |p: &TargetPod| {
-        p.restart != RestartState::InProgress
+        !p.busy
+            && p.restart != RestartState::InProgress
             && p.ready_seconds
                 .is_some_and(|s| s >= strategy.min_ready_seconds)
     };
@@ -104,9 +108,11 @@ pub fn plan(
     let Some(current_group) = remaining.iter().map(|p| group(p)).min() else {
         return Plan::Done;
     };
+    // A busy pod keeps its group open (the rollout is not done with it) but is not started
+    // while another restart is under way: when only busy pods are left, the rollout waits.
     let mut candidates: Vec<&TargetPod> = remaining
         .into_iter()
-        .filter(|p| group(p) == current_group)
+        .filter(|p| group(p) == current_group && !p.busy)
         .collect();
     candidates.sort_by(|a, b| {
         let by_ordinal = match strategy.ordinal {
@@ -223,6 +229,7 @@ mod tests {
             labels: BTreeMap::new(),
             ready_seconds: Some(3600),
             restart: RestartState::NotStarted,
+            busy: false,
         }
     }
 
@@ -393,6 +400,44 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_restarted_by_someone_else_uses_the_budget_and_is_not_started() {
+        // A manual request restarts db-5 while the rollout runs with maxUnavailable 1.
+        let mut pods = statefulset(6);
+        pods[5].busy = true;
+        assert_eq!(
+            plan(&pods, &[], &BTreeMap::new(), &strategy(1)),
+            Plan::Wait(WaitReason::BlockedByUnavailablePods)
+        );
+        // With room for two, db-5 is skipped: db-4 goes, and only db-4.
+        assert_eq!(
+            start(plan(&pods, &[], &BTreeMap::new(), &strategy(2))),
+            vec!["db-4"]
+        );
+        // Everything else restarted: the rollout waits for db-5 rather than being done.
+        for p in pods.iter_mut().take(5) {
+            p.restart = RestartState::Succeeded;
+        }
+        assert_eq!(
+            plan(&pods, &[], &BTreeMap::new(), &strategy(2)),
+            Plan::Wait(WaitReason::BlockedByUnavailablePods)
+        );
+        pods[5].busy = false;
+        assert_eq!(
+            start(plan(&pods, &[], &BTreeMap::new(), &strategy(2))),
+            vec!["db-5"]
+        );
+        // A pod the rollout already restarted, restarted again by someone else: the rollout
+        // waits for it as for its own batch.
+        pods[5].restart = RestartState::Succeeded;
+        pods[0].restart = RestartState::NotStarted;
+        pods[5].busy = true;
+        assert_eq!(
+            plan(&pods, &[], &BTreeMap::new(), &strategy(2)),
+            Plan::Wait(WaitReason::WaitingForReady)
+        );
+    }
+
+    #[test]
     fn budgets_resolve_like_the_disruption_controller() {
         assert_eq!(desired_healthy(Some(&IntOrString::Int(5)), None, 6), 5);
         assert_eq!(
@@ -417,6 +462,7 @@ mod tests {
                     Just(RestartState::Failed)
                 ],
                 prop_oneof![Just("primary"), Just("replica"), Just("other")],
+                prop::bool::weighted(0.2),
             ),
             0..12,
         )
@@ -424,12 +470,13 @@ mod tests {
             specs
                 .into_iter()
                 .enumerate()
-                .map(|(i, (ready, restart, role))| TargetPod {
+                .map(|(i, (ready, restart, role, busy))| TargetPod {
                     name: format!("p-{i}"),
                     ordinal: Some(i as i32),
                     labels: BTreeMap::from([("role".to_string(), role.to_string())]),
                     ready_seconds: ready,
                     restart,
+                    busy,
                 })
                 .collect()
         })
@@ -456,7 +503,8 @@ mod tests {
             };
             let selected: BTreeSet<String> = pods.iter().zip(&pdb_mask).filter(|(_, m)| **m).map(|(p, _)| p.name.clone()).collect();
             let budget = Budget { name: "pdb".into(), desired_healthy: pdb_min, selected: selected.clone() };
-            let available = |p: &TargetPod| p.restart != RestartState::InProgress && p.ready_seconds.is_some_and(|r| r >= min_ready);
+            // A pod another request restarts is unavailable, whatever its Ready condition says.
+            let available = |p: &TargetPod| !p.busy && p.restart != RestartState::InProgress && p.ready_seconds.is_some_and(|r| r >= min_ready);
             let Plan::Start(batch) = plan(&pods, std::slice::from_ref(&budget), &BTreeMap::new(), &s) else { return Ok(()); };
             let picked: Vec<&TargetPod> = batch.iter().map(|n| pods.iter().find(|p| &p.name == n).unwrap()).collect();
 
@@ -464,6 +512,8 @@ mod tests {
             let unique: BTreeSet<&String> = batch.iter().collect();
             prop_assert_eq!(unique.len(), batch.len());
             prop_assert!(picked.iter().all(|p| p.restart == RestartState::NotStarted));
+            // Never a pod another request is restarting.
+            prop_assert!(picked.iter().all(|p| !p.busy));
             // Partition respected.
             if let Some(partition) = partition {
                 prop_assert!(picked.iter().all(|p| p.ordinal.unwrap() >= partition));

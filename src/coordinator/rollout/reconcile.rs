@@ -42,6 +42,9 @@ pub struct Observed {
     pub pods: Vec<Arc<Pod>>,
     /// The requests this rollout created (its label and its owner reference).
     pub requests: Vec<Arc<ContainerRecreateRequest>>,
+    /// The unfinished requests of the rollout's namespace it did not create (manual ones,
+    /// another rollout's): the pods they restart count as unavailable and are not started.
+    pub others: Vec<Arc<ContainerRecreateRequest>>,
     /// The PodDisruptionBudgets of the rollout's namespace.
     pub budgets: Vec<Arc<PodDisruptionBudget>>,
     /// The requests of the last batch are not all in the cache yet: it cannot be planned on.
@@ -290,6 +293,7 @@ fn plan(
                 labels: pod.labels().clone(),
                 ready_seconds: state::ready_seconds(pod, o.now),
                 restart: state::restart_state(request),
+                busy: state::busy(&o.others, &pod.name_any(), &pod_uid),
             }
         })
         .collect();

@@ -250,6 +250,24 @@ pub fn request_for<'a>(
     })
 }
 
+/// Whether an unfinished request among `others` (requests the rollout did not create) is for
+/// `pod_name` (UID `uid`): one not admitted yet, without the pod-UID label, counts too.
+pub fn busy(
+    others: &[std::sync::Arc<ContainerRecreateRequest>],
+    pod_name: &str,
+    uid: &str,
+) -> bool {
+    others.iter().any(|r| {
+        r.spec.pod_name == pod_name
+            && r.status.as_ref().is_none_or(|s| !s.phase.is_finished())
+            && r.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_POD_UID))
+                .is_none_or(|u| u == uid)
+    })
+}
+
 /// The strategy as plain numbers for `total` target pods.
 pub fn plan_strategy(
     spec: &RollingRestartSpec,
@@ -688,6 +706,7 @@ mod tests {
             labels: BTreeMap::new(),
             ready_seconds: Some(100),
             restart,
+            busy: false,
         }
     }
 

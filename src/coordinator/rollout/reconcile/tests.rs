@@ -84,6 +84,7 @@ fn observed(rollout: Arc<RollingRestart>, pods: Vec<Arc<Pod>>) -> Observed {
         )),
         pods,
         requests: Vec::new(),
+        others: Vec::new(),
         budgets: Vec::new(),
         settling: false,
         behind_own_write: false,
@@ -200,6 +201,60 @@ fn a_request_that_could_not_be_created_is_not_counted_in_progress() {
     let then = batch.started(1);
     let (status, _) = written(&then).unwrap();
     assert_eq!((status.batches, status.in_progress), (1, 1));
+}
+
+/// A request for pod `db-<ordinal>` the rollout did not create (a manual restart).
+fn manual_request(ordinal: i32, pod_uid: Option<&str>) -> Arc<ContainerRecreateRequest> {
+    let mut r = ContainerRecreateRequest::new(
+        &format!("manual-{ordinal}"),
+        relaunch_api::ContainerRecreateRequestSpec {
+            pod_name: format!("db-{ordinal}"),
+            ..Default::default()
+        },
+    );
+    r.metadata.namespace = Some("default".into());
+    r.metadata.labels =
+        pod_uid.map(|uid| BTreeMap::from([(LABEL_POD_UID.to_string(), uid.to_string())]));
+    r.status = Some(ContainerRecreateRequestStatus {
+        phase: RecreatePhase::Recreating,
+        ..Default::default()
+    });
+    Arc::new(r)
+}
+
+#[test]
+fn a_pod_restarted_by_another_request_uses_the_budget() {
+    // db-2 is being restarted by hand; maxUnavailable 1 is used up.
+    let mut o = observed(rollout(spec(1), None), vec![pod(0), pod(1), pod(2)]);
+    o.others = vec![manual_request(2, Some("pod-uid-2"))];
+    let decided = reconcile(&o);
+    assert!(
+        !decided
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::StartBatch(_))),
+        "{:?}",
+        decided.actions
+    );
+    assert_eq!(
+        decided.counts.unwrap().blocked,
+        Some(ConditionReason::BlockedByUnavailablePods)
+    );
+    // With room for two, the busy pod is passed over.
+    o.rollout = rollout(spec(2), None);
+    let decided = reconcile(&o);
+    let Some(Action::StartBatch(batch)) = decided.actions.first() else {
+        panic!("{:?}", decided.actions);
+    };
+    assert_eq!(batch.pods, ["db-1"]);
+    // A request for an earlier pod of that name (another UID) does not make the pod busy.
+    o.rollout = rollout(spec(1), None);
+    o.others = vec![manual_request(2, Some("pod-uid-old"))];
+    let decided = reconcile(&o);
+    let Some(Action::StartBatch(batch)) = decided.actions.first() else {
+        panic!("{:?}", decided.actions);
+    };
+    assert_eq!(batch.pods, ["db-2"]);
 }
 
 #[test]
