@@ -22,8 +22,10 @@ use relaunch_api::{
     ContainerRecreatePhase, ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID,
     READINESS_GATE, RecreatePhase,
 };
+use relaunch_coordinator::report_api::server::ReportLimits;
 use relaunch_coordinator::{self as coordinator, Context, ReportListener, Settings};
 use relaunch_telemetry::admin::Health;
+use relaunch_telemetry::serving::ConnectionLimits;
 use relaunch_testbed::{API_AUDIENCE, Component};
 use serde_json::{Value, json};
 use support::{TestApi, eventually, token};
@@ -58,6 +60,15 @@ impl CoordinatorBed {
 
     /// With `controllers` false only the report API runs (as on a replica without the Lease).
     async fn start_with(agent_timeout: Duration, controllers: bool) -> CoordinatorBed {
+        Self::start_limited(agent_timeout, controllers, ReportLimits::default()).await
+    }
+
+    /// [`CoordinatorBed::start_with`], the report API serving within `limits`.
+    async fn start_limited(
+        agent_timeout: Duration,
+        controllers: bool,
+        limits: ReportLimits,
+    ) -> CoordinatorBed {
         let api = TestApi::start().await;
         let client = api.client.clone();
         Api::<CustomResourceDefinition>::all(client.clone())
@@ -94,7 +105,8 @@ impl CoordinatorBed {
         let ctx = Context::new(coordinator_client, settings, &registry).unwrap();
         let listener = ReportListener::bind("127.0.0.1:0".parse().unwrap(), None)
             .await
-            .unwrap();
+            .unwrap()
+            .with_limits(limits);
         let url = format!("http://{}", listener.local_addr().unwrap());
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
@@ -1262,4 +1274,130 @@ async fn a_queued_message_is_replaced_once_the_request_is_recreating() {
     );
     let now = bed.requests().get("waits").await.unwrap();
     assert_eq!(message(&now), "");
+}
+
+/// TokenReviews the coordinator has made so far.
+fn token_reviews(bed: &CoordinatorBed) -> u64 {
+    bed.api
+        .server
+        .request_counts()
+        .iter()
+        .filter(|(k, _)| k.resource == "tokenreviews" && k.verb == "create")
+        .map(|(_, n)| n)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_bogus_token_costs_one_token_review_per_ttl() {
+    let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
+    let crr = bed
+        .create_request("probe", "db-0", &["app"], json!({}))
+        .await;
+    let body = bytes(&report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping"}),
+    ));
+    let before = token_reviews(&bed);
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let (code, answer) = bed
+            .post(REPORTS_PATH, Some("bogus-token"), body.clone())
+            .await;
+        assert_eq!(code, 401, "{answer}");
+        assert_eq!(answer["error"]["reason"], "Unauthenticated");
+    }
+    let reviews = token_reviews(&bed) - before;
+    // Each refusal still counts as one.
+    assert_eq!(
+        bed.counter("relaunch_coordinator_auth_failures_total", "invalid_token"),
+        20
+    );
+    if started.elapsed() < coordinator::report_api::auth::REFUSED_TOKEN_TTL {
+        assert_eq!(reviews, 1, "20 requests with one bogus token");
+    } else {
+        assert!(reviews < 20, "{reviews} TokenReviews for 20 requests");
+    }
+    // Another bogus token is reviewed on its own; a good one is not held up by either.
+    assert_eq!(
+        bed.post(REPORTS_PATH, Some("other-bogus"), body.clone())
+            .await
+            .0,
+        401
+    );
+    assert_eq!(token_reviews(&bed) - before, reviews + 1);
+    let good = bed.node_token("node-1", "relaunch-coordinator").await;
+    assert_eq!(bed.post(REPORTS_PATH, Some(&good), body).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_half_sent_header_is_cut_off_and_its_connection_slot_freed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = ReportLimits {
+        connections: ConnectionLimits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_millis(500),
+        },
+        ..ReportLimits::default()
+    };
+    let bed = CoordinatorBed::start_limited(Duration::from_secs(300), false, limits).await;
+    let addr = bed.url.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/reports HTTP/1.1\r\nHost: x\r\nAuthorization: Bea")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    // (A reset ends the read with an error: the connection is gone either way.)
+    let _closed = tokio::time::timeout(WAIT, slow.read_to_end(&mut rest))
+        .await
+        .expect("the slow client kept its connection");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let answer = String::from_utf8_lossy(&rest);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // The only connection slot is free again.
+    let (code, answer) = bed
+        .post(REPORTS_PATH, None, Bytes::from_static(b"{}"))
+        .await;
+    assert_eq!(code, 401, "{answer}");
+}
+
+#[tokio::test]
+async fn reports_beyond_the_in_flight_limit_wait_then_get_429() {
+    let limits = ReportLimits {
+        max_in_flight: 1,
+        queue_wait: Duration::from_millis(100),
+        ..ReportLimits::default()
+    };
+    let bed = CoordinatorBed::start_limited(Duration::from_secs(300), false, limits).await;
+    let crr = bed
+        .create_request("busy", "db-0", &["app"], json!({}))
+        .await;
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+    let body = bytes(&report(
+        &crr,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping"}),
+    ));
+    // Every call the handler makes to the API server now takes half a second.
+    bed.api.server.faults().delay(Duration::from_millis(500));
+    let (first, second) = tokio::join!(
+        bed.post(REPORTS_PATH, Some(&token), body.clone()),
+        bed.post(REPORTS_PATH, Some(&token), body.clone()),
+    );
+    bed.api.server.faults().delay(Duration::ZERO);
+    let mut codes = [first.0, second.0];
+    codes.sort();
+    assert_eq!(codes, [200, 429], "{first:?} {second:?}");
+    let refused = if first.0 == 429 { &first.1 } else { &second.1 };
+    assert_eq!(refused["error"]["reason"], "TooManyRequests", "{refused}");
+    assert_eq!(
+        bed.counter("relaunch_coordinator_reports_total", "too_many_requests"),
+        1
+    );
+    // Once the slot is free, reports go through again.
+    assert_eq!(bed.post(REPORTS_PATH, Some(&token), body).await.0, 200);
 }

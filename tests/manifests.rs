@@ -132,6 +132,7 @@ fn manifests_render_and_validate_against_kubernetes_schemas() {
         ("Deployment", "relaunch-coordinator"),
         ("Service", "relaunch-coordinator"),
         ("PodDisruptionBudget", "relaunch-coordinator"),
+        ("NetworkPolicy", "relaunch-coordinator"),
     ] {
         one(&base, kind, name);
     }
@@ -369,6 +370,97 @@ fn pods_pass_only_flags_and_environment_the_binaries_accept() {
         }
     }
     assert!(checked >= 10, "the manifests pass their settings as flags");
+}
+
+/// Whether `selector`'s `matchLabels` (and nothing else) selects pods labelled `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let Some(wanted) = selector["matchLabels"].as_mapping() else {
+        return false;
+    };
+    selector.as_mapping().is_some_and(|m| m.len() == 1)
+        && !wanted.is_empty()
+        && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[test]
+fn only_the_agents_reach_the_report_port_and_the_admin_port_stays_open() {
+    let base = objects(&kustomize("manifests/base"));
+    let policy = one(&base, "NetworkPolicy", "relaunch-coordinator");
+    let coordinator = one(&base, "Deployment", "relaunch-coordinator");
+    let agent =
+        &one(&base, "DaemonSet", "relaunch-agent")["spec"]["template"]["metadata"]["labels"];
+    let pod = &coordinator["spec"]["template"];
+    assert!(
+        selects(&policy["spec"]["podSelector"], &pod["metadata"]["labels"]),
+        "the policy selects the coordinator pods"
+    );
+    assert_eq!(
+        policy["metadata"]["namespace"], coordinator["metadata"]["namespace"],
+        "and lives beside them (a podSelector in `from` means this namespace)"
+    );
+    assert_eq!(strings(&policy["spec"]["policyTypes"]), ["Ingress"]);
+    // The container's ports by name and number, as the rules may name either.
+    let container = &pod["spec"]["containers"][0];
+    let ports: BTreeMap<String, u64> = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let port_of_rule = |p: &Value| -> u64 {
+        p["port"]
+            .as_u64()
+            .or_else(|| p["port"].as_str().and_then(|n| ports.get(n).copied()))
+            .unwrap_or_else(|| panic!("rule port {:?} is not a port of the coordinator", p["port"]))
+    };
+    // Who may reach each container port: `None` for anyone.
+    let mut admitted: BTreeMap<u64, Vec<Option<&Value>>> = BTreeMap::new();
+    for rule in policy["spec"]["ingress"].as_sequence().unwrap() {
+        let rule_ports = rule["ports"]
+            .as_sequence()
+            .expect("every rule names its ports (a rule without ports opens all of them)");
+        let peers: Vec<Option<&Value>> = match rule["from"].as_sequence() {
+            Some(from) => from.iter().map(Some).collect(),
+            None => vec![None],
+        };
+        for p in rule_ports {
+            assert_eq!(p["protocol"], "TCP");
+            admitted
+                .entry(port_of_rule(p))
+                .or_default()
+                .extend(peers.iter().copied());
+        }
+    }
+    let https = ports["https"];
+    let report_peers = &admitted[&https];
+    assert!(!report_peers.is_empty(), "the agents reach the report API");
+    for peer in report_peers {
+        let peer = peer.expect("the report port is not open to everyone");
+        assert!(
+            peer.get("namespaceSelector").is_none() && peer.get("ipBlock").is_none(),
+            "only pods of relaunch's namespace: {peer:?}"
+        );
+        assert!(
+            selects(&peer["podSelector"], agent),
+            "only the agent pods: {peer:?}"
+        );
+    }
+    // Prometheus (another namespace) scrapes and the kubelet probes the admin port.
+    assert_eq!(admitted.get(&ports["admin"]), Some(&vec![None]));
+    assert_eq!(
+        admitted.keys().copied().collect::<Vec<_>>(),
+        {
+            let mut both = vec![https, ports["admin"]];
+            both.sort();
+            both
+        },
+        "no other port is opened"
+    );
 }
 
 #[test]

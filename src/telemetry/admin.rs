@@ -5,12 +5,15 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::Full;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio_util::sync::CancellationToken;
+
+use crate::serving::{Acceptor, ConnectionLimits, http1_builder};
 
 /// Liveness and readiness as the process sees them.
 #[derive(Debug, Default)]
@@ -53,19 +56,33 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` is cancelled.
+/// The admin endpoint's limits: a scrape or a probe needs one short request at a time.
+pub const ADMIN_LIMITS: ConnectionLimits = ConnectionLimits {
+    max_connections: 32,
+    header_read_timeout: Duration::from_secs(10),
+};
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` is cancelled, within
+/// [`ADMIN_LIMITS`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, _)) = accepted else { continue };
+    serve_with(listener, registry, health, ADMIN_LIMITS, shutdown).await;
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    health: Arc<Health>,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) {
+    let mut acceptor = Acceptor::new(listener, limits, "admin");
+    while let Some((stream, permit)) = acceptor.accept(&shutdown).await {
         let registry = registry.clone();
         let health = health.clone();
         tokio::spawn(async move {
@@ -74,9 +91,10 @@ pub async fn serve(
                     let response = answer(req.uri().path(), &registry, &health);
                     async move { Ok::<_, Infallible>(response) }
                 });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = http1_builder(&limits)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
+            drop(permit);
         });
     }
 }
@@ -124,4 +142,64 @@ fn answer(path: &str, registry: &Registry, health: &Health) -> Response<Full<Byt
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client that sends half a header and then nothing is disconnected once the header
+    /// timeout passes, and the slot it held is free again.
+    #[tokio::test]
+    async fn a_slowloris_connection_is_closed_after_the_header_timeout() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ConnectionLimits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_millis(300),
+        };
+        let shutdown = CancellationToken::new();
+        let health = Arc::new(Health::default());
+        let server = tokio::spawn(serve_with(
+            listener,
+            Registry::new(),
+            health,
+            limits,
+            shutdown.clone(),
+        ));
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        // The server closes the connection (EOF, perhaps after a 408), well before the
+        // client would give up.
+        // (A reset instead of an orderly close ends the read with an error: closed too.)
+        let _closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest))
+            .await
+            .expect("the half-sent header was not cut off");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        let answer = String::from_utf8_lossy(&rest);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
+
+        // The only slot is free again: a well-behaved client is answered.
+        let mut good = tokio::net::TcpStream::connect(addr).await.unwrap();
+        good.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), good.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+        shutdown.cancel();
+        server.await.unwrap();
+    }
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod client;
 pub mod notify;
+pub mod serving;
 
 use tracing_subscriber::EnvFilter;
 

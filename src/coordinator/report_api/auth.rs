@@ -153,21 +153,43 @@ pub fn identify(
     Err(AuthFailure::NoNodeBinding)
 }
 
-/// Successful reviews, keyed by the token's SHA-256 (the token itself is not kept), so a busy
-/// node does not cost one TokenReview per report.
+/// How long a refused token is refused without asking TokenReview again.
+pub const REFUSED_TOKEN_TTL: Duration = Duration::from_secs(10);
+/// Most refused tokens remembered; beyond it the expired ones are dropped, then the oldest.
+pub const REFUSED_TOKEN_CAPACITY: usize = 10_000;
+
+/// Recent reviews, keyed by the token's SHA-256 (the token itself is not kept): successful ones,
+/// so a busy node does not cost one TokenReview per report, and refused ones for a shorter
+/// while ([`REFUSED_TOKEN_TTL`]), so a caller repeating a bogus token costs one TokenReview per
+/// TTL rather than one per request. Both are bounded.
 pub struct TokenCache {
     ttl: Duration,
     capacity: usize,
     entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    refused_ttl: Duration,
+    refused_capacity: usize,
+    refused: Mutex<HashMap<[u8; 32], (AuthFailure, Instant)>>,
 }
 
 impl TokenCache {
+    /// Successful reviews kept for `ttl` (zero: nothing is cached, refusals neither), at most
+    /// `capacity`.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
             ttl,
             capacity,
             entries: Mutex::new(HashMap::new()),
+            refused_ttl: REFUSED_TOKEN_TTL.min(ttl),
+            refused_capacity: REFUSED_TOKEN_CAPACITY,
+            refused: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Refusals kept for `ttl`, at most `capacity` of them.
+    pub fn with_refusals(mut self, ttl: Duration, capacity: usize) -> Self {
+        self.refused_ttl = ttl;
+        self.refused_capacity = capacity;
+        self
     }
 
     fn key(token: &str) -> [u8; 32] {
@@ -197,9 +219,44 @@ impl TokenCache {
         entries.insert(Self::key(token), (node, now + self.ttl));
     }
 
+    /// Why a token was refused less than the refusal TTL ago.
+    pub fn refusal(&self, token: &str, now: Instant) -> Option<AuthFailure> {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused
+            .get(&Self::key(token))
+            .filter(|(_, expires)| *expires > now)
+            .map(|(failure, _)| failure.clone())
+    }
+
+    /// Remembers that a token was refused. When full, expired refusals go first, then the ones
+    /// closest to expiry (the oldest): a flood of distinct bogus tokens costs memory up to the
+    /// capacity and no more.
+    pub fn refuse(&self, token: &str, failure: AuthFailure, now: Instant) {
+        if self.refused_ttl.is_zero() || self.refused_capacity == 0 {
+            return;
+        }
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.len() >= self.refused_capacity {
+            refused.retain(|_, (_, expires)| *expires > now);
+        }
+        while refused.len() >= self.refused_capacity {
+            let oldest = refused
+                .iter()
+                .min_by_key(|(_, (_, expires))| *expires)
+                .map(|(key, _)| *key);
+            let Some(key) = oldest else { break };
+            refused.remove(&key);
+        }
+        refused.insert(Self::key(token), (failure, now + self.refused_ttl));
+    }
+
     /// Forgets every review (e.g. after a token was found to be revoked).
     pub fn clear(&self) {
         self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.refused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
@@ -366,5 +423,34 @@ mod tests {
         }
         assert!(cache.entries.lock().unwrap().len() <= 2);
         assert_eq!(cache.get("t4", t0), Some("n".into()));
+    }
+
+    #[test]
+    fn refusals_are_remembered_briefly_and_bounded() {
+        let cache =
+            TokenCache::new(Duration::from_secs(30), 10).with_refusals(Duration::from_secs(10), 3);
+        let t0 = Instant::now();
+        let bogus = AuthFailure::InvalidToken("invalid bearer token".into());
+        cache.refuse("bogus", bogus.clone(), t0);
+        assert_eq!(
+            cache.refusal("bogus", t0 + Duration::from_secs(9)),
+            Some(bogus.clone())
+        );
+        assert_eq!(cache.refusal("bogus", t0 + Duration::from_secs(10)), None);
+        assert_eq!(cache.get("bogus", t0), None, "a refusal is no node");
+        for i in 0..10u64 {
+            cache.refuse(
+                &format!("t{i}"),
+                bogus.clone(),
+                t0 + Duration::from_millis(i),
+            );
+        }
+        assert_eq!(cache.refused.lock().unwrap().len(), 3);
+        assert!(cache.refusal("t9", t0).is_some(), "the newest stay");
+        assert!(cache.refusal("t0", t0).is_none());
+        // No positive cache, no negative one either.
+        let off = TokenCache::new(Duration::ZERO, 10);
+        off.refuse("bogus", bogus, t0);
+        assert_eq!(off.refusal("bogus", t0), None);
     }
 }

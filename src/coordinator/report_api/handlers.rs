@@ -48,6 +48,8 @@ pub enum Refusal {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    TooManyRequests(String),
 }
 
 impl Refusal {
@@ -62,6 +64,7 @@ impl Refusal {
             Refusal::MethodNotAllowed(_) => 405,
             Refusal::Conflict(_) => 409,
             Refusal::Unavailable(_) => 503,
+            Refusal::TooManyRequests(_) => 429,
         }
     }
 
@@ -77,6 +80,7 @@ impl Refusal {
             Refusal::MethodNotAllowed(_) => "MethodNotAllowed",
             Refusal::Conflict(_) => "Conflict",
             Refusal::Unavailable(_) => "Unavailable",
+            Refusal::TooManyRequests(_) => "TooManyRequests",
         }
     }
 
@@ -92,6 +96,7 @@ impl Refusal {
             Refusal::MethodNotAllowed(_) => "method_not_allowed",
             Refusal::Conflict(_) => "conflict",
             Refusal::Unavailable(_) => "unavailable",
+            Refusal::TooManyRequests(_) => "too_many_requests",
         }
     }
 }
@@ -117,6 +122,10 @@ pub async fn authenticate(ctx: &Context, headers: &HeaderMap) -> Result<String, 
     if let Some(node) = ctx.tokens.get(token, Instant::now()) {
         return Ok(node);
     }
+    // A token refused a moment ago is refused again without another TokenReview.
+    if let Some(failure) = ctx.tokens.refusal(token, Instant::now()) {
+        return Err(auth_refusal(ctx, failure));
+    }
     let review = ctx
         .cluster
         .review_token(token, &ctx.settings.audience)
@@ -129,8 +138,10 @@ pub async fn authenticate(ctx: &Context, headers: &HeaderMap) -> Result<String, 
                 e,
             )
         })?;
-    let claim = identify(&review, &ctx.settings.audience, &ctx.settings.agents)
-        .map_err(|f| auth_refusal(ctx, f))?;
+    let claim = identify(&review, &ctx.settings.audience, &ctx.settings.agents).map_err(|f| {
+        ctx.tokens.refuse(token, f.clone(), Instant::now());
+        auth_refusal(ctx, f)
+    })?;
     let node = match claim {
         NodeClaim::Node(node) => node,
         NodeClaim::Pod { name, uid } => {
@@ -153,7 +164,11 @@ pub async fn authenticate(ctx: &Context, headers: &HeaderMap) -> Result<String, 
                 .filter(|n| !n.is_empty());
             match node {
                 Some(node) => node,
-                None => return Err(auth_refusal(ctx, AuthFailure::PodNotOnNode(name))),
+                None => {
+                    let failure = AuthFailure::PodNotOnNode(name);
+                    ctx.tokens.refuse(token, failure.clone(), Instant::now());
+                    return Err(auth_refusal(ctx, failure));
+                }
             }
         }
     };

@@ -10,11 +10,12 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,8 @@ use relaunch_api::report::{
     ErrorBody, ErrorDetail, MAX_BODY_BYTES, READINESS_PATH, REPORTS_PATH, ReadinessRequest,
     RecreateReport,
 };
+
+use relaunch_telemetry::serving::{Acceptor, ConnectionLimits, http1_builder};
 
 use super::handlers::{Refusal, apply_readiness, apply_report, authenticate};
 use super::tls::{self, TlsFiles};
@@ -33,11 +36,36 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the report API takes on at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportLimits {
+    /// Open connections (each agent keeps one) and the header deadline.
+    pub connections: ConnectionLimits,
+    /// Reports and readiness requests handled at once (each costs calls to the API server).
+    pub max_in_flight: usize,
+    /// How long a request waits for a free slot before it is answered 429 (`Retry-After: 1`).
+    pub queue_wait: Duration,
+}
+
+impl Default for ReportLimits {
+    fn default() -> Self {
+        Self {
+            connections: ConnectionLimits {
+                max_connections: 4096,
+                header_read_timeout: READ_TIMEOUT,
+            },
+            max_in_flight: 64,
+            queue_wait: Duration::from_secs(2),
+        }
+    }
+}
+
 /// The report API's bound socket (and TLS, if configured). Binding first lets the binary fail
 /// fast on a busy port and tests learn the port.
 pub struct ReportListener {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    limits: ReportLimits,
 }
 
 impl ReportListener {
@@ -46,7 +74,17 @@ impl ReportListener {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| CoordinatorError::Listen { addr, source })?;
-        Ok(Self { listener, tls })
+        Ok(Self {
+            listener,
+            tls,
+            limits: ReportLimits::default(),
+        })
+    }
+
+    /// Serves within `limits` instead of [`ReportLimits::default`].
+    pub fn with_limits(mut self, limits: ReportLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -64,38 +102,40 @@ pub async fn serve(listener: ReportListener, ctx: Arc<Context>, shutdown: Cancel
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, tls = listener.is_tls(), "report API listening");
     }
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "report API: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    let ReportListener {
+        listener,
+        tls,
+        limits,
+    } = listener;
+    let in_flight = Arc::new(InFlight {
+        slots: Semaphore::new(limits.max_in_flight.max(1)),
+        queue_wait: limits.queue_wait,
+    });
+    let mut acceptor = Acceptor::new(listener, limits.connections, "report API");
+    while let Some((stream, permit)) = acceptor.accept(&shutdown).await {
         let watcher = graceful.watcher();
         let ctx = ctx.clone();
-        let tls = listener.tls.clone();
+        let tls = tls.clone();
+        let in_flight = in_flight.clone();
+        let connections = limits.connections;
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, ctx, watcher).await,
+                None => serve_connection(stream, ctx, in_flight, &connections, watcher).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(stream)) => serve_connection(stream, ctx, watcher).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, ctx, in_flight, &connections, watcher).await
+                        }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
                 }
             }
+            drop(permit);
         });
     }
-    drop(listener);
+    drop(acceptor);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()
@@ -105,33 +145,56 @@ pub async fn serve(listener: ReportListener, ctx: Arc<Context>, shutdown: Cancel
     tracing::info!("report API stopped");
 }
 
+/// The slots for requests being handled.
+struct InFlight {
+    slots: Semaphore,
+    queue_wait: Duration,
+}
+
+impl InFlight {
+    /// A slot, waiting at most the queue wait for one.
+    async fn enter(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
+        match tokio::time::timeout(self.queue_wait, self.slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Refusal::TooManyRequests(
+                "the coordinator is handling as many reports as it takes at once; retry".into(),
+            )),
+        }
+    }
+}
+
 async fn serve_connection<I>(
     io: I,
     ctx: Arc<Context>,
+    in_flight: Arc<InFlight>,
+    limits: &ConnectionLimits,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(answer(&ctx, req).await) }
+        let in_flight = in_flight.clone();
+        async move { Ok::<_, Infallible>(answer(&ctx, &in_flight, req).await) }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = http1_builder(limits).serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, "report API connection ended");
     }
 }
 
 /// One request, start to finish; every refusal becomes an `ErrorBody`.
-async fn answer(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    ctx: &Context,
+    in_flight: &InFlight,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match req.uri().path() {
         REPORTS_PATH => {
-            let result = handle_report(ctx, req).await;
+            let result = match in_flight.enter().await {
+                Ok(_slot) => handle_report(ctx, req).await,
+                Err(refusal) => Err(refusal),
+            };
             let label = match &result {
                 Ok((_, true)) => "applied",
                 Ok((_, false)) => "unchanged",
@@ -144,7 +207,10 @@ async fn answer(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> 
             }
         }
         READINESS_PATH => {
-            let result = handle_readiness(ctx, req).await;
+            let result = match in_flight.enter().await {
+                Ok(_slot) => handle_readiness(ctx, req).await,
+                Err(refusal) => Err(refusal),
+            };
             let label = match &result {
                 Ok(a) if a.gated => "applied",
                 Ok(_) => "not_gated",
@@ -269,7 +335,7 @@ fn refused(refusal: &Refusal) -> Response<Full<Bytes>> {
         Refusal::MethodNotAllowed(_) => {
             headers.insert(header::ALLOW, header::HeaderValue::from_static("POST"));
         }
-        Refusal::Unavailable(_) => {
+        Refusal::Unavailable(_) | Refusal::TooManyRequests(_) => {
             headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         // The body was not read: do not let the client send it on this connection.
