@@ -633,11 +633,16 @@ impl Store {
         let grace = state.pod_grace(rt, &current, options);
         if has_finalizers || grace.is_some() {
             let mut updated = current.clone();
-            if !updated["metadata"]["deletionTimestamp"].is_string() {
-                updated["metadata"]["deletionTimestamp"] = json!(now());
+            // A graceful deletion's deletionTimestamp is when the grace period ends (now plus
+            // the grace period), as a real API server writes it; a shorter grace given later
+            // brings it forward.
+            let previous = updated["metadata"]["deletionGracePeriodSeconds"].as_i64();
+            if !updated["metadata"]["deletionTimestamp"].is_string()
+                || grace.is_some_and(|g| previous.is_some_and(|p| g < p))
+            {
+                updated["metadata"]["deletionTimestamp"] = json!(now_plus(grace.unwrap_or(0)));
             }
             if let Some(grace) = grace {
-                let previous = updated["metadata"]["deletionGracePeriodSeconds"].as_i64();
                 let grace = previous.map_or(grace, |p| p.min(grace));
                 updated["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             }
@@ -1140,11 +1145,24 @@ fn random_suffix() -> String {
 
 /// RFC 3339 with second precision, as Kubernetes writes timestamps.
 pub fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .unwrap_or_else(|_| jiff::Timestamp::now())
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    format_time(jiff::Timestamp::now())
+}
+
+/// `time` as a `metav1.Time`: RFC 3339 in UTC, truncated to the second as a real API server does
+/// (Go's `Time.Format(time.RFC3339)` drops the fraction; rounding would put times up to half a
+/// second in the future, and durations measured against times truncated elsewhere would come
+/// out a second short).
+pub fn format_time(time: jiff::Timestamp) -> String {
+    time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// [`now`] plus `seconds` (saturating at the end of time).
+fn now_plus(seconds: i64) -> String {
+    let now = jiff::Timestamp::now();
+    format_time(
+        now.checked_add(jiff::SignedDuration::from_secs(seconds))
+            .unwrap_or(jiff::Timestamp::MAX),
+    )
 }
 
 pub fn rv_of(object: &Value) -> u64 {
@@ -1508,6 +1526,61 @@ mod tests {
             .unwrap();
         assert_eq!(patched["status"]["phase"], "Running");
         assert_eq!(patched["spec"]["activeDeadlineSeconds"], 5);
+    }
+
+    #[test]
+    fn times_are_truncated_to_the_second_like_a_real_api_server() {
+        let late_in_the_second: jiff::Timestamp = "2026-01-01T00:00:00.9Z".parse().unwrap();
+        assert_eq!(format_time(late_in_the_second), "2026-01-01T00:00:00Z");
+        let early: jiff::Timestamp = "2026-01-01T00:00:59.1Z".parse().unwrap();
+        assert_eq!(format_time(early), "2026-01-01T00:00:59Z");
+        assert_eq!(
+            format_time(jiff::Timestamp::UNIX_EPOCH),
+            "1970-01-01T00:00:00Z"
+        );
+    }
+
+    /// Every time the store writes lies between the second the write began in and the moment
+    /// it ended (never in the future, as a rounded one can be).
+    #[test]
+    fn the_times_the_store_writes_are_never_ahead_of_the_clock() {
+        let store = Store::new();
+        let rt = pods(&store);
+        let parse = |v: &Value| -> jiff::Timestamp { v.as_str().unwrap().parse().unwrap() };
+        let floor = |t: jiff::Timestamp| jiff::Timestamp::from_second(t.as_second()).unwrap();
+        for i in 0..20 {
+            let before = jiff::Timestamp::now();
+            let mut p = pod(&format!("p{i}"));
+            p["spec"]["nodeName"] = json!("node-1");
+            let created = store.create(&rt, Some("default"), p).unwrap();
+            let after = jiff::Timestamp::now();
+            let t = parse(&created["metadata"]["creationTimestamp"]);
+            assert!(floor(before) <= t && t <= after, "{before} {t} {after}");
+            assert_eq!(t.subsec_nanosecond(), 0);
+
+            // Graceful deletion: the end of the grace period (45 s), truncated.
+            let grace = DeleteOptions {
+                grace_period_seconds: Some(45),
+                ..Default::default()
+            };
+            let before = jiff::Timestamp::now();
+            let deleting = store
+                .delete(&rt, Some("default"), &format!("p{i}"), &grace)
+                .unwrap();
+            let after = jiff::Timestamp::now();
+            let t = parse(&deleting["metadata"]["deletionTimestamp"]);
+            let due = |t: jiff::Timestamp| t + jiff::SignedDuration::from_secs(45);
+            assert!(floor(due(before)) <= t && t <= due(after), "{t}");
+            // A shorter grace brings it forward.
+            let shorter = DeleteOptions {
+                grace_period_seconds: Some(1),
+                ..Default::default()
+            };
+            let sooner = store
+                .delete(&rt, Some("default"), &format!("p{i}"), &shorter)
+                .unwrap();
+            assert!(parse(&sooner["metadata"]["deletionTimestamp"]) < t);
+        }
     }
 
     #[test]
