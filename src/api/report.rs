@@ -77,7 +77,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: u16,
     /// Machine-readable: `Unauthenticated`, `Forbidden`, `BadRequest`, `NotFound`,
-    /// `PayloadTooLarge`, `UnsupportedMediaType`, `MethodNotAllowed`, `Unavailable`.
+    /// `PayloadTooLarge`, `UnsupportedMediaType`, `MethodNotAllowed`, `Conflict`,
+    /// `TooManyRequests`, `Unavailable`.
     pub reason: String,
     pub message: String,
 }
