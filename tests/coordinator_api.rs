@@ -21,6 +21,7 @@ use relaunch_api::report::{MAX_BODY_BYTES, READINESS_PATH, REPORTS_PATH};
 use relaunch_api::{
     ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID, READINESS_GATE, RecreatePhase,
 };
+use relaunch_coordinator::leader_election::{LeaderElection, Leadership};
 use relaunch_coordinator::{self as coordinator, Context, ReportListener, Settings};
 use relaunch_telemetry::admin::Health;
 use relaunch_testbed::{API_AUDIENCE, Component};
@@ -31,6 +32,10 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(10);
 const AGENT_NS: &str = "relaunch-system";
 const AGENT_SA: &str = "relaunch-agent";
+/// Leader election of the replicas in these tests: fast, in the default proportions.
+const LEASE_DURATION: Duration = Duration::from_secs(3);
+const RENEW_INTERVAL: Duration = Duration::from_millis(500);
+const RENEW_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The coordinator in this process against the test API server, which holds two nodes and
 /// three running pods (`db-0` with the readiness gate, on node-1; `web-0` on node-2; `plain-0`
@@ -38,6 +43,8 @@ const AGENT_SA: &str = "relaunch-agent";
 struct CoordinatorBed {
     api: TestApi,
     client: kube::Client,
+    /// Authenticates as the coordinator's service account (manifests/base's RBAC).
+    coordinator_client: kube::Client,
     url: String,
     registry: prometheus::Registry,
     shutdown: CancellationToken,
@@ -90,7 +97,7 @@ impl CoordinatorBed {
             agent_timeout,
             ..Settings::default()
         };
-        let ctx = Context::new(coordinator_client, settings, &registry).unwrap();
+        let ctx = Context::new(coordinator_client.clone(), settings, &registry).unwrap();
         let listener = ReportListener::bind("127.0.0.1:0".parse().unwrap(), None)
             .await
             .unwrap();
@@ -121,10 +128,40 @@ impl CoordinatorBed {
         CoordinatorBed {
             api,
             client,
+            coordinator_client,
             url,
             registry,
             shutdown,
             task: Some(task),
+        }
+    }
+
+    /// Another coordinator replica on the same API server, with the controllers leader-elected
+    /// on the Lease `relaunch-system/relaunch-coordinator` (as the binary runs them).
+    async fn replica(&self, identity: &str, agent_timeout: Duration) -> Replica {
+        let registry = prometheus::Registry::new();
+        let settings = Settings {
+            agent_timeout,
+            instance: identity.into(),
+            leader_election: Some(LeaderElection {
+                lease_duration: LEASE_DURATION,
+                renew_interval: RENEW_INTERVAL,
+                renew_deadline: RENEW_DEADLINE,
+                ..LeaderElection::new(AGENT_NS, "relaunch-coordinator", identity)
+            }),
+            ..Settings::default()
+        };
+        let ctx = Context::new(self.coordinator_client.clone(), settings, &registry).unwrap();
+        let listener = ReportListener::bind("127.0.0.1:0".parse().unwrap(), None)
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let health = Arc::new(Health::default());
+        let task = tokio::spawn(coordinator::run(ctx, listener, health, shutdown.clone()));
+        Replica {
+            registry,
+            shutdown,
+            _task: task,
         }
     }
 
@@ -228,32 +265,11 @@ impl CoordinatorBed {
         content_type: &str,
         body: Bytes,
     ) -> (u16, Value) {
-        let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.url))
-            .header("content-type", content_type);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let response = client
-            .request(request.body(Full::new(body)).unwrap())
-            .await
-            .unwrap();
-        let code = response.status().as_u16();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        send_to(&self.url, method, path, token, content_type, body).await
     }
 
     fn counter(&self, name: &str, label: &str) -> u64 {
-        self.registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == name)
-            .flat_map(|f| f.get_metric().iter())
-            .filter(|m| m.get_label().iter().any(|l| l.value() == label))
-            .map(|m| m.get_counter().get_value() as u64)
-            .sum()
+        counter(&self.registry, name, label)
     }
 
     async fn events(&self, object: &str) -> Vec<(String, String)> {
@@ -266,6 +282,72 @@ impl CoordinatorBed {
             .filter(|e| e.involved_object.name.as_deref() == Some(object))
             .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
             .collect()
+    }
+}
+
+/// Sends one HTTP request to the report API at `url`.
+async fn send_to(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: Bytes,
+) -> (u16, Value) {
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("{url}{path}"))
+        .header("content-type", content_type);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client
+        .request(request.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let code = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// The sum of counter `name` over the series with a label valued `label`.
+fn counter(registry: &prometheus::Registry, name: &str, label: &str) -> u64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| m.get_label().iter().any(|l| l.value() == label))
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// The value of gauge `name`.
+fn gauge(registry: &prometheus::Registry, name: &str) -> Option<f64> {
+    registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == name)
+        .and_then(|f| f.get_metric().first().map(|m| m.get_gauge().get_value()))
+}
+
+/// A coordinator replica started by [`CoordinatorBed::replica`]; stops when dropped.
+struct Replica {
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+    _task: tokio::task::JoinHandle<Result<(), coordinator::CoordinatorError>>,
+}
+
+impl Replica {
+    fn leads(&self) -> bool {
+        gauge(&self.registry, "relaunch_coordinator_leader") == Some(1.0)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
@@ -1102,4 +1184,73 @@ async fn a_queued_message_is_replaced_once_the_request_is_recreating() {
     );
     let now = bed.requests().get("waits").await.unwrap();
     assert_eq!(message(&now), "");
+}
+
+/// Waits until one of `replicas` leads; its index.
+async fn leader_of(replicas: &[&Replica]) -> usize {
+    eventually("a replica to lead", WAIT, || async {
+        replicas.iter().position(|r| r.leads())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_leader_whose_api_server_stops_answering_steps_down_within_the_renew_deadline() {
+    let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
+    let replica = bed.replica("replica-a", Duration::from_secs(300)).await;
+    leader_of(&[&replica]).await;
+
+    bed.api.server.faults().delay(Duration::from_secs(3600));
+    let silent = std::time::Instant::now();
+    eventually("the leader to step down", RENEW_DEADLINE * 4, || async {
+        (!replica.leads()).then_some(())
+    })
+    .await
+    .unwrap();
+    let took = silent.elapsed();
+    assert!(
+        took <= RENEW_DEADLINE + Duration::from_millis(1500),
+        "stepped down after {took:?}, renew deadline {RENEW_DEADLINE:?}"
+    );
+
+    // Once the API server answers again, it leads again: nothing hangs on the calls in flight.
+    bed.api.server.faults().delay(Duration::ZERO);
+    eventually("the replica to lead again", WAIT, || async {
+        replica.leads().then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn controllers_that_no_longer_lead_write_nothing() {
+    let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
+    let crr = bed
+        .create_request("unled", "db-0", &["app"], json!({}))
+        .await;
+    let registry = prometheus::Registry::new();
+    let ctx = Context::new(
+        bed.coordinator_client.clone(),
+        Settings::default(),
+        &registry,
+    )
+    .unwrap();
+    let leadership = Leadership::not_yet();
+    leadership.extend(std::time::Instant::now() + Duration::from_secs(60));
+    let leading = ctx.cluster.for_leader(leadership.clone());
+    let status = relaunch_api::ContainerRecreateRequestStatus::default();
+    leading.may_write().unwrap();
+
+    leadership.revoke();
+    let refused = leading.write_status(&crr, None, &status).await.unwrap_err();
+    assert_eq!(refused.kind(), "not_leading");
+    assert_eq!(
+        leading.delete_request(&crr).await.unwrap_err().kind(),
+        "not_leading"
+    );
+    let unchanged = bed.requests().get("unled").await.unwrap();
+    assert_eq!(unchanged.resource_version(), crr.resource_version());
+    // The report API's adapter is not bound to a leadership.
+    ctx.cluster.may_write().unwrap();
 }
