@@ -155,14 +155,31 @@ impl CoordinatorBed {
         let listener = ReportListener::bind("127.0.0.1:0".parse().unwrap(), None)
             .await
             .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let health = Arc::new(Health::default());
         let task = tokio::spawn(coordinator::run(ctx, listener, health, shutdown.clone()));
         Replica {
+            url,
             registry,
             shutdown,
             _task: task,
         }
+    }
+
+    /// How many status writes the coordinator's service account made to requests so far.
+    fn status_writes(&self) -> u64 {
+        self.api
+            .server
+            .request_counts()
+            .iter()
+            .filter(|(kind, _)| {
+                kind.user.contains("relaunch-coordinator")
+                    && kind.verb == "patch"
+                    && kind.resource == "containerrecreaterequests/status"
+            })
+            .map(|(_, n)| n)
+            .sum()
     }
 
     fn requests(&self) -> Api<ContainerRecreateRequest> {
@@ -334,6 +351,7 @@ fn gauge(registry: &prometheus::Registry, name: &str) -> Option<f64> {
 
 /// A coordinator replica started by [`CoordinatorBed::replica`]; stops when dropped.
 struct Replica {
+    url: String,
     registry: prometheus::Registry,
     shutdown: CancellationToken,
     _task: tokio::task::JoinHandle<Result<(), coordinator::CoordinatorError>>,
@@ -1193,6 +1211,69 @@ async fn leader_of(replicas: &[&Replica]) -> usize {
     })
     .await
     .unwrap()
+}
+
+#[tokio::test]
+async fn reports_to_another_replica_keep_the_agent_alive_for_the_leader() {
+    let timeout = Duration::from_secs(3);
+    // The bed's own coordinator serves reports only; two replicas elect a leader.
+    let bed = CoordinatorBed::start_with(timeout, false).await;
+    let replicas = [
+        bed.replica("replica-a", timeout).await,
+        bed.replica("replica-b", timeout).await,
+    ];
+    let leader = leader_of(&[&replicas[0], &replicas[1]]).await;
+    let follower = &replicas[1 - leader];
+    let crr = bed.admitted("kept-alive", "plain-0", &["app"]).await;
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+    let writes_before = bed.status_writes();
+
+    // The agent reports only to the replica that does not lead, for four agent timeouts,
+    // nothing new after the first report (a request queued behind others, or a long wait).
+    let pending = report(&crr, "Pending", json!({"name": "app", "phase": "Pending"}));
+    let window = timeout * 4;
+    let started = std::time::Instant::now();
+    while started.elapsed() < window {
+        let (code, body) = send_to(
+            &follower.url,
+            "POST",
+            REPORTS_PATH,
+            Some(&token),
+            "application/json",
+            bytes(&pending),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        let now = bed.requests().get("kept-alive").await.unwrap();
+        assert_ne!(
+            now.status.as_ref().map(|s| s.phase),
+            Some(RecreatePhase::Failed),
+            "failed although its agent reports: {}",
+            message(&now)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(replicas[leader].leads(), "the same replica led throughout");
+    let after = bed.requests().get("kept-alive").await.unwrap();
+    assert!(
+        after
+            .status
+            .as_ref()
+            .and_then(|s| s.last_report_time.as_ref())
+            .is_some(),
+        "{:?}",
+        after.status
+    );
+    // The write cost: the first report's change, then one refresh of lastReportTime per quarter
+    // timeout at most (one every ~0.75 s here), however often the agent reports (every 0.2 s).
+    let writes = bed.status_writes() - writes_before;
+    let quarters = (window.as_millis() / (timeout / 4).as_millis()) as u64;
+    eprintln!(
+        "status writes in {window:?} of reports every 0.2 s: {writes} (bound {})",
+        quarters + 2
+    );
+    assert!(writes >= 3, "lastReportTime was refreshed: {writes}");
+    assert!(writes <= quarters + 2, "{writes} writes");
 }
 
 #[tokio::test]

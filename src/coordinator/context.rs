@@ -79,7 +79,7 @@ impl Context {
         Ok(Arc::new(Self {
             cluster: Cluster::new(client, &settings.instance, metrics.clone()),
             metrics,
-            heartbeats: Arc::new(Heartbeats::default()),
+            heartbeats: Arc::new(Heartbeats::new(settings.agent_timeout)),
             tokens: Arc::new(TokenCache::new(settings.token_cache_ttl, 100_000)),
             settings,
         }))
