@@ -64,7 +64,14 @@ impl LeaderElection {
 #[derive(Debug, Clone)]
 pub struct Leadership {
     /// None: always leads (no leader election configured).
-    until: Option<Arc<Mutex<Option<Instant>>>>,
+    until: Option<Arc<Mutex<Term>>>,
+}
+
+/// One leadership term: valid until an instant, until revoked for good.
+#[derive(Debug, Default)]
+struct Term {
+    until: Option<Instant>,
+    revoked: bool,
 }
 
 impl Leadership {
@@ -76,12 +83,12 @@ impl Leadership {
     /// Not leading (yet).
     pub fn not_yet() -> Self {
         Self {
-            until: Some(Arc::new(Mutex::new(None))),
+            until: Some(Arc::new(Mutex::new(Term::default()))),
         }
     }
 
-    fn lock(until: &Mutex<Option<Instant>>) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        until.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(term: &Mutex<Term>) -> std::sync::MutexGuard<'_, Term> {
+        term.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether this replica leads now.
@@ -93,21 +100,29 @@ impl Leadership {
     pub fn holds_at(&self, now: Instant) -> bool {
         match &self.until {
             None => true,
-            Some(until) => Self::lock(until).is_some_and(|u| now < u),
+            Some(term) => {
+                let term = Self::lock(term);
+                !term.revoked && term.until.is_some_and(|u| now < u)
+            }
         }
     }
 
-    /// Leads until `until` (a renewal succeeded).
+    /// Leads until `until` (a renewal succeeded); nothing once revoked.
     pub fn extend(&self, until: Instant) {
-        if let Some(current) = &self.until {
-            *Self::lock(current) = Some(until);
+        if let Some(term) = &self.until {
+            let mut term = Self::lock(term);
+            if !term.revoked {
+                term.until = Some(until);
+            }
         }
     }
 
-    /// Stops leading now (stepped down); it cannot be extended again by this term.
+    /// Stops leading now (stepped down), for good: a later term gets a new handle.
     pub fn revoke(&self) {
-        if let Some(current) = &self.until {
-            *Self::lock(current) = None;
+        if let Some(term) = &self.until {
+            let mut term = Self::lock(term);
+            term.revoked = true;
+            term.until = None;
         }
     }
 }
@@ -597,6 +612,8 @@ mod tests {
         assert!(!shared.holds_at(t0 + Duration::from_secs(10)));
         leadership.revoke();
         assert!(!shared.holds_at(t0));
+        shared.extend(t0 + Duration::from_secs(10));
+        assert!(!shared.holds_at(t0), "a revoked term stays revoked");
         assert!(Leadership::always().holds());
     }
 }
