@@ -22,6 +22,7 @@ use relaunch_api::{
     ContainerRecreatePhase, ContainerRecreateRequest, LABEL_NODE_NAME, LABEL_POD_UID,
     READINESS_GATE, RecreatePhase,
 };
+use relaunch_coordinator::leader_election::{LeaderElection, Leadership};
 use relaunch_coordinator::report_api::server::ReportLimits;
 use relaunch_coordinator::{self as coordinator, Context, ReportListener, Settings};
 use relaunch_telemetry::admin::Health;
@@ -34,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(10);
 const AGENT_NS: &str = "relaunch-system";
 const AGENT_SA: &str = "relaunch-agent";
+/// Leader election of the replicas in these tests: fast, in the default proportions.
+const LEASE_DURATION: Duration = Duration::from_secs(3);
+const RENEW_INTERVAL: Duration = Duration::from_millis(500);
+const RENEW_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The coordinator in this process against the test API server, which holds two nodes and
 /// three running pods (`db-0` with the readiness gate, on node-1; `web-0` on node-2; `plain-0`
@@ -41,6 +46,8 @@ const AGENT_SA: &str = "relaunch-agent";
 struct CoordinatorBed {
     api: TestApi,
     client: kube::Client,
+    /// Authenticates as the coordinator's service account (manifests/base's RBAC).
+    coordinator_client: kube::Client,
     url: String,
     registry: prometheus::Registry,
     shutdown: CancellationToken,
@@ -102,7 +109,7 @@ impl CoordinatorBed {
             agent_timeout,
             ..Settings::default()
         };
-        let ctx = Context::new(coordinator_client, settings, &registry).unwrap();
+        let ctx = Context::new(coordinator_client.clone(), settings, &registry).unwrap();
         let listener = ReportListener::bind("127.0.0.1:0".parse().unwrap(), None)
             .await
             .unwrap()
@@ -134,11 +141,58 @@ impl CoordinatorBed {
         CoordinatorBed {
             api,
             client,
+            coordinator_client,
             url,
             registry,
             shutdown,
             task: Some(task),
         }
+    }
+
+    /// Another coordinator replica on the same API server, with the controllers leader-elected
+    /// on the Lease `relaunch-system/relaunch-coordinator` (as the binary runs them).
+    async fn replica(&self, identity: &str, agent_timeout: Duration) -> Replica {
+        let registry = prometheus::Registry::new();
+        let settings = Settings {
+            agent_timeout,
+            instance: identity.into(),
+            leader_election: Some(LeaderElection {
+                lease_duration: LEASE_DURATION,
+                renew_interval: RENEW_INTERVAL,
+                renew_deadline: RENEW_DEADLINE,
+                ..LeaderElection::new(AGENT_NS, "relaunch-coordinator", identity)
+            }),
+            ..Settings::default()
+        };
+        let ctx = Context::new(self.coordinator_client.clone(), settings, &registry).unwrap();
+        let listener = ReportListener::bind("127.0.0.1:0".parse().unwrap(), None)
+            .await
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let health = Arc::new(Health::default());
+        let task = tokio::spawn(coordinator::run(ctx, listener, health, shutdown.clone()));
+        Replica {
+            url,
+            registry,
+            shutdown,
+            _task: task,
+        }
+    }
+
+    /// How many status writes the coordinator's service account made to requests so far.
+    fn status_writes(&self) -> u64 {
+        self.api
+            .server
+            .request_counts()
+            .iter()
+            .filter(|(kind, _)| {
+                kind.user.contains("relaunch-coordinator")
+                    && kind.verb == "patch"
+                    && kind.resource == "containerrecreaterequests/status"
+            })
+            .map(|(_, n)| n)
+            .sum()
     }
 
     fn requests(&self) -> Api<ContainerRecreateRequest> {
@@ -241,32 +295,11 @@ impl CoordinatorBed {
         content_type: &str,
         body: Bytes,
     ) -> (u16, Value) {
-        let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.url))
-            .header("content-type", content_type);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let response = client
-            .request(request.body(Full::new(body)).unwrap())
-            .await
-            .unwrap();
-        let code = response.status().as_u16();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        send_to(&self.url, method, path, token, content_type, body).await
     }
 
     fn counter(&self, name: &str, label: &str) -> u64 {
-        self.registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == name)
-            .flat_map(|f| f.get_metric().iter())
-            .filter(|m| m.get_label().iter().any(|l| l.value() == label))
-            .map(|m| m.get_counter().get_value() as u64)
-            .sum()
+        counter(&self.registry, name, label)
     }
 
     async fn events(&self, object: &str) -> Vec<(String, String)> {
@@ -279,6 +312,73 @@ impl CoordinatorBed {
             .filter(|e| e.involved_object.name.as_deref() == Some(object))
             .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
             .collect()
+    }
+}
+
+/// Sends one HTTP request to the report API at `url`.
+async fn send_to(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: Bytes,
+) -> (u16, Value) {
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("{url}{path}"))
+        .header("content-type", content_type);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client
+        .request(request.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let code = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// The sum of counter `name` over the series with a label valued `label`.
+fn counter(registry: &prometheus::Registry, name: &str, label: &str) -> u64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| m.get_label().iter().any(|l| l.value() == label))
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// The value of gauge `name`.
+fn gauge(registry: &prometheus::Registry, name: &str) -> Option<f64> {
+    registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == name)
+        .and_then(|f| f.get_metric().first().map(|m| m.get_gauge().get_value()))
+}
+
+/// A coordinator replica started by [`CoordinatorBed::replica`]; stops when dropped.
+struct Replica {
+    url: String,
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+    _task: tokio::task::JoinHandle<Result<(), coordinator::CoordinatorError>>,
+}
+
+impl Replica {
+    fn leads(&self) -> bool {
+        gauge(&self.registry, "relaunch_coordinator_leader") == Some(1.0)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
@@ -1400,4 +1500,136 @@ async fn reports_beyond_the_in_flight_limit_wait_then_get_429() {
     );
     // Once the slot is free, reports go through again.
     assert_eq!(bed.post(REPORTS_PATH, Some(&token), body).await.0, 200);
+}
+
+/// Waits until one of `replicas` leads; its index.
+async fn leader_of(replicas: &[&Replica]) -> usize {
+    eventually("a replica to lead", WAIT, || async {
+        replicas.iter().position(|r| r.leads())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn reports_to_another_replica_keep_the_agent_alive_for_the_leader() {
+    let timeout = Duration::from_secs(3);
+    // The bed's own coordinator serves reports only; two replicas elect a leader.
+    let bed = CoordinatorBed::start_with(timeout, false).await;
+    let replicas = [
+        bed.replica("replica-a", timeout).await,
+        bed.replica("replica-b", timeout).await,
+    ];
+    let leader = leader_of(&[&replicas[0], &replicas[1]]).await;
+    let follower = &replicas[1 - leader];
+    let crr = bed.admitted("kept-alive", "plain-0", &["app"]).await;
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+    let writes_before = bed.status_writes();
+
+    // The agent reports only to the replica that does not lead, for four agent timeouts,
+    // nothing new after the first report (a request queued behind others, or a long wait).
+    let pending = report(&crr, "Pending", json!({"name": "app", "phase": "Pending"}));
+    let window = timeout * 4;
+    let started = std::time::Instant::now();
+    while started.elapsed() < window {
+        let (code, body) = send_to(
+            &follower.url,
+            "POST",
+            REPORTS_PATH,
+            Some(&token),
+            "application/json",
+            bytes(&pending),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        let now = bed.requests().get("kept-alive").await.unwrap();
+        assert_ne!(
+            now.status.as_ref().map(|s| s.phase),
+            Some(RecreatePhase::Failed),
+            "failed although its agent reports: {}",
+            message(&now)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(replicas[leader].leads(), "the same replica led throughout");
+    let after = bed.requests().get("kept-alive").await.unwrap();
+    assert!(
+        after
+            .status
+            .as_ref()
+            .and_then(|s| s.last_report_time.as_ref())
+            .is_some(),
+        "{:?}",
+        after.status
+    );
+    // The write cost: the first report's change, then one refresh of lastReportTime per quarter
+    // timeout at most (one every ~0.75 s here), however often the agent reports (every 0.2 s).
+    let writes = bed.status_writes() - writes_before;
+    let quarters = (window.as_millis() / (timeout / 4).as_millis()) as u64;
+    eprintln!(
+        "status writes in {window:?} of reports every 0.2 s: {writes} (bound {})",
+        quarters + 2
+    );
+    assert!(writes >= 3, "lastReportTime was refreshed: {writes}");
+    assert!(writes <= quarters + 2, "{writes} writes");
+}
+
+#[tokio::test]
+async fn a_leader_whose_api_server_stops_answering_steps_down_within_the_renew_deadline() {
+    let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
+    let replica = bed.replica("replica-a", Duration::from_secs(300)).await;
+    leader_of(&[&replica]).await;
+
+    bed.api.server.faults().delay(Duration::from_secs(3600));
+    let silent = std::time::Instant::now();
+    eventually("the leader to step down", RENEW_DEADLINE * 4, || async {
+        (!replica.leads()).then_some(())
+    })
+    .await
+    .unwrap();
+    let took = silent.elapsed();
+    assert!(
+        took <= RENEW_DEADLINE + Duration::from_millis(1500),
+        "stepped down after {took:?}, renew deadline {RENEW_DEADLINE:?}"
+    );
+
+    // Once the API server answers again, it leads again: nothing hangs on the calls in flight.
+    bed.api.server.faults().delay(Duration::ZERO);
+    eventually("the replica to lead again", WAIT, || async {
+        replica.leads().then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn controllers_that_no_longer_lead_write_nothing() {
+    let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
+    let crr = bed
+        .create_request("unled", "db-0", &["app"], json!({}))
+        .await;
+    let registry = prometheus::Registry::new();
+    let ctx = Context::new(
+        bed.coordinator_client.clone(),
+        Settings::default(),
+        &registry,
+    )
+    .unwrap();
+    let leadership = Leadership::not_yet();
+    leadership.extend(std::time::Instant::now() + Duration::from_secs(60));
+    let leading = ctx.cluster.for_leader(leadership.clone());
+    let status = relaunch_api::ContainerRecreateRequestStatus::default();
+    leading.may_write().unwrap();
+
+    leadership.revoke();
+    let refused = leading.write_status(&crr, None, &status).await.unwrap_err();
+    assert_eq!(refused.kind(), "not_leading");
+    assert_eq!(
+        leading.delete_request(&crr).await.unwrap_err().kind(),
+        "not_leading"
+    );
+    let unchanged = bed.requests().get("unled").await.unwrap();
+    assert_eq!(unchanged.resource_version(), crr.resource_version());
+    // The report API's adapter is not bound to a leadership.
+    ctx.cluster.may_write().unwrap();
 }

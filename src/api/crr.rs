@@ -3,7 +3,7 @@
 //! Field names follow OpenKruise's `apps.kruise.io/v1alpha1` ContainerRecreateRequest so its
 //! users can move over by changing the group; differences are additions.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -227,6 +227,11 @@ pub struct ContainerRecreateRequestStatus {
     pub completion_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// When an agent last reported on this request, to any coordinator replica (the
+    /// coordinator's clock). Written with every status change a report causes, and on its own
+    /// at most every quarter of the agent timeout, so that every replica sees the agent alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report_time: Option<MicroTime>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub container_recreate_states: Vec<ContainerRecreateState>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -42,6 +42,18 @@ impl Caches {
     }
 }
 
+/// Watch tasks, aborted when dropped: also when the controller that holds them is itself
+/// aborted (after stepping down, a controller stuck on an API server that does not answer).
+pub struct WatchTasks(pub Vec<JoinHandle<()>>);
+
+impl Drop for WatchTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Starts the shared watches; every change wakes each of `wake`. The returned tasks run until
 /// aborted.
 pub fn watch_shared(ctx: &Context, wake: Vec<Arc<Notify>>) -> (Caches, Vec<JoinHandle<()>>) {

@@ -22,6 +22,7 @@ use relaunch_api::{ContainerRecreateRequest, LABEL_POD_UID, RollingRestart};
 use crate::error::ClusterError;
 use crate::error_policy::error_policy;
 use crate::events::{Event, is_rollout_request};
+use crate::leader_election::Leadership;
 use crate::metrics::Metrics;
 use crate::readiness::{self, GateHolder};
 
@@ -35,6 +36,9 @@ pub struct Cluster {
     recorder: Recorder,
     /// For Events that could not be recorded (in the background, so nobody else sees the error).
     metrics: Metrics,
+    /// For the controllers: every status write, other write and Event is sent only while this
+    /// holds (none: the report API, whose writes are conditional and allowed on every replica).
+    leadership: Option<Leadership>,
 }
 
 impl Cluster {
@@ -48,6 +52,26 @@ impl Cluster {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            leadership: None,
+        }
+    }
+
+    /// The same adapter for the controllers of one leadership term: each write and Event is
+    /// refused with [`ClusterError::NotLeading`] once `leadership` lapsed, so a pass in flight
+    /// when leadership is lost writes nothing more.
+    pub fn for_leader(&self, leadership: Leadership) -> Self {
+        Self {
+            leadership: Some(leadership),
+            ..self.clone()
+        }
+    }
+
+    /// Whether this adapter may write now: always for the report API's, while leading for the
+    /// controllers'.
+    pub fn may_write(&self) -> Result<(), ClusterError> {
+        match &self.leadership {
+            Some(leadership) if !leadership.holds() => Err(ClusterError::NotLeading),
+            _ => Ok(()),
         }
     }
 
@@ -128,6 +152,7 @@ impl Cluster {
             + Debug,
         S: Serialize,
     {
+        self.may_write()?;
         let to_json = |s: &S| serde_json::to_value(s).map_err(kube::Error::SerdeError);
         let old = old.map(to_json).transpose()?.unwrap_or(Value::Null);
         let patch = json!({
@@ -150,6 +175,7 @@ impl Cluster {
         crr: &ContainerRecreateRequest,
         labels: &BTreeMap<String, String>,
     ) -> Result<ContainerRecreateRequest, ClusterError> {
+        self.may_write()?;
         let patch = json!({
             "metadata": {"resourceVersion": crr.resource_version(), "labels": labels},
         });
@@ -165,6 +191,7 @@ impl Cluster {
 
     /// Deletes the request, only if it is still the same object.
     pub async fn delete_request(&self, crr: &ContainerRecreateRequest) -> Result<(), ClusterError> {
+        self.may_write()?;
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: crr.uid(),
@@ -187,6 +214,7 @@ impl Cluster {
         &self,
         request: &ContainerRecreateRequest,
     ) -> Result<(), ClusterError> {
+        self.may_write()?;
         match self
             .api_of(request)
             .create(&PostParams::default(), request)
@@ -200,6 +228,7 @@ impl Cluster {
 
     /// Creates `rollout`; false when it already exists (its name is derived from what started it).
     pub async fn create_rollout(&self, rollout: &RollingRestart) -> Result<bool, ClusterError> {
+        self.may_write()?;
         match self
             .api_of(rollout)
             .create(&PostParams::default(), rollout)
@@ -214,6 +243,7 @@ impl Cluster {
     /// Sets the rollout's `spec.strategy.paused`: the switch a user flips, so resuming is the
     /// user's ordinary unpause.
     pub async fn pause_rollout(&self, rollout: &RollingRestart) -> Result<(), ClusterError> {
+        self.may_write()?;
         let patch = json!({"spec": {"strategy": {"paused": true}}});
         self.api_of(rollout)
             .patch(
@@ -267,6 +297,7 @@ impl Cluster {
         name: &str,
         patch: &Value,
     ) -> Result<(), ClusterError> {
+        self.may_write()?;
         Api::<Pod>::namespaced(self.client.clone(), namespace)
             .patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
             .await?;
@@ -332,8 +363,15 @@ impl Cluster {
         }
         let recorder = self.recorder.clone();
         let metrics = self.metrics.clone();
+        let cluster = self.clone();
         tokio::spawn(async move {
             for event in events {
+                if let Err(e) = cluster.may_write() {
+                    let object = targets.first().map(described).unwrap_or_default();
+                    let action = format!("recording Event {}", event.reason);
+                    error_policy(&metrics, &action, &object, &e);
+                    continue;
+                }
                 let published = kube_events::Event {
                     type_: if event.warning {
                         EventType::Warning

@@ -11,7 +11,7 @@ use relaunch_api::COORDINATOR_AUDIENCE;
 use crate::cluster::Cluster;
 use crate::error::CoordinatorError;
 use crate::heartbeats::Heartbeats;
-use crate::leader_election::LeaderElection;
+use crate::leader_election::{LeaderElection, Leadership};
 use crate::metrics::Metrics;
 use crate::report_api::auth::{ServiceAccountRef, TokenCache};
 
@@ -62,10 +62,10 @@ pub struct Context {
     pub settings: Settings,
     /// Every coordinator metric, the rollouts' included.
     pub metrics: Metrics,
-    /// When the agents last reported on each request.
-    pub heartbeats: Heartbeats,
+    /// When the agents last reported on each request (to this replica).
+    pub heartbeats: Arc<Heartbeats>,
     /// Recent TokenReview answers.
-    pub tokens: TokenCache,
+    pub tokens: Arc<TokenCache>,
 }
 
 impl Context {
@@ -79,9 +79,21 @@ impl Context {
         Ok(Arc::new(Self {
             cluster: Cluster::new(client, &settings.instance, metrics.clone()),
             metrics,
-            heartbeats: Heartbeats::default(),
-            tokens: TokenCache::new(settings.token_cache_ttl, 100_000),
+            heartbeats: Arc::new(Heartbeats::new(settings.agent_timeout)),
+            tokens: Arc::new(TokenCache::new(settings.token_cache_ttl, 100_000)),
             settings,
         }))
+    }
+
+    /// The context of the controllers for one leadership term: the same state, with a cluster
+    /// adapter that writes only while `leadership` holds (see [`Cluster::for_leader`]).
+    pub fn for_leader(&self, leadership: Leadership) -> Arc<Self> {
+        Arc::new(Self {
+            cluster: self.cluster.for_leader(leadership),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            heartbeats: self.heartbeats.clone(),
+            tokens: self.tokens.clone(),
+        })
     }
 }

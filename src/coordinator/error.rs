@@ -44,11 +44,15 @@ pub enum ClusterError {
     /// A watch failed; it is re-established with back-off.
     #[error("{0}")]
     Watch(kube::runtime::watcher::Error),
+    /// Refused before it was sent: this replica no longer leads (it could not renew the Lease
+    /// in time), so it writes nothing; the new leader decides again.
+    #[error("not sent: this replica no longer leads")]
+    NotLeading,
 }
 
 impl ClusterError {
     /// Every `kind` label, so the counters start at 0 and `increase()` sees the first error.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 8] = [
         "conflict",
         "not_found",
         "forbidden",
@@ -56,6 +60,7 @@ impl ClusterError {
         "timeout",
         "api",
         "watch",
+        "not_leading",
     ];
 
     /// The `kind` label of `relaunch_coordinator_errors_total`.
@@ -68,6 +73,7 @@ impl ClusterError {
             ClusterError::Timeout(_) => "timeout",
             ClusterError::Api(_) => "api",
             ClusterError::Watch(_) => "watch",
+            ClusterError::NotLeading => "not_leading",
         }
     }
 
@@ -154,6 +160,7 @@ mod tests {
             let kind = ClusterError::from(api_error(code)).kind();
             assert!(ClusterError::KINDS.contains(&kind), "{kind}");
         }
+        assert!(ClusterError::KINDS.contains(&ClusterError::NotLeading.kind()));
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub fn error_policy(
             tracing::debug!(%object, kind, "{action}: the object changed meanwhile; deciding again");
             Retry::OnChange
         }
+        // Expected for a moment after stepping down; the controllers are being stopped.
+        ClusterError::NotLeading => {
+            tracing::info!(%object, kind, "{action}: not sent, this replica no longer leads");
+            Retry::OnChange
+        }
         ClusterError::Watch(e) => {
             tracing::warn!(resource = %object, kind, error = %e, "watch failed; retrying with back-off");
             Retry::Backoff

@@ -1,9 +1,21 @@
-//! Leader election on a `coordination.k8s.io` Lease (kube-rs has no elector). Every write is
-//! conditional on the resourceVersion read, so two replicas racing for the Lease cannot both win.
-//! The holder stops its controllers when it cannot renew within [`LeaderElection::renew_deadline`],
-//! which is shorter than the lease, so an old leader has stopped before a new one may take over.
+//! Leader election on a `coordination.k8s.io` Lease (kube-rs has no elector), the way client-go
+//! does it:
+//! - every write is conditional on the resourceVersion read, so two replicas racing for the Lease
+//!   cannot both win;
+//! - a follower never compares the holder's `renewTime` with its own clock: it keeps the record it
+//!   last saw and the local monotonic instant it saw it change ([`ObservedLease`]), and takes over
+//!   only once the record has not changed for the lease duration by its own clock, so clock skew
+//!   between replicas cannot make a follower take over a Lease that is being renewed;
+//! - every attempt to take or renew the Lease is bounded in time, and the holder steps down once
+//!   [`LeaderElection::renew_deadline`] has elapsed since its last successful renewal, whether
+//!   the attempts failed or hung. The deadline is shorter than the lease duration, so an old
+//!   leader has stopped before any follower may take over;
+//! - the controllers get a [`Leadership`] handle, valid until the renew deadline of the last
+//!   successful renewal, and [`crate::cluster::Cluster::for_leader`] checks it before every
+//!   status write and Event, so a pass in flight when leadership is lost writes nothing more.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -46,6 +58,98 @@ impl LeaderElection {
     }
 }
 
+/// Whether this replica leads, shared by the election and the controllers it runs: valid until
+/// an instant (the renew deadline of the last successful renewal, by the monotonic clock), so it
+/// lapses by itself even before the election loop notices.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    /// None: always leads (no leader election configured).
+    until: Option<Arc<Mutex<Term>>>,
+}
+
+/// One leadership term: valid until an instant, until revoked for good.
+#[derive(Debug, Default)]
+struct Term {
+    until: Option<Instant>,
+    revoked: bool,
+}
+
+impl Leadership {
+    /// Leadership that never lapses: the only replica, no election.
+    pub fn always() -> Self {
+        Self { until: None }
+    }
+
+    /// Not leading (yet).
+    pub fn not_yet() -> Self {
+        Self {
+            until: Some(Arc::new(Mutex::new(Term::default()))),
+        }
+    }
+
+    fn lock(term: &Mutex<Term>) -> std::sync::MutexGuard<'_, Term> {
+        term.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this replica leads now.
+    pub fn holds(&self) -> bool {
+        self.holds_at(Instant::now())
+    }
+
+    /// Whether this replica leads at `now`.
+    pub fn holds_at(&self, now: Instant) -> bool {
+        match &self.until {
+            None => true,
+            Some(term) => {
+                let term = Self::lock(term);
+                !term.revoked && term.until.is_some_and(|u| now < u)
+            }
+        }
+    }
+
+    /// Leads until `until` (a renewal succeeded); nothing once revoked.
+    pub fn extend(&self, until: Instant) {
+        if let Some(term) = &self.until {
+            let mut term = Self::lock(term);
+            if !term.revoked {
+                term.until = Some(until);
+            }
+        }
+    }
+
+    /// Stops leading now (stepped down), for good: a later term gets a new handle.
+    pub fn revoke(&self) {
+        if let Some(term) = &self.until {
+            let mut term = Self::lock(term);
+            term.revoked = true;
+            term.until = None;
+        }
+    }
+}
+
+/// The Lease record as last seen, and when (by this replica's monotonic clock) it was first seen
+/// in this form: client-go's `observedRecord` and `observedTime`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedLease {
+    pub spec: LeaseSpec,
+    pub since: Instant,
+}
+
+/// The observation after reading `current` at `now`: unchanged records keep their first sighting.
+pub fn observe(
+    previous: Option<ObservedLease>,
+    current: &LeaseSpec,
+    now: Instant,
+) -> ObservedLease {
+    match previous {
+        Some(seen) if seen.spec == *current => seen,
+        _ => ObservedLease {
+            spec: current.clone(),
+            since: now,
+        },
+    }
+}
+
 /// What to do with the Lease as it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseDecision {
@@ -59,8 +163,17 @@ pub enum LeaseDecision {
     Follow { holder: String },
 }
 
-/// Decides from the Lease's spec (None: no Lease) at `now`.
-pub fn decide(lease: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> LeaseDecision {
+/// Decides from the Lease's spec (None: no Lease) as observed in `observed` (the result of
+/// [`observe`] on that spec) at `now`. Another holder's Lease expires once it has not changed for
+/// its lease duration (`fallback` when it names none) by this replica's clock; the times written
+/// in it are never compared with this replica's clock.
+pub fn decide(
+    lease: Option<&LeaseSpec>,
+    observed: Option<&ObservedLease>,
+    identity: &str,
+    now: Instant,
+    fallback: Duration,
+) -> LeaseDecision {
     let Some(spec) = lease else {
         return LeaseDecision::Create;
     };
@@ -71,21 +184,25 @@ pub fn decide(lease: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Leas
     if holder.is_empty() {
         return LeaseDecision::TakeOver;
     }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0);
-    match renewed {
-        Some(at) if now.duration_since(at).as_secs() < duration => LeaseDecision::Follow {
+    let duration = spec
+        .lease_duration_seconds
+        .filter(|s| *s > 0)
+        .map_or(fallback, |s| Duration::from_secs(s.unsigned_abs().into()));
+    // Seen unchanged since when: a record not (yet) observed counts as first seen now.
+    let since = observed
+        .filter(|o| o.spec == *spec)
+        .map_or(now, |o| o.since);
+    if now.saturating_duration_since(since) < duration {
+        LeaseDecision::Follow {
             holder: holder.to_string(),
-        },
-        _ => LeaseDecision::TakeOver,
+        }
+    } else {
+        LeaseDecision::TakeOver
     }
 }
 
-/// The spec after `decision` (not for `Follow`).
+/// The spec after `decision` (not for `Follow`). The times written are for people and tools
+/// reading the Lease; no replica of relaunch compares them with its own clock.
 pub fn next_spec(
     previous: Option<&LeaseSpec>,
     decision: &LeaseDecision,
@@ -102,31 +219,38 @@ pub fn next_spec(
         });
     }
     spec.holder_identity = Some(election.identity.clone());
-    spec.lease_duration_seconds = Some(election.lease_duration.as_secs() as i32);
+    spec.lease_duration_seconds =
+        Some(i32::try_from(election.lease_duration.as_secs()).unwrap_or(i32::MAX));
     spec.renew_time = Some(MicroTime(now));
     spec
 }
 
-/// Tries to hold the Lease once: true when this replica holds it afterwards.
-async fn try_hold(cluster: &Cluster, election: &LeaderElection) -> Result<bool, ClusterError> {
-    let now = Timestamp::now();
+/// Tries to hold the Lease once: true when this replica holds it afterwards. `observed` is kept
+/// up to date with what was read.
+async fn try_hold(
+    cluster: &Cluster,
+    election: &LeaderElection,
+    observed: &mut Option<ObservedLease>,
+) -> Result<bool, ClusterError> {
     let current = cluster
         .get_lease(&election.namespace, &election.name)
         .await?;
+    let now = Instant::now();
+    let spec = current.as_ref().map(|l| l.spec.clone().unwrap_or_default());
+    if let Some(spec) = &spec {
+        *observed = Some(observe(observed.take(), spec, now));
+    }
     let decision = decide(
-        current.as_ref().and_then(|l| l.spec.as_ref()),
+        spec.as_ref(),
+        observed.as_ref(),
         &election.identity,
         now,
+        election.lease_duration,
     );
     if let LeaseDecision::Follow { .. } = decision {
         return Ok(false);
     }
-    let spec = next_spec(
-        current.as_ref().and_then(|l| l.spec.as_ref()),
-        &decision,
-        election,
-        now,
-    );
+    let next = next_spec(spec.as_ref(), &decision, election, Timestamp::now());
     let written = match current {
         None => {
             let lease = Lease {
@@ -135,38 +259,74 @@ async fn try_hold(cluster: &Cluster, election: &LeaderElection) -> Result<bool, 
                     namespace: Some(election.namespace.clone()),
                     ..Default::default()
                 },
-                spec: Some(spec),
+                spec: Some(next.clone()),
             };
             cluster.create_lease(&lease).await
         }
         Some(mut lease) => {
             // Replace at the version read: a concurrent writer makes this a 409.
-            lease.spec = Some(spec);
+            lease.spec = Some(next.clone());
             cluster.replace_lease(&lease).await
         }
     };
     match written {
-        Ok(()) => Ok(true),
+        Ok(()) => {
+            *observed = Some(ObservedLease {
+                spec: next,
+                since: Instant::now(),
+            });
+            Ok(true)
+        }
         Err(ClusterError::Conflict(_)) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Gives the Lease up on shutdown so another replica takes over at once; when that fails, it
-/// expires by itself.
-async fn release(cluster: &Cluster, metrics: &Metrics, election: &LeaderElection) {
-    let Ok(Some(mut lease)) = cluster.get_lease(&election.namespace, &election.name).await else {
-        return;
-    };
-    let Some(spec) = lease.spec.as_mut() else {
-        return;
-    };
-    if spec.holder_identity.as_deref() != Some(election.identity.as_str()) {
-        return;
+/// [`try_hold`], given up at `deadline`: an API server that does not answer makes the attempt
+/// fail in time instead of hanging (the client has no read timeout of its own).
+async fn try_hold_until(
+    cluster: &Cluster,
+    election: &LeaderElection,
+    observed: &mut Option<ObservedLease>,
+    deadline: Instant,
+) -> Result<bool, ClusterError> {
+    match tokio::time::timeout_at(deadline.into(), try_hold(cluster, election, observed)).await {
+        Ok(result) => result,
+        Err(_) => Err(ClusterError::Timeout(kube::Error::Service(Box::new(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer about the lease before the deadline",
+            ),
+        )))),
     }
-    spec.holder_identity = None;
-    if let Err(e) = cluster.replace_lease(&lease).await {
-        error_policy(metrics, "releasing the lease", &lease_object(election), &e);
+}
+
+/// Gives the Lease up on shutdown so another replica takes over at once; when that fails (or
+/// takes longer than `within`), it expires by itself.
+async fn release(
+    cluster: &Cluster,
+    metrics: &Metrics,
+    election: &LeaderElection,
+    within: Duration,
+) {
+    let give_up = async {
+        let Ok(Some(mut lease)) = cluster.get_lease(&election.namespace, &election.name).await
+        else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(election.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        if let Err(e) = cluster.replace_lease(&lease).await {
+            error_policy(metrics, "releasing the lease", &lease_object(election), &e);
+        }
+    };
+    if tokio::time::timeout(within, give_up).await.is_err() {
+        tracing::warn!(lease = %lease_object(election), "could not release the lease in time; it expires by itself");
     }
 }
 
@@ -175,9 +335,28 @@ fn lease_object(election: &LeaderElection) -> String {
     format!("Lease {}/{}", election.namespace, election.name)
 }
 
-/// Runs `lead` whenever this replica holds the Lease, until `shutdown`. `lead` gets a token that
-/// is cancelled when leadership is lost; an error from it ends the election with that error.
-/// `following` is called whenever another replica is seen holding the Lease.
+/// Waits up to `grace` for the controllers to stop once told to, then aborts them: a call
+/// hanging on an API server that does not answer must not keep this replica from following.
+/// None when they had to be aborted.
+async fn stop_controllers(
+    mut controllers: tokio::task::JoinHandle<Result<(), CoordinatorError>>,
+    grace: Duration,
+) -> Option<Result<(), CoordinatorError>> {
+    match tokio::time::timeout(grace, &mut controllers).await {
+        Ok(joined) => Some(joined.unwrap_or(Err(CoordinatorError::ControllersStopped))),
+        Err(_) => {
+            tracing::warn!("the controllers did not stop in time; aborting them");
+            controllers.abort();
+            let _ = controllers.await;
+            None
+        }
+    }
+}
+
+/// Runs `lead` whenever this replica holds the Lease, until `shutdown`. `lead` gets the
+/// [`Leadership`] of its term (check it before every write) and a token that is cancelled when
+/// leadership is lost; an error from it ends the election with that error. `following` is called
+/// whenever another replica is seen holding the Lease.
 pub async fn run_elected<L, F>(
     cluster: Cluster,
     metrics: Metrics,
@@ -187,15 +366,22 @@ pub async fn run_elected<L, F>(
     mut lead: L,
 ) -> Result<(), CoordinatorError>
 where
-    L: FnMut(CancellationToken) -> F,
+    L: FnMut(Leadership, CancellationToken) -> F,
     F: Future<Output = Result<(), CoordinatorError>> + Send + 'static,
 {
     let lease = lease_object(&election);
+    let mut observed: Option<ObservedLease> = None;
+    // Retries after a failed renewal come sooner than renewals, so a short outage does not
+    // cost the leadership.
+    let retry = (election.renew_interval / 4).max(Duration::from_millis(10));
+    metrics.leader.set(0);
     loop {
-        // Follow until the Lease is ours.
-        loop {
-            match try_hold(&cluster, &election).await {
-                Ok(true) => break,
+        // Follow until the Lease is ours; `renewed` is when the winning attempt started.
+        let mut renewed = loop {
+            let start = Instant::now();
+            let deadline = start + election.renew_interval;
+            match try_hold_until(&cluster, &election, &mut observed, deadline).await {
+                Ok(true) => break start,
                 Ok(false) => following(),
                 Err(e) => {
                     error_policy(&metrics, "taking the lease", &lease, &e);
@@ -205,39 +391,63 @@ where
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(election.renew_interval / 2) => {}
             }
-        }
+        };
+        let leadership = Leadership::not_yet();
+        leadership.extend(renewed + election.renew_deadline);
+        metrics.leader.set(1);
         tracing::info!(identity = %election.identity, lease = %format!("{}/{}", election.namespace, election.name), "became leader; starting the controllers");
         let leading = shutdown.child_token();
-        let mut controllers = tokio::spawn(lead(leading.clone()));
-        let mut renewed = Instant::now();
+        let mut controllers = tokio::spawn(lead(leadership.clone(), leading.clone()));
+        let mut wait = election.renew_interval;
         let lost = loop {
+            // Leadership ends at the renew deadline of the last successful renewal, whatever
+            // the attempts in between did.
+            let deadline = renewed + election.renew_deadline;
+            let next = Instant::now()
+                .checked_add(wait)
+                .unwrap_or(deadline)
+                .min(deadline);
             tokio::select! {
                 _ = shutdown.cancelled() => {
+                    leadership.revoke();
+                    metrics.leader.set(0);
                     leading.cancel();
-                    let result = controllers.await.unwrap_or(Err(CoordinatorError::ControllersStopped));
-                    release(&cluster, &metrics, &election).await;
-                    return result;
+                    let result = stop_controllers(controllers, election.renew_interval).await;
+                    release(&cluster, &metrics, &election, election.renew_interval).await;
+                    return result.unwrap_or(Ok(()));
                 }
                 result = &mut controllers => {
-                    release(&cluster, &metrics, &election).await;
+                    leadership.revoke();
+                    metrics.leader.set(0);
+                    release(&cluster, &metrics, &election, election.renew_interval).await;
                     return result.unwrap_or(Err(CoordinatorError::ControllersStopped)).and(Err(CoordinatorError::ControllersStopped));
                 }
-                _ = tokio::time::sleep(election.renew_interval) => {}
+                _ = tokio::time::sleep_until(next.into()) => {}
             }
-            match try_hold(&cluster, &election).await {
-                Ok(true) => renewed = Instant::now(),
+            let start = Instant::now();
+            if start >= deadline {
+                break "could not renew the lease within the renew deadline";
+            }
+            match try_hold_until(&cluster, &election, &mut observed, deadline).await {
+                Ok(true) => {
+                    renewed = start;
+                    leadership.extend(start + election.renew_deadline);
+                    wait = election.renew_interval;
+                }
                 Ok(false) => break "another replica holds the lease",
                 Err(e) => {
                     error_policy(&metrics, "renewing the lease", &lease, &e);
-                    if renewed.elapsed() >= election.renew_deadline {
-                        break "could not renew the lease in time";
-                    }
+                    wait = retry;
                 }
             }
         };
+        // Stop writing first: the controllers check the leadership before every write.
+        leadership.revoke();
+        metrics.leader.set(0);
+        metrics.rollouts.clear();
         tracing::warn!(reason = lost, "lost leadership; stopping the controllers");
         leading.cancel();
-        if let Ok(Err(e)) = controllers.await {
+        if let Some(Err(e)) = stop_controllers(controllers, election.renew_interval).await {
             return Err(e);
         }
     }
@@ -251,6 +461,8 @@ mod tests {
         Timestamp::from_second(1_000_000 + seconds).unwrap()
     }
 
+    const LEASE: Duration = Duration::from_secs(15);
+
     fn held_by(holder: &str, renewed: i64) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(holder.into()),
@@ -262,31 +474,105 @@ mod tests {
         }
     }
 
+    /// A follower reading `spec` at `now` after having observed `seen`: what it decides, and
+    /// what it observes afterwards.
+    fn read(
+        seen: Option<ObservedLease>,
+        spec: &LeaseSpec,
+        now: Instant,
+    ) -> (LeaseDecision, Option<ObservedLease>) {
+        let seen = observe(seen, spec, now);
+        let decision = decide(Some(spec), Some(&seen), "me", now, LEASE);
+        (decision, Some(seen))
+    }
+
     #[test]
     fn a_missing_lease_is_created_and_our_own_is_renewed() {
-        assert_eq!(decide(None, "me", at(0)), LeaseDecision::Create);
+        let now = Instant::now();
+        assert_eq!(decide(None, None, "me", now, LEASE), LeaseDecision::Create);
         assert_eq!(
-            decide(Some(&held_by("me", 0)), "me", at(100)),
+            decide(Some(&held_by("me", 0)), None, "me", now, LEASE),
             LeaseDecision::Renew
         );
     }
 
     #[test]
-    fn another_holder_is_followed_until_its_lease_expires() {
+    fn an_unchanged_lease_expires_after_the_lease_duration_by_the_local_clock() {
+        let t0 = Instant::now();
         let spec = held_by("other", 10);
+        let follow = LeaseDecision::Follow {
+            holder: "other".into(),
+        };
+        let (decision, seen) = read(None, &spec, t0);
         assert_eq!(
-            decide(Some(&spec), "me", at(24)),
-            LeaseDecision::Follow {
-                holder: "other".into()
-            }
+            decision, follow,
+            "first sighting: a full lease duration to go"
         );
-        assert_eq!(decide(Some(&spec), "me", at(25)), LeaseDecision::TakeOver);
+        let (decision, seen) = read(seen, &spec, t0 + Duration::from_secs(14));
+        assert_eq!(decision, follow);
+        let (decision, _) = read(seen, &spec, t0 + LEASE);
+        assert_eq!(decision, LeaseDecision::TakeOver);
         let mut released = spec;
         released.holder_identity = None;
-        assert_eq!(
-            decide(Some(&released), "me", at(11)),
-            LeaseDecision::TakeOver
-        );
+        assert_eq!(read(None, &released, t0).0, LeaseDecision::TakeOver);
+    }
+
+    #[test]
+    fn clock_skew_cannot_cause_the_takeover_of_a_lease_that_keeps_changing() {
+        // The holder's clock is an hour behind ours: its renewTime looks long expired, but it
+        // renews every 5 s, and we see each renewal.
+        let t0 = Instant::now();
+        let mut seen = None;
+        for renewal in 0..20u64 {
+            let now = t0 + Duration::from_secs(5 * renewal);
+            let spec = held_by("other", -3600 + 5 * renewal as i64);
+            let (decision, next) = read(seen, &spec, now);
+            assert_eq!(
+                decision,
+                LeaseDecision::Follow {
+                    holder: "other".into()
+                },
+                "renewal {renewal}"
+            );
+            seen = next;
+        }
+        // Its clock an hour ahead: it renews, and stops renewing; we take over after the lease
+        // duration by our clock, not an hour later.
+        let spec = held_by("other", 3600);
+        let (_, seen) = read(None, &spec, t0);
+        assert!(matches!(
+            read(seen.clone(), &spec, t0 + Duration::from_secs(14)).0,
+            LeaseDecision::Follow { .. }
+        ));
+        assert_eq!(read(seen, &spec, t0 + LEASE).0, LeaseDecision::TakeOver);
+    }
+
+    #[test]
+    fn the_lease_duration_comes_from_the_lease_and_a_bad_one_falls_back() {
+        let t0 = Instant::now();
+        let mut spec = held_by("other", 0);
+        spec.lease_duration_seconds = Some(60);
+        let (_, seen) = read(None, &spec, t0);
+        assert!(matches!(
+            read(seen.clone(), &spec, t0 + Duration::from_secs(59)).0,
+            LeaseDecision::Follow { .. }
+        ));
+        for bad in [Some(0), Some(-5), None] {
+            spec.lease_duration_seconds = bad;
+            let (_, seen) = read(None, &spec, t0);
+            assert_eq!(read(seen, &spec, t0 + LEASE).0, LeaseDecision::TakeOver);
+        }
+        spec.lease_duration_seconds = Some(i32::MAX);
+        let (_, seen) = read(None, &spec, t0);
+        assert!(matches!(
+            read(
+                seen,
+                &spec,
+                t0 + Duration::from_secs(u64::from(i32::MAX.unsigned_abs()) - 1)
+            )
+            .0,
+            LeaseDecision::Follow { .. }
+        ));
     }
 
     #[test]
@@ -313,5 +599,21 @@ mod tests {
         let election = LeaderElection::new("ns", "lease", "me");
         assert!(election.renew_deadline < election.lease_duration);
         assert!(election.renew_interval < election.renew_deadline);
+    }
+
+    #[test]
+    fn leadership_lapses_at_its_deadline_and_on_revocation() {
+        let t0 = Instant::now();
+        let leadership = Leadership::not_yet();
+        assert!(!leadership.holds_at(t0));
+        leadership.extend(t0 + Duration::from_secs(10));
+        let shared = leadership.clone();
+        assert!(shared.holds_at(t0 + Duration::from_secs(9)));
+        assert!(!shared.holds_at(t0 + Duration::from_secs(10)));
+        leadership.revoke();
+        assert!(!shared.holds_at(t0));
+        shared.extend(t0 + Duration::from_secs(10));
+        assert!(!shared.holds_at(t0), "a revoked term stays revoked");
+        assert!(Leadership::always().holds());
     }
 }

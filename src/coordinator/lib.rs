@@ -61,6 +61,8 @@ async fn run_controllers(
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
     let Some(election) = ctx.settings.leader_election.clone() else {
+        // The only replica: it always leads.
+        ctx.metrics.leader.set(1);
         return run_leading(ctx, synced, shutdown).await;
     };
     let synced = Arc::new(Mutex::new(Some(synced)));
@@ -79,8 +81,9 @@ async fn run_controllers(
         election,
         shutdown,
         fire.clone(),
-        move |leading| {
-            let ctx = ctx.clone();
+        move |leadership, leading| {
+            // The controllers write only while this term's leadership holds.
+            let ctx = ctx.for_leader(leadership);
             let fire = fire.clone();
             async move {
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -109,6 +112,8 @@ async fn run_leading(
     let (crr_wake, rollout_wake) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let (caches, watches) =
         caches::watch_shared(&ctx, vec![crr_wake.clone(), rollout_wake.clone()]);
+    // Aborted when this returns or is itself aborted.
+    let watches = caches::WatchTasks(watches);
     let result = tokio::try_join!(
         async {
             let r = request_controller::run(
@@ -130,9 +135,7 @@ async fn run_leading(
             r
         },
     );
-    for watch in watches {
-        watch.abort();
-    }
+    drop(watches);
     result.map(|_| ())
 }
 

@@ -44,7 +44,8 @@ pub struct Observed<'a> {
     /// None: the pod does not exist.
     pub pod: Option<PodView>,
     pub predecessor: Predecessor,
-    /// When an agent last reported on this request (to this coordinator).
+    /// When an agent last reported on this request to this replica (its memory); the status's
+    /// `lastReportTime` (reports to any replica) counts too, the later of the two wins.
     pub last_report: Option<Timestamp>,
     /// When this coordinator started watching: an agent is not blamed for our own downtime.
     pub watching_since: Timestamp,
@@ -216,10 +217,12 @@ fn status_times(status: &ContainerRecreateRequestStatus) -> impl Iterator<Item =
             &t.finished,
         ]
     });
+    let last_report = status.last_report_time.as_ref().map(|t| t.0);
     [&status.start_time]
         .into_iter()
         .chain(steps)
         .filter_map(|t: &Option<Time>| t.as_ref().map(|t| t.0))
+        .chain(last_report)
 }
 
 /// How long the agent may legitimately stay quiet in the step it is in (on top of the timeout).
@@ -254,6 +257,31 @@ fn step_allowance(
 fn until(now: Timestamp, then: Timestamp) -> Duration {
     let d = then.duration_since(now);
     Duration::try_from(d).unwrap_or_default()
+}
+
+/// Whether a report that changed nothing else must still write `status.lastReportTime` (stored
+/// as `stored`), so that every replica sees the agent alive: when none is stored, or the stored
+/// one is at least a quarter of `agent_timeout` old (or implausibly far in the future, written by
+/// a replica whose clock is ahead). Never for a finished request: those do not change. Throttled
+/// like this, a request costs at most one write per quarter timeout however often its agent
+/// reports, and the stored time lags the agent's last report by at most a quarter timeout plus
+/// the agent's heartbeat interval.
+pub fn heartbeat_due(
+    status: &ContainerRecreateRequestStatus,
+    now: Timestamp,
+    agent_timeout: Duration,
+) -> bool {
+    if status.phase.is_finished() {
+        return false;
+    }
+    let Some(stored) = status.last_report_time.as_ref().map(|t| t.0) else {
+        return true;
+    };
+    let interval = agent_timeout / 4;
+    let age = now.duration_since(stored);
+    let ahead = stored.duration_since(now);
+    let at_least = |d: SignedDuration| Duration::try_from(d).is_ok_and(|d| d >= interval);
+    at_least(age) || at_least(ahead)
 }
 
 /// The status of a request the coordinator fails: finished, with the message, and every
@@ -325,7 +353,11 @@ pub fn interrupted(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relaunch_api::{ContainerRecreateRequestSpec, ContainerRecreateRequestStrategy};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use relaunch_api::{
+        ContainerRecreateRequestContainer, ContainerRecreateRequestSpec,
+        ContainerRecreateRequestStrategy, ContainerRecreateState,
+    };
     use std::collections::BTreeMap;
 
     const T0: i64 = 1_700_000_000;
@@ -413,6 +445,42 @@ mod tests {
         let mut o = observe(&r, 400);
         o.last_report = Some(at(200));
         assert_eq!(decide(&o), Decision::Wait(Some(Duration::from_secs(100))));
+    }
+
+    #[test]
+    fn a_report_to_another_replica_keeps_the_request_alive() {
+        let mut r = request(RecreatePhase::Recreating);
+        r.status.as_mut().unwrap().last_report_time = Some(MicroTime(at(250)));
+        let mut o = observe(&r, 400);
+        o.last_report = Some(at(200));
+        assert_eq!(
+            decide(&o),
+            Decision::Wait(Some(Duration::from_secs(150))),
+            "the later of memory and status counts"
+        );
+        o.last_report = Some(at(300));
+        assert_eq!(decide(&o), Decision::Wait(Some(Duration::from_secs(200))));
+        assert_eq!(reason(decide(&observe(&r, 550))), FailReason::AgentSilent);
+    }
+
+    #[test]
+    fn the_report_time_is_written_at_most_every_quarter_timeout() {
+        let timeout = Duration::from_secs(300);
+        let mut status = request(RecreatePhase::Recreating).status.unwrap();
+        assert!(heartbeat_due(&status, at(0), timeout), "none stored");
+        status.last_report_time = Some(MicroTime(at(100)));
+        assert!(!heartbeat_due(&status, at(100), timeout));
+        assert!(!heartbeat_due(&status, at(174), timeout));
+        assert!(heartbeat_due(&status, at(175), timeout));
+        assert!(!heartbeat_due(&status, at(50), timeout), "slightly ahead");
+        assert!(heartbeat_due(&status, at(25), timeout), "far ahead");
+        status.phase = RecreatePhase::Succeeded;
+        assert!(!heartbeat_due(&status, at(1000), timeout), "finished");
+        let mut extreme = request(RecreatePhase::Pending).status.unwrap();
+        extreme.last_report_time = Some(MicroTime(Timestamp::MAX));
+        assert!(heartbeat_due(&extreme, Timestamp::MIN, timeout));
+        assert!(!heartbeat_due(&extreme, Timestamp::MIN, Duration::MAX));
+        assert!(!heartbeat_due(&extreme, Timestamp::MAX, timeout));
     }
 
     #[test]

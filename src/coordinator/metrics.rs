@@ -22,6 +22,9 @@ pub struct Metrics {
     /// `relaunch_coordinator_errors_total{kind}`: failed calls to the Kubernetes API, counted by
     /// [`crate::error_policy`].
     pub errors: IntCounterVec,
+    /// `relaunch_coordinator_leader`: 1 while this replica leads (holds the Lease and may
+    /// write), 0 otherwise.
+    pub leader: IntGauge,
     /// The `relaunch_rollout*` metrics.
     pub rollouts: RolloutMetrics,
 }
@@ -44,7 +47,13 @@ impl Metrics {
         for kind in ClusterError::KINDS {
             errors.with_label_values(&[kind]);
         }
+        let leader = IntGauge::new(
+            "relaunch_coordinator_leader",
+            "1 while this replica leads (holds the leader-election Lease and runs the controllers), 0 otherwise.",
+        )?;
+        registry.register(Box::new(leader.clone()))?;
         Ok(Self {
+            leader,
             reports: counter(
                 "relaunch_coordinator_reports_total",
                 "Progress reports from agents, by result.",

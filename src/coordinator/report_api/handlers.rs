@@ -6,6 +6,7 @@ use std::time::Instant;
 use http::HeaderMap;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
 
 use relaunch_api::report::{ReadinessAnswer, ReadinessRequest, RecreateReport, RequestRef};
@@ -281,6 +282,7 @@ fn request_object(crr: &ContainerRecreateRequest) -> String {
 /// The outcome of a report: the request's status afterwards and whether it was written.
 pub struct Applied {
     pub status: ContainerRecreateRequestStatus,
+    /// Whether the report changed the status (refreshing `lastReportTime` alone does not count).
     pub written: bool,
 }
 
@@ -314,20 +316,37 @@ pub async fn apply_report(
                 Attempt::Retry => continue,
             },
         };
-        let merged = merge_report(&crr.spec, Some(&base), report, now)
+        let mut merged = merge_report(&crr.spec, Some(&base), report, now)
             .map_err(|e| Refusal::BadRequest(e.to_string()))?;
-        if !merged.changed && crr.status.is_some() {
+        // A report that brings nothing new still tells every replica the agent is alive, through
+        // `lastReportTime`, throttled to one write per quarter agent timeout.
+        let heartbeat_only = !merged.changed && crr.status.is_some();
+        if heartbeat_only
+            && !lifecycle::heartbeat_due(&merged.status, now, ctx.settings.agent_timeout)
+        {
             return Ok(Applied {
                 status: merged.status,
                 written: false,
             });
         }
+        merged.status.last_report_time = Some(MicroTime(now));
         let write = ctx
             .cluster
             .write_status(&crr, crr.status.as_ref(), &merged.status)
             .await;
         if let Attempt::Retry = settle(ctx, WRITING_STATUS, &crr, write)? {
             continue;
+        }
+        if heartbeat_only {
+            tracing::debug!(
+                request = %format!("{}/{}", report.request.namespace, report.request.name),
+                node,
+                "lastReportTime refreshed"
+            );
+            return Ok(Applied {
+                status: merged.status,
+                written: false,
+            });
         }
         tracing::info!(
             request = %format!("{}/{}", report.request.namespace, report.request.name),

@@ -31,7 +31,7 @@ use relaunch_api::{
 };
 
 use super::reconcile::{self, Action, Batch, Observed, Workload, describe};
-use crate::caches::{Caches, watch_into};
+use crate::caches::{Caches, WatchTasks, watch_into};
 use crate::context::Context;
 use crate::error::{ClusterError, CoordinatorError};
 use crate::error_policy::{Retry, error_policy};
@@ -157,6 +157,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
     let (stores, tasks) = watch_stores(&ctx, caches, &notify);
+    // Aborted when this returns or is itself aborted.
+    let tasks = WatchTasks(tasks);
     let result = tokio::select! {
         _ = shutdown.cancelled() => None,
         r = stores.ready() => Some(r),
@@ -192,9 +194,7 @@ pub async fn run(
             Ok(())
         }
     };
-    for task in tasks {
-        task.abort();
-    }
+    drop(tasks);
     // A replica that stopped leading reports nothing about rollouts it no longer drives.
     metrics.clear();
     outcome
