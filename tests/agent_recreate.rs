@@ -390,3 +390,83 @@ async fn agent_killed_around_a_stop_resumes_and_restarts_the_container_exactly_o
     drop(agent);
     bed.shutdown().await;
 }
+
+/// Sets request `name`'s status phase as the coordinator would (its deadline, a rollout's abort).
+async fn set_phase(bed: &AgentBed, name: &str, phase: &str) {
+    bed.bed
+        .requests()
+        .patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"status": {"phase": phase, "message": "set by the test"}}),
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+/// The first report of `uid` that shows its container's shutdown step begun.
+async fn shutdown_started(bed: &AgentBed, uid: &str, agent: &Agent) -> jiff::Timestamp {
+    eventually("shutdown step begun", WAIT, || async {
+        reports_for(&bed.received, uid).iter().find_map(|r| {
+            r.containers
+                .first()?
+                .timestamps
+                .shutdown
+                .as_ref()
+                .map(|t| t.0)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()))
+}
+
+/// Issue 11, item 4: the coordinator fails request 1 while its worker is inside a long shutdown
+/// action; request 2 for the same pod starts its shutdown only once that worker has ended, and
+/// the container is restarted exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_request_for_a_pod_waits_until_the_first_worker_has_ended() {
+    const SHUTDOWN_SECONDS: i64 = 6;
+    let bed = AgentBed::start().await;
+    let agent = bed.agent(&[]);
+    agent.wait_ready().await;
+    let pod = bed.create_pod("one", "Always", EXITS_ON_SIGTERM).await;
+    let before = container_status(&pod, "app");
+    let long = json!([{"name": "app", "shutdown": {"exec": {"command":
+        ["sh", "-c", format!("sleep {SHUTDOWN_SECONDS}")]}}}]);
+    let strategy = json!({"terminationGracePeriodSeconds": 30});
+    let first = bed
+        .bed
+        .recreate("one-1", &pod, long.clone(), strategy.clone())
+        .await
+        .metadata
+        .uid
+        .unwrap();
+    let first_shutdown = shutdown_started(&bed, &first, &agent).await;
+    // Inside the action: the coordinator fails request 1, and request 2 arrives.
+    set_phase(&bed, "one-1", "Failed").await;
+    let second = bed
+        .bed
+        .recreate("one-2", &pod, json!([{"name": "app"}]), strategy)
+        .await
+        .metadata
+        .uid
+        .unwrap();
+    let second_shutdown = shutdown_started(&bed, &second, &agent).await;
+    let gap = second_shutdown.duration_since(first_shutdown);
+    assert!(
+        gap >= jiff::SignedDuration::from_secs(SHUTDOWN_SECONDS),
+        "request 2 began its shutdown {gap:?} after request 1's, while request 1's action ran\n{}",
+        agent.log()
+    );
+    bed.restarted_once(&second, &agent, "one", &before).await;
+    assert!(
+        reports_for(&bed.received, &first)
+            .iter()
+            .all(|r| !r.phase.is_finished()),
+        "request 1's worker stopped without a result of its own"
+    );
+    drop(agent);
+    bed.shutdown().await;
+}

@@ -22,6 +22,7 @@ pub mod recreate;
 pub mod report;
 pub mod shutdown;
 pub mod watch;
+pub mod workers;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -31,7 +32,6 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -334,8 +334,7 @@ async fn schedule(
     mut done_here: HashSet<String>,
     mut changes: tokio::sync::watch::Receiver<u64>,
 ) {
-    let mut workers: JoinSet<(String, recreate::Outcome)> = JoinSet::new();
-    let mut running: HashSet<String> = HashSet::new();
+    let mut workers = workers::Workers::default();
     let mut last_runtime_check = tokio::time::Instant::now();
     loop {
         let requests = ctx.stores.requests.state();
@@ -358,7 +357,13 @@ async fn schedule(
             });
         }
         for head in order::heads(&candidates) {
-            if running.contains(&head.uid) || ctx.stop.is_cancelled() {
+            let pod = workers::PodKey {
+                namespace: head.namespace.clone(),
+                name: head.pod_name.clone(),
+            };
+            // One pod, one worker: a request the coordinator finished while its worker was
+            // inside a shutdown action or a stop still holds the pod until that worker ended.
+            if workers.is_busy(&pod) || ctx.stop.is_cancelled() {
                 continue;
             }
             let Some(crr) = requests
@@ -367,16 +372,18 @@ async fn schedule(
             else {
                 continue;
             };
-            running.insert(head.uid.clone());
-            let uid = head.uid.clone();
-            let worker = recreate::run_request(ctx.clone(), crr.clone(), resumed.remove(&uid));
-            workers.spawn(async move { (uid, worker.await) });
+            let running = workers::Running {
+                pod,
+                request: recreate::request_ref(crr),
+            };
+            let worker = recreate::run_request(ctx.clone(), crr.clone(), resumed.remove(&head.uid));
+            workers.spawn(running, worker);
         }
         // Forget what is gone; drop journal entries the coordinator has acknowledged.
         done_here.retain(|uid| live.contains_key(uid));
         for uid in ctx.journal.uids() {
             let acknowledged = live.get(&uid).copied().unwrap_or(true);
-            if acknowledged && !running.contains(&uid) {
+            if acknowledged && !workers.runs(&uid) {
                 if let Err(e) = ctx.journal.remove(&uid) {
                     error_policy(&ctx.metrics, "journal", &e.into());
                 }
@@ -391,9 +398,9 @@ async fn schedule(
 
         tokio::select! {
             _ = ctx.stop.cancelled() => break,
-            Some(joined) = workers.join_next(), if !workers.is_empty() => {
-                if let Ok((uid, outcome)) = joined {
-                    running.remove(&uid);
+            Some(joined) = workers.join_next(), if !workers.is_empty() => match joined {
+                workers::Joined::Ended { running, outcome } => {
+                    let uid = running.request.uid;
                     match outcome {
                         recreate::Outcome::Finished(_) => {
                             done_here.insert(uid);
@@ -402,7 +409,10 @@ async fn schedule(
                         recreate::Outcome::Interrupted => {}
                     }
                 }
-            }
+                workers::Joined::Crashed { running, message } => {
+                    warn!(crr = %running.request.name, namespace = %running.request.namespace, "the worker ended without an outcome: {message}");
+                }
+            },
             _ = changes.changed() => {}
             _ = signals.heartbeat.asked() => signals.heartbeat.beat(),
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
