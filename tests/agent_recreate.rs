@@ -470,3 +470,41 @@ async fn a_second_request_for_a_pod_waits_until_the_first_worker_has_ended() {
     drop(agent);
     bed.shutdown().await;
 }
+
+/// Issue 11, item 8: a worker that panics fails its request with a message, is counted, and
+/// leaves neither the agent nor the pod stuck: the pod's next request gets a worker too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_panics_fails_its_request_and_frees_the_pod() {
+    let bed = AgentBed::start().await;
+    let agent = bed.agent(&[(failpoint::ENV, Failpoint::PanicInWorker.name())]);
+    agent.wait_ready().await;
+    let pod = bed.create_pod("crash", "Always", EXITS_ON_SIGTERM).await;
+    let before = container_status(&pod, "app");
+    for name in ["crash-1", "crash-2"] {
+        let uid = bed.create_request(name, &pod, Value::Null).await;
+        let report = bed.final_report(&uid, &agent).await;
+        assert_eq!(report.phase, RecreatePhase::Failed, "{report:?}");
+        let message = report.message.clone().unwrap_or_default();
+        assert!(
+            message.contains("the agent's worker crashed: failpoint panic-in-worker"),
+            "{message}"
+        );
+        assert_eq!(report.containers.len(), 1, "{report:?}");
+        assert_eq!(report.containers[0].phase, ContainerRecreatePhase::Failed);
+        assert!(report.containers[0].message.is_some(), "{report:?}");
+    }
+    let now = container_status(&bed.pods().get("crash").await.unwrap(), "app");
+    assert_eq!(now.container_id, before.container_id, "nothing was stopped");
+    let (_, metrics) = agent.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("relaunch_agent_errors_total{kind=\"worker\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("relaunch_agent_recreates_in_flight 0"),
+        "{metrics}"
+    );
+    assert!(matches!(agent.get("/readyz").await, Some((200, _))));
+    drop(agent);
+    bed.shutdown().await;
+}

@@ -137,6 +137,14 @@ impl Journal {
             .map_err(err)
     }
 
+    /// The readable entry of request `uid`, if there is one.
+    pub fn read(&self, uid: &str) -> Option<RequestProgress> {
+        std::fs::read(self.path(uid))
+            .ok()
+            .as_deref()
+            .and_then(decode)
+    }
+
     /// Forgets a request (finished and acknowledged, or deleted).
     pub fn remove(&self, uid: &str) -> Result<(), JournalError> {
         let path = self.path(uid);

@@ -302,6 +302,59 @@ fn recover(
     Ok((resumed, done_here))
 }
 
+/// A worker panicked (a bug): its request fails with what is known of its progress (the
+/// journal's), is journaled as finished so that no restart carries it on, and is reported.
+fn worker_crashed(ctx: &recreate::Context, running: &workers::Running, message: &str) {
+    let error = error::ShellError::Worker {
+        request: format!("{}/{}", running.request.namespace, running.request.name),
+        message: message.to_string(),
+    };
+    error_policy(&ctx.metrics, "request failed", &error);
+    let now = jiff::Timestamp::now();
+    let message = format!("the agent's worker crashed: {message}");
+    let mut progress = match ctx.journal.read(&running.request.uid) {
+        // It crashed after it finished: its result stands.
+        Some(p) if p.phase.is_finished() => p,
+        Some(mut p) => {
+            p.fail_all(&message, now);
+            ctx.metrics.recreates.with_label_values(&["failed"]).inc();
+            p
+        }
+        // Nothing journaled yet (nothing was touched): the containers as last reported.
+        None => {
+            ctx.metrics.recreates.with_label_values(&["failed"]).inc();
+            let mut p = machine::RequestProgress::refused(
+                running.request.clone(),
+                "",
+                message.clone(),
+                now,
+            );
+            if let Some(last) = ctx.reporter.latest(&running.request.uid) {
+                p.start_time = last.start_time.or(p.start_time);
+                p.containers = last
+                    .containers
+                    .iter()
+                    .map(|c| {
+                        let mut container = machine::ContainerProgress::new(&c.name);
+                        container.fail(message.as_str(), now);
+                        container
+                    })
+                    .collect();
+            }
+            p
+        }
+    };
+    if let Err(e) = ctx.journal.write(&progress) {
+        error_policy(&ctx.metrics, "cannot journal the result", &e.into());
+    }
+    // Numbered after the worker's last report, which may be in delivery: the queue keeps a
+    // view only if its sequence is newer than the one being delivered.
+    if let Some(last) = ctx.reporter.latest(&running.request.uid) {
+        progress.sequence = progress.sequence.max(last.sequence);
+    }
+    ctx.reporter.submit(progress.report());
+}
+
 /// The service manager's status line once SIGTERM arrived.
 const STOPPING_STATUS: &str = "stopping: finishing work in flight and flushing reports";
 
@@ -410,7 +463,8 @@ async fn schedule(
                     }
                 }
                 workers::Joined::Crashed { running, message } => {
-                    warn!(crr = %running.request.name, namespace = %running.request.namespace, "the worker ended without an outcome: {message}");
+                    worker_crashed(ctx, &running, &message);
+                    done_here.insert(running.request.uid);
                 }
             },
             _ = changes.changed() => {}

@@ -140,6 +140,7 @@ async fn run_request_inner(
         "recreating"
     );
     ctx.reporter.submit(progress.report());
+    failpoint::hit(Failpoint::PanicInWorker);
     let shared = Arc::new(Mutex::new(progress));
 
     loop {

@@ -105,6 +105,11 @@ impl Reporter {
         reporter
     }
 
+    /// The latest view submitted of unfinished request `uid`.
+    pub fn latest(&self, uid: &str) -> Option<RecreateReport> {
+        lock(&self.unfinished).get(uid).cloned()
+    }
+
     /// Stops re-sending the view of a request that is gone.
     pub fn forget(&self, uid: &str) {
         lock(&self.unfinished).remove(uid);
