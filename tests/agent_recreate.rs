@@ -508,3 +508,64 @@ async fn a_worker_that_panics_fails_its_request_and_frees_the_pod() {
     drop(agent);
     bed.shutdown().await;
 }
+
+/// What a newer release's CRD looks like to the API server: status phase `phase` is allowed.
+async fn allow_newer_phase(bed: &AgentBed, phase: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(bed.bed.client.clone());
+    let name = "containerrecreaterequests.relaunch.dev";
+    let mut crd = serde_json::to_value(crds.get(name).await.unwrap()).unwrap();
+    let enum_path =
+        "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/phase/enum";
+    crd.pointer_mut(enum_path)
+        .and_then(Value::as_array_mut)
+        .unwrap()
+        .push(json!(phase));
+    let crd: CustomResourceDefinition = serde_json::from_value(crd).unwrap();
+    crds.replace(name, &kube::api::PostParams::default(), &crd)
+        .await
+        .unwrap();
+}
+
+/// Issue 11, item 9: a request whose status holds a phase of a newer release is read (as
+/// Unknown), not acted on, and stalls neither the watch nor the other requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_in_a_phase_of_a_newer_release_does_not_stop_the_agent() {
+    let bed = AgentBed::start().await;
+    allow_newer_phase(&bed, "Restarting").await;
+    let newer = bed.create_pod("newer", "Always", EXITS_ON_SIGTERM).await;
+    let newer_before = container_status(&newer, "app");
+    // Written by a "newer coordinator" before the agent ever saw the request.
+    let uid_newer = bed.create_request("newer-1", &newer, Value::Null).await;
+    set_phase(&bed, "newer-1", "Restarting").await;
+    let agent = bed.agent(&[]);
+    agent.wait_ready().await;
+
+    // Another request, created after the agent's first list: the watch goes on.
+    let pod = bed.create_pod("other", "Always", EXITS_ON_SIGTERM).await;
+    let before = container_status(&pod, "app");
+    let uid = bed.create_request("other-1", &pod, Value::Null).await;
+    bed.restarted_once(&uid, &agent, "other", &before).await;
+    // And a change to the newer one arrives through the watch, and is not acted on either.
+    set_phase(&bed, "newer-1", "Restarting").await;
+    let pod = bed.create_pod("third", "Always", EXITS_ON_SIGTERM).await;
+    let before = container_status(&pod, "app");
+    let uid = bed.create_request("third-1", &pod, Value::Null).await;
+    bed.restarted_once(&uid, &agent, "third", &before).await;
+
+    assert!(
+        reports_for(&bed.received, &uid_newer).is_empty(),
+        "nothing reported for the request in the unknown phase"
+    );
+    let now = container_status(&bed.pods().get("newer").await.unwrap(), "app");
+    assert_eq!(now.container_id, newer_before.container_id, "not acted on");
+    assert!(
+        agent
+            .log()
+            .contains("in a phase this version of the agent does not know"),
+        "{}",
+        agent.log()
+    );
+    drop(agent);
+    bed.shutdown().await;
+}

@@ -25,6 +25,14 @@ pub enum ShellError {
     /// A journal file could not be written or removed.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// An object from a watch that does not deserialize (a newer release's, or garbage): it is
+    /// left out of the agent's cache, and the watch goes on.
+    #[error("{resource} {name}: {error}")]
+    InvalidObject {
+        resource: &'static str,
+        name: String,
+        error: String,
+    },
     /// A request's worker panicked (a bug); its request was failed.
     #[error("the worker of request {request} panicked: {message}")]
     Worker { request: String, message: String },
@@ -32,7 +40,7 @@ pub enum ShellError {
 
 impl ShellError {
     /// Every `kind` label, so the counters start at 0 and `increase()` sees the first error.
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 9] = [
         "watch",
         "coordinator_unavailable",
         "coordinator_rejected",
@@ -41,6 +49,7 @@ impl ShellError {
         "runtime",
         "journal",
         "worker",
+        "invalid_object",
     ];
 
     /// The `kind` label of `relaunch_agent_errors_total`.
@@ -58,6 +67,7 @@ impl ShellError {
             ShellError::Runtime(_) => "runtime",
             ShellError::Journal(_) => "journal",
             ShellError::Worker { .. } => "worker",
+            ShellError::InvalidObject { .. } => "invalid_object",
         }
     }
 
@@ -72,7 +82,7 @@ impl ShellError {
             // A file that could not be removed is removed on the scheduler's next turn; one that
             // could not be written is not written by trying again at once.
             ShellError::Journal(e) => matches!(e, JournalError::Remove { .. }),
-            ShellError::Worker { .. } => false,
+            ShellError::Worker { .. } | ShellError::InvalidObject { .. } => false,
         }
     }
 }

@@ -388,6 +388,7 @@ async fn schedule(
     mut changes: tokio::sync::watch::Receiver<u64>,
 ) {
     let mut workers = workers::Workers::default();
+    let mut not_understood: HashSet<String> = HashSet::new();
     let mut last_runtime_check = tokio::time::Instant::now();
     loop {
         let requests = ctx.stores.requests.state();
@@ -425,6 +426,14 @@ async fn schedule(
             else {
                 continue;
             };
+            // A newer release's phase: not finished, so the pod's later requests wait, but
+            // nothing is done for it either.
+            if crr.status.as_ref().is_some_and(|s| s.has_unknown()) {
+                if not_understood.insert(head.uid.clone()) {
+                    warn!(crr = %head.name, namespace = %head.namespace, "the request is in a phase this version of the agent does not know; not acting on it");
+                }
+                continue;
+            }
             let running = workers::Running {
                 pod,
                 request: recreate::request_ref(crr),
@@ -434,6 +443,7 @@ async fn schedule(
         }
         // Forget what is gone; drop journal entries the coordinator has acknowledged.
         done_here.retain(|uid| live.contains_key(uid));
+        not_understood.retain(|uid| live.contains_key(uid));
         for uid in ctx.journal.uids() {
             let acknowledged = live.get(&uid).copied().unwrap_or(true);
             if acknowledged && !workers.runs(&uid) {

@@ -427,6 +427,14 @@ pub fn decide(
                 progress.phase = P::Succeeded;
                 progress.message = None;
             }
+            P::Unknown => {
+                // Journaled by a newer agent (a downgrade): never guess what was done.
+                progress.fail(
+                    "the journal shows a step this version of the agent does not know; nothing more was done to the container",
+                    now,
+                );
+                return Decision::Finished;
+            }
             P::Succeeded | P::Failed => return Decision::Finished,
         }
     }

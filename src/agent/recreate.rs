@@ -377,7 +377,7 @@ fn still_wanted(stores: &Stores, crr: &ContainerRecreateRequest) -> bool {
             && !current
                 .status
                 .as_ref()
-                .is_some_and(|s| s.phase.is_finished())
+                .is_some_and(|s| s.phase.is_finished() || s.has_unknown())
     })
 }
 
