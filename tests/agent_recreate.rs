@@ -569,3 +569,72 @@ async fn a_request_in_a_phase_of_a_newer_release_does_not_stop_the_agent() {
     drop(agent);
     bed.shutdown().await;
 }
+
+/// Issue 11, item 7: a journal entry that cannot be read, or that is for another pod, makes
+/// the agent fail the request with a message — never start it over on the current container.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_or_mismatched_journal_entry_fails_its_request_and_touches_nothing() {
+    use relaunch_agent::machine::{ContainerProgress, RequestProgress};
+    let bed = AgentBed::start().await;
+    let garbled = bed.create_pod("garbled", "Always", EXITS_ON_SIGTERM).await;
+    let replaced = bed.create_pod("replaced", "Always", EXITS_ON_SIGTERM).await;
+    // The agent is down while the requests are created; its journal holds their entries.
+    let uid_garbled = bed.create_request("garbled-1", &garbled, Value::Null).await;
+    let uid_replaced = bed
+        .create_request("replaced-1", &replaced, Value::Null)
+        .await;
+    let requests = bed.state().join("requests");
+    std::fs::create_dir_all(&requests).unwrap();
+    std::fs::write(
+        requests.join(format!("{uid_garbled}.json")),
+        b"{\"version\": 1, \"prog",
+    )
+    .unwrap();
+    let mut container = ContainerProgress::new("app");
+    container.phase = ContainerRecreatePhase::Stopping;
+    container.previous_container_id = Some("containerd://gone".into());
+    let progress = RequestProgress {
+        request: relaunch_api::report::RequestRef {
+            namespace: "default".into(),
+            name: "replaced-1".into(),
+            uid: uid_replaced.clone(),
+        },
+        pod_uid: "an-earlier-pod".into(),
+        phase: RecreatePhase::Recreating,
+        message: None,
+        start_time: None,
+        completion_time: None,
+        containers: vec![container],
+        sequence: 0,
+    };
+    std::fs::write(
+        requests.join(format!("{uid_replaced}.json")),
+        relaunch_agent::journal::encode(&progress),
+    )
+    .unwrap();
+
+    let agent = bed.agent(&[]);
+    for (uid, pod, before, expected) in [
+        (&uid_garbled, "garbled", &garbled, "cannot be read"),
+        (
+            &uid_replaced,
+            "replaced",
+            &replaced,
+            "is for pod UID an-earlier-pod",
+        ),
+    ] {
+        let report = bed.final_report(uid, &agent).await;
+        assert_eq!(report.phase, RecreatePhase::Failed, "{report:?}");
+        let message = report.message.unwrap_or_default();
+        assert!(message.contains(expected), "{message}");
+        assert!(message.contains("refuses to act"), "{message}");
+        let now = container_status(&bed.pods().get(pod).await.unwrap(), "app");
+        assert_eq!(
+            now.container_id,
+            container_status(before, "app").container_id,
+            "nothing restarted"
+        );
+    }
+    drop(agent);
+    bed.shutdown().await;
+}

@@ -171,13 +171,15 @@ impl Journal {
             .collect()
     }
 
-    /// Every readable entry (call at start-up: it also removes leftover temp files); unreadable files are logged and left for a person to look at.
-    pub fn load(&self) -> Result<Vec<RequestProgress>, JournalError> {
+    /// Every entry (call at start-up: it also removes leftover temp files): the readable ones,
+    /// and the request UIDs of those that cannot be read (logged; their requests are refused,
+    /// never started over).
+    pub fn load(&self) -> Result<Loaded, JournalError> {
         let entries = std::fs::read_dir(&self.dir).map_err(|source| JournalError::Dir {
             path: self.dir.clone(),
             source,
         })?;
-        let mut out = Vec::new();
+        let mut out = Loaded::default();
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
@@ -186,11 +188,54 @@ impl Journal {
                 continue;
             }
             match std::fs::read(&path).ok().as_deref().and_then(decode) {
-                Some(progress) => out.push(progress),
-                None => tracing::warn!(path = %path.display(), "ignoring unreadable journal file"),
+                Some(progress) => out.entries.push(progress),
+                None => {
+                    tracing::warn!(path = %path.display(), "unreadable journal file: its request will be failed, not started over");
+                    if let Some(uid) = path.file_stem().and_then(|s| s.to_str()) {
+                        out.unreadable.push(uid.to_string());
+                    }
+                }
             }
         }
         Ok(out)
+    }
+}
+
+/// What [`Journal::load`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    pub entries: Vec<RequestProgress>,
+    /// Request UIDs (file names) of the entries that cannot be read.
+    pub unreadable: Vec<String>,
+}
+
+/// What the journal holds for a request being started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Journaled {
+    /// Progress to resume from.
+    Progress(RequestProgress),
+    /// An entry that cannot be read (garbled, or another format version).
+    Unreadable,
+}
+
+/// Why a journaled request is refused instead of resumed or started over.
+pub fn refusal(journaled: &Journaled, pod_uid: &str, containers: &[&str]) -> Option<String> {
+    const WHY: &str = "the agent refuses to act on it, so that no container is restarted a second time; create a new request if the containers still need a restart";
+    match journaled {
+        Journaled::Unreadable => Some(format!(
+            "the agent's journal entry for this request cannot be read; {WHY}"
+        )),
+        Journaled::Progress(p) => {
+            let journaled: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
+            (p.pod_uid != pod_uid || journaled != containers).then(|| {
+                format!(
+                    "the agent's journal entry for this request is for pod UID {} and containers [{}], not pod UID {pod_uid} and containers [{}]; {WHY}",
+                    p.pod_uid,
+                    journaled.join(", "),
+                    containers.join(", ")
+                )
+            })
+        }
     }
 }
 
@@ -301,7 +346,7 @@ mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         journal.write(&p).unwrap();
 
-        let mut resumed = match recover(journal.load().unwrap().remove(0)) {
+        let mut resumed = match recover(journal.load().unwrap().entries.remove(0)) {
             Recovery::Resume(p) => p,
             other => panic!("{other:?}"),
         };
@@ -328,10 +373,29 @@ mod tests {
         let p = progress(RecreatePhase::Recreating);
         journal.write(&p).unwrap();
         std::fs::write(dir.path().join("requests/x.json.tmp"), b"torn").unwrap();
-        assert_eq!(journal.load().unwrap(), vec![p.clone()]);
+        assert_eq!(journal.load().unwrap().entries, vec![p.clone()]);
         assert!(!dir.path().join("requests/x.json.tmp").exists());
         journal.remove(&p.request.uid).unwrap();
         journal.remove(&p.request.uid).unwrap();
-        assert!(journal.load().unwrap().is_empty());
+        assert_eq!(journal.load().unwrap(), Loaded::default());
+    }
+
+    #[test]
+    fn an_unreadable_or_mismatched_entry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("requests/0b1c-bad.json"), b"{torn").unwrap();
+        let loaded = journal.load().unwrap();
+        assert_eq!(loaded.unreadable, vec!["0b1c-bad".to_string()]);
+        let why = refusal(&Journaled::Unreadable, "pod", &["db"]).unwrap();
+        assert!(why.contains("cannot be read"), "{why}");
+        let p = Journaled::Progress(progress(RecreatePhase::Recreating));
+        assert_eq!(refusal(&p, "pod", &["db"]), None);
+        let why = refusal(&p, "other-pod", &["db"]).unwrap();
+        assert!(
+            why.contains("pod UID pod and containers [db], not pod UID other-pod"),
+            "{why}"
+        );
+        assert!(refusal(&p, "pod", &["db", "log"]).is_some());
     }
 }

@@ -284,14 +284,18 @@ pub async fn run(
 fn recover(
     journal: &journal::Journal,
     reporter: &report::Reporter,
-) -> Result<(HashMap<String, machine::RequestProgress>, HashSet<String>), AgentError> {
+) -> Result<(HashMap<String, journal::Journaled>, HashSet<String>), AgentError> {
     let mut resumed = HashMap::new();
     let mut done_here: HashSet<String> = HashSet::new();
-    for progress in journal.load()? {
+    let loaded = journal.load()?;
+    for uid in loaded.unreadable {
+        resumed.insert(uid, journal::Journaled::Unreadable);
+    }
+    for progress in loaded.entries {
         match journal::recover(progress) {
             journal::Recovery::Resume(p) => {
                 info!(crr = %p.request.name, namespace = %p.request.namespace, "found unfinished request in the journal");
-                resumed.insert(p.request.uid.clone(), p);
+                resumed.insert(p.request.uid.clone(), journal::Journaled::Progress(p));
             }
             journal::Recovery::Redeliver(mut p) => {
                 done_here.insert(p.request.uid.clone());
@@ -383,7 +387,7 @@ struct Signals<'a> {
 async fn schedule(
     ctx: &Arc<recreate::Context>,
     signals: &Signals<'_>,
-    mut resumed: HashMap<String, machine::RequestProgress>,
+    mut resumed: HashMap<String, journal::Journaled>,
     mut done_here: HashSet<String>,
     mut changes: tokio::sync::watch::Receiver<u64>,
 ) {
