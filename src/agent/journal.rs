@@ -213,7 +213,7 @@ pub struct Loaded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Journaled {
     /// Progress to resume from.
-    Progress(RequestProgress),
+    Progress(Box<RequestProgress>),
     /// An entry that cannot be read (garbled, or another format version).
     Unreadable,
 }
@@ -389,7 +389,7 @@ mod tests {
         assert_eq!(loaded.unreadable, vec!["0b1c-bad".to_string()]);
         let why = refusal(&Journaled::Unreadable, "pod", &["db"]).unwrap();
         assert!(why.contains("cannot be read"), "{why}");
-        let p = Journaled::Progress(progress(RecreatePhase::Recreating));
+        let p = Journaled::Progress(Box::new(progress(RecreatePhase::Recreating)));
         assert_eq!(refusal(&p, "pod", &["db"]), None);
         let why = refusal(&p, "other-pod", &["db"]).unwrap();
         assert!(

@@ -295,7 +295,10 @@ fn recover(
         match journal::recover(progress) {
             journal::Recovery::Resume(p) => {
                 info!(crr = %p.request.name, namespace = %p.request.namespace, "found unfinished request in the journal");
-                resumed.insert(p.request.uid.clone(), journal::Journaled::Progress(p));
+                resumed.insert(
+                    p.request.uid.clone(),
+                    journal::Journaled::Progress(Box::new(p)),
+                );
             }
             journal::Recovery::Redeliver(mut p) => {
                 done_here.insert(p.request.uid.clone());

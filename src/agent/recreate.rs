@@ -138,7 +138,7 @@ async fn run_request_inner(
         return Outcome::Finished(RecreatePhase::Failed);
     }
     let resumed = match resumed {
-        Some(Journaled::Progress(p)) => Some(p),
+        Some(Journaled::Progress(p)) => Some(*p),
         _ => None,
     };
     let now = Timestamp::now();
