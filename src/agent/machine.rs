@@ -576,7 +576,7 @@ impl RequestProgress {
 
     /// The report of the current view; bumps the sequence.
     pub fn report(&mut self) -> RecreateReport {
-        self.sequence += 1;
+        self.sequence = self.sequence.saturating_add(1);
         RecreateReport {
             request: self.request.clone(),
             sequence: self.sequence,
