@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::machine::RequestProgress;
+use relaunch_api::ContainerRecreatePhase;
 
 /// Version of the journal file format.
 pub const JOURNAL_VERSION: u32 = 1;
@@ -225,6 +226,16 @@ pub fn refusal(journaled: &Journaled, pod_uid: &str, containers: &[&str]) -> Opt
         Journaled::Unreadable => Some(format!(
             "the agent's journal entry for this request cannot be read; {WHY}"
         )),
+        Journaled::Progress(p)
+            if p.phase.is_unknown()
+                || p.containers
+                    .iter()
+                    .any(|c| c.phase == ContainerRecreatePhase::Unknown) =>
+        {
+            Some(format!(
+                "the agent's journal entry for this request was written by a newer agent (a phase this one does not know); {WHY}"
+            ))
+        }
         Journaled::Progress(p) => {
             let journaled: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
             (p.pod_uid != pod_uid || journaled != containers).then(|| {
@@ -397,5 +408,15 @@ mod tests {
             "{why}"
         );
         assert!(refusal(&p, "pod", &["db", "log"]).is_some());
+        // Written by a newer agent (a downgrade): its steps cannot be trusted either.
+        let mut newer = progress(RecreatePhase::Recreating);
+        newer.containers[0].phase = ContainerRecreatePhase::Unknown;
+        let why = refusal(&Journaled::Progress(Box::new(newer)), "pod", &["db"]).unwrap();
+        assert!(why.contains("newer agent"), "{why}");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&encode(&progress(RecreatePhase::Recreating))).unwrap();
+        v["progress"]["phase"] = "Restarting".into();
+        let newer = decode(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(refusal(&Journaled::Progress(Box::new(newer)), "pod", &["db"]).is_some());
     }
 }

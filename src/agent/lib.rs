@@ -3,7 +3,8 @@
 //!
 //! Pure parts: [`plan`] (checking a request against its pod), [`machine`] (the per-container
 //! state machine and the request's aggregation), [`order`] (one request per pod, in creation
-//! order), [`journal`] (encode/decode and recovery), [`report::ReportQueue`]. Shells: [`watch`]
+//! order), [`journal`] (encode/decode, recovery, refusal), [`report::ReportQueue`] (a back-off
+//! per request). [`workers`] holds the running workers, one per pod. Shells: [`watch`]
 //! (pruned reflectors), [`recreate`] (one request's worker), [`report`] (the report queue's
 //! delivery), [`coordinator_client`] (HTTP to the coordinator), [`shutdown`]
 //! (exec/httpGet/sleep), and [`run`] (the scheduler and lifecycle). Errors the shells recover
