@@ -393,17 +393,20 @@ async fn agent_killed_around_a_stop_resumes_and_restarts_the_container_exactly_o
 
 /// Sets request `name`'s status phase as the coordinator would (its deadline, a rollout's abort).
 async fn set_phase(bed: &AgentBed, name: &str, phase: &str) {
-    bed.bed
-        .requests()
-        .patch_status(
-            name,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(
-                json!({"status": {"phase": phase, "message": "set by the test"}}),
-            ),
-        )
-        .await
-        .unwrap();
+    // Untyped: the phase may be one this release's types do not know.
+    let resource = kube::api::ApiResource::erase::<relaunch_api::ContainerRecreateRequest>(&());
+    kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        bed.bed.client.clone(),
+        "default",
+        &resource,
+    )
+    .patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"phase": phase, "message": "set by the test"}})),
+    )
+    .await
+    .unwrap();
 }
 
 /// The first report of `uid` that shows its container's shutdown step begun.
