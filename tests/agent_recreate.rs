@@ -390,3 +390,254 @@ async fn agent_killed_around_a_stop_resumes_and_restarts_the_container_exactly_o
     drop(agent);
     bed.shutdown().await;
 }
+
+/// Sets request `name`'s status phase as the coordinator would (its deadline, a rollout's abort).
+async fn set_phase(bed: &AgentBed, name: &str, phase: &str) {
+    // Untyped: the phase may be one this release's types do not know.
+    let resource = kube::api::ApiResource::erase::<relaunch_api::ContainerRecreateRequest>(&());
+    kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        bed.bed.client.clone(),
+        "default",
+        &resource,
+    )
+    .patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"phase": phase, "message": "set by the test"}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// The first report of `uid` that shows its container's shutdown step begun.
+async fn shutdown_started(bed: &AgentBed, uid: &str, agent: &Agent) -> jiff::Timestamp {
+    eventually("shutdown step begun", WAIT, || async {
+        reports_for(&bed.received, uid).iter().find_map(|r| {
+            r.containers
+                .first()?
+                .timestamps
+                .shutdown
+                .as_ref()
+                .map(|t| t.0)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()))
+}
+
+/// Issue 11, item 4: the coordinator fails request 1 while its worker is inside a long shutdown
+/// action; request 2 for the same pod starts its shutdown only once that worker has ended, and
+/// the container is restarted exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_request_for_a_pod_waits_until_the_first_worker_has_ended() {
+    const SHUTDOWN_SECONDS: i64 = 6;
+    let bed = AgentBed::start().await;
+    let agent = bed.agent(&[]);
+    agent.wait_ready().await;
+    let pod = bed.create_pod("one", "Always", EXITS_ON_SIGTERM).await;
+    let before = container_status(&pod, "app");
+    let long = json!([{"name": "app", "shutdown": {"exec": {"command":
+        ["sh", "-c", format!("sleep {SHUTDOWN_SECONDS}")]}}}]);
+    let strategy = json!({"terminationGracePeriodSeconds": 30});
+    let first = bed
+        .bed
+        .recreate("one-1", &pod, long.clone(), strategy.clone())
+        .await
+        .metadata
+        .uid
+        .unwrap();
+    let first_shutdown = shutdown_started(&bed, &first, &agent).await;
+    // Inside the action: the coordinator fails request 1, and request 2 arrives.
+    set_phase(&bed, "one-1", "Failed").await;
+    let second = bed
+        .bed
+        .recreate("one-2", &pod, json!([{"name": "app"}]), strategy)
+        .await
+        .metadata
+        .uid
+        .unwrap();
+    let second_shutdown = shutdown_started(&bed, &second, &agent).await;
+    let gap = second_shutdown.duration_since(first_shutdown);
+    assert!(
+        gap >= jiff::SignedDuration::from_secs(SHUTDOWN_SECONDS),
+        "request 2 began its shutdown {gap:?} after request 1's, while request 1's action ran\n{}",
+        agent.log()
+    );
+    bed.restarted_once(&second, &agent, "one", &before).await;
+    assert!(
+        reports_for(&bed.received, &first)
+            .iter()
+            .all(|r| !r.phase.is_finished()),
+        "request 1's worker stopped without a result of its own"
+    );
+    drop(agent);
+    bed.shutdown().await;
+}
+
+/// Issue 11, item 8: a worker that panics fails its request with a message, is counted, and
+/// leaves neither the agent nor the pod stuck: the pod's next request gets a worker too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_panics_fails_its_request_and_frees_the_pod() {
+    let bed = AgentBed::start().await;
+    let agent = bed.agent(&[(failpoint::ENV, Failpoint::PanicInWorker.name())]);
+    agent.wait_ready().await;
+    let pod = bed.create_pod("crash", "Always", EXITS_ON_SIGTERM).await;
+    let before = container_status(&pod, "app");
+    for name in ["crash-1", "crash-2"] {
+        let uid = bed.create_request(name, &pod, Value::Null).await;
+        let report = bed.final_report(&uid, &agent).await;
+        assert_eq!(report.phase, RecreatePhase::Failed, "{report:?}");
+        let message = report.message.clone().unwrap_or_default();
+        assert!(
+            message.contains("the agent's worker crashed: failpoint panic-in-worker"),
+            "{message}"
+        );
+        assert_eq!(report.containers.len(), 1, "{report:?}");
+        assert_eq!(report.containers[0].phase, ContainerRecreatePhase::Failed);
+        assert!(report.containers[0].message.is_some(), "{report:?}");
+    }
+    let now = container_status(&bed.pods().get("crash").await.unwrap(), "app");
+    assert_eq!(now.container_id, before.container_id, "nothing was stopped");
+    let (_, metrics) = agent.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("relaunch_agent_errors_total{kind=\"worker\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("relaunch_agent_recreates_in_flight 0"),
+        "{metrics}"
+    );
+    assert!(matches!(agent.get("/readyz").await, Some((200, _))));
+    drop(agent);
+    bed.shutdown().await;
+}
+
+/// What a newer release's CRD looks like to the API server: status phase `phase` is allowed.
+async fn allow_newer_phase(bed: &AgentBed, phase: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(bed.bed.client.clone());
+    let name = "containerrecreaterequests.relaunch.dev";
+    let mut crd = serde_json::to_value(crds.get(name).await.unwrap()).unwrap();
+    let enum_path =
+        "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/phase/enum";
+    crd.pointer_mut(enum_path)
+        .and_then(Value::as_array_mut)
+        .unwrap()
+        .push(json!(phase));
+    let crd: CustomResourceDefinition = serde_json::from_value(crd).unwrap();
+    crds.replace(name, &kube::api::PostParams::default(), &crd)
+        .await
+        .unwrap();
+}
+
+/// Issue 11, item 9: a request whose status holds a phase of a newer release is read (as
+/// Unknown), not acted on, and stalls neither the watch nor the other requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_in_a_phase_of_a_newer_release_does_not_stop_the_agent() {
+    let bed = AgentBed::start().await;
+    allow_newer_phase(&bed, "Restarting").await;
+    let newer = bed.create_pod("newer", "Always", EXITS_ON_SIGTERM).await;
+    let newer_before = container_status(&newer, "app");
+    // Written by a "newer coordinator" before the agent ever saw the request.
+    let uid_newer = bed.create_request("newer-1", &newer, Value::Null).await;
+    set_phase(&bed, "newer-1", "Restarting").await;
+    let agent = bed.agent(&[]);
+    agent.wait_ready().await;
+
+    // Another request, created after the agent's first list: the watch goes on.
+    let pod = bed.create_pod("other", "Always", EXITS_ON_SIGTERM).await;
+    let before = container_status(&pod, "app");
+    let uid = bed.create_request("other-1", &pod, Value::Null).await;
+    bed.restarted_once(&uid, &agent, "other", &before).await;
+    // And a change to the newer one arrives through the watch, and is not acted on either.
+    set_phase(&bed, "newer-1", "Restarting").await;
+    let pod = bed.create_pod("third", "Always", EXITS_ON_SIGTERM).await;
+    let before = container_status(&pod, "app");
+    let uid = bed.create_request("third-1", &pod, Value::Null).await;
+    bed.restarted_once(&uid, &agent, "third", &before).await;
+
+    assert!(
+        reports_for(&bed.received, &uid_newer).is_empty(),
+        "nothing reported for the request in the unknown phase"
+    );
+    let now = container_status(&bed.pods().get("newer").await.unwrap(), "app");
+    assert_eq!(now.container_id, newer_before.container_id, "not acted on");
+    assert!(
+        agent
+            .log()
+            .contains("in a phase this version of the agent does not know"),
+        "{}",
+        agent.log()
+    );
+    drop(agent);
+    bed.shutdown().await;
+}
+
+/// Issue 11, item 7: a journal entry that cannot be read, or that is for another pod, makes
+/// the agent fail the request with a message — never start it over on the current container.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_or_mismatched_journal_entry_fails_its_request_and_touches_nothing() {
+    use relaunch_agent::machine::{ContainerProgress, RequestProgress};
+    let bed = AgentBed::start().await;
+    let garbled = bed.create_pod("garbled", "Always", EXITS_ON_SIGTERM).await;
+    let replaced = bed.create_pod("replaced", "Always", EXITS_ON_SIGTERM).await;
+    // The agent is down while the requests are created; its journal holds their entries.
+    let uid_garbled = bed.create_request("garbled-1", &garbled, Value::Null).await;
+    let uid_replaced = bed
+        .create_request("replaced-1", &replaced, Value::Null)
+        .await;
+    let requests = bed.state().join("requests");
+    std::fs::create_dir_all(&requests).unwrap();
+    std::fs::write(
+        requests.join(format!("{uid_garbled}.json")),
+        b"{\"version\": 1, \"prog",
+    )
+    .unwrap();
+    let mut container = ContainerProgress::new("app");
+    container.phase = ContainerRecreatePhase::Stopping;
+    container.previous_container_id = Some("containerd://gone".into());
+    let progress = RequestProgress {
+        request: relaunch_api::report::RequestRef {
+            namespace: "default".into(),
+            name: "replaced-1".into(),
+            uid: uid_replaced.clone(),
+        },
+        pod_uid: "an-earlier-pod".into(),
+        phase: RecreatePhase::Recreating,
+        message: None,
+        start_time: None,
+        completion_time: None,
+        containers: vec![container],
+        sequence: 0,
+    };
+    std::fs::write(
+        requests.join(format!("{uid_replaced}.json")),
+        relaunch_agent::journal::encode(&progress),
+    )
+    .unwrap();
+
+    let agent = bed.agent(&[]);
+    for (uid, pod, before, expected) in [
+        (&uid_garbled, "garbled", &garbled, "cannot be read"),
+        (
+            &uid_replaced,
+            "replaced",
+            &replaced,
+            "is for pod UID an-earlier-pod",
+        ),
+    ] {
+        let report = bed.final_report(uid, &agent).await;
+        assert_eq!(report.phase, RecreatePhase::Failed, "{report:?}");
+        let message = report.message.unwrap_or_default();
+        assert!(message.contains(expected), "{message}");
+        assert!(message.contains("refuses to act"), "{message}");
+        let now = container_status(&bed.pods().get(pod).await.unwrap(), "app");
+        assert_eq!(
+            now.container_id,
+            container_status(before, "app").container_id,
+            "nothing restarted"
+        );
+    }
+    drop(agent);
+    bed.shutdown().await;
+}

@@ -25,11 +25,22 @@ pub enum ShellError {
     /// A journal file could not be written or removed.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// An object from a watch that does not deserialize (a newer release's, or garbage): it is
+    /// left out of the agent's cache, and the watch goes on.
+    #[error("{resource} {name}: {error}")]
+    InvalidObject {
+        resource: &'static str,
+        name: String,
+        error: String,
+    },
+    /// A request's worker panicked (a bug); its request was failed.
+    #[error("the worker of request {request} panicked: {message}")]
+    Worker { request: String, message: String },
 }
 
 impl ShellError {
     /// Every `kind` label, so the counters start at 0 and `increase()` sees the first error.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 9] = [
         "watch",
         "coordinator_unavailable",
         "coordinator_rejected",
@@ -37,6 +48,8 @@ impl ShellError {
         "config",
         "runtime",
         "journal",
+        "worker",
+        "invalid_object",
     ];
 
     /// The `kind` label of `relaunch_agent_errors_total`.
@@ -53,6 +66,8 @@ impl ShellError {
             },
             ShellError::Runtime(_) => "runtime",
             ShellError::Journal(_) => "journal",
+            ShellError::Worker { .. } => "worker",
+            ShellError::InvalidObject { .. } => "invalid_object",
         }
     }
 
@@ -67,6 +82,7 @@ impl ShellError {
             // A file that could not be removed is removed on the scheduler's next turn; one that
             // could not be written is not written by trying again at once.
             ShellError::Journal(e) => matches!(e, JournalError::Remove { .. }),
+            ShellError::Worker { .. } | ShellError::InvalidObject { .. } => false,
         }
     }
 }

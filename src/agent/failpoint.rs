@@ -1,6 +1,7 @@
 //! Crash points for the crash-safety tests. With the `failpoints` feature (enabled only in the
 //! workspace's test builds) the agent aborts, as a SIGKILL would end it, when it reaches the point
-//! named by the environment variable [`ENV`]. Without the feature [`hit`] is empty.
+//! named by the environment variable [`ENV`] ([`Failpoint::PanicInWorker`] panics the worker
+//! instead). Without the feature [`hit`] is empty.
 
 /// The environment variable naming the point to crash at.
 pub const ENV: &str = "RELAUNCH_FAILPOINT";
@@ -15,6 +16,9 @@ pub enum Failpoint {
     AfterStopJournal,
     /// The stop returned and is not yet reported.
     AfterStop,
+    /// A request's worker started and reported; it panics (a bug) instead of aborting the
+    /// process, to test that the scheduler survives it.
+    PanicInWorker,
 }
 
 impl Failpoint {
@@ -24,6 +28,7 @@ impl Failpoint {
             Failpoint::DuringShutdown => "during-shutdown",
             Failpoint::AfterStopJournal => "after-stop-journal",
             Failpoint::AfterStop => "after-stop",
+            Failpoint::PanicInWorker => "panic-in-worker",
         }
     }
 }
@@ -33,6 +38,12 @@ impl Failpoint {
 pub fn hit(point: Failpoint) {
     #[cfg(feature = "failpoints")]
     if std::env::var(ENV).is_ok_and(|v| v == point.name()) {
+        if point == Failpoint::PanicInWorker {
+            #[allow(clippy::panic)] // the point of this failpoint
+            {
+                panic!("failpoint {}", point.name());
+            }
+        }
         std::process::abort();
     }
     #[cfg(not(feature = "failpoints"))]

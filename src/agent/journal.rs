@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::machine::RequestProgress;
+use relaunch_api::ContainerRecreatePhase;
 
 /// Version of the journal file format.
 pub const JOURNAL_VERSION: u32 = 1;
@@ -137,6 +138,14 @@ impl Journal {
             .map_err(err)
     }
 
+    /// The readable entry of request `uid`, if there is one.
+    pub fn read(&self, uid: &str) -> Option<RequestProgress> {
+        std::fs::read(self.path(uid))
+            .ok()
+            .as_deref()
+            .and_then(decode)
+    }
+
     /// Forgets a request (finished and acknowledged, or deleted).
     pub fn remove(&self, uid: &str) -> Result<(), JournalError> {
         let path = self.path(uid);
@@ -163,13 +172,15 @@ impl Journal {
             .collect()
     }
 
-    /// Every readable entry (call at start-up: it also removes leftover temp files); unreadable files are logged and left for a person to look at.
-    pub fn load(&self) -> Result<Vec<RequestProgress>, JournalError> {
+    /// Every entry (call at start-up: it also removes leftover temp files): the readable ones,
+    /// and the request UIDs of those that cannot be read (logged; their requests are refused,
+    /// never started over).
+    pub fn load(&self) -> Result<Loaded, JournalError> {
         let entries = std::fs::read_dir(&self.dir).map_err(|source| JournalError::Dir {
             path: self.dir.clone(),
             source,
         })?;
-        let mut out = Vec::new();
+        let mut out = Loaded::default();
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
@@ -178,11 +189,64 @@ impl Journal {
                 continue;
             }
             match std::fs::read(&path).ok().as_deref().and_then(decode) {
-                Some(progress) => out.push(progress),
-                None => tracing::warn!(path = %path.display(), "ignoring unreadable journal file"),
+                Some(progress) => out.entries.push(progress),
+                None => {
+                    tracing::warn!(path = %path.display(), "unreadable journal file: its request will be failed, not started over");
+                    if let Some(uid) = path.file_stem().and_then(|s| s.to_str()) {
+                        out.unreadable.push(uid.to_string());
+                    }
+                }
             }
         }
         Ok(out)
+    }
+}
+
+/// What [`Journal::load`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    pub entries: Vec<RequestProgress>,
+    /// Request UIDs (file names) of the entries that cannot be read.
+    pub unreadable: Vec<String>,
+}
+
+/// What the journal holds for a request being started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Journaled {
+    /// Progress to resume from.
+    Progress(Box<RequestProgress>),
+    /// An entry that cannot be read (garbled, or another format version).
+    Unreadable,
+}
+
+/// Why a journaled request is refused instead of resumed or started over.
+pub fn refusal(journaled: &Journaled, pod_uid: &str, containers: &[&str]) -> Option<String> {
+    const WHY: &str = "the agent refuses to act on it, so that no container is restarted a second time; create a new request if the containers still need a restart";
+    match journaled {
+        Journaled::Unreadable => Some(format!(
+            "the agent's journal entry for this request cannot be read; {WHY}"
+        )),
+        Journaled::Progress(p)
+            if p.phase.is_unknown()
+                || p.containers
+                    .iter()
+                    .any(|c| c.phase == ContainerRecreatePhase::Unknown) =>
+        {
+            Some(format!(
+                "the agent's journal entry for this request was written by a newer agent (a phase this one does not know); {WHY}"
+            ))
+        }
+        Journaled::Progress(p) => {
+            let journaled: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
+            (p.pod_uid != pod_uid || journaled != containers).then(|| {
+                format!(
+                    "the agent's journal entry for this request is for pod UID {} and containers [{}], not pod UID {pod_uid} and containers [{}]; {WHY}",
+                    p.pod_uid,
+                    journaled.join(", "),
+                    containers.join(", ")
+                )
+            })
+        }
     }
 }
 
@@ -293,7 +357,7 @@ mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         journal.write(&p).unwrap();
 
-        let mut resumed = match recover(journal.load().unwrap().remove(0)) {
+        let mut resumed = match recover(journal.load().unwrap().entries.remove(0)) {
             Recovery::Resume(p) => p,
             other => panic!("{other:?}"),
         };
@@ -320,10 +384,39 @@ mod tests {
         let p = progress(RecreatePhase::Recreating);
         journal.write(&p).unwrap();
         std::fs::write(dir.path().join("requests/x.json.tmp"), b"torn").unwrap();
-        assert_eq!(journal.load().unwrap(), vec![p.clone()]);
+        assert_eq!(journal.load().unwrap().entries, vec![p.clone()]);
         assert!(!dir.path().join("requests/x.json.tmp").exists());
         journal.remove(&p.request.uid).unwrap();
         journal.remove(&p.request.uid).unwrap();
-        assert!(journal.load().unwrap().is_empty());
+        assert_eq!(journal.load().unwrap(), Loaded::default());
+    }
+
+    #[test]
+    fn an_unreadable_or_mismatched_entry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("requests/0b1c-bad.json"), b"{torn").unwrap();
+        let loaded = journal.load().unwrap();
+        assert_eq!(loaded.unreadable, vec!["0b1c-bad".to_string()]);
+        let why = refusal(&Journaled::Unreadable, "pod", &["db"]).unwrap();
+        assert!(why.contains("cannot be read"), "{why}");
+        let p = Journaled::Progress(Box::new(progress(RecreatePhase::Recreating)));
+        assert_eq!(refusal(&p, "pod", &["db"]), None);
+        let why = refusal(&p, "other-pod", &["db"]).unwrap();
+        assert!(
+            why.contains("pod UID pod and containers [db], not pod UID other-pod"),
+            "{why}"
+        );
+        assert!(refusal(&p, "pod", &["db", "log"]).is_some());
+        // Written by a newer agent (a downgrade): its steps cannot be trusted either.
+        let mut newer = progress(RecreatePhase::Recreating);
+        newer.containers[0].phase = ContainerRecreatePhase::Unknown;
+        let why = refusal(&Journaled::Progress(Box::new(newer)), "pod", &["db"]).unwrap();
+        assert!(why.contains("newer agent"), "{why}");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&encode(&progress(RecreatePhase::Recreating))).unwrap();
+        v["progress"]["phase"] = "Restarting".into();
+        let newer = decode(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(refusal(&Journaled::Progress(Box::new(newer)), "pod", &["db"]).is_some());
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Pure parts: [`plan`] (checking a request against its pod), [`machine`] (the per-container
 //! state machine and the request's aggregation), [`order`] (one request per pod, in creation
-//! order), [`journal`] (encode/decode and recovery), [`report::ReportQueue`]. Shells: [`watch`]
+//! order), [`journal`] (encode/decode, recovery, refusal), [`report::ReportQueue`] (a back-off
+//! per request). [`workers`] holds the running workers, one per pod. Shells: [`watch`]
 //! (pruned reflectors), [`recreate`] (one request's worker), [`report`] (the report queue's
 //! delivery), [`coordinator_client`] (HTTP to the coordinator), [`shutdown`]
 //! (exec/httpGet/sleep), and [`run`] (the scheduler and lifecycle). Errors the shells recover
@@ -22,6 +23,7 @@ pub mod recreate;
 pub mod report;
 pub mod shutdown;
 pub mod watch;
+pub mod workers;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -31,7 +33,6 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -284,14 +285,21 @@ pub async fn run(
 fn recover(
     journal: &journal::Journal,
     reporter: &report::Reporter,
-) -> Result<(HashMap<String, machine::RequestProgress>, HashSet<String>), AgentError> {
+) -> Result<(HashMap<String, journal::Journaled>, HashSet<String>), AgentError> {
     let mut resumed = HashMap::new();
     let mut done_here: HashSet<String> = HashSet::new();
-    for progress in journal.load()? {
+    let loaded = journal.load()?;
+    for uid in loaded.unreadable {
+        resumed.insert(uid, journal::Journaled::Unreadable);
+    }
+    for progress in loaded.entries {
         match journal::recover(progress) {
             journal::Recovery::Resume(p) => {
                 info!(crr = %p.request.name, namespace = %p.request.namespace, "found unfinished request in the journal");
-                resumed.insert(p.request.uid.clone(), p);
+                resumed.insert(
+                    p.request.uid.clone(),
+                    journal::Journaled::Progress(Box::new(p)),
+                );
             }
             journal::Recovery::Redeliver(mut p) => {
                 done_here.insert(p.request.uid.clone());
@@ -300,6 +308,59 @@ fn recover(
         }
     }
     Ok((resumed, done_here))
+}
+
+/// A worker panicked (a bug): its request fails with what is known of its progress (the
+/// journal's), is journaled as finished so that no restart carries it on, and is reported.
+fn worker_crashed(ctx: &recreate::Context, running: &workers::Running, message: &str) {
+    let error = error::ShellError::Worker {
+        request: format!("{}/{}", running.request.namespace, running.request.name),
+        message: message.to_string(),
+    };
+    error_policy(&ctx.metrics, "request failed", &error);
+    let now = jiff::Timestamp::now();
+    let message = format!("the agent's worker crashed: {message}");
+    let mut progress = match ctx.journal.read(&running.request.uid) {
+        // It crashed after it finished: its result stands.
+        Some(p) if p.phase.is_finished() => p,
+        Some(mut p) => {
+            p.fail_all(&message, now);
+            ctx.metrics.recreates.with_label_values(&["failed"]).inc();
+            p
+        }
+        // Nothing journaled yet (nothing was touched): the containers as last reported.
+        None => {
+            ctx.metrics.recreates.with_label_values(&["failed"]).inc();
+            let mut p = machine::RequestProgress::refused(
+                running.request.clone(),
+                "",
+                message.clone(),
+                now,
+            );
+            if let Some(last) = ctx.reporter.latest(&running.request.uid) {
+                p.start_time = last.start_time.or(p.start_time);
+                p.containers = last
+                    .containers
+                    .iter()
+                    .map(|c| {
+                        let mut container = machine::ContainerProgress::new(&c.name);
+                        container.fail(message.as_str(), now);
+                        container
+                    })
+                    .collect();
+            }
+            p
+        }
+    };
+    if let Err(e) = ctx.journal.write(&progress) {
+        error_policy(&ctx.metrics, "cannot journal the result", &e.into());
+    }
+    // Numbered after the worker's last report, which may be in delivery: the queue keeps a
+    // view only if its sequence is newer than the one being delivered.
+    if let Some(last) = ctx.reporter.latest(&running.request.uid) {
+        progress.sequence = progress.sequence.max(last.sequence);
+    }
+    ctx.reporter.submit(progress.report());
 }
 
 /// The service manager's status line once SIGTERM arrived.
@@ -330,12 +391,12 @@ struct Signals<'a> {
 async fn schedule(
     ctx: &Arc<recreate::Context>,
     signals: &Signals<'_>,
-    mut resumed: HashMap<String, machine::RequestProgress>,
+    mut resumed: HashMap<String, journal::Journaled>,
     mut done_here: HashSet<String>,
     mut changes: tokio::sync::watch::Receiver<u64>,
 ) {
-    let mut workers: JoinSet<(String, recreate::Outcome)> = JoinSet::new();
-    let mut running: HashSet<String> = HashSet::new();
+    let mut workers = workers::Workers::default();
+    let mut not_understood: HashSet<String> = HashSet::new();
     let mut last_runtime_check = tokio::time::Instant::now();
     loop {
         let requests = ctx.stores.requests.state();
@@ -358,7 +419,13 @@ async fn schedule(
             });
         }
         for head in order::heads(&candidates) {
-            if running.contains(&head.uid) || ctx.stop.is_cancelled() {
+            let pod = workers::PodKey {
+                namespace: head.namespace.clone(),
+                name: head.pod_name.clone(),
+            };
+            // One pod, one worker: a request the coordinator finished while its worker was
+            // inside a shutdown action or a stop still holds the pod until that worker ended.
+            if workers.is_busy(&pod) || ctx.stop.is_cancelled() {
                 continue;
             }
             let Some(crr) = requests
@@ -367,16 +434,27 @@ async fn schedule(
             else {
                 continue;
             };
-            running.insert(head.uid.clone());
-            let uid = head.uid.clone();
-            let worker = recreate::run_request(ctx.clone(), crr.clone(), resumed.remove(&uid));
-            workers.spawn(async move { (uid, worker.await) });
+            // A newer release's phase: not finished, so the pod's later requests wait, but
+            // nothing is done for it either.
+            if crr.status.as_ref().is_some_and(|s| s.has_unknown()) {
+                if not_understood.insert(head.uid.clone()) {
+                    warn!(crr = %head.name, namespace = %head.namespace, "the request is in a phase this version of the agent does not know; not acting on it");
+                }
+                continue;
+            }
+            let running = workers::Running {
+                pod,
+                request: recreate::request_ref(crr),
+            };
+            let worker = recreate::run_request(ctx.clone(), crr.clone(), resumed.remove(&head.uid));
+            workers.spawn(running, worker);
         }
         // Forget what is gone; drop journal entries the coordinator has acknowledged.
         done_here.retain(|uid| live.contains_key(uid));
+        not_understood.retain(|uid| live.contains_key(uid));
         for uid in ctx.journal.uids() {
             let acknowledged = live.get(&uid).copied().unwrap_or(true);
-            if acknowledged && !running.contains(&uid) {
+            if acknowledged && !workers.runs(&uid) {
                 if let Err(e) = ctx.journal.remove(&uid) {
                     error_policy(&ctx.metrics, "journal", &e.into());
                 }
@@ -391,9 +469,9 @@ async fn schedule(
 
         tokio::select! {
             _ = ctx.stop.cancelled() => break,
-            Some(joined) = workers.join_next(), if !workers.is_empty() => {
-                if let Ok((uid, outcome)) = joined {
-                    running.remove(&uid);
+            Some(joined) = workers.join_next(), if !workers.is_empty() => match joined {
+                workers::Joined::Ended { running, outcome } => {
+                    let uid = running.request.uid;
                     match outcome {
                         recreate::Outcome::Finished(_) => {
                             done_here.insert(uid);
@@ -402,7 +480,11 @@ async fn schedule(
                         recreate::Outcome::Interrupted => {}
                     }
                 }
-            }
+                workers::Joined::Crashed { running, message } => {
+                    worker_crashed(ctx, &running, &message);
+                    done_here.insert(running.request.uid);
+                }
+            },
             _ = changes.changed() => {}
             _ = signals.heartbeat.asked() => signals.heartbeat.beat(),
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -427,6 +427,14 @@ pub fn decide(
                 progress.phase = P::Succeeded;
                 progress.message = None;
             }
+            P::Unknown => {
+                // Journaled by a newer agent (a downgrade): never guess what was done.
+                progress.fail(
+                    "the journal shows a step this version of the agent does not know; nothing more was done to the container",
+                    now,
+                );
+                return Decision::Finished;
+            }
             P::Succeeded | P::Failed => return Decision::Finished,
         }
     }
@@ -568,7 +576,7 @@ impl RequestProgress {
 
     /// The report of the current view; bumps the sequence.
     pub fn report(&mut self) -> RecreateReport {
-        self.sequence += 1;
+        self.sequence = self.sequence.saturating_add(1);
         RecreateReport {
             request: self.request.clone(),
             sequence: self.sequence,

@@ -15,6 +15,8 @@ pub struct AgentMetrics {
     /// `relaunch_agent_reports_total{result}`: delivered | retried | rejected.
     pub reports: IntCounterVec,
     pub report_queue_depth: IntGauge,
+    /// `relaunch_agent_reports_backing_off`: requests whose reports wait out a back-off.
+    pub reports_backing_off: IntGauge,
     /// `relaunch_agent_watch_restarts_total{resource}`: pods | containerrecreaterequests.
     pub watch_restarts: IntCounterVec,
     /// `relaunch_agent_errors_total{kind}`: errors the shell met, counted by
@@ -31,6 +33,7 @@ impl AgentMetrics {
         registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.reports.clone()))?;
         registry.register(Box::new(m.report_queue_depth.clone()))?;
+        registry.register(Box::new(m.reports_backing_off.clone()))?;
         registry.register(Box::new(m.watch_restarts.clone()))?;
         registry.register(Box::new(m.errors.clone()))?;
         Ok(m)
@@ -71,6 +74,10 @@ impl AgentMetrics {
             "relaunch_agent_report_queue_depth",
             "Requests whose latest progress report waits for delivery to the coordinator.",
         )?;
+        let reports_backing_off = IntGauge::new(
+            "relaunch_agent_reports_backing_off",
+            "Requests whose latest progress report could not be delivered and waits out its own back-off (the other requests' reports go on).",
+        )?;
         let watch_restarts = IntCounterVec::new(
             Opts::new(
                 "relaunch_agent_watch_restarts_total",
@@ -95,6 +102,7 @@ impl AgentMetrics {
             in_flight,
             reports,
             report_queue_depth,
+            reports_backing_off,
             watch_restarts,
             errors,
         })

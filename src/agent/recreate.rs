@@ -15,7 +15,7 @@ use tracing::{Instrument, info, warn};
 
 use super::coordinator_client::CoordinatorClient;
 use super::error_policy::error_policy;
-use super::journal::Journal;
+use super::journal::{self, Journal, Journaled};
 use super::machine::{
     self, Decision, Observation, PodContainerView, RequestProgress, RuntimeView, raw_id, since,
 };
@@ -95,7 +95,7 @@ pub fn request_pod(stores: &Stores, crr: &ContainerRecreateRequest) -> Option<Ar
 pub async fn run_request(
     ctx: Arc<Context>,
     crr: Arc<ContainerRecreateRequest>,
-    resumed: Option<RequestProgress>,
+    resumed: Option<Journaled>,
 ) -> Outcome {
     let request = request_ref(&crr);
     let span = tracing::info_span!("recreate", crr = %request.name, namespace = %request.namespace, pod = %crr.spec.pod_name, node = %ctx.node);
@@ -108,7 +108,7 @@ async fn run_request_inner(
     ctx: Arc<Context>,
     crr: Arc<ContainerRecreateRequest>,
     request: RequestRef,
-    resumed: Option<RequestProgress>,
+    resumed: Option<Journaled>,
 ) -> Outcome {
     let Some(pod) = request_pod(&ctx.stores, &crr) else {
         return Outcome::Gone;
@@ -125,6 +125,22 @@ async fn run_request_inner(
             return Outcome::Finished(RecreatePhase::Failed);
         }
     };
+    let names: Vec<&str> = plan.containers.iter().map(|c| c.name.as_str()).collect();
+    if let Some(why) = resumed
+        .as_ref()
+        .and_then(|j| journal::refusal(j, &pod_uid, &names))
+    {
+        // Its progress cannot be trusted: starting over could restart a container twice.
+        warn!("refused: {why}");
+        let mut progress = RequestProgress::refused(request, &pod_uid, why, Timestamp::now());
+        ctx.reporter.submit(progress.report());
+        ctx.metrics.recreates.with_label_values(&["refused"]).inc();
+        return Outcome::Finished(RecreatePhase::Failed);
+    }
+    let resumed = match resumed {
+        Some(Journaled::Progress(p)) => Some(*p),
+        _ => None,
+    };
     let now = Timestamp::now();
     let mut progress = starting_progress(resumed, &request, &pod_uid, &plan, now);
     let deadline = deadline_of(&crr, &plan, &progress, now);
@@ -140,6 +156,7 @@ async fn run_request_inner(
         "recreating"
     );
     ctx.reporter.submit(progress.report());
+    failpoint::hit(Failpoint::PanicInWorker);
     let shared = Arc::new(Mutex::new(progress));
 
     loop {
@@ -179,8 +196,8 @@ async fn run_request_inner(
     finish(&ctx, &shared, &plan, started)
 }
 
-/// The request's progress to start from: the journaled one if it is for this very pod and
-/// these containers, else a new one.
+/// The request's progress to start from: the journaled one (checked by [`journal::refusal`] to
+/// be for this very pod and these containers), else a new one.
 fn starting_progress(
     resumed: Option<RequestProgress>,
     request: &RequestRef,
@@ -376,7 +393,7 @@ fn still_wanted(stores: &Stores, crr: &ContainerRecreateRequest) -> bool {
             && !current
                 .status
                 .as_ref()
-                .is_some_and(|s| s.phase.is_finished())
+                .is_some_and(|s| s.phase.is_finished() || s.has_unknown())
     })
 }
 

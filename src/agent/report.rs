@@ -1,11 +1,12 @@
-//! Progress reports to the coordinator: queued, in order, latest view per request, retried
-//! with back-off, re-sent as a heartbeat.
+//! Progress reports to the coordinator: queued, in order, latest view per request, each
+//! request retried with its own back-off, re-sent as a heartbeat.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::coordinator_client::CoordinatorClient;
@@ -21,15 +22,20 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const HEARTBEAT: Duration = Duration::from_secs(60);
 
 /// Reports waiting for delivery: at most one (the latest) per request, delivered in the order
-/// requests first entered the queue.
+/// requests first entered the queue — except that a request whose delivery failed waits out its
+/// own back-off while the others go on, so one request whose status cannot be written never
+/// stalls the node's other reports.
 #[derive(Debug, Default)]
 pub struct ReportQueue {
     order: VecDeque<String>,
     latest: HashMap<String, RecreateReport>,
+    /// Requests whose last delivery failed: their current pause and when to try again.
+    retry: HashMap<String, (Duration, Instant)>,
 }
 
 impl ReportQueue {
-    /// Queues `report`, replacing an undelivered older view of the same request in place.
+    /// Queues `report`, replacing an undelivered older view of the same request in place (a
+    /// request backing off keeps its back-off).
     pub fn push(&mut self, report: RecreateReport) {
         let uid = report.request.uid.clone();
         if self.latest.insert(uid.clone(), report).is_none() {
@@ -37,18 +43,45 @@ impl ReportQueue {
         }
     }
 
-    /// The next report to deliver.
-    pub fn front(&self) -> Option<&RecreateReport> {
-        self.order.front().and_then(|uid| self.latest.get(uid))
+    /// The next report to deliver at `now`: the first queued whose request is not backing off.
+    pub fn next_due(&self, now: Instant) -> Option<&RecreateReport> {
+        self.order
+            .iter()
+            .find(|uid| self.retry.get(*uid).is_none_or(|(_, at)| *at <= now))
+            .and_then(|uid| self.latest.get(uid))
     }
 
-    /// Removes the report of `uid` if it is still the one with `sequence` (a newer view queued
-    /// meanwhile stays and is delivered next).
+    /// When the first request backing off may be tried again.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.retry.values().map(|(_, at)| *at).min()
+    }
+
+    /// The report of `uid` with `sequence` was delivered (or refused for good): it is removed if
+    /// it is still the latest (a newer view queued meanwhile stays, due at once), and the
+    /// request's back-off ends.
     pub fn settle(&mut self, uid: &str, sequence: u64) {
+        self.retry.remove(uid);
         if self.latest.get(uid).is_some_and(|r| r.sequence == sequence) {
             self.latest.remove(uid);
             self.order.retain(|u| u != uid);
         }
+    }
+
+    /// Delivering the report of `uid` failed at `now` and is to be retried: the request backs
+    /// off (doubling, up to [`MAX_BACKOFF`]) while the others go on. Returns the pause.
+    pub fn failed(&mut self, uid: &str, now: Instant) -> Duration {
+        if !self.latest.contains_key(uid) {
+            return Duration::ZERO;
+        }
+        let previous = self.retry.get(uid).map_or(Duration::ZERO, |(b, _)| *b);
+        let backoff = next_backoff(previous);
+        self.retry.insert(uid.to_string(), (backoff, now + backoff));
+        backoff
+    }
+
+    /// How many requests' reports are backing off.
+    pub fn backing_off(&self) -> usize {
+        self.retry.len()
     }
 
     /// Whether a view of request `uid` is waiting.
@@ -103,6 +136,11 @@ impl Reporter {
         tokio::spawn(reporter.clone().deliver(client, stop.clone()));
         tokio::spawn(reporter.clone().heartbeat(stop));
         reporter
+    }
+
+    /// The latest view submitted of unfinished request `uid`.
+    pub fn latest(&self, uid: &str) -> Option<RecreateReport> {
+        lock(&self.unfinished).get(uid).cloned()
     }
 
     /// Stops re-sending the view of a request that is gone.
@@ -166,15 +204,30 @@ impl Reporter {
     }
 
     async fn deliver(self, client: CoordinatorClient, stop: CancellationToken) {
-        let mut backoff = Duration::ZERO;
         loop {
             let wake = self.wake.notified();
-            let next = lock(&self.queue).front().cloned();
+            let (next, retry_at, empty) = {
+                let queue = lock(&self.queue);
+                (
+                    queue.next_due(Instant::now()).cloned(),
+                    queue.next_retry(),
+                    queue.is_empty(),
+                )
+            };
             let Some(report) = next else {
-                self.emptied.notify_waiters();
+                if empty {
+                    self.emptied.notify_waiters();
+                }
+                let retry = async {
+                    match retry_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = wake => continue,
+                    _ = retry => continue,
                 }
             };
             let outcome = tokio::select! {
@@ -184,7 +237,6 @@ impl Reporter {
             let uid = report.request.uid.as_str();
             match outcome {
                 Ok(()) => {
-                    backoff = Duration::ZERO;
                     self.metrics.reports.with_label_values(&["delivered"]).inc();
                     tracing::debug!(crr = %report.request.name, namespace = %report.request.namespace, phase = report.phase.as_str(), "report delivered");
                     lock(&self.queue).settle(uid, report.sequence);
@@ -197,11 +249,8 @@ impl Reporter {
                     match retry {
                         Retry::Later => {
                             self.metrics.reports.with_label_values(&["retried"]).inc();
-                            backoff = next_backoff(backoff);
-                            tokio::select! {
-                                _ = stop.cancelled() => return,
-                                _ = tokio::time::sleep(backoff) => {}
-                            }
+                            // This request waits out its back-off; the others go on.
+                            lock(&self.queue).failed(uid, Instant::now());
                         }
                         Retry::Never => {
                             self.metrics.reports.with_label_values(&["rejected"]).inc();
@@ -210,8 +259,12 @@ impl Reporter {
                     }
                 }
             }
-            let depth = lock(&self.queue).len();
+            let (depth, backing_off) = {
+                let queue = lock(&self.queue);
+                (queue.len(), queue.backing_off())
+            };
             self.metrics.report_queue_depth.set(depth as i64);
+            self.metrics.reports_backing_off.set(backing_off as i64);
         }
     }
 }
@@ -245,27 +298,153 @@ mod tests {
 
     #[test]
     fn keeps_only_the_latest_view_per_request_in_first_queued_order() {
+        let now = Instant::now();
         let mut q = ReportQueue::default();
         q.push(report("a", 1, RecreatePhase::Recreating));
         q.push(report("b", 1, RecreatePhase::Recreating));
         q.push(report("a", 2, RecreatePhase::Succeeded));
         assert_eq!(q.len(), 2);
-        let front = q.front().unwrap();
+        let front = q.next_due(now).unwrap();
         assert_eq!((front.request.uid.as_str(), front.sequence), ("a", 2));
         q.settle("a", 2);
-        assert_eq!(q.front().unwrap().request.uid, "b");
+        assert_eq!(q.next_due(now).unwrap().request.uid, "b");
     }
 
     #[test]
     fn a_newer_view_queued_during_delivery_is_not_lost() {
+        let now = Instant::now();
         let mut q = ReportQueue::default();
         q.push(report("a", 1, RecreatePhase::Recreating));
-        let sending = q.front().unwrap().sequence;
+        let sending = q.next_due(now).unwrap().sequence;
         q.push(report("a", 2, RecreatePhase::Succeeded));
         q.settle("a", sending);
-        assert_eq!(q.front().unwrap().sequence, 2);
+        assert_eq!(q.next_due(now).unwrap().sequence, 2);
         q.settle("a", 2);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_request_whose_reports_fail_backs_off_alone_while_the_others_go_on() {
+        let now = Instant::now();
+        let mut q = ReportQueue::default();
+        q.push(report("stuck", 1, RecreatePhase::Recreating));
+        q.push(report("b", 1, RecreatePhase::Recreating));
+        assert_eq!(q.next_due(now).unwrap().request.uid, "stuck");
+        assert_eq!(q.failed("stuck", now), Duration::from_millis(100));
+        assert_eq!(q.backing_off(), 1);
+        // The next one goes first.
+        assert_eq!(q.next_due(now).unwrap().request.uid, "b");
+        q.settle("b", 1);
+        q.push(report("c", 1, RecreatePhase::Recreating));
+        assert_eq!(q.next_due(now).unwrap().request.uid, "c");
+        q.settle("c", 1);
+        assert!(q.next_due(now).is_none());
+        assert_eq!(q.next_retry(), Some(now + Duration::from_millis(100)));
+        // Its back-off over, it is tried again, and backs off longer after another failure.
+        let later = now + Duration::from_millis(100);
+        assert_eq!(q.next_due(later).unwrap().request.uid, "stuck");
+        assert_eq!(q.failed("stuck", later), Duration::from_millis(200));
+        // A newer view keeps the back-off; a delivery ends it.
+        q.push(report("stuck", 2, RecreatePhase::Failed));
+        assert!(q.next_due(later).is_none());
+        let due = later + Duration::from_millis(200);
+        assert_eq!(q.next_due(due).unwrap().sequence, 2);
+        q.settle("stuck", 2);
+        assert_eq!((q.backing_off(), q.len()), (0, 0));
+        assert_eq!(q.failed("gone", due), Duration::ZERO);
+        assert_eq!(q.backing_off(), 0);
+    }
+
+    /// A stand-in coordinator that answers 503 to every report of request `stuck` and 200 to
+    /// the others; records the UIDs of the reports it received.
+    async fn coordinator_failing_one_request() -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let body = loop {
+                        let n = stream.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        data.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&data).to_string();
+                        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break body.to_string();
+                        }
+                    };
+                    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let uid = value["request"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let status = if uid == "stuck" {
+                        "503 Service Unavailable"
+                    } else {
+                        "200 OK"
+                    };
+                    log.lock().unwrap().push(uid);
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn reports_of_other_requests_flow_while_one_request_gets_5xx() {
+        let (url, seen) = coordinator_failing_one_request().await;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").unwrap();
+        let client = CoordinatorClient::new(&url, None, token).unwrap();
+        let metrics = AgentMetrics::unregistered().unwrap();
+        let stop = CancellationToken::new();
+        let reporter = Reporter::start(client, metrics.clone(), stop.clone());
+        reporter.submit(report("stuck", 1, RecreatePhase::Recreating));
+        let count = |uid: &str| seen.lock().unwrap().iter().filter(|u| *u == uid).count();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while count("stuck") < 2 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", seen.lock());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for uid in ["b", "c", "d"] {
+            reporter.submit(report(uid, 1, RecreatePhase::Succeeded));
+        }
+        while ["b", "c", "d"].iter().any(|uid| count(uid) == 0) || reporter.pending() != 1 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", seen.lock());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metrics.reports_backing_off.get(), 1);
+        assert!(lock(&reporter.queue).contains("stuck"));
+        // Still retried on its own.
+        let before = count("stuck");
+        while count("stuck") == before {
+            assert!(std::time::Instant::now() < deadline, "{:?}", seen.lock());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::Api;
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_fn};
@@ -52,11 +53,21 @@ pub fn start(
         stop.clone(),
     ));
 
-    let requests_api: Api<ContainerRecreateRequest> = Api::all(client);
+    // Through a guard: one object that does not deserialize is logged, counted and left out,
+    // and never stalls the watch for the others.
+    let requests_api: Api<DeserializeGuard<ContainerRecreateRequest>> = Api::all(client);
     let requests_cfg = watcher::Config::default().labels(&format!("{LABEL_NODE_NAME}={node}"));
     let (requests, requests_writer) = reflector::store();
+    let guard_metrics = metrics.clone();
     let request_events = watch_fn(requests_api, requests_cfg)
         .default_backoff()
+        .filter_map(move |event| {
+            let unguarded = match event {
+                Ok(event) => unguard(event, &guard_metrics).map(Ok),
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(unguarded)
+        })
         .modify(prune_request)
         .reflect(requests_writer);
     tokio::spawn(run_watch(
@@ -111,6 +122,46 @@ async fn run_watch<S, K>(
             }
         }
     }
+}
+
+/// A request watch event without its guard. An object that did not deserialize is counted and
+/// logged through the error policy and leaves the cache: a first sight of it is dropped, a
+/// change to it becomes a deletion (so the agent stops working on what it can no longer read).
+fn unguard(
+    event: Event<DeserializeGuard<ContainerRecreateRequest>>,
+    metrics: &AgentMetrics,
+) -> Option<Event<ContainerRecreateRequest>> {
+    let invalid = |invalid: kube::core::error_boundary::InvalidObject| {
+        let name = format!(
+            "{}/{}",
+            invalid.metadata.namespace.clone().unwrap_or_default(),
+            invalid.metadata.name.clone().unwrap_or_default()
+        );
+        let error = ShellError::InvalidObject {
+            resource: "containerrecreaterequests",
+            name,
+            error: invalid.error,
+        };
+        error_policy(metrics, "cannot read an object; leaving it out", &error);
+        ContainerRecreateRequest {
+            metadata: invalid.metadata,
+            spec: Default::default(),
+            status: None,
+        }
+    };
+    Some(match event {
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+        Event::InitApply(DeserializeGuard(Ok(k))) => Event::InitApply(k),
+        Event::InitApply(DeserializeGuard(Err(e))) => {
+            invalid(e);
+            return None;
+        }
+        Event::Apply(DeserializeGuard(Ok(k))) => Event::Apply(k),
+        Event::Apply(DeserializeGuard(Err(e))) => Event::Delete(invalid(e)),
+        Event::Delete(DeserializeGuard(Ok(k))) => Event::Delete(k),
+        Event::Delete(DeserializeGuard(Err(e))) => Event::Delete(invalid(e)),
+    })
 }
 
 /// Keeps only what the agent reads: identity, restart policy, grace, the containers' names,
@@ -196,7 +247,58 @@ fn prune_request(request: &mut ContainerRecreateRequest) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
     use serde_json::json;
+
+    #[test]
+    fn an_object_that_does_not_deserialize_is_counted_and_left_out_of_the_cache() {
+        let metrics = AgentMetrics::unregistered().unwrap();
+        let guard = |spec: serde_json::Value| -> DeserializeGuard<ContainerRecreateRequest> {
+            serde_json::from_value(json!({
+                "apiVersion": "relaunch.dev/v1alpha1", "kind": "ContainerRecreateRequest",
+                "metadata": {"name": "r", "namespace": "ns", "uid": "u"},
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        let good = || guard(json!({"podName": "p", "containers": [{"name": "app"}]}));
+        let bad = || guard(json!({"podName": "p", "containers": "app"}));
+        assert!(matches!(
+            unguard(Event::InitApply(good()), &metrics),
+            Some(Event::InitApply(r)) if r.spec.pod_name == "p"
+        ));
+        assert!(unguard(Event::InitApply(bad()), &metrics).is_none());
+        // A known object that turned unreadable leaves the cache.
+        match unguard(Event::Apply(bad()), &metrics) {
+            Some(Event::Delete(r)) => assert_eq!(r.name_any(), "r"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            unguard(Event::Apply(good()), &metrics),
+            Some(Event::Apply(_))
+        ));
+        assert!(matches!(
+            unguard(Event::InitDone, &metrics),
+            Some(Event::InitDone)
+        ));
+        assert_eq!(
+            metrics.errors.with_label_values(&["invalid_object"]).get(),
+            2
+        );
+        // A phase of a newer release is not an error: it deserializes as Unknown.
+        let newer: DeserializeGuard<ContainerRecreateRequest> = serde_json::from_value(json!({
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"podName": "p", "containers": [{"name": "app"}],
+                "strategy": {"failurePolicy": "Retry"}},
+            "status": {"phase": "Restarting"},
+        }))
+        .unwrap();
+        let newer = newer.0.unwrap();
+        assert_eq!(
+            newer.status.map(|s| s.phase),
+            Some(relaunch_api::RecreatePhase::Unknown)
+        );
+    }
 
     #[test]
     fn pruning_keeps_what_the_agent_reads_and_drops_the_rest() {

@@ -115,11 +115,20 @@ pub struct ContainerRecreateRequestStrategy {
     pub min_started_seconds: Option<i32>,
 }
 
+// Forward compatibility of the enums in requests: a value written by a newer release
+// deserializes as `Unknown` (`#[serde(other)]`) instead of failing the whole object (which would
+// stall every older reader's watch); `Unknown` is never serialized (an error, so it is never
+// written back) and is not part of the CRD schema's `enum` (`#[schemars(skip)]`). (A plain
+// comment: a doc comment here would become the CRD field's description.)
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum FailurePolicy {
     #[default]
     Fail,
     Ignore,
+    /// A policy this release does not know (a newer release's); requests with it are refused.
+    #[serde(other, skip_serializing)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// Whether the request worked.
@@ -130,18 +139,31 @@ pub enum RecreatePhase {
     Recreating,
     Succeeded,
     Failed,
+    /// A phase this release does not know, written by a newer release (see [`FailurePolicy`]).
+    /// Not finished, but the agent does not act on it; it ranks above `Failed`, so nothing this
+    /// release merges moves status back from it.
+    #[serde(other, skip_serializing)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 impl RecreatePhase {
     /// How far along a request in this phase is. Status only ever moves to a phase of greater
-    /// progress (the coordinator's merge of reports relies on it); `Failed` counts as furthest.
+    /// progress (the coordinator's merge of reports relies on it); `Failed` counts as furthest
+    /// of the phases this release knows, an `Unknown` one further still.
     pub fn progress(self) -> u8 {
         match self {
             RecreatePhase::Pending => 0,
             RecreatePhase::Recreating => 1,
             RecreatePhase::Succeeded => 2,
             RecreatePhase::Failed => 3,
+            RecreatePhase::Unknown => 4,
         }
+    }
+
+    /// Whether this is a phase of a newer release that this one does not know.
+    pub fn is_unknown(self) -> bool {
+        self == RecreatePhase::Unknown
     }
 
     /// Whether this phase lies beyond `other` in the order a request moves through.
@@ -161,6 +183,7 @@ impl RecreatePhase {
             RecreatePhase::Recreating => "Recreating",
             RecreatePhase::Succeeded => "Succeeded",
             RecreatePhase::Failed => "Failed",
+            RecreatePhase::Unknown => "Unknown",
         }
     }
 }
@@ -182,11 +205,16 @@ pub enum ContainerRecreatePhase {
     WaitingForReady,
     Succeeded,
     Failed,
+    /// A phase this release does not know, written by a newer release (see [`FailurePolicy`]);
+    /// ranks above `Failed`, is not finished.
+    #[serde(other, skip_serializing)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 impl ContainerRecreatePhase {
     /// How far along a container in this phase is: the order the steps happen in, `Failed`
-    /// counting as furthest. Status only ever moves to a phase of greater progress.
+    /// counting as furthest of the phases this release knows, an `Unknown` one further still. Status only ever moves to a phase of greater progress.
     pub fn progress(self) -> u8 {
         match self {
             ContainerRecreatePhase::Pending => 0,
@@ -197,6 +225,7 @@ impl ContainerRecreatePhase {
             ContainerRecreatePhase::WaitingForReady => 5,
             ContainerRecreatePhase::Succeeded => 6,
             ContainerRecreatePhase::Failed => 7,
+            ContainerRecreatePhase::Unknown => 8,
         }
     }
 
@@ -236,6 +265,18 @@ pub struct ContainerRecreateRequestStatus {
     pub container_recreate_states: Vec<ContainerRecreateState>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+impl ContainerRecreateRequestStatus {
+    /// Whether the status holds a phase of a newer release (the request's or a container's):
+    /// this release then leaves the status alone — it could not write it back.
+    pub fn has_unknown(&self) -> bool {
+        self.phase.is_unknown()
+            || self
+                .container_recreate_states
+                .iter()
+                .any(|c| c.phase == ContainerRecreatePhase::Unknown)
+    }
 }
 
 /// Progress of one container.
@@ -312,6 +353,64 @@ mod tests {
             }
             assert!(!earlier.is_after(*earlier));
         }
+    }
+
+    #[test]
+    fn values_of_a_newer_release_deserialize_as_unknown_and_are_never_written_back() {
+        use serde_json::json;
+        let phase: RecreatePhase = serde_json::from_value(json!("Restarting")).unwrap();
+        assert_eq!(phase, RecreatePhase::Unknown);
+        assert!(!phase.is_finished() && phase.is_unknown());
+        assert!(phase.is_after(RecreatePhase::Failed));
+        let container: ContainerRecreatePhase = serde_json::from_value(json!("Draining")).unwrap();
+        assert_eq!(container, ContainerRecreatePhase::Unknown);
+        assert!(!container.is_finished());
+        assert!(container.is_after(ContainerRecreatePhase::Failed));
+        let policy: FailurePolicy = serde_json::from_value(json!("Retry")).unwrap();
+        assert_eq!(policy, FailurePolicy::Unknown);
+        // Known values still round-trip.
+        assert_eq!(
+            serde_json::from_value::<RecreatePhase>(json!("Failed")).unwrap(),
+            RecreatePhase::Failed
+        );
+        assert_eq!(
+            serde_json::to_value(ContainerRecreatePhase::Stopping).unwrap(),
+            json!("Stopping")
+        );
+        // A whole status from a newer coordinator is read, not refused.
+        let status: ContainerRecreateRequestStatus = serde_json::from_value(json!({
+            "phase": "Restarting",
+            "containerRecreateStates": [{"name": "db", "phase": "Draining"}],
+        }))
+        .unwrap();
+        assert_eq!(status.phase, RecreatePhase::Unknown);
+        assert_eq!(
+            status.container_recreate_states[0].phase,
+            ContainerRecreatePhase::Unknown
+        );
+        // Never written back.
+        assert!(serde_json::to_value(RecreatePhase::Unknown).is_err());
+        assert!(serde_json::to_value(ContainerRecreatePhase::Unknown).is_err());
+        assert!(serde_json::to_value(FailurePolicy::Unknown).is_err());
+        assert!(serde_json::to_value(&status).is_err());
+        // A policy the agent does not know is refused, not guessed.
+        let spec: ContainerRecreateRequestSpec = serde_json::from_value(json!({
+            "podName": "p", "containers": [{"name": "db"}],
+            "strategy": {"failurePolicy": "Retry"},
+        }))
+        .unwrap();
+        assert_eq!(
+            crate::validation::check_spec(&spec),
+            Err(crate::validation::InvalidRequest::UnknownFailurePolicy)
+        );
+    }
+
+    #[test]
+    fn the_crd_schema_lists_only_the_known_values() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_string(&ContainerRecreateRequest::crd()).unwrap();
+        assert!(!crd.contains("\"Unknown\""), "{crd}");
+        assert!(crd.contains("WaitingForReady") && crd.contains("Ignore"));
     }
 
     #[test]

@@ -16,8 +16,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::containers::{RecreatableContainers, RestartPolicy, resolve_port};
 use crate::{
-    ContainerRecreateRequest, ContainerRecreateRequestSpec, HttpGetAction, LABEL_NODE_NAME,
-    LABEL_POD_UID, LABEL_ROLLING_RESTART, RollingRestartSpec, ShutdownAction, WorkloadKind,
+    ContainerRecreateRequest, ContainerRecreateRequestSpec, FailurePolicy, HttpGetAction,
+    LABEL_NODE_NAME, LABEL_POD_UID, LABEL_ROLLING_RESTART, RollingRestartSpec, ShutdownAction,
+    WorkloadKind,
 };
 
 /// The longest duration a request may ask for (deadlines, grace periods, readiness waits).
@@ -44,6 +45,10 @@ pub enum InvalidRequest {
         min: i64,
         max: i64,
     },
+    #[error(
+        "spec.strategy.failurePolicy: a value this version of relaunch does not know (use Fail or Ignore, or upgrade relaunch)"
+    )]
+    UnknownFailurePolicy,
     #[error("spec.containers[{index}].shutdown: set exec or httpGet, not both")]
     ShutdownExecAndHttpGet { index: usize },
     #[error("spec.containers[{index}].shutdown: set exec or httpGet")]
@@ -121,6 +126,7 @@ impl InvalidRequest {
             InvalidRequest::NoPodName => "no_pod_name",
             InvalidRequest::NoContainers => "no_containers",
             InvalidRequest::DuplicateContainers { .. } => "duplicate_container",
+            InvalidRequest::UnknownFailurePolicy => "unknown_value",
             InvalidRequest::DurationOutOfRange { value, .. } if *value < 0 => "negative_duration",
             InvalidRequest::DurationOutOfRange { .. } => "duration_out_of_range",
             InvalidRequest::ShutdownExecAndHttpGet { .. }
@@ -230,6 +236,9 @@ pub fn check_spec(spec: &ContainerRecreateRequestSpec) -> Result<(), InvalidRequ
         return Err(InvalidRequest::DuplicateContainers { names: duplicates });
     }
     check_durations(spec)?;
+    if spec.strategy.as_ref().and_then(|s| s.failure_policy) == Some(FailurePolicy::Unknown) {
+        return Err(InvalidRequest::UnknownFailurePolicy);
+    }
     for (index, c) in spec.containers.iter().enumerate() {
         if let Some(action) = &c.shutdown {
             check_shutdown(index, action)?;
@@ -441,6 +450,10 @@ pub enum InvalidRollout {
     UnsupportedKind { kind: String },
     #[error("spec.target.workloadRef.name is empty")]
     NoWorkloadName,
+    #[error(
+        "spec.recreateStrategy.failurePolicy: a value this version of relaunch does not know (use Fail or Ignore, or upgrade relaunch)"
+    )]
+    UnknownFailurePolicy,
     #[error("spec.strategy.{0} (use a count ≥ 1 or a percentage such as \"25%\")")]
     MaxUnavailable(InvalidMaxUnavailable),
     #[error("spec.activeDeadlineSeconds must be at least 1, not {0}")]
@@ -532,6 +545,15 @@ pub fn validate_rollout(spec: &RollingRestartSpec) -> Result<(), InvalidRollout>
     }
     if let Some(max) = &spec.strategy.max_unavailable {
         resolve_max_unavailable(max, 100).map_err(InvalidRollout::MaxUnavailable)?;
+    }
+    // It is copied into every request the rollout creates, which could not be written.
+    if spec
+        .recreate_strategy
+        .as_ref()
+        .and_then(|s| s.failure_policy)
+        == Some(FailurePolicy::Unknown)
+    {
+        return Err(InvalidRollout::UnknownFailurePolicy);
     }
     if let Some(deadline) = spec.active_deadline_seconds
         && deadline < 1

@@ -258,6 +258,9 @@ fn container_detail(state: &ContainerRecreateState) -> String {
             _ => "restarted in place".into(),
         },
         ContainerRecreatePhase::Failed => String::new(),
+        ContainerRecreatePhase::Unknown => {
+            "in a step this version of kubectl-relaunch does not know".into()
+        }
     };
     match (&state.message, detail.is_empty()) {
         (Some(m), true) if !m.is_empty() => m.clone(),

@@ -98,6 +98,10 @@ pub enum Decision {
 /// Decides the next step for an admitted request (one that has a status).
 pub fn decide(o: &Observed<'_>) -> Decision {
     let status = o.request.status.clone().unwrap_or_default();
+    if status.has_unknown() {
+        // A newer release's phase: this one can neither judge it nor write it back.
+        return Decision::Wait(None);
+    }
     if status.phase.is_finished() {
         return after_finish(o, &status);
     }

@@ -146,7 +146,8 @@ pub fn merge_report(
     let report_completion = report.completion_time;
 
     let old = current.cloned().unwrap_or_default();
-    if old.phase.is_finished() {
+    // Finished, or in a phase of a newer release that this one could not write back.
+    if old.phase.is_finished() || old.has_unknown() {
         return Ok(Merged {
             status: old,
             changed: false,
@@ -412,6 +413,42 @@ mod tests {
             start_time: None,
             completion_time: None,
             containers,
+        }
+    }
+
+    #[test]
+    fn a_status_in_a_phase_of_a_newer_release_is_left_alone() {
+        let spec = ContainerRecreateRequestSpec {
+            pod_name: "p".into(),
+            containers: vec![ContainerRecreateRequestContainer {
+                name: "app".into(),
+                shutdown: None,
+            }],
+            ..Default::default()
+        };
+        for status in [
+            ContainerRecreateRequestStatus {
+                phase: RecreatePhase::Unknown,
+                ..Default::default()
+            },
+            ContainerRecreateRequestStatus {
+                phase: RecreatePhase::Recreating,
+                container_recreate_states: vec![container("app", ContainerRecreatePhase::Unknown)],
+                ..Default::default()
+            },
+        ] {
+            let merged = merge_report(
+                &spec,
+                Some(&status),
+                &report(
+                    RecreatePhase::Failed,
+                    vec![container("app", ContainerRecreatePhase::Failed)],
+                ),
+                Timestamp::from_second(1_700_000_000).unwrap(),
+            )
+            .unwrap();
+            assert!(!merged.changed, "{status:?}");
+            assert_eq!(merged.status, status);
         }
     }
 

@@ -778,3 +778,206 @@ fn all_succeeded_makes_the_request_succeed_and_reports_carry_rfc3339_times() {
     );
     assert_eq!(r.report().sequence, 2);
 }
+
+/// Property tests over the machine with extreme inputs (issue 11): times anywhere in jiff's
+/// range, restart counts at the i32 extremes, durations up to `u64::MAX` seconds, container IDs
+/// that change or vanish at random. Whatever the world does, `decide` never panics, only ever
+/// acts on the recorded container, never after the deadline, and a finished container stays
+/// finished.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn timestamp() -> impl Strategy<Value = Timestamp> {
+        prop_oneof![
+            Just(Timestamp::MIN),
+            Just(Timestamp::MAX),
+            Just(Timestamp::UNIX_EPOCH),
+            (Timestamp::MIN.as_second()..=Timestamp::MAX.as_second())
+                .prop_map(|s| Timestamp::from_second(s).unwrap()),
+            (-100i64..100).prop_map(t),
+        ]
+    }
+
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            Just(Duration::from_secs(u64::MAX)),
+            (0u64..100).prop_map(Duration::from_secs),
+            any::<u64>().prop_map(Duration::from_secs),
+        ]
+    }
+
+    fn restart_count() -> impl Strategy<Value = i32> {
+        prop_oneof![Just(i32::MIN), Just(i32::MAX), Just(0), -2i32..5]
+    }
+
+    fn container_id() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(String::new())),
+            Just(Some(OLD.to_string())),
+            Just(Some(NEW.to_string())),
+            Just(Some("containerd://ccc".to_string())),
+            Just(Some("ünïcödé://🙂".to_string())),
+        ]
+    }
+
+    fn pod_view() -> impl Strategy<Value = Option<PodContainerView>> {
+        proptest::option::weighted(
+            0.9,
+            (
+                container_id(),
+                restart_count(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+            )
+                .prop_map(|(container_id, restart_count, ready, started, running)| {
+                    PodContainerView {
+                        container_id,
+                        restart_count,
+                        ready,
+                        started,
+                        running,
+                    }
+                }),
+        )
+    }
+
+    fn runtime_view() -> impl Strategy<Value = RuntimeView> {
+        (container_id(), any::<bool>(), any::<bool>()).prop_map(
+            |(newest, newest_running, previous_running)| RuntimeView {
+                newest_id: newest.map(|id| raw_id(&id).to_string()),
+                newest_running,
+                previous_running,
+            },
+        )
+    }
+
+    fn container_plan() -> impl Strategy<Value = ContainerPlan> {
+        (
+            duration(),
+            proptest::option::of(duration()),
+            duration(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(grace, unready_grace, min_started, force, shutdown)| {
+                ContainerPlan {
+                    name: "db".into(),
+                    shutdown: shutdown.then(|| {
+                        (
+                            ShutdownSource::Request,
+                            ShutdownStep::Exec(vec!["stop".into()]),
+                        )
+                    }),
+                    grace,
+                    unready_grace,
+                    min_started,
+                    force,
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn decide_is_total_and_safe_under_any_world(
+            plan in container_plan(),
+            deadline in proptest::option::of(timestamp()),
+            steps in proptest::collection::vec(
+                (timestamp(), pod_view(), proptest::option::of(runtime_view()), any::<u8>()),
+                1..24,
+            ),
+        ) {
+            let mut p = ContainerProgress::new("db");
+            let mut recorded: Option<String> = None;
+            let mut finished = false;
+            for (now, pod, runtime, outcome) in steps {
+                let obs = Observation { now, pod, runtime };
+                let d = decide(&mut p, &plan, &obs, deadline);
+                if let Some(r) = &recorded {
+                    prop_assert_eq!(p.previous_container_id.as_ref(), Some(r), "the recorded container never changes");
+                } else {
+                    recorded = p.previous_container_id.clone();
+                }
+                if finished {
+                    prop_assert_eq!(&d, &Decision::Finished, "a finished container stays finished");
+                }
+                let past_deadline = deadline.is_some_and(|d| now >= d);
+                match &d {
+                    Decision::Shutdown { container_id, .. } | Decision::Stop { container_id, .. } => {
+                        prop_assert!(!past_deadline, "acted after the deadline: {d:?}");
+                        let previous = recorded.as_deref().unwrap_or_default();
+                        prop_assert_eq!(container_id.as_str(), raw_id(previous));
+                        if let Decision::Stop { grace, .. } = &d {
+                            prop_assert!(*grace >= MIN_STOP_GRACE);
+                        }
+                    }
+                    Decision::Finished => {
+                        prop_assert!(p.phase.is_finished());
+                        finished = true;
+                    }
+                    _ => {}
+                }
+                // Feed back what the shell would: the action ran (or not), at any time.
+                match (&d, outcome % 3) {
+                    (Decision::RequestUnready, 0) => p.unready_done(now),
+                    (Decision::Shutdown { .. }, 0) => p.shutdown_done(None),
+                    (Decision::Shutdown { .. }, 1) => p.shutdown_done(Some("ran out of time".into())),
+                    (Decision::Stop { .. }, 0) => p.stop_done(now),
+                    (Decision::RequestUnready | Decision::Shutdown { .. } | Decision::Stop { .. }, 2) => {
+                        p.fail("the action failed", now);
+                    }
+                    _ => {}
+                }
+                // What the coordinator gets never panics either.
+                let _ = p.state();
+            }
+        }
+
+        #[test]
+        fn settling_and_reporting_a_request_never_panics(
+            n in 0usize..5,
+            ordered in any::<bool>(),
+            ignore in any::<bool>(),
+            phases in proptest::collection::vec(0u8..9, 0..5),
+            now in timestamp(),
+            sequence in prop_oneof![Just(u64::MAX), any::<u64>()],
+        ) {
+            let policy = if ignore { FailurePolicy::Ignore } else { FailurePolicy::Fail };
+            let plan = request_plan(n, ordered, policy);
+            let mut r = request(&plan);
+            r.sequence = sequence;
+            for (c, phase) in r.containers.iter_mut().zip(phases) {
+                c.phase = match phase {
+                    0 => ContainerRecreatePhase::Pending,
+                    1 => ContainerRecreatePhase::Unready,
+                    2 => ContainerRecreatePhase::ShuttingDown,
+                    3 => ContainerRecreatePhase::Stopping,
+                    4 => ContainerRecreatePhase::WaitingForRestart,
+                    5 => ContainerRecreatePhase::WaitingForReady,
+                    6 => ContainerRecreatePhase::Succeeded,
+                    7 => ContainerRecreatePhase::Failed,
+                    _ => ContainerRecreatePhase::Unknown,
+                };
+            }
+            let active = r.active(&plan);
+            prop_assert!(active.iter().all(|&i| !r.containers[i].phase.is_finished()));
+            if ordered {
+                prop_assert!(active.len() <= 1);
+            }
+            r.settle(&plan, now);
+            let all_finished = r.containers.iter().all(|c| c.phase.is_finished());
+            prop_assert_eq!(r.phase.is_finished(), all_finished);
+            let report = r.report();
+            prop_assert!(report.sequence >= 1 || sequence == u64::MAX);
+            r.fail_all("gone", now);
+            prop_assert!(r.containers.iter().all(|c| c.phase.is_finished()));
+            prop_assert_eq!(r.phase, RecreatePhase::Failed);
+        }
+    }
+}
