@@ -132,6 +132,22 @@ fn manifests_render_and_validate_against_kubernetes_schemas() {
         ("Deployment", "relaunch-coordinator"),
         ("Service", "relaunch-coordinator"),
         ("PodDisruptionBudget", "relaunch-coordinator"),
+        (
+            "ValidatingAdmissionPolicy",
+            "relaunch-request-exec-needs-pods-exec",
+        ),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "relaunch-request-exec-needs-pods-exec",
+        ),
+        (
+            "ValidatingAdmissionPolicy",
+            "relaunch-rollout-exec-needs-pods-exec",
+        ),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "relaunch-rollout-exec-needs-pods-exec",
+        ),
     ] {
         one(&base, kind, name);
     }
