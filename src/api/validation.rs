@@ -418,6 +418,15 @@ fn is_header_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"-!#$%&'*+.^_`|~".contains(&c))
 }
 
+/// Whether a string `httpGet.port` is a port: a number written as a string (1–65535, as
+/// `resolve_port` reads it) or a port name.
+fn is_port_string(port: &str) -> bool {
+    if (1..=5).contains(&port.len()) && port.bytes().all(|c| c.is_ascii_digit()) {
+        return port.parse::<i32>().is_ok_and(|p| (1..=65535).contains(&p));
+    }
+    is_port_name(port)
+}
+
 /// Whether `name` can name a container port (an IANA service name: at most 15 of `a-z`, `0-9`
 /// and `-`, with a letter, starting and ending alphanumeric).
 fn is_port_name(name: &str) -> bool {
@@ -488,18 +497,7 @@ fn check_http_get(
                 port: *port,
             });
         }
-        // A number written as a string counts as the number (as `resolve_port` reads it).
-        IntOrString::String(digits)
-            if (1..=5).contains(&digits.len()) && digits.bytes().all(|c| c.is_ascii_digit()) =>
-        {
-            if !digits.parse::<i32>().is_ok_and(|p| (1..=65535).contains(&p)) {
-                return Err(InvalidRequest::InvalidPortName {
-                    container: container.into(),
-                    port: digits.clone(),
-                });
-            }
-        }
-        IntOrString::String(name) if !is_port_name(name) => {
+        IntOrString::String(name) if !is_port_string(name) => {
             return Err(InvalidRequest::InvalidPortName {
                 container: container.into(),
                 port: name.clone(),
@@ -795,6 +793,12 @@ pub enum InvalidRollout {
     },
     #[error("the target's selector is invalid")]
     InvalidSelector,
+    /// A target pod whose containers to restart (all its regular ones, when `spec.containers`
+    /// names none) are more than one request may name.
+    #[error(
+        "pod {pod} has {count} containers to restart; one request recreates at most {MAX_CONTAINERS}: name at most {MAX_CONTAINERS} in spec.containers"
+    )]
+    TooManyContainersInPod { pod: String, count: usize },
 }
 
 fn known_kinds() -> String {
