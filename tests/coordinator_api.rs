@@ -877,13 +877,22 @@ async fn deadline_pod_deletion_and_ttl_end_requests_and_the_gate_is_released() {
     .unwrap();
 
     // TTL: a finished request is deleted once ttlSecondsAfterFinished has passed.
-    let quick = bed.admitted("quick", "db-0", &["app"]).await;
-    let mut ttl = bed.requests().get("quick").await.unwrap();
-    ttl.spec.ttl_seconds_after_finished = Some(0);
-    bed.requests()
-        .replace("quick", &PostParams::default(), &ttl)
-        .await
-        .unwrap();
+    // (A request's spec is immutable: the TTL is set at creation.)
+    bed.create_request(
+        "quick",
+        "db-0",
+        &["app"],
+        json!({"ttlSecondsAfterFinished": 0}),
+    )
+    .await;
+    let quick = bed
+        .wait_for("quick", "admission", |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == RecreatePhase::Pending)
+                && r.labels().contains_key(LABEL_NODE_NAME)
+        })
+        .await;
     let done = report(
         &quick,
         "Succeeded",
@@ -962,18 +971,14 @@ async fn a_report_before_admission_admits_the_request_or_fails_an_invalid_one() 
     assert_eq!(early.labels()[LABEL_NODE_NAME], "node-1");
     assert!(early.labels().contains_key(LABEL_POD_UID));
 
+    // Invalid for the pod (the schema cannot know its containers).
     let bad = bed
-        .create_request(
-            "bad",
-            "db-0",
-            &["app"],
-            json!({"activeDeadlineSeconds": -1}),
-        )
+        .create_request("bad", "db-0", &["ghost"], json!({}))
         .await;
     let r = report(
         &bad,
         "Recreating",
-        json!({"name": "app", "phase": "ShuttingDown"}),
+        json!({"name": "ghost", "phase": "ShuttingDown"}),
     );
     let (code, body) = bed.post(REPORTS_PATH, Some(&token), bytes(&r)).await;
     assert_eq!(code, 200, "{body}");
@@ -982,7 +987,7 @@ async fn a_report_before_admission_admits_the_request_or_fails_an_invalid_one() 
         body["message"]
             .as_str()
             .unwrap()
-            .starts_with("spec.activeDeadlineSeconds"),
+            .contains("has no container ghost"),
         "{body}"
     );
 }
