@@ -290,6 +290,77 @@ async fn a_read_only_user_is_told_what_they_may_not_do() {
     assert_eq!(run.code, Some(0), "reading is allowed: {run:#?}");
 }
 
+/// A user who may create requests but not exec into the pod: relaunch's admission policy
+/// refuses a `--shutdown-exec` restart, and the plugin prints the policy's message on one line.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_restart_refused_by_the_admission_policy_is_one_clear_line() {
+    let api = Cluster::start(true).await;
+    api.pod("default", "web", Some("node-1")).await;
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/base/admission-policy.yaml"
+    );
+    let out = support::output(support::kubectl(
+        &api.kubeconfig(),
+        api.dir(),
+        &["apply", "-f", policy],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", support::printed(&out));
+    let accounts: Api<ServiceAccount> = Api::default_namespaced(api.client.clone());
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "restarter"}})).unwrap();
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "restarter"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["relaunch.dev"], "resources": ["containerrecreaterequests"],
+             "verbs": ["get", "list", "watch", "create"]},
+        ],
+    }))
+    .unwrap();
+    Api::<Role>::default_namespaced(api.client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "restarter"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "restarter"},
+        "subjects": [{"kind": "ServiceAccount", "name": "restarter"}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::default_namespaced(api.client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let token = support::token(&api.client, "default", "restarter", API_AUDIENCE, None).await;
+    let kubeconfig = api.dir().join("restarter-kubeconfig");
+    std::fs::write(&kubeconfig, api.server.kubeconfig(Some(&token))).unwrap();
+
+    let run = kubectl_relaunch(
+        &kubeconfig,
+        api.dir(),
+        &["restart", "pod/web", "--shutdown-exec", "app stop"],
+    )
+    .await;
+    run.failed_with(
+        "system:serviceaccount:default:restarter may not create pods/exec on pod default/web, which a shutdown exec action needs",
+    );
+    assert!(
+        run.stderr
+            .contains("(ValidatingAdmissionPolicy relaunch-request-exec-needs-pods-exec)"),
+        "{run:#?}"
+    );
+    assert!(!run.stderr.contains("you are not allowed"), "{run:#?}");
+    kubectl_relaunch(&kubeconfig, api.dir(), &["restart", "pod/web"])
+        .await
+        .succeeded();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_api_server_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

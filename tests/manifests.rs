@@ -133,6 +133,22 @@ fn manifests_render_and_validate_against_kubernetes_schemas() {
         ("Service", "relaunch-coordinator"),
         ("PodDisruptionBudget", "relaunch-coordinator"),
         ("NetworkPolicy", "relaunch-coordinator"),
+        (
+            "ValidatingAdmissionPolicy",
+            "relaunch-request-exec-needs-pods-exec",
+        ),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "relaunch-request-exec-needs-pods-exec",
+        ),
+        (
+            "ValidatingAdmissionPolicy",
+            "relaunch-rollout-exec-needs-pods-exec",
+        ),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "relaunch-rollout-exec-needs-pods-exec",
+        ),
     ] {
         one(&base, kind, name);
     }

@@ -28,3 +28,36 @@ async fn python_kubernetes_client_works() {
         support::printed(&out)
     );
 }
+
+/// relaunch's CRD schema and its shipped admission policy through the Python client: a
+/// service account that may only create requests cannot create one with an exec action until it
+/// may exec into the pod; invalid and edited requests are refused with field paths.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_client_meets_relaunchs_schema_and_exec_policy() {
+    let python = support::python("kubernetes");
+    let api = TestApi::with_relaunch_crds().await;
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/base/admission-policy.yaml"
+    );
+    let out = support::output(support::kubectl(
+        &api.kubeconfig(),
+        api.dir(),
+        &["apply", "-f", policy],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", support::printed(&out));
+    let mut check = Command::new(python);
+    check
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/relaunch_admission_check.py"
+        ))
+        .arg(api.kubeconfig());
+    let out = support::output(check).await;
+    assert!(
+        out.status.success(),
+        "relaunch admission check failed:\n{}",
+        support::printed(&out)
+    );
+}

@@ -126,7 +126,8 @@ fn request_shutdown(
     action: &ShutdownAction,
     container: &Container,
 ) -> Result<ShutdownStep, InvalidRequest> {
-    match validation::check_shutdown(index, action)? {
+    let field = format!("spec.containers[{index}].shutdown");
+    match validation::check_shutdown(&field, &container.name, action)? {
         CheckedShutdown::Exec(command) => Ok(ShutdownStep::Exec(command.to_vec())),
         CheckedShutdown::HttpGet(http) => http_target(http, container).map(ShutdownStep::HttpGet),
     }
@@ -137,7 +138,9 @@ fn http_target(http: &HttpGetAction, container: &Container) -> Result<HttpTarget
     let scheme = validation::http_get_scheme(http, container)?;
     Ok(HttpTarget {
         scheme: scheme.into(),
-        host: http.host.clone().filter(|h| !h.is_empty()),
+        // Always the pod's IP: a request's `host` is refused (it would let anyone who may create
+        // requests send GETs from the node to any address), only a preStop hook keeps its host.
+        host: None,
         port,
         path: normalise_path(http.path.as_deref()),
         headers: http
@@ -308,6 +311,20 @@ mod tests {
         );
         let bare = pod(json!({"containers": [{"name": "db", "image": "x"}]}));
         assert_eq!(plan(&s, &bare).unwrap().containers[0].grace, DEFAULT_GRACE);
+    }
+
+    #[test]
+    fn a_request_naming_an_http_host_is_refused_so_the_agent_only_gets_the_pod() {
+        let p = app_pod("Always");
+        let s = spec(json!({"podName": "db-0", "containers": [
+            {"name": "db", "shutdown": {"httpGet": {"port": 8123, "host": "127.0.0.1"}}},
+        ]}));
+        let refused = plan(&s, &p).unwrap_err();
+        assert_eq!(refused.reason(), "bad_shutdown");
+        assert!(
+            refused.to_string().contains("httpGet.host: not supported"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -8,6 +8,12 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::validation::{
+    DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, HTTP_HEADER_NAME_PATTERN, MAX_COMMAND_ARG_LENGTH,
+    MAX_COMMAND_ARGS, MAX_CONTAINERS, MAX_DURATION_SECONDS, MAX_HEADER_NAME_LENGTH,
+    MAX_HEADER_VALUE_LENGTH, MAX_HEADERS, MAX_HTTP_PATH_LENGTH, MAX_TTL_SECONDS,
+};
+
 /// Restart containers of one pod in place: graceful shutdown, stop, and the kubelet brings them back.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -26,18 +32,28 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.message"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self == oldSelf",
+    "message": "the spec of a ContainerRecreateRequest cannot be changed once it is created; delete it and create a new one",
+}]))]
 pub struct ContainerRecreateRequestSpec {
     /// Name of the pod, in the request's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub pod_name: String,
-    /// Containers to recreate (regular containers or restartable init containers), in order.
+    /// Containers to recreate (regular containers or restartable init containers), in order,
+    /// each named once.
+    #[schemars(length(min = 1, max = MAX_CONTAINERS))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub containers: Vec<ContainerRecreateRequestContainer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<ContainerRecreateRequestStrategy>,
     /// Fail the whole request when it has not finished this many seconds after it was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minimum" = 1, "maximum" = MAX_DURATION_SECONDS))]
     pub active_deadline_seconds: Option<i64>,
     /// Delete the request this many seconds after it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minimum" = 0, "maximum" = MAX_TTL_SECONDS))]
     pub ttl_seconds_after_finished: Option<i32>,
 }
 
@@ -45,6 +61,8 @@ pub struct ContainerRecreateRequestSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerRecreateRequestContainer {
+    /// The container's name (a DNS label).
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub name: String,
     /// How to shut the application down gracefully; overrides the container's preStop hook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +72,7 @@ pub struct ContainerRecreateRequestContainer {
 /// A graceful shutdown action: a command run in the container, or an HTTP GET to the pod.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = shutdown_rules()))]
 pub struct ShutdownAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecAction>,
@@ -65,28 +84,56 @@ pub struct ShutdownAction {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecAction {
+    #[schemars(length(min = 1, max = MAX_COMMAND_ARGS), inner(length(max = MAX_COMMAND_ARG_LENGTH)))]
     pub command: Vec<String>,
 }
 
-/// An HTTP GET to the pod's IP (or `host`) on `port` (a number or a named container port).
+/// The schema's rules for a shutdown action (in a request's `containers[].shutdown` and a
+/// rollout's `shutdown[]`): exactly one of `exec` and `httpGet`, as
+/// [`crate::validation::check_shutdown`] checks.
+pub(crate) fn shutdown_rules() -> serde_json::Value {
+    serde_json::json!([
+        {"rule": "!has(self.exec) || !has(self.httpGet)", "message": "set exec or httpGet, not both"},
+        {"rule": "has(self.exec) || has(self.httpGet)", "message": "set exec or httpGet"},
+    ])
+}
+
+/// An HTTP GET to the pod's IP on `port` (a number or a named container port).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.host)",
+    "message": "host is not supported: the agent sends the GET to the pod's IP",
+    "fieldPath": ".host",
+}]))]
 pub struct HttpGetAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_HTTP_PATH_LENGTH))]
     pub path: Option<String>,
+    /// A port number (1-65535) or the name of one of the container's ports.
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "string(self) == self ? (self.matches('^[0-9]{1,5}$') ? int(self) >= 1 && int(self) <= 65535 : size(self) <= 15 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.matches('[a-z]')) : self >= 1 && self <= 65535",
+        "message": "must be a port number between 1 and 65535 or the name of a container port (at most 15 lower-case letters, digits and '-', with a letter)",
+    }]))]
     pub port: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+    /// Not supported: a request that sets it is refused (the GET always goes to the pod's IP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub host: Option<String>,
     /// `HTTP` (default) or `HTTPS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["HTTP", "HTTPS"]))]
     pub scheme: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_HEADERS))]
     pub http_headers: Vec<HttpHeader>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct HttpHeader {
+    #[schemars(length(min = 1, max = MAX_HEADER_NAME_LENGTH), regex(pattern = HTTP_HEADER_NAME_PATTERN))]
     pub name: String,
+    #[schemars(length(max = MAX_HEADER_VALUE_LENGTH))]
     pub value: String,
 }
 
@@ -106,12 +153,15 @@ pub struct ContainerRecreateRequestStrategy {
     pub force_recreate: Option<bool>,
     /// Grace for shutdown plus stop; defaults to the pod's `terminationGracePeriodSeconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minimum" = 0, "maximum" = MAX_DURATION_SECONDS))]
     pub termination_grace_period_seconds: Option<i64>,
     /// Hold the pod NotReady (readiness gate `relaunch.dev/ready`) this long before shutting down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minimum" = 0, "maximum" = MAX_DURATION_SECONDS))]
     pub unready_grace_period_seconds: Option<i64>,
     /// A recreated container must stay ready this long before it counts as done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minimum" = 0, "maximum" = MAX_DURATION_SECONDS))]
     pub min_started_seconds: Option<i32>,
 }
 

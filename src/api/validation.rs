@@ -16,15 +16,42 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::containers::{RecreatableContainers, RestartPolicy, resolve_port};
 use crate::{
-    ContainerRecreateRequest, ContainerRecreateRequestSpec, FailurePolicy, HttpGetAction,
-    LABEL_NODE_NAME, LABEL_POD_UID, LABEL_ROLLING_RESTART, RollingRestartSpec, ShutdownAction,
-    WorkloadKind,
+    ContainerRecreateRequest, ContainerRecreateRequestSpec, ContainerRecreateRequestStrategy,
+    FailurePolicy, HttpGetAction, LABEL_NODE_NAME, LABEL_POD_UID, LABEL_ROLLING_RESTART,
+    RollingRestartSpec, ShutdownAction, WorkloadKind,
 };
 
 /// The longest duration a request may ask for (deadlines, grace periods, readiness waits).
 pub const MAX_DURATION_SECONDS: i64 = 24 * 60 * 60;
 /// The longest a finished request may be kept before its TTL deletes it.
 pub const MAX_TTL_SECONDS: i64 = 30 * 24 * 60 * 60;
+/// Most containers one request (or one rollout's `containers` and `shutdown`) may name.
+pub const MAX_CONTAINERS: usize = 16;
+/// Most arguments of a shutdown command, and the longest argument.
+pub const MAX_COMMAND_ARGS: usize = 32;
+pub const MAX_COMMAND_ARG_LENGTH: usize = 1024;
+/// Longest `httpGet.path`.
+pub const MAX_HTTP_PATH_LENGTH: usize = 1024;
+/// Most `httpGet.httpHeaders`, the longest header name and value.
+pub const MAX_HEADERS: usize = 16;
+pub const MAX_HEADER_NAME_LENGTH: usize = 256;
+pub const MAX_HEADER_VALUE_LENGTH: usize = 1024;
+/// Longest `order.role.key` (a label key: a 253-character prefix, `/`, a 63-character name),
+/// most values in `order.role.first` and in `last`.
+pub const MAX_ROLE_KEY_LENGTH: usize = 317;
+pub const MAX_ROLE_VALUES: usize = 16;
+/// Longest label value (an `order.role` value).
+pub const MAX_LABEL_VALUE_LENGTH: usize = 63;
+/// A DNS label (RFC 1123), as container names are: at most 63 characters.
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A DNS subdomain (RFC 1123), as pod and workload names are: at most 253 characters.
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// An HTTP header name (an RFC 9110 token).
+pub const HTTP_HEADER_NAME_PATTERN: &str = "^[-A-Za-z0-9!#$%&'*+.^_`|~]+$";
+/// A `maxUnavailable` percentage: 1% to 100%.
+pub const MAX_UNAVAILABLE_PERCENT_PATTERN: &str = "^0*([1-9][0-9]?|100)%$";
+
 /// Longest RollingRestart name: it is the value of label `relaunch.dev/rolling-restart` on the
 /// requests the rollout creates, and label values are at most 63 characters.
 pub const MAX_ROLLOUT_NAME_LENGTH: usize = 63;
@@ -36,6 +63,25 @@ pub enum InvalidRequest {
     NoPodName,
     #[error("spec.containers is empty: name at least one container to recreate")]
     NoContainers,
+    /// A name that is not of its kind's form (a DNS label or subdomain).
+    #[error("{field}: {name:?} is not a valid {kind}")]
+    InvalidName {
+        field: String,
+        name: String,
+        kind: NameKind,
+    },
+    #[error("{field} has {count} items; at most {max} are allowed")]
+    TooMany {
+        field: String,
+        count: usize,
+        max: usize,
+    },
+    #[error("{field} is {length} characters long; at most {max} are allowed")]
+    TooLong {
+        field: String,
+        length: usize,
+        max: usize,
+    },
     #[error("spec.containers names a container more than once: {}", .names.join(", "))]
     DuplicateContainers { names: Vec<String> },
     #[error("{field}: must be between {min} and {max} seconds, got {value}")]
@@ -49,12 +95,23 @@ pub enum InvalidRequest {
         "spec.strategy.failurePolicy: a value this version of relaunch does not know (use Fail or Ignore, or upgrade relaunch)"
     )]
     UnknownFailurePolicy,
-    #[error("spec.containers[{index}].shutdown: set exec or httpGet, not both")]
-    ShutdownExecAndHttpGet { index: usize },
-    #[error("spec.containers[{index}].shutdown: set exec or httpGet")]
-    ShutdownWithoutAction { index: usize },
-    #[error("spec.containers[{index}].shutdown.exec.command is empty")]
-    ShutdownCommandEmpty { index: usize },
+    /// `field`: where the shutdown action is (`spec.containers[0].shutdown`, `spec.shutdown[0]`).
+    #[error("{field}: set exec or httpGet, not both")]
+    ShutdownExecAndHttpGet { field: String },
+    #[error("{field}: set exec or httpGet")]
+    ShutdownWithoutAction { field: String },
+    #[error("{field}.exec.command is empty")]
+    ShutdownCommandEmpty { field: String },
+    #[error(
+        "{field}.httpGet.host: not supported: the agent sends the GET to the pod's IP; remove host"
+    )]
+    HttpGetHost { field: String },
+    #[error("{field}.httpGet.httpHeaders[{index}].name {name:?} is not a valid HTTP header name")]
+    InvalidHeaderName {
+        field: String,
+        index: usize,
+        name: String,
+    },
     #[error("pod {pod} not found in namespace {namespace}")]
     PodNotFound { pod: String, namespace: String },
     #[error("pod {pod} is being deleted")]
@@ -107,6 +164,10 @@ pub enum InvalidRequest {
     UnknownNamedPort { container: String, port: String },
     #[error("shutdown of container {container}: httpGet port {port} is not a valid port")]
     InvalidPort { container: String, port: i32 },
+    #[error(
+        "shutdown of container {container}: httpGet port {port:?} is neither a port number nor a port name (at most 15 lower-case letters, digits and '-', with a letter)"
+    )]
+    InvalidPortName { container: String, port: String },
     #[error("shutdown of container {container}: httpGet scheme {scheme:?}: use HTTP or HTTPS")]
     InvalidScheme { container: String, scheme: String },
 }
@@ -125,6 +186,9 @@ impl InvalidRequest {
         match self {
             InvalidRequest::NoPodName => "no_pod_name",
             InvalidRequest::NoContainers => "no_containers",
+            InvalidRequest::InvalidName { .. } => "invalid_name",
+            InvalidRequest::TooMany { .. } => "too_many",
+            InvalidRequest::TooLong { .. } => "too_long",
             InvalidRequest::DuplicateContainers { .. } => "duplicate_container",
             InvalidRequest::UnknownFailurePolicy => "unknown_value",
             InvalidRequest::DurationOutOfRange { value, .. } if *value < 0 => "negative_duration",
@@ -134,6 +198,9 @@ impl InvalidRequest {
             | InvalidRequest::ShutdownCommandEmpty { .. }
             | InvalidRequest::UnknownNamedPort { .. }
             | InvalidRequest::InvalidPort { .. }
+            | InvalidRequest::InvalidPortName { .. }
+            | InvalidRequest::HttpGetHost { .. }
+            | InvalidRequest::InvalidHeaderName { .. }
             | InvalidRequest::InvalidScheme { .. } => "bad_shutdown",
             InvalidRequest::PodNotFound { .. } => "pod_not_found",
             InvalidRequest::PodBeingDeleted { .. } => "pod_being_deleted",
@@ -222,8 +289,17 @@ pub fn check_spec(spec: &ContainerRecreateRequestSpec) -> Result<(), InvalidRequ
     if spec.pod_name.is_empty() {
         return Err(InvalidRequest::NoPodName);
     }
+    check_name("spec.podName", &spec.pod_name, NameKind::Pod)?;
     if spec.containers.is_empty() {
         return Err(InvalidRequest::NoContainers);
+    }
+    check_count("spec.containers", spec.containers.len(), MAX_CONTAINERS)?;
+    for (index, c) in spec.containers.iter().enumerate() {
+        check_name(
+            &format!("spec.containers[{index}].name"),
+            &c.name,
+            NameKind::Container,
+        )?;
     }
     let mut seen = HashSet::new();
     let mut duplicates: Vec<String> = Vec::new();
@@ -241,10 +317,128 @@ pub fn check_spec(spec: &ContainerRecreateRequestSpec) -> Result<(), InvalidRequ
     }
     for (index, c) in spec.containers.iter().enumerate() {
         if let Some(action) = &c.shutdown {
-            check_shutdown(index, action)?;
+            check_shutdown(
+                &format!("spec.containers[{index}].shutdown"),
+                &c.name,
+                action,
+            )?;
         }
     }
     Ok(())
+}
+
+/// The kinds of names a request or rollout holds, each with the form the API server requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    /// A pod or workload name: a DNS subdomain.
+    Pod,
+    Workload,
+    /// A container name: a DNS label.
+    Container,
+}
+
+impl std::fmt::Display for NameKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NameKind::Pod => "pod name (a DNS subdomain: at most 253 lower-case letters, digits, '-' and '.')",
+            NameKind::Workload => "workload name (a DNS subdomain: at most 253 lower-case letters, digits, '-' and '.')",
+            NameKind::Container => "container name (a DNS label: at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit)",
+        })
+    }
+}
+
+/// Whether `name` is a DNS label: 1–63 of `a-z`, `0-9`, `-`, starting and ending alphanumeric
+/// ([`DNS_LABEL_PATTERN`]).
+pub fn is_dns_label(name: &str) -> bool {
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let bytes = name.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            bytes.len() <= 63
+                && alnum(*first)
+                && alnum(*last)
+                && bytes.iter().all(|c| alnum(*c) || *c == b'-')
+        }
+        _ => false,
+    }
+}
+
+/// Whether `name` is a DNS subdomain: at most 253 characters, DNS labels joined by `.`
+/// ([`DNS_SUBDOMAIN_PATTERN`]; the pattern bounds no label, so neither does this).
+pub fn is_dns_subdomain(name: &str) -> bool {
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            let bytes = label.as_bytes();
+            match (bytes.first(), bytes.last()) {
+                (Some(first), Some(last)) => {
+                    alnum(*first) && alnum(*last) && bytes.iter().all(|c| alnum(*c) || *c == b'-')
+                }
+                _ => false,
+            }
+        })
+}
+
+fn check_name(field: &str, name: &str, kind: NameKind) -> Result<(), InvalidRequest> {
+    let valid = match kind {
+        NameKind::Pod | NameKind::Workload => is_dns_subdomain(name),
+        NameKind::Container => is_dns_label(name),
+    };
+    if valid {
+        return Ok(());
+    }
+    Err(InvalidRequest::InvalidName {
+        field: field.into(),
+        name: name.into(),
+        kind,
+    })
+}
+
+fn check_count(field: &str, count: usize, max: usize) -> Result<(), InvalidRequest> {
+    if count <= max {
+        return Ok(());
+    }
+    Err(InvalidRequest::TooMany {
+        field: field.into(),
+        count,
+        max,
+    })
+}
+
+/// The API server counts characters (code points), not bytes.
+fn check_length(field: &str, text: &str, max: usize) -> Result<(), InvalidRequest> {
+    let length = text.chars().count();
+    if length <= max {
+        return Ok(());
+    }
+    Err(InvalidRequest::TooLong {
+        field: field.into(),
+        length,
+        max,
+    })
+}
+
+/// Whether `name` is an HTTP header name (an RFC 9110 token, [`HTTP_HEADER_NAME_PATTERN`]).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-!#$%&'*+.^_`|~".contains(&c))
+}
+
+/// Whether a string `httpGet.port` is a port: a number written as a string (1–65535, as
+/// `resolve_port` reads it) or a port name.
+fn is_port_string(port: &str) -> bool {
+    if (1..=5).contains(&port.len()) && port.bytes().all(|c| c.is_ascii_digit()) {
+        return port.parse::<i32>().is_ok_and(|p| (1..=65535).contains(&p));
+    }
+    is_port_name(port)
+}
+
+/// Whether `name` can name a container port (an IANA service name: at most 15 of `a-z`, `0-9`
+/// and `-`, with a letter, starting and ending alphanumeric).
+fn is_port_name(name: &str) -> bool {
+    name.len() <= 15 && is_dns_label(name) && name.bytes().any(|c| c.is_ascii_lowercase())
 }
 
 /// A request's shutdown action that is one complete action.
@@ -256,25 +450,106 @@ pub enum CheckedShutdown<'a> {
     HttpGet(&'a HttpGetAction),
 }
 
-/// Checks the shutdown action of `spec.containers[index]`: `exec` with a command, or `httpGet`.
-pub fn check_shutdown(
-    index: usize,
-    action: &ShutdownAction,
-) -> Result<CheckedShutdown<'_>, InvalidRequest> {
+/// Checks the shutdown action at `field` (`spec.containers[0].shutdown`, a rollout's
+/// `spec.shutdown[0]`) for `container`: `exec` with a command, or `httpGet` to the pod's IP,
+/// within the schema's bounds. The port is checked against the container's ports later
+/// ([`http_get_port`]).
+pub fn check_shutdown<'a>(
+    field: &str,
+    container: &str,
+    action: &'a ShutdownAction,
+) -> Result<CheckedShutdown<'a>, InvalidRequest> {
+    let field = field.to_string();
     match (&action.exec, &action.http_get) {
-        (Some(_), Some(_)) => Err(InvalidRequest::ShutdownExecAndHttpGet { index }),
-        (None, None) => Err(InvalidRequest::ShutdownWithoutAction { index }),
+        (Some(_), Some(_)) => Err(InvalidRequest::ShutdownExecAndHttpGet { field }),
+        (None, None) => Err(InvalidRequest::ShutdownWithoutAction { field }),
         (Some(exec), None) if exec.command.is_empty() => {
-            Err(InvalidRequest::ShutdownCommandEmpty { index })
+            Err(InvalidRequest::ShutdownCommandEmpty { field })
         }
-        (Some(exec), None) => Ok(CheckedShutdown::Exec(&exec.command)),
-        (None, Some(http)) => Ok(CheckedShutdown::HttpGet(http)),
+        (Some(exec), None) => {
+            check_count(
+                &format!("{field}.exec.command"),
+                exec.command.len(),
+                MAX_COMMAND_ARGS,
+            )?;
+            for (i, arg) in exec.command.iter().enumerate() {
+                check_length(
+                    &format!("{field}.exec.command[{i}]"),
+                    arg,
+                    MAX_COMMAND_ARG_LENGTH,
+                )?;
+            }
+            Ok(CheckedShutdown::Exec(&exec.command))
+        }
+        (None, Some(http)) => {
+            check_http_get(&field, container, http)?;
+            Ok(CheckedShutdown::HttpGet(http))
+        }
     }
 }
 
+fn check_http_get(
+    field: &str,
+    container: &str,
+    http: &HttpGetAction,
+) -> Result<(), InvalidRequest> {
+    if http.host.is_some() {
+        return Err(InvalidRequest::HttpGetHost {
+            field: field.into(),
+        });
+    }
+    match &http.port {
+        IntOrString::Int(port) if !(1..=65535).contains(port) => {
+            return Err(InvalidRequest::InvalidPort {
+                container: container.into(),
+                port: *port,
+            });
+        }
+        IntOrString::String(name) if !is_port_string(name) => {
+            return Err(InvalidRequest::InvalidPortName {
+                container: container.into(),
+                port: name.clone(),
+            });
+        }
+        _ => {}
+    }
+    if let Some(scheme) = &http.scheme
+        && !matches!(scheme.as_str(), "HTTP" | "HTTPS")
+    {
+        return Err(InvalidRequest::InvalidScheme {
+            container: container.into(),
+            scheme: scheme.clone(),
+        });
+    }
+    if let Some(path) = &http.path {
+        check_length(&format!("{field}.httpGet.path"), path, MAX_HTTP_PATH_LENGTH)?;
+    }
+    let headers = format!("{field}.httpGet.httpHeaders");
+    check_count(&headers, http.http_headers.len(), MAX_HEADERS)?;
+    for (index, header) in http.http_headers.iter().enumerate() {
+        if !is_header_name(&header.name) {
+            return Err(InvalidRequest::InvalidHeaderName {
+                field: field.into(),
+                index,
+                name: header.name.clone(),
+            });
+        }
+        check_length(
+            &format!("{headers}[{index}].name"),
+            &header.name,
+            MAX_HEADER_NAME_LENGTH,
+        )?;
+        check_length(
+            &format!("{headers}[{index}].value"),
+            &header.value,
+            MAX_HEADER_VALUE_LENGTH,
+        )?;
+    }
+    Ok(())
+}
+
 fn check_durations(spec: &ContainerRecreateRequestSpec) -> Result<(), InvalidRequest> {
-    let strategy = spec.strategy.clone().unwrap_or_default();
-    let fields: [(&'static str, Option<i64>, i64, i64); 5] = [
+    let fields: [(&'static str, Option<i64>, i64, i64); 2] = [
         (
             "spec.activeDeadlineSeconds",
             spec.active_deadline_seconds,
@@ -287,26 +562,72 @@ fn check_durations(spec: &ContainerRecreateRequestSpec) -> Result<(), InvalidReq
             0,
             MAX_TTL_SECONDS,
         ),
-        (
-            "spec.strategy.terminationGracePeriodSeconds",
-            strategy.termination_grace_period_seconds,
-            0,
-            MAX_DURATION_SECONDS,
-        ),
-        (
-            "spec.strategy.unreadyGracePeriodSeconds",
-            strategy.unready_grace_period_seconds,
-            0,
-            MAX_DURATION_SECONDS,
-        ),
-        (
-            "spec.strategy.minStartedSeconds",
-            strategy.min_started_seconds.map(i64::from),
-            0,
-            MAX_DURATION_SECONDS,
-        ),
     ];
-    for (field, value, min, max) in fields {
+    check_ranges(&fields)?;
+    check_strategy_durations(Strategy::Request, spec.strategy.as_ref())
+}
+
+/// Where a recreate strategy is: a request's `spec.strategy`, a rollout's `spec.recreateStrategy`.
+#[derive(Clone, Copy)]
+enum Strategy {
+    Request,
+    Rollout,
+}
+
+fn check_strategy_durations(
+    at: Strategy,
+    strategy: Option<&ContainerRecreateRequestStrategy>,
+) -> Result<(), InvalidRequest> {
+    let Some(strategy) = strategy else {
+        return Ok(());
+    };
+    let fields: [(&'static str, Option<i64>, i64, i64); 3] = match at {
+        Strategy::Request => [
+            (
+                "spec.strategy.terminationGracePeriodSeconds",
+                strategy.termination_grace_period_seconds,
+                0,
+                MAX_DURATION_SECONDS,
+            ),
+            (
+                "spec.strategy.unreadyGracePeriodSeconds",
+                strategy.unready_grace_period_seconds,
+                0,
+                MAX_DURATION_SECONDS,
+            ),
+            (
+                "spec.strategy.minStartedSeconds",
+                strategy.min_started_seconds.map(i64::from),
+                0,
+                MAX_DURATION_SECONDS,
+            ),
+        ],
+        Strategy::Rollout => [
+            (
+                "spec.recreateStrategy.terminationGracePeriodSeconds",
+                strategy.termination_grace_period_seconds,
+                0,
+                MAX_DURATION_SECONDS,
+            ),
+            (
+                "spec.recreateStrategy.unreadyGracePeriodSeconds",
+                strategy.unready_grace_period_seconds,
+                0,
+                MAX_DURATION_SECONDS,
+            ),
+            (
+                "spec.recreateStrategy.minStartedSeconds",
+                strategy.min_started_seconds.map(i64::from),
+                0,
+                MAX_DURATION_SECONDS,
+            ),
+        ],
+    };
+    check_ranges(&fields)
+}
+
+fn check_ranges(fields: &[(&'static str, Option<i64>, i64, i64)]) -> Result<(), InvalidRequest> {
+    for &(field, value, min, max) in fields {
         if let Some(value) = value
             && !(min..=max).contains(&value)
         {
@@ -394,7 +715,6 @@ fn check_containers_come_back<'a>(
         }
         if let Some(http) = wanted.shutdown.as_ref().and_then(|s| s.http_get.as_ref()) {
             http_get_port(http, found.container())?;
-            http_get_scheme(http, found.container())?;
         }
         checked.push(found.container());
     }
@@ -423,8 +743,8 @@ pub fn http_get_scheme(
     container: &Container,
 ) -> Result<&'static str, InvalidRequest> {
     match http.scheme.as_deref().unwrap_or("HTTP") {
-        "HTTP" | "http" => Ok("http"),
-        "HTTPS" | "https" => Ok("https"),
+        "HTTP" => Ok("http"),
+        "HTTPS" => Ok("https"),
         other => Err(InvalidRequest::InvalidScheme {
             container: container.name.clone(),
             scheme: other.into(),
@@ -456,7 +776,9 @@ pub enum InvalidRollout {
     UnknownFailurePolicy,
     #[error("spec.strategy.{0} (use a count ≥ 1 or a percentage such as \"25%\")")]
     MaxUnavailable(InvalidMaxUnavailable),
-    #[error("spec.activeDeadlineSeconds must be at least 1, not {0}")]
+    #[error(
+        "spec.activeDeadlineSeconds must be between 1 and {MAX_DURATION_SECONDS} seconds, not {0}"
+    )]
     ActiveDeadline(i64),
     #[error("spec.strategy.{field} must not be negative, not {value}")]
     Negative { field: &'static str, value: i32 },
@@ -466,6 +788,11 @@ pub enum InvalidRollout {
     DuplicateContainer(String),
     #[error("spec.shutdown names container {0:?}, which is not in spec.containers")]
     ShutdownForUnlistedContainer(String),
+    #[error("spec.shutdown names container {0:?} twice")]
+    DuplicateShutdown(String),
+    /// A name, a bound or a shutdown action that would be refused in each request.
+    #[error("{0}")]
+    Spec(#[from] InvalidRequest),
     /// A container the rollout names is not one of a target pod's recreatable containers.
     #[error(
         "container {container:?} is not in pod {pod} (its containers: {}); fix spec.containers or spec.shutdown",
@@ -478,6 +805,12 @@ pub enum InvalidRollout {
     },
     #[error("the target's selector is invalid")]
     InvalidSelector,
+    /// A target pod whose containers to restart (all its regular ones, when `spec.containers`
+    /// names none) are more than one request may name.
+    #[error(
+        "pod {pod} has {count} containers to restart; one request recreates at most {MAX_CONTAINERS}: name at most {MAX_CONTAINERS} in spec.containers"
+    )]
+    TooManyContainersInPod { pod: String, count: usize },
 }
 
 fn known_kinds() -> String {
@@ -508,14 +841,17 @@ pub fn resolve_max_unavailable(
             .filter(|n| *n >= 1)
             .ok_or(InvalidMaxUnavailable::TooSmall(*n)),
         IntOrString::String(s) => {
-            let percent: usize = s
+            // Digits and `%`, as MAX_UNAVAILABLE_PERCENT_PATTERN (no spaces, no sign).
+            let digits = s
                 .strip_suffix('%')
-                .and_then(|p| p.trim().parse().ok())
+                .filter(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
                 .ok_or_else(|| InvalidMaxUnavailable::NotANumber(s.clone()))?;
-            if percent == 0 || percent > 100 {
-                return Err(InvalidMaxUnavailable::PercentOutOfRange(s.clone()));
-            }
-            Ok(((total * percent) / 100).max(1))
+            let percent: usize = digits
+                .parse()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .ok_or_else(|| InvalidMaxUnavailable::PercentOutOfRange(s.clone()))?;
+            Ok((total.saturating_mul(percent) / 100).max(1))
         }
     }
 }
@@ -540,6 +876,7 @@ pub fn validate_rollout(spec: &RollingRestartSpec) -> Result<(), InvalidRollout>
             if w.name.is_empty() {
                 return Err(InvalidRollout::NoWorkloadName);
             }
+            check_name("spec.target.workloadRef.name", &w.name, NameKind::Workload)?;
         }
         (None, Some(_)) => {}
     }
@@ -556,7 +893,7 @@ pub fn validate_rollout(spec: &RollingRestartSpec) -> Result<(), InvalidRollout>
         return Err(InvalidRollout::UnknownFailurePolicy);
     }
     if let Some(deadline) = spec.active_deadline_seconds
-        && deadline < 1
+        && !(1..=MAX_DURATION_SECONDS).contains(&deadline)
     {
         return Err(InvalidRollout::ActiveDeadline(deadline));
     }
@@ -572,18 +909,59 @@ pub fn validate_rollout(spec: &RollingRestartSpec) -> Result<(), InvalidRollout>
             return Err(InvalidRollout::Negative { field, value });
         }
     }
-    if let Some(role) = spec.strategy.order.as_ref().and_then(|o| o.role.as_ref())
-        && role.key.is_empty()
-    {
-        return Err(InvalidRollout::NoRoleKey);
+    if let Some(ready) = spec.strategy.min_ready_seconds {
+        check_ranges(&[(
+            "spec.strategy.minReadySeconds",
+            Some(i64::from(ready)),
+            0,
+            MAX_DURATION_SECONDS,
+        )])?;
     }
+    if let Some(role) = spec.strategy.order.as_ref().and_then(|o| o.role.as_ref()) {
+        if role.key.is_empty() {
+            return Err(InvalidRollout::NoRoleKey);
+        }
+        check_length(
+            "spec.strategy.order.role.key",
+            &role.key,
+            MAX_ROLE_KEY_LENGTH,
+        )?;
+        for (list, values) in [("first", &role.first), ("last", &role.last)] {
+            let field = format!("spec.strategy.order.role.{list}");
+            check_count(&field, values.len(), MAX_ROLE_VALUES)?;
+            for (i, value) in values.iter().enumerate() {
+                check_length(&format!("{field}[{i}]"), value, MAX_LABEL_VALUE_LENGTH)?;
+            }
+        }
+    }
+    check_count("spec.containers", spec.containers.len(), MAX_CONTAINERS)?;
     let mut seen = BTreeSet::new();
-    for name in &spec.containers {
+    for (index, name) in spec.containers.iter().enumerate() {
+        check_name(
+            &format!("spec.containers[{index}]"),
+            name,
+            NameKind::Container,
+        )?;
         if !seen.insert(name) {
             return Err(InvalidRollout::DuplicateContainer(name.clone()));
         }
     }
-    for shutdown in &spec.shutdown {
+    check_strategy_durations(Strategy::Rollout, spec.recreate_strategy.as_ref())?;
+    check_count("spec.shutdown", spec.shutdown.len(), MAX_CONTAINERS)?;
+    let mut seen = BTreeSet::new();
+    for (index, shutdown) in spec.shutdown.iter().enumerate() {
+        let field = format!("spec.shutdown[{index}]");
+        check_name(
+            &format!("{field}.container"),
+            &shutdown.container,
+            NameKind::Container,
+        )?;
+        if !seen.insert(&shutdown.container) {
+            return Err(InvalidRollout::DuplicateShutdown(
+                shutdown.container.clone(),
+            ));
+        }
+        check_shutdown(&field, &shutdown.container, &shutdown.action)?;
         if !spec.containers.is_empty() && !spec.containers.contains(&shutdown.container) {
             return Err(InvalidRollout::ShutdownForUnlistedContainer(
                 shutdown.container.clone(),
@@ -982,6 +1360,122 @@ mod tests {
                 .to_string()
                 .contains("role.key")
         );
+    }
+
+    #[test]
+    fn names_bounds_and_http_targets_are_checked_as_the_schema_checks_them() {
+        let refused_spec = |spec: &ContainerRecreateRequestSpec| match check_spec(spec) {
+            Err(invalid) => invalid.to_string(),
+            Ok(()) => panic!("accepted: {spec:?}"),
+        };
+        let mut r = crr(&["db"]);
+        r.spec.pod_name = "DB_0".into();
+        assert!(
+            refused_spec(&r.spec).starts_with("spec.podName: \"DB_0\" is not a valid pod name")
+        );
+        let r = crr(&["db", "Exporter"]);
+        assert!(refused_spec(&r.spec).starts_with("spec.containers[1].name: \"Exporter\""));
+        let names: Vec<String> = (0..=MAX_CONTAINERS).map(|i| format!("c{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(
+            refused_spec(&crr(&names).spec),
+            "spec.containers has 17 items; at most 16 are allowed"
+        );
+        let http = |edit: fn(&mut HttpGetAction)| {
+            let mut r = crr(&["db"]);
+            let mut action = HttpGetAction {
+                port: IntOrString::Int(8080),
+                ..Default::default()
+            };
+            edit(&mut action);
+            r.spec.containers[0].shutdown = Some(ShutdownAction {
+                exec: None,
+                http_get: Some(action),
+            });
+            r.spec
+        };
+        assert!(check_spec(&http(|_| {})).is_ok());
+        assert!(check_spec(&http(|h| h.port = IntOrString::String("admin".into()))).is_ok());
+        assert_eq!(
+            refused_spec(&http(|h| h.host = Some("127.0.0.1".into()))),
+            "spec.containers[0].shutdown.httpGet.host: not supported: the agent sends the GET to the pod's IP; remove host"
+        );
+        assert!(refused_spec(&http(|h| h.port = IntOrString::Int(70000))).contains("70000"));
+        assert!(
+            refused_spec(&http(|h| h.port = IntOrString::String("Admin_Port".into())))
+                .contains("neither a port number nor a port name")
+        );
+        assert!(
+            refused_spec(&http(|h| h.scheme = Some("http".into()))).contains("use HTTP or HTTPS")
+        );
+        assert!(
+            refused_spec(&http(|h| {
+                h.http_headers = vec![crate::HttpHeader {
+                    name: "bad header".into(),
+                    value: String::new(),
+                }]
+            }))
+            .contains("not a valid HTTP header name")
+        );
+        let mut r = crr(&["db"]);
+        r.spec.containers[0].shutdown = Some(ShutdownAction {
+            exec: Some(ExecAction {
+                command: vec!["x".repeat(MAX_COMMAND_ARG_LENGTH + 1)],
+            }),
+            http_get: None,
+        });
+        assert_eq!(
+            refused_spec(&r.spec),
+            "spec.containers[0].shutdown.exec.command[0] is 1025 characters long; at most 1024 are allowed"
+        );
+    }
+
+    #[test]
+    fn a_rollouts_shutdown_actions_and_recreate_strategy_are_checked_as_each_request_would_be() {
+        let mut spec = sts_spec();
+        spec.shutdown = vec![crate::ContainerShutdown {
+            container: "db".into(),
+            action: ShutdownAction::default(),
+        }];
+        assert_eq!(
+            validate_rollout(&spec).unwrap_err().to_string(),
+            "spec.shutdown[0]: set exec or httpGet"
+        );
+        spec.shutdown[0].action.exec = Some(ExecAction {
+            command: vec!["stop".into()],
+        });
+        assert_eq!(validate_rollout(&spec), Ok(()));
+        spec.shutdown.push(spec.shutdown[0].clone());
+        assert_eq!(
+            validate_rollout(&spec).unwrap_err().to_string(),
+            "spec.shutdown names container \"db\" twice"
+        );
+        spec = sts_spec();
+        spec.recreate_strategy = Some(ContainerRecreateRequestStrategy {
+            termination_grace_period_seconds: Some(-1),
+            ..Default::default()
+        });
+        assert!(
+            validate_rollout(&spec)
+                .unwrap_err()
+                .to_string()
+                .starts_with("spec.recreateStrategy.terminationGracePeriodSeconds")
+        );
+        spec = sts_spec();
+        spec.active_deadline_seconds = Some(MAX_DURATION_SECONDS + 1);
+        assert!(validate_rollout(&spec).is_err());
+        for (value, ok) in [
+            ("1%", true),
+            ("100%", true),
+            ("007%", true),
+            ("0%", false),
+            ("101%", false),
+            (" 5%", false),
+            ("5", false),
+        ] {
+            let checked = resolve_max_unavailable(&IntOrString::String(value.into()), 10);
+            assert_eq!(checked.is_ok(), ok, "{value}: {checked:?}");
+        }
     }
 
     #[test]

@@ -203,6 +203,10 @@ impl Session {
             401 => CliError::Unauthorized {
                 server: self.server.clone(),
             },
+            403 if !is_rbac_denial(&status.message) => CliError::Api {
+                what: describe(call),
+                message: refusal(&status.message),
+            },
             403 => CliError::Forbidden {
                 verb: call.verb.to_string(),
                 resource: call.resource.plural.to_string(),
@@ -226,7 +230,7 @@ impl Session {
                 message: if status.message.is_empty() {
                     format!("{} {}", status.code, status.reason)
                 } else {
-                    status.message.clone()
+                    refusal(&status.message)
                 },
             },
         }
@@ -241,6 +245,29 @@ impl Session {
             Err(kube::Error::Api(status)) => status.code != 404,
             Err(_) => true,
         }
+    }
+}
+
+/// Whether a 403's message is RBAC's (`... is forbidden: User "..." cannot create resource ...`)
+/// rather than an admission policy's refusal, which says what to change.
+fn is_rbac_denial(message: &str) -> bool {
+    message.contains("is forbidden: User ") && !message.contains("ValidatingAdmissionPolicy")
+}
+
+/// The API server's refusal as one line: an admission policy's denial as the policy's own
+/// message and name (`... (ValidatingAdmissionPolicy NAME)`), a schema's 422 as its field
+/// errors; newlines become spaces.
+pub fn refusal(message: &str) -> String {
+    let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    let policy = one_line
+        .split_once("ValidatingAdmissionPolicy '")
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map(|(name, _)| name.to_string());
+    match (policy, one_line.split_once(" denied request: ")) {
+        (Some(policy), Some((_, reason))) => {
+            format!("{reason} (ValidatingAdmissionPolicy {policy})")
+        }
+        _ => one_line,
     }
 }
 
@@ -286,4 +313,26 @@ fn kubeconfig(flag: Option<&Path>) -> Result<Option<(Kubeconfig, String)>, CliEr
     let config = Kubeconfig::read_from(&path)
         .map_err(|e| CliError::Config(format!("cannot read kubeconfig {}: {e}", path.display())))?;
     Ok(Some((config, path.display().to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admission_policys_refusal_is_its_message_and_name_on_one_line() {
+        let message = "containerrecreaterequests.relaunch.dev \"r\" is forbidden: ValidatingAdmissionPolicy 'relaunch-request-exec-needs-pods-exec' with binding 'relaunch-request-exec-needs-pods-exec' denied request: bot may not create pods/exec on pod shop/db-0";
+        assert!(!is_rbac_denial(message));
+        assert_eq!(
+            refusal(message),
+            "bot may not create pods/exec on pod shop/db-0 (ValidatingAdmissionPolicy relaunch-request-exec-needs-pods-exec)"
+        );
+        let rbac = "containerrecreaterequests.relaunch.dev is forbidden: User \"bot\" cannot create resource \"containerrecreaterequests\" in API group \"relaunch.dev\" in the namespace \"shop\"";
+        assert!(is_rbac_denial(rbac));
+        let invalid = "ContainerRecreateRequest.relaunch.dev \"r\" is invalid: [spec.podName: Invalid value: \"DB\",\n spec.containers: Required value]";
+        assert_eq!(
+            refusal(invalid),
+            "ContainerRecreateRequest.relaunch.dev \"r\" is invalid: [spec.podName: Invalid value: \"DB\", spec.containers: Required value]"
+        );
+    }
 }

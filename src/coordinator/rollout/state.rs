@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use relaunch_api::containers::RecreatableContainers;
-use relaunch_api::validation::{InvalidRollout, resolve_max_unavailable};
+use relaunch_api::validation::{InvalidRollout, MAX_CONTAINERS, resolve_max_unavailable};
 use relaunch_api::{
     CONDITION_BLOCKED, CONDITION_PROGRESSING, Condition, ContainerRecreateRequest, LABEL_POD_UID,
     PodRestartResult, RecreatePhase, RollingRestartSpec, RollingRestartStatus,
@@ -133,6 +133,13 @@ pub fn containers_for(spec: &RollingRestartSpec, pod: &Pod) -> Result<Vec<String
                 recreatable: recreatable.names().into_iter().map(String::from).collect(),
             });
         }
+    }
+    // The pod's request could not be created (the schema bounds a request's containers).
+    if wanted.len() > MAX_CONTAINERS {
+        return Err(InvalidRollout::TooManyContainersInPod {
+            pod: pod_name.into(),
+            count: wanted.len(),
+        });
     }
     Ok(wanted)
 }
@@ -730,6 +737,27 @@ mod tests {
         assert!(
             err.contains("\"init\" is not in pod db-0 (its containers: db, exporter, proxy)"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_pod_with_more_containers_than_a_request_takes_is_refused() {
+        let containers: Vec<serde_json::Value> = (0..=MAX_CONTAINERS)
+            .map(|i| json!({"name": format!("c{i}")}))
+            .collect();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "db-0"}, "spec": {"containers": containers}
+        }))
+        .unwrap();
+        let mut spec = sts_spec();
+        assert_eq!(
+            containers_for(&spec, &pod).unwrap_err().to_string(),
+            "pod db-0 has 17 containers to restart; one request recreates at most 16: name at most 16 in spec.containers"
+        );
+        spec.containers = vec!["c0".into(), "c3".into()];
+        assert_eq!(
+            containers_for(&spec, &pod),
+            Ok(vec!["c0".into(), "c3".into()])
         );
     }
 
