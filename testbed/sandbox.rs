@@ -146,7 +146,7 @@ impl Sandbox {
                 sandbox.agent_admins.push(admin);
             }
         }
-        std::fs::write(sandbox.kubeconfig_path(), sandbox.api.kubeconfig(None))?;
+        std::fs::write(sandbox.kubeconfig_path(), sandbox.api.tls_kubeconfig(None))?;
         Ok(sandbox)
     }
 
