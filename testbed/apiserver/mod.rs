@@ -169,6 +169,7 @@ impl ApiServer {
             TestbedError::Setup(format!("seeding the bootstrap RBAC objects: {}", e.message))
         })?;
         shared.store.set_service_range(range);
+        shared.store.set_root_ca(&shared.tls.ca_pem);
         services::create_kubernetes_service(&shared.store, &range, addr).map_err(|e| {
             TestbedError::Setup(format!("creating the kubernetes Service: {}", e.message))
         })?;

@@ -138,6 +138,8 @@ pub struct State {
     group_generations: [u64; TRACKED_GROUPS.len()],
     /// Where Services get their ClusterIPs.
     service_range: ServiceRange,
+    /// The API server's CA (PEM), published in every namespace as `kube-root-ca.crt`.
+    root_ca: Option<String>,
 }
 
 /// The shared store.
@@ -158,6 +160,7 @@ impl Store {
                 compacted: 0,
                 group_generations: [0; TRACKED_GROUPS.len()],
                 service_range: ServiceRange::default(),
+                root_ca: None,
             }),
             changes,
         };
@@ -183,6 +186,23 @@ impl Store {
     /// Allocates ClusterIPs from `range` from now on (kube-apiserver's `--service-cluster-ip-range`).
     pub fn set_service_range(&self, range: ServiceRange) {
         self.lock().service_range = range;
+    }
+
+    /// Sets the CA that the root-CA publisher puts in every namespace's `kube-root-ca.crt`
+    /// ConfigMap, and publishes it in the namespaces that exist.
+    pub fn set_root_ca(&self, pem: &str) {
+        let mut state = self.lock();
+        state.root_ca = Some(pem.to_string());
+        let namespaces: Vec<String> = state
+            .objects
+            .get("/namespaces")
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .map(|(_, name)| name.clone())
+            .collect();
+        for ns in namespaces {
+            state.publish_root_ca(&ns, &self.changes);
+        }
     }
 
     /// The served resource `plural` in `group/version`.
@@ -391,6 +411,9 @@ impl Store {
             }
         }
         defaults_on_create(rt, &mut object);
+        if rt.key() == "/pods" {
+            state.mount_service_account_token(ns.unwrap_or_default(), &mut object);
+        }
         validate(rt, &object)?;
         admission.admit(Some(&object), None)?;
         if dry_run {
@@ -428,6 +451,8 @@ impl Store {
                     "creationTimestamp": now()}});
                 state.commit(&sa_rt, sa, EventType::Added, None, &self.changes);
             }
+            let ns = created["metadata"]["name"].as_str().unwrap_or_default();
+            state.publish_root_ca(ns, &self.changes);
         }
         Ok(with_version(&created, rt))
     }
@@ -768,6 +793,77 @@ impl State {
         self.objects
             .get(&rt.key())?
             .get(&(ns.unwrap_or("").to_string(), name.to_string()))
+    }
+
+    /// The root-CA publisher's job (kube-controller-manager): a `kube-root-ca.crt` ConfigMap
+    /// with the cluster's CA as `ca.crt` in namespace `ns`, unless it is already there.
+    fn publish_root_ca(&mut self, ns: &str, changes: &broadcast::Sender<Arc<Change>>) {
+        let (Some(pem), Some(rt)) = (self.root_ca.clone(), self.resource_by_key("/configmaps"))
+        else {
+            return;
+        };
+        if self.object(&rt, Some(ns), ROOT_CA_CONFIGMAP).is_some() {
+            return;
+        }
+        let configmap = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+            "name": ROOT_CA_CONFIGMAP, "namespace": ns, "uid": uuid::Uuid::new_v4().to_string(),
+            "creationTimestamp": now(),
+            "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+            "data": {"ca.crt": pem}});
+        self.commit(&rt, configmap, EventType::Added, None, changes);
+    }
+
+    /// The ServiceAccount admission plugin's token volume: unless the pod or its service account
+    /// opts out (`automountServiceAccountToken: false`) or a container already mounts something
+    /// at the path, a projected `kube-api-access-<suffix>` volume (the bound token, `ca.crt` from
+    /// `kube-root-ca.crt`, the namespace) mounted read-only in every container.
+    fn mount_service_account_token(&self, ns: &str, pod: &mut Value) {
+        let spec = &pod["spec"];
+        if spec["automountServiceAccountToken"] == json!(false) {
+            return;
+        }
+        let account = spec["serviceAccountName"].as_str().unwrap_or("default");
+        if let Some(rt) = self.resource_by_key("/serviceaccounts")
+            && let Some(sa) = self.object(&rt, Some(ns), account)
+            && sa["automountServiceAccountToken"] == json!(false)
+            && spec["automountServiceAccountToken"] != json!(true)
+        {
+            return;
+        }
+        let lists = ["initContainers", "containers", "ephemeralContainers"];
+        let mounted = lists.iter().any(|list| {
+            spec[*list].as_array().into_iter().flatten().any(|c| {
+                c["volumeMounts"].as_array().into_iter().flatten().any(|m| {
+                    m["mountPath"].as_str().map(|p| p.trim_end_matches('/'))
+                        == Some(SERVICE_ACCOUNT_PATH)
+                })
+            })
+        });
+        if mounted {
+            return;
+        }
+        let name = format!("kube-api-access-{}", random_suffix());
+        let volume = json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": ROOT_CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ]}});
+        let spec = &mut pod["spec"];
+        match spec["volumes"].as_array_mut() {
+            Some(volumes) => volumes.push(volume),
+            None => spec["volumes"] = json!([volume]),
+        }
+        for list in lists {
+            for container in spec[list].as_array_mut().into_iter().flatten() {
+                let mount =
+                    json!({"name": name, "mountPath": SERVICE_ACCOUNT_PATH, "readOnly": true});
+                match container["volumeMounts"].as_array_mut() {
+                    Some(mounts) => mounts.push(mount),
+                    None => container["volumeMounts"] = json!([mount]),
+                }
+            }
+        }
     }
 
     fn namespaces(&self) -> ResourceType {
@@ -1126,6 +1222,11 @@ impl State {
         self.resources.retain(|r| r.key() != key);
     }
 }
+
+/// The ConfigMap the root-CA publisher keeps in every namespace.
+pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+/// Where the ServiceAccount admission plugin mounts the token volume.
+pub const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 fn random_suffix() -> String {
     // The alphabet upstream uses for generateName (no vowels, no confusable characters).
