@@ -34,6 +34,13 @@ pub struct ContainerTemplate {
     pub ports: Option<serde_json::Value>,
     /// Bind mounts: (host path, container path).
     pub mounts: Vec<(PathBuf, String)>,
+    /// Container paths of `mounts` that are mounted read-only.
+    pub read_only_mounts: Vec<String>,
+    /// The container hash when the caller computed it from the spec (the kubelet hashes the
+    /// spec, not the environment it resolved from ConfigMaps and Secrets).
+    pub spec_hash: Option<String>,
+    /// The container's security context for the runtime (namespace options are filled in).
+    pub security: Option<cri::LinuxContainerSecurityContext>,
 }
 
 impl ContainerTemplate {
@@ -47,7 +54,10 @@ impl ContainerTemplate {
     }
 
     /// The kubelet's container hash: changes whenever the spec that matters changes.
-    fn hash(&self) -> String {
+    pub fn hash(&self) -> String {
+        if let Some(hash) = &self.spec_hash {
+            return hash.clone();
+        }
         let spec = serde_json::json!([self.name, self.command, self.args, self.env]);
         format!("{:08x}", fnv1a32(spec.to_string().as_bytes()))
     }
@@ -159,6 +169,7 @@ pub fn container_config(pod: &PodIdentity, container: &ContainerTemplate) -> cri
             .map(|(host, path)| cri::Mount {
                 container_path: path.clone(),
                 host_path: host.to_string_lossy().into_owned(),
+                readonly: container.read_only_mounts.contains(path),
                 ..Default::default()
             })
             .collect(),
@@ -168,7 +179,7 @@ pub fn container_config(pod: &PodIdentity, container: &ContainerTemplate) -> cri
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
                 namespace_options: Some(host_network_namespaces()),
-                ..Default::default()
+                ..container.security.clone().unwrap_or_default()
             }),
             ..Default::default()
         }),

@@ -384,3 +384,369 @@ async fn deleting_a_pod_runs_pre_stop_and_removes_everything_but_the_claim() {
     );
     bed.shutdown().await;
 }
+
+impl Node {
+    /// Runs `command` in the pod's (first) container; its stdout.
+    async fn exec(&self, pod: &Pod, command: &[&str]) -> String {
+        let id = container_id(pod).expect("container ID");
+        let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        let out = self
+            .runtime
+            .exec_sync(&id, &command, Duration::from_secs(10), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn apply_json<K>(&self, object: serde_json::Value)
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.api.client.clone(), "default");
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        api.patch(
+            &name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// A container's environment as `env` prints it.
+fn env_of(printed: &str) -> std::collections::BTreeMap<String, String> {
+    printed
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn api_data_volumes_are_written_atomically_and_follow_their_objects() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let bed = Node::start(CrashLoopBackoff::default()).await;
+    bed.apply_json::<ConfigMap>(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cfg"}, "data": {"app.conf": "mode=fast", "other": "x"}}))
+        .await;
+    // stringData is merged into data by the API server.
+    bed.apply_json::<Secret>(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "creds"}, "stringData": {"password": "s3cr3t"}}))
+        .await;
+    bed.create(
+        "vol-0",
+        json!({
+            "volumes": [
+                {"name": "cfg", "configMap": {"name": "cfg"}},
+                {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+                {"name": "info", "downwardAPI": {"items": [
+                    {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                    {"path": "mem", "resourceFieldRef": {"containerName": "app", "resource": "limits.memory", "divisor": "1Mi"}}]}},
+                {"name": "all", "projected": {"sources": [
+                    {"configMap": {"name": "cfg", "items": [{"key": "app.conf", "path": "conf/app.conf"}]}},
+                    {"secret": {"name": "creds"}},
+                    {"serviceAccountToken": {"audience": "relaunch-coordinator", "expirationSeconds": 3600, "path": "token"}}]}},
+            ],
+            "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
+                "resources": {"limits": {"memory": "64Mi"}},
+                "volumeMounts": [
+                    {"name": "cfg", "mountPath": "/etc/cfg"},
+                    {"name": "cfg", "mountPath": "/etc/app.conf", "subPath": "app.conf"},
+                    {"name": "creds", "mountPath": "/etc/creds"},
+                    {"name": "info", "mountPath": "/etc/info"},
+                    {"name": "all", "mountPath": "/var/run/all"}]}],
+        }),
+    )
+    .await;
+    let pod = bed.wait_pod("vol-0", "pod running", running).await;
+    assert_eq!(
+        bed.exec(&pod, &["cat", "/etc/cfg/app.conf"]).await,
+        "mode=fast"
+    );
+    assert_eq!(bed.exec(&pod, &["cat", "/etc/app.conf"]).await, "mode=fast");
+    assert_eq!(
+        bed.exec(&pod, &["cat", "/etc/creds/password"]).await,
+        "s3cr3t"
+    );
+    assert_eq!(bed.exec(&pod, &["cat", "/etc/info/name"]).await, "vol-0");
+    assert_eq!(bed.exec(&pod, &["cat", "/etc/info/mem"]).await, "64");
+    assert_eq!(
+        bed.exec(&pod, &["cat", "/var/run/all/conf/app.conf"]).await,
+        "mode=fast"
+    );
+    assert_eq!(
+        bed.exec(&pod, &["cat", "/var/run/all/password"]).await,
+        "s3cr3t"
+    );
+    // The atomic writer's layout: entries are symlinks through ..data.
+    assert_eq!(
+        bed.exec(&pod, &["readlink", "/etc/cfg/app.conf"])
+            .await
+            .trim(),
+        "..data/app.conf"
+    );
+    assert!(
+        bed.exec(&pod, &["stat", "-L", "-c", "%a", "/etc/creds/password"])
+            .await
+            .starts_with("400")
+    );
+    // Read-only, as every API-data volume is.
+    assert_eq!(
+        bed.exec(
+            &pod,
+            &[
+                "sh",
+                "-c",
+                "echo x > /etc/cfg/new 2>/dev/null || echo refused"
+            ]
+        )
+        .await
+        .trim(),
+        "refused"
+    );
+
+    // The projected token is bound to the pod, with the asked audience.
+    let token = bed.exec(&pod, &["cat", "/var/run/all/token"]).await;
+    let review: serde_json::Value = {
+        let reviews: Api<k8s_openapi::api::authentication::v1::TokenReview> =
+            Api::all(bed.api.client.clone());
+        let review: k8s_openapi::api::authentication::v1::TokenReview = serde_json::from_value(
+            json!({"spec": {"token": token, "audiences": ["relaunch-coordinator"]}}),
+        )
+        .unwrap();
+        serde_json::to_value(
+            reviews
+                .create(&PostParams::default(), &review)
+                .await
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(review["status"]["authenticated"], true, "{review}");
+    assert_eq!(
+        review["status"]["user"]["username"],
+        "system:serviceaccount:default:default"
+    );
+    assert_eq!(
+        review["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"],
+        json!(["vol-0"])
+    );
+
+    // Changes reach the files (not the subPath mount), as one swap of ..data.
+    let before = bed.exec(&pod, &["readlink", "/etc/cfg/..data"]).await;
+    Api::<ConfigMap>::namespaced(bed.api.client.clone(), "default")
+        .patch(
+            "cfg",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"app.conf": "mode=slow", "other": null}})),
+        )
+        .await
+        .unwrap();
+    eventually("the configMap volume refreshed", WAIT, || async {
+        (bed.exec(&pod, &["cat", "/etc/cfg/app.conf"]).await == "mode=slow").then_some(())
+    })
+    .await
+    .unwrap();
+    assert_ne!(
+        bed.exec(&pod, &["readlink", "/etc/cfg/..data"]).await,
+        before
+    );
+    assert_eq!(
+        bed.exec(&pod, &["sh", "-c", "ls /etc/cfg"]).await.trim(),
+        "app.conf",
+        "a removed key is gone"
+    );
+    assert_eq!(bed.exec(&pod, &["cat", "/etc/app.conf"]).await, "mode=fast");
+    eventually("the projected volume refreshed", WAIT, || async {
+        (bed.exec(&pod, &["cat", "/var/run/all/conf/app.conf"]).await == "mode=slow").then_some(())
+    })
+    .await
+    .unwrap();
+    bed.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_config_map_holds_the_container_until_it_exists() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let bed = Node::start(CrashLoopBackoff::default()).await;
+    bed.create(
+        "wait-0",
+        json!({"volumes": [{"name": "cfg", "configMap": {"name": "later"}}],
+               "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
+                               "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]}]}),
+    )
+    .await;
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(bed.api.client.clone(), "default");
+    eventually("a FailedMount event", WAIT, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("FailedMount")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("configmap \"later\" not found"))
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let pod = bed.pods.get("wait-0").await.unwrap();
+    assert!(
+        !running(&pod),
+        "no container before its volume can be set up"
+    );
+    bed.apply_json::<ConfigMap>(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "later"}, "data": {"k": "v"}}))
+        .await;
+    let pod = bed.wait_pod("wait-0", "pod running", running).await;
+    assert_eq!(bed.exec(&pod, &["cat", "/etc/cfg/k"]).await, "v");
+    bed.shutdown().await;
+}
+
+#[tokio::test]
+async fn env_is_resolved_from_the_api_when_each_container_is_created() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let bed = Node::start(CrashLoopBackoff::default()).await;
+    bed.apply_json::<ConfigMap>(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cfg"}, "data": {"level": "3", "mode": "fast"}}))
+        .await;
+    bed.apply_json::<Secret>(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "creds"}, "data": {"password": "czNjcjN0"}}))
+        .await;
+    bed.create(
+        "env-0",
+        json!({"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
+            "resources": {"requests": {"cpu": "250m"}},
+            "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
+            "env": [
+                {"name": "PLAIN", "value": "1"},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "CPU_MILLIS", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
+                {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "level"}}},
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+            ]}]}),
+    )
+    .await;
+    let pod = bed.wait_pod("env-0", "pod running", running).await;
+    let env = env_of(&bed.exec(&pod, &["env"]).await);
+    for (name, value) in [
+        ("PLAIN", "1"),
+        ("POD_NAME", "env-0"),
+        ("POD_NAMESPACE", "default"),
+        ("NODE_NAME", NODE),
+        ("POD_IP", "127.0.0.2"),
+        ("CPU_MILLIS", "250"),
+        ("LEVEL", "3"),
+        ("PASSWORD", "s3cr3t"),
+        ("CFG_mode", "fast"),
+        ("CFG_level", "3"),
+    ] {
+        assert_eq!(
+            env.get(name).map(String::as_str),
+            Some(value),
+            "{name}: {env:?}"
+        );
+    }
+    // The in-cluster client's variables, from the kubernetes Service.
+    let kubernetes: k8s_openapi::api::core::v1::Service =
+        Api::namespaced(bed.api.client.clone(), "default")
+            .get("kubernetes")
+            .await
+            .unwrap();
+    let ip = kubernetes.spec.unwrap().cluster_ip.unwrap();
+    assert_eq!(env.get("KUBERNETES_SERVICE_HOST"), Some(&ip));
+    assert_eq!(
+        env.get("KUBERNETES_SERVICE_PORT").map(String::as_str),
+        Some("443")
+    );
+
+    // A new container of the same pod sees the values as they are when it is created.
+    bed.apply_json::<ConfigMap>(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cfg"}, "data": {"level": "4", "mode": "fast"}}))
+        .await;
+    let uid = pod.metadata.uid.clone();
+    let old = container_id(&pod).unwrap();
+    bed.runtime
+        .stop_container(&old, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let pod = bed
+        .wait_pod("env-0", "the container restarted", |p| {
+            running(p) && container_id(p).is_some_and(|id| id != old)
+        })
+        .await;
+    assert_eq!(pod.metadata.uid, uid, "same pod");
+    let env = env_of(&bed.exec(&pod, &["env"]).await);
+    assert_eq!(env.get("LEVEL").map(String::as_str), Some("4"));
+    bed.shutdown().await;
+}
+
+#[tokio::test]
+async fn pods_get_a_service_account_token_and_the_cluster_ca_at_the_standard_path() {
+    let bed = Node::start(CrashLoopBackoff::default()).await;
+    let created = bed
+        .create(
+            "sa-0",
+            json!({"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"]}]}),
+        )
+        .await;
+    // The ServiceAccount admission plugin added the kube-api-access volume and its mount.
+    let spec = created.spec.clone().unwrap();
+    let volume = &spec.volumes.as_ref().unwrap()[0];
+    assert!(volume.name.starts_with("kube-api-access-"), "{volume:?}");
+    let mounts = spec.containers[0].volume_mounts.clone().unwrap();
+    assert_eq!(
+        mounts[0].mount_path,
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
+    assert_eq!(mounts[0].read_only, Some(true));
+    let pod = bed.wait_pod("sa-0", "pod running", running).await;
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert_eq!(
+        bed.exec(&pod, &["cat", &format!("{dir}/namespace")]).await,
+        "default"
+    );
+    assert_eq!(
+        bed.exec(&pod, &["cat", &format!("{dir}/ca.crt")]).await,
+        bed.api.server.ca_pem()
+    );
+    // The root-CA publisher's ConfigMap is in every namespace, new ones too.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(bed.api.client.clone(), "kube-system");
+    let root = cms.get("kube-root-ca.crt").await.unwrap();
+    assert_eq!(
+        root.data.unwrap()["ca.crt"],
+        bed.api.server.ca_pem().to_string()
+    );
+    // The token authenticates to the API server as the pod's service account, over HTTPS.
+    let token = bed.exec(&pod, &["cat", &format!("{dir}/token")]).await;
+    let client = bed.api.server.tls_client(Some(&token)).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let refused = pods.list(&Default::default()).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("system:serviceaccount:default:default"),
+        "authenticated as the service account (and refused by RBAC): {refused}"
+    );
+    // Opting out leaves the pod without it.
+    let created = bed
+        .create(
+            "sa-1",
+            json!({"automountServiceAccountToken": false,
+                   "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"]}]}),
+        )
+        .await;
+    assert!(created.spec.unwrap().volumes.is_none());
+    bed.shutdown().await;
+}

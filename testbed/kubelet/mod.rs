@@ -8,12 +8,14 @@
 //! `template`); this module is the shell that lists, acts and writes.
 
 mod backoff;
+mod downward;
 mod node;
 mod plan;
 mod probe;
 mod runtime;
 mod status;
 mod template;
+mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -23,9 +25,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Pod, Probe};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Pod, Probe, Secret, Service, ServiceAccount,
+};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -40,7 +45,7 @@ use self::plan::{is_sidecar, plan_pod, restart_count_from_logs};
 use self::probe::{Action, ProbeCounter, ProbeTiming};
 use self::runtime::{Instance, PodRuntime, relist};
 use self::status::{StatusInputs, desired_status, status_patch};
-use self::template::{container_template, identity, pod_volumes_dir};
+use self::template::{container_template, empty_dir, identity, pod_volumes_dir};
 use super::TestbedError;
 use super::pod::{self as testbed_pod, PodSandbox};
 use relaunch_cri::{ContainerState, RuntimeClient};
@@ -63,6 +68,9 @@ pub struct KubeletConfig {
     pub backoff: CrashLoopBackoff,
     /// How often the runtime is re-listed (the generic PLEG's 1 s).
     pub relist_period: Duration,
+    /// Projected service-account tokens are renewed at 80 % of their lifetime or after 24 h, as
+    /// the kubelet's token manager does, or once they are this old (tests of rotation).
+    pub token_max_age: Option<Duration>,
 }
 
 impl KubeletConfig {
@@ -75,6 +83,7 @@ impl KubeletConfig {
             volume_root: root_dir.join("volumes"),
             backoff: CrashLoopBackoff::default(),
             relist_period: Duration::from_secs(1),
+            token_max_age: None,
         }
     }
 }
@@ -95,6 +104,9 @@ impl Kubelet {
         node::register(&client, &runtime, &config).await?;
         let token = CancellationToken::new();
         let (store, writer) = reflector::store::<Pod>();
+        let (config_maps, config_map_writer) = reflector::store::<ConfigMap>();
+        let (secrets, secret_writer) = reflector::store::<Secret>();
+        let (services, service_writer) = reflector::store::<Service>();
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -113,7 +125,36 @@ impl Kubelet {
             terminating: Mutex::default(),
             killing: Mutex::default(),
             recorder,
+            config_maps,
+            secrets,
+            services,
+            tokens: Mutex::default(),
+            mount_errors: Mutex::default(),
         });
+        // The kubelet's ConfigMap and Secret managers (the Watch strategy): caches that env
+        // resolution and the API-data volumes read.
+        let mut caches = Vec::new();
+        let cm_api: Api<ConfigMap> = Api::all(client.clone());
+        caches.push(spawn_cache(
+            cm_api,
+            config_map_writer,
+            token.clone(),
+            "ConfigMap",
+        ));
+        let secret_api: Api<Secret> = Api::all(client.clone());
+        caches.push(spawn_cache(
+            secret_api,
+            secret_writer,
+            token.clone(),
+            "Secret",
+        ));
+        let service_api: Api<Service> = Api::all(client.clone());
+        caches.push(spawn_cache(
+            service_api,
+            service_writer,
+            token.clone(),
+            "Service",
+        ));
 
         let pods: Api<Pod> = Api::all(client);
         let watch_config =
@@ -135,10 +176,9 @@ impl Kubelet {
             }
         });
         let sync = tokio::spawn(SyncLoop::new(shared).run());
-        Ok(Kubelet {
-            token,
-            tasks: vec![watch, sync],
-        })
+        let mut tasks = vec![watch, sync];
+        tasks.extend(caches);
+        Ok(Kubelet { token, tasks })
     }
 
     /// Stops the simulator's tasks; containers keep running as they are.
@@ -165,9 +205,208 @@ struct Shared {
     /// Containers (by ID) being stopped by the kubelet itself.
     killing: Mutex<HashSet<String>>,
     recorder: Recorder,
+    config_maps: Store<ConfigMap>,
+    secrets: Store<Secret>,
+    services: Store<Service>,
+    /// Projected service-account tokens by `<pod uid>/<volume>/<path>`.
+    tokens: Mutex<HashMap<String, CachedToken>>,
+    /// The last FailedMount message per pod UID (one Event per distinct failure).
+    mount_errors: Mutex<HashMap<String, String>>,
+}
+
+/// A projected token and when to renew it.
+#[derive(Clone)]
+struct CachedToken {
+    token: String,
+    renew_at: SystemTime,
+}
+
+/// Runs a reflector for `api` into `writer` until `token` is cancelled.
+fn spawn_cache<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    token: CancellationToken,
+    what: &'static str,
+) -> JoinHandle<()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(async move {
+        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                event = stream.next() => match event {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::warn!("{what} watch failed: {e}"),
+                    None => break,
+                },
+            }
+        }
+    })
+}
+
+/// The kubelet's ConfigMap and Secret caches as [`downward::Objects`].
+struct Caches<'a>(&'a Shared);
+
+impl downward::Objects for Caches<'_> {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.0.config_maps.get(&key).map(|o| (*o).clone())
+    }
+
+    fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.0.secrets.get(&key).map(|o| (*o).clone())
+    }
+
+    fn services(&self, namespace: &str, links: bool) -> Vec<Service> {
+        let mut services: Vec<Service> = self
+            .0
+            .services
+            .state()
+            .iter()
+            .filter(|s| {
+                let ns = s.metadata.namespace.as_deref();
+                let name = s.metadata.name.as_deref();
+                (ns == Some("default") && name == Some("kubernetes"))
+                    || (links && ns == Some(namespace))
+            })
+            .map(|s| (**s).clone())
+            .collect();
+        services.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        services.dedup_by(|a, b| a.metadata.uid == b.metadata.uid);
+        services
+    }
 }
 
 impl Shared {
+    fn caches_ready(&self) -> bool {
+        futures::FutureExt::now_or_never(self.config_maps.wait_until_ready()).is_some()
+            && futures::FutureExt::now_or_never(self.secrets.wait_until_ready()).is_some()
+            && futures::FutureExt::now_or_never(self.services.wait_until_ready()).is_some()
+    }
+
+    /// Writes the pod's API-data volumes (secret, configMap, downwardAPI, projected) from the
+    /// caches with the atomic writer; only what changed is rewritten. `Err` is a FailedMount.
+    async fn mount_volumes(&self, pod: &Pod) -> Result<(), String> {
+        let api_data: Vec<&k8s_openapi::api::core::v1::Volume> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter(|v| volumes::is_api_data(v))
+            .collect();
+        if api_data.is_empty() {
+            return Ok(());
+        }
+        if !self.caches_ready() {
+            return Err("the ConfigMap and Secret caches are not synced yet".into());
+        }
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        for volume in api_data {
+            let mut tokens = std::collections::BTreeMap::new();
+            for source in volumes::token_sources(volume) {
+                let token = self.projected_token(pod, &volume.name, &source).await?;
+                tokens.insert(source.path.clone(), token);
+            }
+            let files = volumes::payload(pod, volume, self.config.node_ip, &Caches(self), &tokens)
+                .map_err(|e| {
+                    format!(
+                        "MountVolume.SetUp failed for volume {:?} : {e}",
+                        volume.name
+                    )
+                })?;
+            let dir = empty_dir(&self.config.volume_root, uid, &volume.name);
+            volumes::write(&dir, &files).map_err(|e| {
+                format!(
+                    "MountVolume.SetUp failed for volume {:?} : {e}",
+                    volume.name
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The token of a projected `serviceAccountToken` source: requested through TokenRequest,
+    /// bound to the pod, renewed at 80 % of its lifetime or after 24 h (the token manager).
+    async fn projected_token(
+        &self,
+        pod: &Pod,
+        volume: &str,
+        source: &volumes::TokenSource,
+    ) -> Result<String, String> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let key = format!("{uid}/{volume}/{}", source.path);
+        let now = SystemTime::now();
+        if let Some(cached) = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned())
+            && now < cached.renew_at
+        {
+            return Ok(cached.token);
+        }
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let audiences: Vec<&str> = if source.audience.is_empty() {
+            Vec::new()
+        } else {
+            vec![source.audience.as_str()]
+        };
+        let request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": audiences, "expirationSeconds": source.expiration_seconds,
+                     "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                                        "name": pod.name_any(), "uid": uid}},
+        });
+        let api: Api<ServiceAccount> = self.pod_namespace_api(pod);
+        let answer: serde_json::Value = api
+            .create_subresource("token", &account, &PostParams::default(), &request)
+            .await
+            .map_err(|e| format!("failed to fetch token: {e}"))?;
+        let token = answer["status"]["token"]
+            .as_str()
+            .ok_or("failed to fetch token: no token in the answer")?
+            .to_string();
+        let lifetime = answer["status"]["expirationTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(SystemTime::from)
+            .and_then(|t| t.duration_since(now).ok())
+            .unwrap_or(Duration::from_secs(
+                u64::try_from(source.expiration_seconds).unwrap_or(3600),
+            ));
+        let mut renew_after = (lifetime * 4 / 5).min(Duration::from_secs(24 * 3600));
+        if let Some(max) = self.config.token_max_age {
+            renew_after = renew_after.min(max);
+        }
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(
+                key,
+                CachedToken {
+                    token: token.clone(),
+                    renew_at: now + renew_after,
+                },
+            );
+        }
+        Ok(token)
+    }
+
+    fn pod_namespace_api<K>(&self, pod: &Pod) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default())
+    }
+
     fn event(&self, pod: &Pod, type_: EventType, reason: &str, note: String) {
         let reference = pod.object_ref(&());
         let event = Event {
@@ -335,6 +574,28 @@ impl SyncLoop {
                     .event(pod, EventType::Warning, "BackOff", message.clone());
             }
         }
+        let mut plan = plan;
+        if !plan.start.is_empty() || rt.running().next().is_some() {
+            let mounted = self.shared.mount_volumes(pod).await;
+            let previous = self
+                .shared
+                .mount_errors
+                .lock()
+                .ok()
+                .and_then(|mut e| match &mounted {
+                    Ok(()) => e.remove(&uid),
+                    Err(message) => e.insert(uid.clone(), message.clone()),
+                });
+            if let Err(message) = mounted {
+                if previous.as_deref() != Some(message.as_str()) {
+                    self.shared
+                        .event(pod, EventType::Warning, "FailedMount", message.clone());
+                }
+                tracing::debug!(pod = %pod.name_any(), "volumes not ready: {message}");
+                // No container starts before its volumes are set up.
+                plan.start.clear();
+            }
+        }
         if !plan.start.is_empty() {
             let identity = identity(pod);
             let sandbox = match rt.ready_sandbox() {
@@ -371,12 +632,37 @@ impl SyncLoop {
                         .collect();
                     restart_count_from_logs(names.iter().map(String::as_str))
                 });
-                let template = container_template(
+                let mut template = container_template(
                     pod,
                     container,
                     restart_count,
                     &self.shared.config.volume_root,
                 );
+                // The environment is resolved now, when the container is created: a restarted
+                // container sees the ConfigMaps and Secrets as they are at its creation.
+                if !self.shared.caches_ready() {
+                    break;
+                }
+                let env = match downward::container_env(
+                    pod,
+                    container,
+                    self.shared.config.node_ip,
+                    &Caches(&self.shared),
+                ) {
+                    Ok(env) => env,
+                    Err(message) => {
+                        self.shared.event(
+                            pod,
+                            EventType::Warning,
+                            "Failed",
+                            format!("Error: {message}"),
+                        );
+                        continue;
+                    }
+                };
+                template.spec_hash = Some(template.hash());
+                template.env = env;
+
                 for (host, _) in &template.mounts {
                     if let Err(e) = std::fs::create_dir_all(host) {
                         tracing::warn!(path = %host.display(), "creating a volume directory failed: {e}");
