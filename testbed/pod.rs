@@ -79,6 +79,16 @@ impl PodSandbox {
 
 /// The kubelet's pod sandbox config for `pod`, in the host network namespace.
 pub fn sandbox_config(pod: &PodIdentity, log_root: &Path, attempt: u32) -> cri::PodSandboxConfig {
+    sandbox_config_with_dns(pod, log_root, attempt, None)
+}
+
+/// [`sandbox_config`] with the pod's resolv.conf (`None`: the runtime copies the host's).
+pub fn sandbox_config_with_dns(
+    pod: &PodIdentity,
+    log_root: &Path,
+    attempt: u32,
+    dns: Option<cri::DnsConfig>,
+) -> cri::PodSandboxConfig {
     let pod_labels = HashMap::from([
         (labels::POD_NAME.to_string(), pod.name.clone()),
         (labels::POD_NAMESPACE.to_string(), pod.namespace.clone()),
@@ -98,6 +108,7 @@ pub fn sandbox_config(pod: &PodIdentity, log_root: &Path, attempt: u32) -> cri::
             .to_string_lossy()
             .into_owned(),
         labels: pod_labels,
+        dns_config: dns,
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(host_network_namespaces()),
@@ -193,7 +204,17 @@ pub async fn run_pod_sandbox(
     pod: &PodIdentity,
     log_root: &Path,
 ) -> Result<PodSandbox, TestbedError> {
-    let config = sandbox_config(pod, log_root, 0);
+    run_pod_sandbox_with_dns(client, pod, log_root, None).await
+}
+
+/// [`run_pod_sandbox`] with the pod's resolv.conf.
+pub async fn run_pod_sandbox_with_dns(
+    client: &RuntimeClient,
+    pod: &PodIdentity,
+    log_root: &Path,
+    dns: Option<cri::DnsConfig>,
+) -> Result<PodSandbox, TestbedError> {
+    let config = sandbox_config_with_dns(pod, log_root, 0, dns);
     std::fs::create_dir_all(&config.log_directory)?;
     let response = client
         .raw()

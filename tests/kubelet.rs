@@ -31,11 +31,17 @@ struct Node {
 
 impl Node {
     async fn start(backoff: CrashLoopBackoff) -> Self {
+        Self::start_with(backoff, None).await
+    }
+
+    /// With `cluster_dns` as the kubelet's `--cluster-dns`.
+    async fn start_with(backoff: CrashLoopBackoff, cluster_dns: Option<Ipv4Addr>) -> Self {
         let containerd = Containerd::start().await.expect("start containerd");
         let runtime = containerd.client().await.expect("connect to containerd");
         let api = TestApi::start().await;
         let mut config = KubeletConfig::new(NODE, NODE_IP, api.dir());
         config.backoff = backoff;
+        config.cluster_dns = cluster_dns;
         let kubelet = Kubelet::start(api.client.clone(), runtime.clone(), config)
             .await
             .expect("start kubelet");
@@ -748,5 +754,99 @@ async fn pods_get_a_service_account_token_and_the_cluster_ca_at_the_standard_pat
         )
         .await;
     assert!(created.spec.unwrap().volumes.is_none());
+    bed.shutdown().await;
+}
+
+/// A field of /proc/self/status as the container's process sees it.
+fn proc_status(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_security_context_reaches_the_runtime_and_resolv_conf_names_cluster_dns() {
+    let dns = Ipv4Addr::new(127, 100, 200, 10);
+    let bed = Node::start_with(CrashLoopBackoff::default(), Some(dns)).await;
+    bed.create(
+        "locked-0",
+        json!({
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "runAsNonRoot": true,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "dnsConfig": {"options": [{"name": "timeout", "value": "2"}]},
+            "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
+                "securityContext": {"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+                                    "capabilities": {"drop": ["ALL"]}}}],
+        }),
+    )
+    .await;
+    let pod = bed.wait_pod("locked-0", "pod running", running).await;
+    let status = bed.exec(&pod, &["cat", "/proc/self/status"]).await;
+    assert_eq!(
+        proc_status(&status, "Uid").split_whitespace().next(),
+        Some("1000")
+    );
+    assert_eq!(
+        proc_status(&status, "Gid").split_whitespace().next(),
+        Some("3000")
+    );
+    assert_eq!(proc_status(&status, "CapEff"), "0000000000000000");
+    assert_eq!(proc_status(&status, "NoNewPrivs"), "1");
+    assert_eq!(
+        proc_status(&status, "Seccomp"),
+        "2",
+        "RuntimeDefault filters syscalls"
+    );
+    assert_eq!(
+        bed.exec(
+            &pod,
+            &["sh", "-c", "touch /probe 2>/dev/null || echo read-only"]
+        )
+        .await
+        .trim(),
+        "read-only"
+    );
+    // Through CRI, as the agent would see it.
+    let id = container_id(&pod).unwrap();
+    let details = bed.runtime.container_status(&id).await.unwrap();
+    assert_eq!(details.state, ContainerState::Running);
+
+    let resolv = bed.exec(&pod, &["cat", "/etc/resolv.conf"]).await;
+    assert!(resolv.contains(&format!("nameserver {dns}")), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(
+        resolv.contains("ndots:5") && resolv.contains("timeout:2"),
+        "{resolv}"
+    );
+
+    // runAsNonRoot with an image that runs as root: the container is never created.
+    bed.create(
+        "root-0",
+        json!({"securityContext": {"runAsNonRoot": true},
+               "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"]}]}),
+    )
+    .await;
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(bed.api.client.clone(), "default");
+    eventually("the runAsNonRoot refusal", WAIT, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.involved_object.name.as_deref() == Some("root-0")
+                    && e.message.as_deref()
+                        == Some("Error: container has runAsNonRoot and image will run as root")
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(!running(&bed.pods.get("root-0").await.unwrap()));
     bed.shutdown().await;
 }

@@ -13,6 +13,7 @@ mod node;
 mod plan;
 mod probe;
 mod runtime;
+mod security;
 mod status;
 mod template;
 mod volumes;
@@ -71,6 +72,9 @@ pub struct KubeletConfig {
     /// Projected service-account tokens are renewed at 80 % of their lifetime or after 24 h, as
     /// the kubelet's token manager does, or once they are this old (tests of rotation).
     pub token_max_age: Option<Duration>,
+    /// The cluster DNS server pods' resolv.conf names (the kubelet's `--cluster-dns`); `None`:
+    /// pods get the host's resolv.conf.
+    pub cluster_dns: Option<Ipv4Addr>,
 }
 
 impl KubeletConfig {
@@ -84,6 +88,7 @@ impl KubeletConfig {
             backoff: CrashLoopBackoff::default(),
             relist_period: Duration::from_secs(1),
             token_max_age: None,
+            cluster_dns: None,
         }
     }
 }
@@ -289,6 +294,11 @@ impl downward::Objects for Caches<'_> {
 }
 
 impl Shared {
+    fn dns_config(&self, pod: &Pod) -> Option<cri::DnsConfig> {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        security::dns_config(pod, self.config.cluster_dns, &host)
+    }
+
     fn caches_ready(&self) -> bool {
         futures::FutureExt::now_or_never(self.config_maps.wait_until_ready()).is_some()
             && futures::FutureExt::now_or_never(self.secrets.wait_until_ready()).is_some()
@@ -598,21 +608,24 @@ impl SyncLoop {
         }
         if !plan.start.is_empty() {
             let identity = identity(pod);
+            let dns = self.shared.dns_config(pod);
             let sandbox = match rt.ready_sandbox() {
                 Some(s) if !plan.create_sandbox => PodSandbox {
                     id: s.id.clone(),
-                    config: testbed_pod::sandbox_config(
+                    config: testbed_pod::sandbox_config_with_dns(
                         &identity,
                         &self.shared.config.pod_log_root,
                         0,
+                        dns,
                     ),
                 },
                 _ => {
                     self.owned.insert(uid.clone());
-                    testbed_pod::run_pod_sandbox(
+                    testbed_pod::run_pod_sandbox_with_dns(
                         &self.shared.runtime,
                         &identity,
                         &self.shared.config.pod_log_root,
+                        dns,
                     )
                     .await?
                 }
@@ -662,7 +675,18 @@ impl SyncLoop {
                 };
                 template.spec_hash = Some(template.hash());
                 template.env = env;
-
+                match security::container_security(pod, container) {
+                    Ok(security) => template.security = Some(security),
+                    Err(message) => {
+                        self.shared.event(
+                            pod,
+                            EventType::Warning,
+                            "Failed",
+                            format!("Error: {message}"),
+                        );
+                        continue;
+                    }
+                }
                 for (host, _) in &template.mounts {
                     if let Err(e) = std::fs::create_dir_all(host) {
                         tracing::warn!(path = %host.display(), "creating a volume directory failed: {e}");
@@ -693,10 +717,11 @@ impl SyncLoop {
             }
         } else if plan.create_sandbox && !plan::is_terminal(pod) {
             self.owned.insert(uid.clone());
-            testbed_pod::run_pod_sandbox(
+            testbed_pod::run_pod_sandbox_with_dns(
                 &self.shared.runtime,
                 &identity(pod),
                 &self.shared.config.pod_log_root,
+                self.shared.dns_config(pod),
             )
             .await?;
             acted = true;
