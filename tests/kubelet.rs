@@ -850,3 +850,206 @@ async fn the_security_context_reaches_the_runtime_and_resolv_conf_names_cluster_
     assert!(!running(&bed.pods.get("root-0").await.unwrap()));
     bed.shutdown().await;
 }
+
+/// The pod's Events with `reason` (and their messages).
+async fn events_of(bed: &Node, pod: &str, reason: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(bed.api.client.clone(), "default");
+    events
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(pod) && e.reason.as_deref() == Some(reason)
+        })
+        .filter_map(|e| e.message)
+        .collect()
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    container(pod).map_or(0, |c| c.restart_count)
+}
+
+#[tokio::test]
+async fn failed_liveness_probes_restart_the_container_in_the_same_pod() {
+    let bed = Node::start(CrashLoopBackoff::default()).await;
+    let port = relaunch_testbed::free_port(NODE_IP).unwrap();
+    let script = format!(
+        "mkdir -p /www && echo ok > /www/healthz && touch /tmp/alive && \
+         exec httpd -f -p {NODE_IP}:{port} -h /www"
+    );
+    bed.create(
+        "live-0",
+        json!({"terminationGracePeriodSeconds": 2, "containers": [{"name": "app", "image": "busybox", "command": ["sh", "-c", script],
+            "ports": [{"name": "http", "containerPort": port}],
+            "livenessProbe": {"httpGet": {"port": "http", "path": "/healthz"},
+                              "periodSeconds": 1, "failureThreshold": 2}}]}),
+    )
+    .await;
+    let pod = bed
+        .wait_pod("live-0", "serving and healthy", |p| {
+            running(p) && container(p).is_some_and(|c| c.ready)
+        })
+        .await;
+    let uid = pod.metadata.uid.clone();
+    let first = container_id(&pod).unwrap();
+    bed.exec(&pod, &["rm", "/www/healthz"]).await;
+    let pod = bed
+        .wait_pod("live-0", "the container restarted", |p| {
+            running(p) && container_id(p).is_some_and(|id| id != first)
+        })
+        .await;
+    assert_eq!(pod.metadata.uid, uid, "the same pod");
+    assert_eq!(restarts(&pod), 1);
+    let last = container(&pod)
+        .and_then(|c| c.last_state.clone())
+        .and_then(|s| s.terminated)
+        .expect("the killed instance is the last state");
+    assert_eq!(
+        last.container_id.as_deref(),
+        Some(format!("containerd://{first}").as_str())
+    );
+    let killing = events_of(&bed, "live-0", "Killing").await;
+    assert!(
+        killing
+            .iter()
+            .any(|m| m == "Container app failed liveness probe, will be restarted"),
+        "{killing:?}"
+    );
+    assert!(
+        events_of(&bed, "live-0", "Unhealthy")
+            .await
+            .iter()
+            .any(|m| m.starts_with("Liveness probe failed"))
+    );
+    // The new instance serves again and is left alone.
+    let healthy = bed.exec(&pod, &["cat", "/www/healthz"]).await;
+    assert_eq!(healthy.trim(), "ok");
+    bed.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_startup_probe_holds_started_ready_and_liveness_until_it_succeeds() {
+    let bed = Node::start(CrashLoopBackoff::default()).await;
+    bed.create(
+        "slow-0",
+        json!({"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
+            "startupProbe": {"exec": {"command": ["cat", "/tmp/started"]},
+                             "periodSeconds": 1, "failureThreshold": 60},
+            // Would kill the container within a second if it ran before startup succeeded.
+            "livenessProbe": {"exec": {"command": ["cat", "/tmp/started"]},
+                              "periodSeconds": 1, "failureThreshold": 1}}]}),
+    )
+    .await;
+    // Running for three seconds, yet not started, not ready, not restarted.
+    let pod = bed
+        .wait_pod("slow-0", "running for 3 s", |p| {
+            let Some(started) = container(p)
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.running.as_ref())
+                .and_then(|r| r.started_at.as_ref())
+            else {
+                return false;
+            };
+            let ran = jiff::Timestamp::now().duration_since(started.0);
+            ran >= jiff::SignedDuration::from_secs(3)
+        })
+        .await;
+    let status = container(&pod).unwrap();
+    assert_eq!(status.started, Some(false));
+    assert!(!status.ready);
+    assert_eq!(status.restart_count, 0);
+    assert_eq!(condition(&pod, "Ready").as_deref(), Some("False"));
+    bed.exec(&pod, &["touch", "/tmp/started"]).await;
+    let pod = bed
+        .wait_pod("slow-0", "started and Ready", |p| {
+            condition(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    assert_eq!(container(&pod).unwrap().started, Some(true));
+    assert_eq!(restarts(&pod), 0);
+
+    // A startup probe that never succeeds kills the container after failureThreshold tries.
+    bed.create(
+        "never-0",
+        json!({"terminationGracePeriodSeconds": 2, "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
+            "startupProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 2}}]}),
+    )
+    .await;
+    bed.wait_pod("never-0", "restarted by the startup probe", |p| {
+        restarts(p) >= 1
+    })
+    .await;
+    assert!(
+        events_of(&bed, "never-0", "Killing")
+            .await
+            .iter()
+            .any(|m| m == "Container app failed startup probe, will be restarted")
+    );
+    bed.shutdown().await;
+}
+
+#[tokio::test]
+async fn post_start_holds_the_next_container_and_a_failed_hook_kills_its_container() {
+    let bed = Node::start(CrashLoopBackoff::default()).await;
+    bed.create(
+        "hooks-0",
+        json!({"containers": [
+            {"name": "first", "image": "busybox", "command": ["sleep", "100000"],
+             "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "sleep 3; echo done > /tmp/hook"]}}}},
+            {"name": "second", "image": "busybox", "command": ["sleep", "100000"]}]}),
+    )
+    .await;
+    let pod = bed
+        .wait_pod("hooks-0", "both running", |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|cs| {
+                    cs.len() == 2
+                        && cs
+                            .iter()
+                            .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+                })
+        })
+        .await;
+    let started = |name: &str| {
+        pod.status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.clone())
+            .unwrap()
+            .0
+    };
+    let held = started("second").duration_since(started("first"));
+    assert!(
+        held >= jiff::SignedDuration::from_secs(2),
+        "the second container started {held} after the first"
+    );
+    assert_eq!(bed.exec(&pod, &["cat", "/tmp/hook"]).await.trim(), "done");
+
+    bed.create(
+        "badhook-0",
+        json!({"terminationGracePeriodSeconds": 2, "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
+            "lifecycle": {"postStart": {"exec": {"command": ["false"]}}}}]}),
+    )
+    .await;
+    bed.wait_pod("badhook-0", "restarted after the failed hook", |p| {
+        restarts(p) >= 1
+    })
+    .await;
+    assert!(
+        events_of(&bed, "badhook-0", "FailedPostStartHook")
+            .await
+            .iter()
+            .any(|m| m.starts_with("PostStartHook failed for container app"))
+    );
+    bed.shutdown().await;
+}

@@ -127,6 +127,7 @@ impl Kubelet {
             notify: Notify::new(),
             token: token.clone(),
             probes: Mutex::default(),
+            started: Mutex::default(),
             terminating: Mutex::default(),
             killing: Mutex::default(),
             recorder,
@@ -205,6 +206,8 @@ struct Shared {
     token: CancellationToken,
     /// Readiness probe results by container ID.
     probes: Mutex<HashMap<String, bool>>,
+    /// Startup probe results by container ID (true once it succeeded).
+    started: Mutex<HashMap<String, bool>>,
     /// Pods (by UID) whose deletion is being carried out.
     terminating: Mutex<HashSet<String>>,
     /// Containers (by ID) being stopped by the kubelet itself.
@@ -519,6 +522,9 @@ impl SyncLoop {
         if let Ok(mut probes) = self.shared.probes.lock() {
             probes.retain(|id, _| running.contains(id));
         }
+        if let Ok(mut started) = self.shared.started.lock() {
+            started.retain(|id, _| running.contains(id));
+        }
         self.written.retain(|uid, _| live.contains(uid));
         // Pods deleted from the API without going through this kubelet's termination.
         if futures::FutureExt::now_or_never(self.shared.pods.wait_until_ready()).is_some() {
@@ -707,6 +713,13 @@ impl SyncLoop {
                             "Started",
                             format!("Started container {} ({id})", start.name),
                         );
+                        // postStart holds the pod's next container until it finished, as the
+                        // kubelet's startContainer does; a failure kills the container.
+                        if !run_post_start(&self.shared, pod, container, &id, start.restart_count)
+                            .await
+                        {
+                            break;
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(pod = %pod.name_any(), container = %start.name, "starting a container failed: {e}");
@@ -768,11 +781,18 @@ impl SyncLoop {
             .lock()
             .map(|p| p.clone())
             .unwrap_or_default();
+        let probe_started = self
+            .shared
+            .started
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
         let desired = desired_status(
             pod,
             &StatusInputs {
                 runtime: rt,
                 probe_ready: &probe_ready,
+                probe_started: &probe_started,
                 back_off,
                 node_ip: self.shared.config.node_ip,
                 now: SystemTime::now(),
@@ -809,17 +829,19 @@ impl SyncLoop {
             let Some(container) = find_any_container(pod, &instance.name) else {
                 continue;
             };
-            let Some(probe) = container.readiness_probe.clone() else {
+            if container.readiness_probe.is_none()
+                && container.liveness_probe.is_none()
+                && container.startup_probe.is_none()
+            {
                 continue;
-            };
+            }
             let token = self.shared.token.child_token();
             self.probe_workers
                 .insert(instance.id.clone(), token.clone());
-            tokio::spawn(readiness_worker(
+            tokio::spawn(probe_worker(
                 self.shared.clone(),
-                instance.id.clone(),
-                instance.started_at,
-                probe,
+                pod.metadata.uid.clone().unwrap_or_default(),
+                instance.clone(),
                 container.clone(),
                 token,
             ));
@@ -1015,50 +1037,224 @@ async fn remove_pod_resources(
     }
 }
 
-/// Probes one container's readiness until cancelled, publishing changes of the result.
-async fn readiness_worker(
+/// Probes one container as the kubelet's probe workers do, until cancelled: the startup probe
+/// first (the container is not `started` until it succeeds; `failureThreshold` failures kill
+/// it), then readiness (results published) and liveness (`failureThreshold` consecutive failures
+/// kill the container, which restarts by its restart policy and back-off).
+async fn probe_worker(
     shared: Arc<Shared>,
-    id: String,
-    started_at: Option<SystemTime>,
-    probe: Probe,
+    pod_uid: String,
+    instance: Instance,
     container: Container,
     token: CancellationToken,
 ) {
-    let timing = ProbeTiming::of(&probe);
-    let action = Action::of_probe(&probe, container.ports.as_deref().unwrap_or_default());
-    let ran = started_at
+    let id = instance.id.clone();
+    let ports = container.ports.clone().unwrap_or_default();
+    let ran = instance
+        .started_at
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .unwrap_or_default();
-    tokio::select! {
-        _ = token.cancelled() => return,
-        _ = tokio::time::sleep(timing.initial_delay.saturating_sub(ran)) => {}
-    }
-    let mut counter = ProbeCounter::new(&timing);
-    loop {
-        let success = match probe::run(
-            &shared.runtime,
-            &id,
-            shared.config.node_ip,
-            &action,
-            timing.timeout,
-        )
-        .await
-        {
-            Ok(success) => success,
-            Err(e) => {
-                tracing::debug!(container = %id, "readiness probe could not run: {e}");
-                false
+    let probe_once = |probe: &Probe, timing: &ProbeTiming, kind: &'static str| {
+        let action = Action::of_probe(probe, &ports);
+        let shared = shared.clone();
+        let id = id.clone();
+        let timeout = timing.timeout;
+        async move {
+            match probe::run(
+                &shared.runtime,
+                &id,
+                shared.config.node_ip,
+                &action,
+                timeout,
+            )
+            .await
+            {
+                Ok(success) => success,
+                Err(e) => {
+                    tracing::debug!(container = %id, "{kind} probe could not run: {e}");
+                    false
+                }
             }
-        };
-        if counter.record(success) {
-            if let Ok(mut probes) = shared.probes.lock() {
-                probes.insert(id.clone(), counter.ready());
-            }
-            shared.notify.notify_one();
         }
+    };
+    if let Some(probe) = &container.startup_probe {
+        let timing = ProbeTiming::of(probe);
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tokio::time::sleep(timing.period) => {}
+            _ = tokio::time::sleep(timing.initial_delay.saturating_sub(ran)) => {}
+        }
+        let mut failures = 0u32;
+        loop {
+            if probe_once(probe, &timing, "startup").await {
+                if let Ok(mut started) = shared.started.lock() {
+                    started.insert(id.clone(), true);
+                }
+                shared.notify.notify_one();
+                break;
+            }
+            failures = failures.saturating_add(1);
+            if failures >= timing.failure_threshold {
+                probe_kill(&shared, &pod_uid, &instance, probe, "startup").await;
+                return;
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(timing.period) => {}
+            }
         }
     }
+    let started = Instant::now();
+    let readiness = async {
+        let Some(probe) = &container.readiness_probe else {
+            return futures::future::pending::<()>().await;
+        };
+        let timing = ProbeTiming::of(probe);
+        tokio::time::sleep(timing.initial_delay.saturating_sub(ran + started.elapsed())).await;
+        let mut counter = ProbeCounter::new(&timing);
+        loop {
+            if counter.record(probe_once(probe, &timing, "readiness").await) {
+                if let Ok(mut probes) = shared.probes.lock() {
+                    probes.insert(id.clone(), counter.ready());
+                }
+                shared.notify.notify_one();
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    };
+    let liveness = async {
+        let Some(probe) = &container.liveness_probe else {
+            return futures::future::pending::<()>().await;
+        };
+        let timing = ProbeTiming::of(probe);
+        tokio::time::sleep(timing.initial_delay.saturating_sub(ran + started.elapsed())).await;
+        let mut failures = 0u32;
+        loop {
+            if probe_once(probe, &timing, "liveness").await {
+                failures = 0;
+            } else {
+                failures = failures.saturating_add(1);
+                if failures >= timing.failure_threshold {
+                    probe_kill(&shared, &pod_uid, &instance, probe, "liveness").await;
+                    return;
+                }
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    };
+    tokio::select! {
+        _ = token.cancelled() => {}
+        _ = readiness => {}
+        _ = liveness => {}
+    }
+}
+
+/// Runs `container`'s postStart hook in the new instance `id`, within the pod's grace period;
+/// on failure a FailedPostStartHook Event and the kubelet's kill. Returns whether it succeeded
+/// (true without a hook).
+async fn run_post_start(
+    shared: &Shared,
+    pod: &Pod,
+    container: &Container,
+    id: &str,
+    restart_count: Option<u32>,
+) -> bool {
+    let Some(handler) = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+    else {
+        return true;
+    };
+    let grace = grace_of(pod).max(MIN_STOP_GRACE);
+    let ports = container.ports.clone().unwrap_or_default();
+    let action = Action::of_handler(handler, &ports);
+    let run = probe::run(&shared.runtime, id, shared.config.node_ip, &action, grace);
+    let outcome = tokio::time::timeout(grace, run).await;
+    if matches!(outcome, Ok(Ok(true))) {
+        return true;
+    }
+    let detail = match outcome {
+        Ok(Ok(_)) => "the handler failed".to_string(),
+        Ok(Err(e)) => e,
+        Err(_) => format!("did not finish within {grace:?}"),
+    };
+    shared.event(
+        pod,
+        EventType::Warning,
+        "FailedPostStartHook",
+        format!(
+            "PostStartHook failed for container {}: {detail}",
+            container.name
+        ),
+    );
+    let instance = Instance {
+        id: id.to_string(),
+        sandbox_id: String::new(),
+        pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
+        name: container.name.clone(),
+        attempt: restart_count.unwrap_or_default(),
+        state: ContainerState::Running,
+        created_at: None,
+        started_at: None,
+        finished_at: None,
+        exit_code: 0,
+        reason: String::new(),
+        hash: String::new(),
+        image_ref: String::new(),
+    };
+    kill_container(shared, pod, &instance, grace_of(pod)).await;
+    false
+}
+
+/// The kubelet's kill of a container whose liveness or startup probe failed: Unhealthy and
+/// Killing Events, then its usual kill (preStop, stop with the probe's or the pod's grace).
+async fn probe_kill(
+    shared: &Shared,
+    pod_uid: &str,
+    instance: &Instance,
+    probe: &Probe,
+    kind: &str,
+) {
+    let Some(pod) = shared
+        .pods
+        .state()
+        .into_iter()
+        .find(|p| p.metadata.uid.as_deref() == Some(pod_uid))
+    else {
+        return;
+    };
+    if let Ok(mut killing) = shared.killing.lock()
+        && !killing.insert(instance.id.clone())
+    {
+        return;
+    }
+    let title = if kind == "startup" {
+        "Startup"
+    } else {
+        "Liveness"
+    };
+    shared.event(
+        &pod,
+        EventType::Warning,
+        "Unhealthy",
+        format!("{title} probe failed"),
+    );
+    shared.event(
+        &pod,
+        EventType::Normal,
+        "Killing",
+        format!(
+            "Container {} failed {kind} probe, will be restarted",
+            instance.name
+        ),
+    );
+    let grace = probe
+        .termination_grace_period_seconds
+        .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0)))
+        .unwrap_or_else(|| grace_of(&pod));
+    kill_container(shared, &pod, instance, grace).await;
+    if let Ok(mut killing) = shared.killing.lock() {
+        killing.remove(&instance.id);
+    }
+    shared.notify.notify_one();
 }
