@@ -454,6 +454,11 @@ impl Store {
             let ns = created["metadata"]["name"].as_str().unwrap_or_default();
             state.publish_root_ca(ns, &self.changes);
         }
+        if state.owners_all_absent(ns, &created) {
+            // The garbage collector deletes a dependent whose owners are all gone: a controller
+            // acting on a stale cache may create one just after its owner was deleted.
+            state.delete_dependent(rt, created.clone(), &self.changes);
+        }
         Ok(with_version(&created, rt))
     }
 
@@ -855,7 +860,9 @@ impl State {
             None => spec["volumes"] = json!([volume]),
         }
         for list in lists {
-            for container in spec[list].as_array_mut().into_iter().flatten() {
+            // `get_mut`: indexing would add the missing lists as nulls.
+            let containers = spec.get_mut(list).and_then(Value::as_array_mut);
+            for container in containers.into_iter().flatten() {
                 let mount =
                     json!({"name": name, "mountPath": SERVICE_ACCOUNT_PATH, "readOnly": true});
                 match container["volumeMounts"].as_array_mut() {
@@ -1083,6 +1090,35 @@ impl State {
             }
         }
         let _ = changes.send(change);
+    }
+
+    /// Whether `object` has owner references and none of its owners exists (by UID).
+    fn owners_all_absent(&self, ns: Option<&str>, object: &Value) -> bool {
+        let Some(refs) = object["metadata"]["ownerReferences"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+        else {
+            return false;
+        };
+        refs.iter().all(|reference| {
+            let group = reference["apiVersion"]
+                .as_str()
+                .and_then(|v| v.rsplit_once('/'))
+                .map_or("", |(group, _)| group);
+            let kind = reference["kind"].as_str().unwrap_or_default();
+            let Some(owner_rt) = self
+                .resources
+                .iter()
+                .find(|r| r.group == group && r.kind == kind)
+            else {
+                // An owner of a kind this server does not serve: not known to be absent.
+                return false;
+            };
+            let owner_ns = if owner_rt.namespaced { ns } else { None };
+            let name = reference["name"].as_str().unwrap_or_default();
+            self.object(owner_rt, owner_ns, name)
+                .is_none_or(|owner| owner["metadata"]["uid"] != reference["uid"])
+        })
     }
 
     /// Background garbage collection: dependents of a removed owner are deleted too.
@@ -1671,6 +1707,45 @@ mod tests {
             .unwrap();
         assert_eq!(
             store.get(&rt, Some("default"), "child").unwrap_err().code,
+            404
+        );
+    }
+
+    #[test]
+    fn a_dependent_created_after_its_owner_is_gone_is_collected() {
+        let store = Store::new();
+        let rt = pods(&store);
+        let cms = store.resource("", "v1", "configmaps").unwrap();
+        let owner = store
+            .create(
+                &cms,
+                Some("default"),
+                json!({"metadata": {"name": "owner"}}),
+            )
+            .unwrap();
+        let reference = |uid: &Value| json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]);
+        let mut kept = pod("kept");
+        kept["metadata"]["ownerReferences"] = reference(&owner["metadata"]["uid"]);
+        store.create(&rt, Some("default"), kept).unwrap();
+        assert!(store.get(&rt, Some("default"), "kept").is_ok());
+        // The admission plugin leaves absent container lists absent.
+        let created = store.get(&rt, Some("default"), "kept").unwrap();
+        assert!(created["spec"].get("ephemeralContainers").is_none());
+        assert_eq!(created["spec"]["volumes"].as_array().map(Vec::len), Some(1));
+        let mut late = pod("late");
+        late["metadata"]["ownerReferences"] = reference(&json!("a-deleted-owner-uid"));
+        store.create(&rt, Some("default"), late).unwrap();
+        // A pod is deleted gracefully: it is terminating, no longer live.
+        let late = store.get(&rt, Some("default"), "late");
+        assert!(late.is_err() || late.unwrap()["metadata"]["deletionTimestamp"].is_string());
+        let mut slice_like = json!({"metadata": {"name": "late-cm"}});
+        slice_like["metadata"]["ownerReferences"] = reference(&json!("a-deleted-owner-uid"));
+        store.create(&cms, Some("default"), slice_like).unwrap();
+        assert_eq!(
+            store
+                .get(&cms, Some("default"), "late-cm")
+                .unwrap_err()
+                .code,
             404
         );
     }
