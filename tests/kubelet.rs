@@ -1053,3 +1053,195 @@ async fn post_start_holds_the_next_container_and_a_failed_hook_kills_its_contain
     );
     bed.shutdown().await;
 }
+
+#[tokio::test]
+async fn config_errors_and_host_path_types_hold_containers_as_the_kubelet_does() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let bed = Node::start(CrashLoopBackoff::default()).await;
+    // A missing key: CreateContainerConfigError until it appears.
+    bed.create(
+        "cfgerr-0",
+        json!({"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
+            "env": [{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}}]}]}),
+    )
+    .await;
+    let pod = bed
+        .wait_pod("cfgerr-0", "CreateContainerConfigError", |p| {
+            container(p)
+                .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+                .as_deref()
+                == Some("CreateContainerConfigError")
+        })
+        .await;
+    let waiting = container(&pod)
+        .and_then(|c| c.state.clone()?.waiting)
+        .unwrap();
+    assert_eq!(
+        waiting.message.as_deref(),
+        Some("configmap \"settings\" not found")
+    );
+    bed.apply_json::<ConfigMap>(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings"}, "data": {"mode": "fast"}}))
+        .await;
+    let pod = bed.wait_pod("cfgerr-0", "pod running", running).await;
+    assert_eq!(env_of(&bed.exec(&pod, &["env"]).await)["MODE"], "fast");
+
+    // hostPath types: DirectoryOrCreate creates, Directory must exist.
+    let state = bed.root().join("host/var/lib/relaunch");
+    bed.create(
+        "hostpath-0",
+        json!({"volumes": [{"name": "state", "hostPath": {"path": state, "type": "DirectoryOrCreate"}}],
+               "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
+                               "volumeMounts": [{"name": "state", "mountPath": "/state"}]}]}),
+    )
+    .await;
+    let pod = bed.wait_pod("hostpath-0", "pod running", running).await;
+    bed.exec(&pod, &["touch", "/state/journal"]).await;
+    assert!(state.join("journal").exists());
+    let missing = bed.root().join("host/nowhere");
+    bed.create(
+        "hostpath-1",
+        json!({"volumes": [{"name": "state", "hostPath": {"path": missing, "type": "Directory"}}],
+               "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"],
+                               "volumeMounts": [{"name": "state", "mountPath": "/state"}]}]}),
+    )
+    .await;
+    eventually("a FailedMount for the missing directory", WAIT, || async {
+        events_of(&bed, "hostpath-1", "FailedMount")
+            .await
+            .iter()
+            .any(|m| m.contains("is not a directory"))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(!running(&bed.pods.get("hostpath-1").await.unwrap()));
+    assert!(!missing.exists());
+    bed.shutdown().await;
+}
+
+/// In a whole sandbox, a pod has what an in-cluster client configuration reads, and it works:
+/// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT` through the Service network,
+/// verified against the mounted `ca.crt`, authenticated with the mounted token; and the pod's
+/// resolv.conf reaches cluster DNS.
+#[tokio::test]
+async fn in_cluster_configuration_from_inside_a_pod_reaches_the_api_server() {
+    let bed = support::Bed::without_relaunch(1).await;
+    let pod = bed
+        .pod(
+            "client-0",
+            Some("node-1"),
+            json!({"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "100000"]}]}),
+        )
+        .await;
+    let runtime = bed.sandbox.containerd().client().await.unwrap();
+    let id = container_id(&pod).unwrap();
+    let exec = |command: &[&str]| {
+        let runtime = runtime.clone();
+        let id = id.clone();
+        let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        async move {
+            let out = runtime
+                .exec_sync(&id, &command, Duration::from_secs(10), 1 << 20)
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let env = env_of(&exec(&["env"]).await);
+    let host = env["KUBERNETES_SERVICE_HOST"].clone();
+    let port = env["KUBERNETES_SERVICE_PORT"].clone();
+    assert_eq!(
+        host,
+        bed.sandbox.service_range().kubernetes_ip().to_string()
+    );
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let token = exec(&["cat", &format!("{dir}/token")]).await;
+    let ca = exec(&["cat", &format!("{dir}/ca.crt")]).await;
+    let namespace = exec(&["cat", &format!("{dir}/namespace")]).await;
+
+    // What kube-rs' and client-go's in-cluster configuration build from these.
+    let mut config = kube::Config::new(format!("https://{host}:{port}").parse().unwrap());
+    config.root_cert = Some(rustls_pem_certs(&ca));
+    config.auth_info.token = Some(token.into());
+    config.default_namespace = namespace;
+    let client = kube::Client::try_from(config).unwrap();
+    let version = eventually("the API through the kubernetes Service", WAIT, || async {
+        client.apiserver_version().await.ok()
+    })
+    .await
+    .unwrap();
+    assert!(!version.git_version.is_empty());
+    let reviews: Api<k8s_openapi::api::authentication::v1::SelfSubjectReview> =
+        Api::all(client.clone());
+    let review = reviews
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"apiVersion": "authentication.k8s.io/v1",
+                "kind": "SelfSubjectReview", "metadata": {}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        review
+            .status
+            .unwrap()
+            .user_info
+            .unwrap()
+            .username
+            .as_deref(),
+        Some("system:serviceaccount:default:default")
+    );
+
+    // Cluster DNS through the pod's own resolv.conf.
+    let resolved = exec(&["nslookup", "kubernetes.default.svc.cluster.local"]).await;
+    assert!(resolved.contains(&host), "{resolved}");
+    bed.shutdown().await;
+}
+
+/// The DER certificates of a PEM bundle.
+fn rustls_pem_certs(pem: &str) -> Vec<Vec<u8>> {
+    let mut certs = Vec::new();
+    let mut body = String::new();
+    let mut inside = false;
+    for line in pem.lines() {
+        match line.trim() {
+            "-----BEGIN CERTIFICATE-----" => {
+                inside = true;
+                body.clear();
+            }
+            "-----END CERTIFICATE-----" => {
+                inside = false;
+                certs.push(base64_decode(&body));
+            }
+            text if inside => body.push_str(text),
+            _ => {}
+        }
+    }
+    certs
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            _ => 63,
+        }
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= value(*c) << (18 - 6 * i);
+        }
+        for i in 0..chunk.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}

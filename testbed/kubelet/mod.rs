@@ -311,6 +311,20 @@ impl Shared {
     /// Writes the pod's API-data volumes (secret, configMap, downwardAPI, projected) from the
     /// caches with the atomic writer; only what changed is rewritten. `Err` is a FailedMount.
     async fn mount_volumes(&self, pod: &Pod) -> Result<(), String> {
+        for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            if let Some(host_path) = &volume.host_path {
+                volumes::host_path(
+                    Path::new(&host_path.path),
+                    host_path.type_.as_deref().unwrap_or_default(),
+                )
+                .map_err(|e| {
+                    format!(
+                        "MountVolume.SetUp failed for volume {:?} : {e}",
+                        volume.name
+                    )
+                })?;
+            }
+        }
         let api_data: Vec<&k8s_openapi::api::core::v1::Volume> = pod
             .spec
             .iter()
@@ -454,6 +468,9 @@ struct SyncLoop {
     written: HashMap<String, (Option<String>, serde_json::Value)>,
     /// Exited instances a BackOff event was already emitted for.
     backoff_reported: HashSet<String>,
+    /// Containers that could not be created for their configuration, by pod UID and container
+    /// name, with the message (`CreateContainerConfigError`).
+    config_errors: HashMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 impl SyncLoop {
@@ -467,6 +484,7 @@ impl SyncLoop {
             owned: HashSet::new(),
             written: HashMap::new(),
             backoff_reported: HashSet::new(),
+            config_errors: HashMap::new(),
         }
     }
 
@@ -526,6 +544,7 @@ impl SyncLoop {
             started.retain(|id, _| running.contains(id));
         }
         self.written.retain(|uid, _| live.contains(uid));
+        self.config_errors.retain(|uid, _| live.contains(uid));
         // Pods deleted from the API without going through this kubelet's termination.
         if futures::FutureExt::now_or_never(self.shared.pods.wait_until_ready()).is_some() {
             let orphans: Vec<String> = self
@@ -670,12 +689,7 @@ impl SyncLoop {
                 ) {
                     Ok(env) => env,
                     Err(message) => {
-                        self.shared.event(
-                            pod,
-                            EventType::Warning,
-                            "Failed",
-                            format!("Error: {message}"),
-                        );
+                        self.config_error(pod, &start.name, message);
                         continue;
                     }
                 };
@@ -684,14 +698,12 @@ impl SyncLoop {
                 match security::container_security(pod, container) {
                     Ok(security) => template.security = Some(security),
                     Err(message) => {
-                        self.shared.event(
-                            pod,
-                            EventType::Warning,
-                            "Failed",
-                            format!("Error: {message}"),
-                        );
+                        self.config_error(pod, &start.name, message);
                         continue;
                     }
+                }
+                if let Some(errors) = self.config_errors.get_mut(&uid) {
+                    errors.remove(&start.name);
                 }
                 for (host, _) in &template.mounts {
                     if let Err(e) = std::fs::create_dir_all(host) {
@@ -750,6 +762,22 @@ impl SyncLoop {
         Ok(rt)
     }
 
+    /// Records that `container` cannot be created (`CreateContainerConfigError`); a `Failed`
+    /// Event when the reason is new.
+    fn config_error(&mut self, pod: &Pod, container: &str, message: String) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let errors = self.config_errors.entry(uid).or_default();
+        if errors.get(container) != Some(&message) {
+            self.shared.event(
+                pod,
+                EventType::Warning,
+                "Failed",
+                format!("Error: {message}"),
+            );
+            errors.insert(container.to_string(), message);
+        }
+    }
+
     /// A container that was created but failed to start would block its slot: remove it.
     async fn remove_unstarted(&mut self, uid: &str, name: &str) {
         let Ok(mut snapshot) = relist(&self.shared.runtime, Some(uid), &mut self.statuses).await
@@ -798,6 +826,33 @@ impl SyncLoop {
                 now: SystemTime::now(),
             },
         );
+        let mut desired = desired;
+        if let Some(errors) = pod
+            .metadata
+            .uid
+            .as_ref()
+            .and_then(|uid| self.config_errors.get(uid))
+        {
+            for status in desired
+                .container_statuses
+                .iter_mut()
+                .chain(desired.init_container_statuses.iter_mut())
+                .flatten()
+            {
+                let not_running = status.state.as_ref().is_none_or(|s| s.running.is_none());
+                if let Some(message) = errors.get(&status.name)
+                    && not_running
+                {
+                    status.state = Some(k8s_openapi::api::core::v1::ContainerState {
+                        waiting: Some(k8s_openapi::api::core::v1::ContainerStateWaiting {
+                            reason: Some("CreateContainerConfigError".into()),
+                            message: Some(message.clone()),
+                        }),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
         let Some(patch) = status_patch(pod, &desired) else {
             return;
         };

@@ -244,6 +244,57 @@ fn check_path(path: &str) -> Result<(), String> {
     }
 }
 
+/// Sets up a `hostPath` volume by its `type`, as the kubelet's checks do: `DirectoryOrCreate`
+/// and `FileOrCreate` create what is missing (0755 directory, 0644 empty file), `Directory`,
+/// `File`, `Socket`, `CharDevice` and `BlockDevice` must already be that. An empty type skips the
+/// checks (the simulator then creates a missing directory, where runc would fail the mount).
+pub fn host_path(path: &Path, type_: &str) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path);
+    let is =
+        |check: fn(&std::fs::FileType) -> bool| meta.as_ref().is_ok_and(|m| check(&m.file_type()));
+    let fail = |what: &str| {
+        Err(format!(
+            "hostPath type check failed: {} is not a {what}",
+            path.display()
+        ))
+    };
+    match type_ {
+        "" => Ok(()),
+        "DirectoryOrCreate" => {
+            if meta.is_err() {
+                std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| e.to_string())?;
+            } else if !is(std::fs::FileType::is_dir) {
+                return fail("directory");
+            }
+            Ok(())
+        }
+        "FileOrCreate" => {
+            if meta.is_err() {
+                std::fs::write(path, b"").map_err(|e| e.to_string())?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+                    .map_err(|e| e.to_string())?;
+            } else if !is(std::fs::FileType::is_file) {
+                return fail("file");
+            }
+            Ok(())
+        }
+        "Directory" if is(std::fs::FileType::is_dir) => Ok(()),
+        "Directory" => fail("directory"),
+        "File" if is(std::fs::FileType::is_file) => Ok(()),
+        "File" => fail("file"),
+        "Socket" if is(std::fs::FileType::is_socket) => Ok(()),
+        "Socket" => fail("socket"),
+        "CharDevice" if is(std::fs::FileType::is_char_device) => Ok(()),
+        "CharDevice" => fail("character device"),
+        "BlockDevice" if is(std::fs::FileType::is_block_device) => Ok(()),
+        "BlockDevice" => fail("block device"),
+        other => Err(format!("unsupported hostPath type {other:?}")),
+    }
+}
+
 /// What the volume directory shows now (through `..data`), or `None` if it was never written.
 pub fn current(dir: &Path) -> io::Result<Option<Payload>> {
     let data = dir.join("..data");
@@ -409,6 +460,25 @@ mod tests {
             payload(&pod(), &key, Ipv4Addr::LOCALHOST, &objects(), &none).unwrap_err(),
             "secret references non-existent config key: ca.crt"
         );
+    }
+
+    #[test]
+    fn host_path_types_create_or_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("var/lib/relaunch");
+        assert!(host_path(&state, "Directory").is_err());
+        host_path(&state, "DirectoryOrCreate").unwrap();
+        assert!(state.is_dir());
+        host_path(&state, "Directory").unwrap();
+        assert!(host_path(&state, "File").is_err());
+        let file = state.join("lock");
+        host_path(&file, "FileOrCreate").unwrap();
+        assert!(file.is_file());
+        host_path(&file, "File").unwrap();
+        assert!(host_path(&file, "DirectoryOrCreate").is_err());
+        assert!(host_path(&file, "Socket").is_err());
+        host_path(&dir.path().join("anything"), "").unwrap();
+        assert!(host_path(&file, "Weird").is_err());
     }
 
     #[test]
