@@ -3,6 +3,9 @@
 //! a Ready pod; cluster DNS answering Service names inside pods; the `kubernetes` Service
 //! pointing at the API server. Needs root, kubectl and the Python client.
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
