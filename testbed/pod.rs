@@ -34,6 +34,13 @@ pub struct ContainerTemplate {
     pub ports: Option<serde_json::Value>,
     /// Bind mounts: (host path, container path).
     pub mounts: Vec<(PathBuf, String)>,
+    /// Container paths of `mounts` that are mounted read-only.
+    pub read_only_mounts: Vec<String>,
+    /// The container hash when the caller computed it from the spec (the kubelet hashes the
+    /// spec, not the environment it resolved from ConfigMaps and Secrets).
+    pub spec_hash: Option<String>,
+    /// The container's security context for the runtime (namespace options are filled in).
+    pub security: Option<cri::LinuxContainerSecurityContext>,
 }
 
 impl ContainerTemplate {
@@ -47,7 +54,10 @@ impl ContainerTemplate {
     }
 
     /// The kubelet's container hash: changes whenever the spec that matters changes.
-    fn hash(&self) -> String {
+    pub fn hash(&self) -> String {
+        if let Some(hash) = &self.spec_hash {
+            return hash.clone();
+        }
         let spec = serde_json::json!([self.name, self.command, self.args, self.env]);
         format!("{:08x}", fnv1a32(spec.to_string().as_bytes()))
     }
@@ -69,6 +79,16 @@ impl PodSandbox {
 
 /// The kubelet's pod sandbox config for `pod`, in the host network namespace.
 pub fn sandbox_config(pod: &PodIdentity, log_root: &Path, attempt: u32) -> cri::PodSandboxConfig {
+    sandbox_config_with_dns(pod, log_root, attempt, None)
+}
+
+/// [`sandbox_config`] with the pod's resolv.conf (`None`: the runtime copies the host's).
+pub fn sandbox_config_with_dns(
+    pod: &PodIdentity,
+    log_root: &Path,
+    attempt: u32,
+    dns: Option<cri::DnsConfig>,
+) -> cri::PodSandboxConfig {
     let pod_labels = HashMap::from([
         (labels::POD_NAME.to_string(), pod.name.clone()),
         (labels::POD_NAMESPACE.to_string(), pod.namespace.clone()),
@@ -88,6 +108,7 @@ pub fn sandbox_config(pod: &PodIdentity, log_root: &Path, attempt: u32) -> cri::
             .to_string_lossy()
             .into_owned(),
         labels: pod_labels,
+        dns_config: dns,
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(host_network_namespaces()),
@@ -159,6 +180,7 @@ pub fn container_config(pod: &PodIdentity, container: &ContainerTemplate) -> cri
             .map(|(host, path)| cri::Mount {
                 container_path: path.clone(),
                 host_path: host.to_string_lossy().into_owned(),
+                readonly: container.read_only_mounts.contains(path),
                 ..Default::default()
             })
             .collect(),
@@ -168,7 +190,7 @@ pub fn container_config(pod: &PodIdentity, container: &ContainerTemplate) -> cri
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
                 namespace_options: Some(host_network_namespaces()),
-                ..Default::default()
+                ..container.security.clone().unwrap_or_default()
             }),
             ..Default::default()
         }),
@@ -182,7 +204,17 @@ pub async fn run_pod_sandbox(
     pod: &PodIdentity,
     log_root: &Path,
 ) -> Result<PodSandbox, TestbedError> {
-    let config = sandbox_config(pod, log_root, 0);
+    run_pod_sandbox_with_dns(client, pod, log_root, None).await
+}
+
+/// [`run_pod_sandbox`] with the pod's resolv.conf.
+pub async fn run_pod_sandbox_with_dns(
+    client: &RuntimeClient,
+    pod: &PodIdentity,
+    log_root: &Path,
+    dns: Option<cri::DnsConfig>,
+) -> Result<PodSandbox, TestbedError> {
+    let config = sandbox_config_with_dns(pod, log_root, 0, dns);
     std::fs::create_dir_all(&config.log_directory)?;
     let response = client
         .raw()

@@ -128,6 +128,7 @@ impl Sandbox {
             let root = config.dir.join("nodes").join(&node.name);
             let mut kubelet_config = KubeletConfig::new(node.name.clone(), node.ip, &root);
             kubelet_config.backoff = config.backoff;
+            kubelet_config.cluster_dns = Some(service_range.dns_ip());
             let runtime = sandbox.containerd.client().await?;
             let kubelet = Kubelet::start(client.clone(), runtime, kubelet_config).await?;
             sandbox.kubelets.push(kubelet);
@@ -146,7 +147,7 @@ impl Sandbox {
                 sandbox.agent_admins.push(admin);
             }
         }
-        std::fs::write(sandbox.kubeconfig_path(), sandbox.api.kubeconfig(None))?;
+        std::fs::write(sandbox.kubeconfig_path(), sandbox.api.tls_kubeconfig(None))?;
         Ok(sandbox)
     }
 

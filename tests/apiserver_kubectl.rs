@@ -1168,3 +1168,94 @@ async fn kubectl_create_refuses_invalid_requests_with_the_field_path() {
         "nothing was created"
     );
 }
+
+/// The server also speaks HTTPS on its port, with its own CA: kubectl and kube-rs verify it
+/// through the kubeconfig's `certificate-authority-data` (a foreign CA is refused), and over TLS
+/// kubectl sends a service account's token, as client-go does.
+#[tokio::test]
+async fn serves_https_with_its_own_ca_and_kubectl_sends_tokens_over_it() {
+    let api = TestApi::start().await;
+    let dir = api.dir();
+    let tls = dir.join("tls-kubeconfig");
+    std::fs::write(&tls, api.server.tls_kubeconfig(None)).unwrap();
+    let out = support::output(support::kubectl(&tls, dir, &["get", "--raw", "/version"])).await;
+    assert!(out.status.success(), "{}", support::printed(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gitVersion"));
+    assert!(api.server.https_url().starts_with("https://127.0.0.1:"));
+
+    // A service account's token goes along over TLS (not over plain HTTP): kubectl is that user.
+    let token = support::token(
+        &api.client,
+        "default",
+        "default",
+        relaunch_testbed::API_AUDIENCE,
+        None,
+    )
+    .await;
+    let with_token = dir.join("token-kubeconfig");
+    std::fs::write(&with_token, api.server.tls_kubeconfig(Some(&token))).unwrap();
+    let out = support::output(support::kubectl(
+        &with_token,
+        dir,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", support::printed(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "system:serviceaccount:default:default"
+    );
+
+    // kube-rs with the CA as its only root.
+    let client = api.server.tls_client(None).unwrap();
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+    assert!(namespaces.get("default").await.is_ok());
+
+    // Another server's CA does not vouch for this one.
+    let other = TestApi::start().await;
+    let foreign = api.server.tls_kubeconfig(None).replace(
+        &base64_of(api.server.ca_pem()),
+        &base64_of(other.server.ca_pem()),
+    );
+    let foreign_path = dir.join("foreign-kubeconfig");
+    std::fs::write(&foreign_path, foreign).unwrap();
+    let out = support::output(support::kubectl(
+        &foreign_path,
+        dir,
+        &["get", "--raw", "/version"],
+    ))
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        support::printed(&out).contains("certificate"),
+        "{}",
+        support::printed(&out)
+    );
+}
+
+fn base64_of(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -22,6 +22,9 @@ fn is_events_v1(rt: &ResourceType) -> bool {
 
 /// The object as stored, from what a client sent to `rt`.
 pub fn to_storage(rt: &ResourceType, object: Value) -> Value {
+    if rt.group.is_empty() && rt.plural == "secrets" {
+        return merge_string_data(object);
+    }
     if !is_events_v1(rt) {
         return object;
     }
@@ -31,6 +34,29 @@ pub fn to_storage(rt: &ResourceType, object: Value) -> Value {
             .find(|(v1, _)| *v1 == from)
             .map(|(_, core)| *core)
     })
+}
+
+/// A Secret's write-only `stringData` merged into `data` (base64), taking precedence over the same
+/// key in `data`, and dropped, as the API server's conversion does; it is never stored or served.
+fn merge_string_data(mut object: Value) -> Value {
+    use base64::Engine as _;
+    let Some(fields) = object.as_object_mut() else {
+        return object;
+    };
+    let Some(Value::Object(strings)) = fields.remove("stringData") else {
+        return object;
+    };
+    if !fields.get("data").is_some_and(Value::is_object) {
+        fields.insert("data".into(), Value::Object(Map::new()));
+    }
+    if let Some(Value::Object(data)) = fields.get_mut("data") {
+        for (key, value) in strings {
+            let text = value.as_str().unwrap_or_default();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+            data.insert(key, Value::String(encoded));
+        }
+    }
+    object
 }
 
 /// The object as `rt` serves it, from storage.
@@ -77,5 +103,23 @@ mod tests {
         assert_eq!(stored["involvedObject"]["name"], "p");
         assert_eq!(stored["message"], "hi");
         assert_eq!(from_storage(&rt, stored), event);
+    }
+
+    #[test]
+    fn secret_string_data_is_merged_into_data_and_never_stored() {
+        let rt = super::super::resources::builtin()
+            .into_iter()
+            .find(|r| r.group.is_empty() && r.plural == "secrets")
+            .unwrap();
+        let secret = json!({"metadata": {"name": "s"},
+            "data": {"a": "b2xk", "keep": "eA=="},
+            "stringData": {"a": "new", "b": "text"}});
+        let stored = to_storage(&rt, secret);
+        assert_eq!(
+            stored,
+            json!({"metadata": {"name": "s"}, "data": {"a": "bmV3", "keep": "eA==", "b": "dGV4dA=="}})
+        );
+        let only_strings = to_storage(&rt, json!({"stringData": {"k": "v"}}));
+        assert_eq!(only_strings, json!({"data": {"k": "dg=="}}));
     }
 }

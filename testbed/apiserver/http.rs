@@ -25,6 +25,7 @@ use super::schema::FieldValidation;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::store::{Change, DeleteOptions, Selection, rv_of, with_version};
 use super::table;
+use super::tls;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -40,15 +41,29 @@ pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         let Ok((stream, _)) = accepted else { continue };
         let shared = shared.clone();
         tokio::spawn(async move {
+            // One port, both schemes: a TLS handshake starts with 0x16, plain HTTP with a
+            // method's letter, so existing `http://` clients and `https://` ones share it.
+            let mut first = [0u8; 1];
+            let tls = matches!(stream.peek(&mut first).await, Ok(1) if first[0] == tls::HANDSHAKE);
+            let acceptor = shared.tls.acceptor.clone();
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(shared, req).await) }
             });
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let _ = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+            if tls {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            } else {
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            }
         });
     }
 }

@@ -19,6 +19,7 @@ mod selectors;
 mod services;
 mod store;
 mod table;
+mod tls;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -123,6 +124,8 @@ pub(crate) struct Shared {
     refused: Mutex<BTreeMap<RequestKind, u64>>,
     shutdown: CancellationToken,
     addr: SocketAddr,
+    /// The server's CA and serving certificate (the listener speaks HTTP and HTTPS).
+    tls: tls::Tls,
 }
 
 /// A running test API server. Dropping it stops the server.
@@ -149,6 +152,7 @@ impl ApiServer {
             ))
         })?;
         let addr = listener.local_addr()?;
+        let tls = tls::Tls::new(&[addr.ip(), std::net::IpAddr::V4(range.kubernetes_ip())])?;
         let shared = Arc::new(Shared {
             store: Store::new(),
             faults: Faults::default(),
@@ -159,11 +163,13 @@ impl ApiServer {
             refused: Mutex::default(),
             shutdown: CancellationToken::new(),
             addr,
+            tls,
         });
         shared.access.bootstrap(&shared.store).map_err(|e| {
             TestbedError::Setup(format!("seeding the bootstrap RBAC objects: {}", e.message))
         })?;
         shared.store.set_service_range(range);
+        shared.store.set_root_ca(&shared.tls.ca_pem);
         services::create_kubernetes_service(&shared.store, &range, addr).map_err(|e| {
             TestbedError::Setup(format!("creating the kubernetes Service: {}", e.message))
         })?;
@@ -181,6 +187,49 @@ impl ApiServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// `https://127.0.0.1:<port>`: the same port serves TLS with the server's own CA.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.shared.addr)
+    }
+
+    /// The CA certificate (PEM) that signed the serving certificate: kubeconfigs' and pods'
+    /// `ca.crt`, and the `kube-root-ca.crt` ConfigMap's.
+    pub fn ca_pem(&self) -> &str {
+        &self.shared.tls.ca_pem
+    }
+
+    /// A kube-rs client over HTTPS that verifies the server against its CA; with `token`,
+    /// authenticated as the token's owner, else as the administrator.
+    pub fn tls_client(&self, token: Option<&str>) -> Result<kube::Client, TestbedError> {
+        let uri = self
+            .https_url()
+            .parse()
+            .map_err(|e| TestbedError::Setup(format!("bad API server URL: {e}")))?;
+        let mut config = kube::Config::new(uri);
+        config.default_namespace = "default".into();
+        config.root_cert = Some(vec![self.shared.tls.ca_der.clone()]);
+        let token = token.unwrap_or(self.shared.tokens.admin_token());
+        config.auth_info.token = Some(token.to_string().into());
+        kube::Client::try_from(config).map_err(|e| TestbedError::Setup(format!("kube client: {e}")))
+    }
+
+    /// A kubeconfig for `https://127.0.0.1:<port>` with the CA as `certificate-authority-data`;
+    /// with `token`, requests authenticate as its owner (kubectl sends tokens over TLS).
+    /// Without a token, the administrator's static token (kubectl prompts for a password when
+    /// an HTTPS server's user has no credentials).
+    pub fn tls_kubeconfig(&self, token: Option<&str>) -> String {
+        use base64::Engine as _;
+        let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem());
+        let token = token.unwrap_or(self.shared.tokens.admin_token());
+        kubeconfig(&self.https_url(), Some(token)).replace(
+            &format!("    server: {}\n", self.https_url()),
+            &format!(
+                "    server: {}\n    certificate-authority-data: {ca}\n",
+                self.https_url()
+            ),
+        )
     }
 
     /// Fault injection.

@@ -138,6 +138,8 @@ pub struct State {
     group_generations: [u64; TRACKED_GROUPS.len()],
     /// Where Services get their ClusterIPs.
     service_range: ServiceRange,
+    /// The API server's CA (PEM), published in every namespace as `kube-root-ca.crt`.
+    root_ca: Option<String>,
 }
 
 /// The shared store.
@@ -158,6 +160,7 @@ impl Store {
                 compacted: 0,
                 group_generations: [0; TRACKED_GROUPS.len()],
                 service_range: ServiceRange::default(),
+                root_ca: None,
             }),
             changes,
         };
@@ -183,6 +186,23 @@ impl Store {
     /// Allocates ClusterIPs from `range` from now on (kube-apiserver's `--service-cluster-ip-range`).
     pub fn set_service_range(&self, range: ServiceRange) {
         self.lock().service_range = range;
+    }
+
+    /// Sets the CA that the root-CA publisher puts in every namespace's `kube-root-ca.crt`
+    /// ConfigMap, and publishes it in the namespaces that exist.
+    pub fn set_root_ca(&self, pem: &str) {
+        let mut state = self.lock();
+        state.root_ca = Some(pem.to_string());
+        let namespaces: Vec<String> = state
+            .objects
+            .get("/namespaces")
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .map(|(_, name)| name.clone())
+            .collect();
+        for ns in namespaces {
+            state.publish_root_ca(&ns, &self.changes);
+        }
     }
 
     /// The served resource `plural` in `group/version`.
@@ -391,6 +411,9 @@ impl Store {
             }
         }
         defaults_on_create(rt, &mut object);
+        if rt.key() == "/pods" {
+            state.mount_service_account_token(ns.unwrap_or_default(), &mut object);
+        }
         validate(rt, &object)?;
         admission.admit(Some(&object), None)?;
         if dry_run {
@@ -428,6 +451,13 @@ impl Store {
                     "creationTimestamp": now()}});
                 state.commit(&sa_rt, sa, EventType::Added, None, &self.changes);
             }
+            let ns = created["metadata"]["name"].as_str().unwrap_or_default();
+            state.publish_root_ca(ns, &self.changes);
+        }
+        if state.owners_all_absent(ns, &created) {
+            // The garbage collector deletes a dependent whose owners are all gone: a controller
+            // acting on a stale cache may create one just after its owner was deleted.
+            state.delete_dependent(rt, created.clone(), &self.changes);
         }
         Ok(with_version(&created, rt))
     }
@@ -775,6 +805,79 @@ impl State {
             .get(&(ns.unwrap_or("").to_string(), name.to_string()))
     }
 
+    /// The root-CA publisher's job (kube-controller-manager): a `kube-root-ca.crt` ConfigMap
+    /// with the cluster's CA as `ca.crt` in namespace `ns`, unless it is already there.
+    fn publish_root_ca(&mut self, ns: &str, changes: &broadcast::Sender<Arc<Change>>) {
+        let (Some(pem), Some(rt)) = (self.root_ca.clone(), self.resource_by_key("/configmaps"))
+        else {
+            return;
+        };
+        if self.object(&rt, Some(ns), ROOT_CA_CONFIGMAP).is_some() {
+            return;
+        }
+        let configmap = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+            "name": ROOT_CA_CONFIGMAP, "namespace": ns, "uid": uuid::Uuid::new_v4().to_string(),
+            "creationTimestamp": now(),
+            "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+            "data": {"ca.crt": pem}});
+        self.commit(&rt, configmap, EventType::Added, None, changes);
+    }
+
+    /// The ServiceAccount admission plugin's token volume: unless the pod or its service account
+    /// opts out (`automountServiceAccountToken: false`) or a container already mounts something
+    /// at the path, a projected `kube-api-access-<suffix>` volume (the bound token, `ca.crt` from
+    /// `kube-root-ca.crt`, the namespace) mounted read-only in every container.
+    fn mount_service_account_token(&self, ns: &str, pod: &mut Value) {
+        let spec = &pod["spec"];
+        if spec["automountServiceAccountToken"] == json!(false) {
+            return;
+        }
+        let account = spec["serviceAccountName"].as_str().unwrap_or("default");
+        if let Some(rt) = self.resource_by_key("/serviceaccounts")
+            && let Some(sa) = self.object(&rt, Some(ns), account)
+            && sa["automountServiceAccountToken"] == json!(false)
+            && spec["automountServiceAccountToken"] != json!(true)
+        {
+            return;
+        }
+        let lists = ["initContainers", "containers", "ephemeralContainers"];
+        let mounted = lists.iter().any(|list| {
+            spec[*list].as_array().into_iter().flatten().any(|c| {
+                c["volumeMounts"].as_array().into_iter().flatten().any(|m| {
+                    m["mountPath"].as_str().map(|p| p.trim_end_matches('/'))
+                        == Some(SERVICE_ACCOUNT_PATH)
+                })
+            })
+        });
+        if mounted {
+            return;
+        }
+        let name = format!("kube-api-access-{}", random_suffix());
+        let volume = json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": ROOT_CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ]}});
+        let spec = &mut pod["spec"];
+        match spec["volumes"].as_array_mut() {
+            Some(volumes) => volumes.push(volume),
+            None => spec["volumes"] = json!([volume]),
+        }
+        for list in lists {
+            // `get_mut`: indexing would add the missing lists as nulls.
+            let containers = spec.get_mut(list).and_then(Value::as_array_mut);
+            for container in containers.into_iter().flatten() {
+                let mount =
+                    json!({"name": name, "mountPath": SERVICE_ACCOUNT_PATH, "readOnly": true});
+                match container["volumeMounts"].as_array_mut() {
+                    Some(mounts) => mounts.push(mount),
+                    None => container["volumeMounts"] = json!([mount]),
+                }
+            }
+        }
+    }
+
     fn namespaces(&self) -> ResourceType {
         self.resource_by_key("/namespaces")
             .expect("namespaces are always served")
@@ -994,6 +1097,35 @@ impl State {
         let _ = changes.send(change);
     }
 
+    /// Whether `object` has owner references and none of its owners exists (by UID).
+    fn owners_all_absent(&self, ns: Option<&str>, object: &Value) -> bool {
+        let Some(refs) = object["metadata"]["ownerReferences"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+        else {
+            return false;
+        };
+        refs.iter().all(|reference| {
+            let group = reference["apiVersion"]
+                .as_str()
+                .and_then(|v| v.rsplit_once('/'))
+                .map_or("", |(group, _)| group);
+            let kind = reference["kind"].as_str().unwrap_or_default();
+            let Some(owner_rt) = self
+                .resources
+                .iter()
+                .find(|r| r.group == group && r.kind == kind)
+            else {
+                // An owner of a kind this server does not serve: not known to be absent.
+                return false;
+            };
+            let owner_ns = if owner_rt.namespaced { ns } else { None };
+            let name = reference["name"].as_str().unwrap_or_default();
+            self.object(owner_rt, owner_ns, name)
+                .is_none_or(|owner| owner["metadata"]["uid"] != reference["uid"])
+        })
+    }
+
     /// Background garbage collection: dependents of a removed owner are deleted too.
     fn collect_garbage(&mut self, owner: &Value, changes: &broadcast::Sender<Arc<Change>>) {
         let Some(uid) = owner["metadata"]["uid"].as_str() else {
@@ -1131,6 +1263,11 @@ impl State {
         self.resources.retain(|r| r.key() != key);
     }
 }
+
+/// The ConfigMap the root-CA publisher keeps in every namespace.
+pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+/// Where the ServiceAccount admission plugin mounts the token volume.
+pub const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 fn random_suffix() -> String {
     // The alphabet upstream uses for generateName (no vowels, no confusable characters).
@@ -1643,6 +1780,45 @@ mod tests {
             .unwrap();
         assert_eq!(
             store.get(&rt, Some("default"), "child").unwrap_err().code,
+            404
+        );
+    }
+
+    #[test]
+    fn a_dependent_created_after_its_owner_is_gone_is_collected() {
+        let store = Store::new();
+        let rt = pods(&store);
+        let cms = store.resource("", "v1", "configmaps").unwrap();
+        let owner = store
+            .create(
+                &cms,
+                Some("default"),
+                json!({"metadata": {"name": "owner"}}),
+            )
+            .unwrap();
+        let reference = |uid: &Value| json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]);
+        let mut kept = pod("kept");
+        kept["metadata"]["ownerReferences"] = reference(&owner["metadata"]["uid"]);
+        store.create(&rt, Some("default"), kept).unwrap();
+        assert!(store.get(&rt, Some("default"), "kept").is_ok());
+        // The admission plugin leaves absent container lists absent.
+        let created = store.get(&rt, Some("default"), "kept").unwrap();
+        assert!(created["spec"].get("ephemeralContainers").is_none());
+        assert_eq!(created["spec"]["volumes"].as_array().map(Vec::len), Some(1));
+        let mut late = pod("late");
+        late["metadata"]["ownerReferences"] = reference(&json!("a-deleted-owner-uid"));
+        store.create(&rt, Some("default"), late).unwrap();
+        // A pod is deleted gracefully: it is terminating, no longer live.
+        let late = store.get(&rt, Some("default"), "late");
+        assert!(late.is_err() || late.unwrap()["metadata"]["deletionTimestamp"].is_string());
+        let mut slice_like = json!({"metadata": {"name": "late-cm"}});
+        slice_like["metadata"]["ownerReferences"] = reference(&json!("a-deleted-owner-uid"));
+        store.create(&cms, Some("default"), slice_like).unwrap();
+        assert_eq!(
+            store
+                .get(&cms, Some("default"), "late-cm")
+                .unwrap_err()
+                .code,
             404
         );
     }

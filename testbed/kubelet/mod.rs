@@ -8,12 +8,15 @@
 //! `template`); this module is the shell that lists, acts and writes.
 
 mod backoff;
+mod downward;
 mod node;
 mod plan;
 mod probe;
 mod runtime;
+mod security;
 mod status;
 mod template;
+mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -23,9 +26,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Pod, Probe};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Pod, Probe, Secret, Service, ServiceAccount,
+};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -40,7 +46,7 @@ use self::plan::{is_sidecar, plan_pod, restart_count_from_logs};
 use self::probe::{Action, ProbeCounter, ProbeTiming};
 use self::runtime::{Instance, PodRuntime, relist};
 use self::status::{StatusInputs, desired_status, status_patch};
-use self::template::{container_template, identity, pod_volumes_dir};
+use self::template::{container_template, empty_dir, identity, pod_volumes_dir};
 use super::TestbedError;
 use super::pod::{self as testbed_pod, PodSandbox};
 use relaunch_cri::{ContainerState, RuntimeClient};
@@ -63,6 +69,12 @@ pub struct KubeletConfig {
     pub backoff: CrashLoopBackoff,
     /// How often the runtime is re-listed (the generic PLEG's 1 s).
     pub relist_period: Duration,
+    /// Projected service-account tokens are renewed at 80 % of their lifetime or after 24 h, as
+    /// the kubelet's token manager does, or once they are this old (tests of rotation).
+    pub token_max_age: Option<Duration>,
+    /// The cluster DNS server pods' resolv.conf names (the kubelet's `--cluster-dns`); `None`:
+    /// pods get the host's resolv.conf.
+    pub cluster_dns: Option<Ipv4Addr>,
 }
 
 impl KubeletConfig {
@@ -75,6 +87,8 @@ impl KubeletConfig {
             volume_root: root_dir.join("volumes"),
             backoff: CrashLoopBackoff::default(),
             relist_period: Duration::from_secs(1),
+            token_max_age: None,
+            cluster_dns: None,
         }
     }
 }
@@ -95,6 +109,9 @@ impl Kubelet {
         node::register(&client, &runtime, &config).await?;
         let token = CancellationToken::new();
         let (store, writer) = reflector::store::<Pod>();
+        let (config_maps, config_map_writer) = reflector::store::<ConfigMap>();
+        let (secrets, secret_writer) = reflector::store::<Secret>();
+        let (services, service_writer) = reflector::store::<Service>();
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -110,10 +127,40 @@ impl Kubelet {
             notify: Notify::new(),
             token: token.clone(),
             probes: Mutex::default(),
+            started: Mutex::default(),
             terminating: Mutex::default(),
             killing: Mutex::default(),
             recorder,
+            config_maps,
+            secrets,
+            services,
+            tokens: Mutex::default(),
+            mount_errors: Mutex::default(),
         });
+        // The kubelet's ConfigMap and Secret managers (the Watch strategy): caches that env
+        // resolution and the API-data volumes read.
+        let mut caches = Vec::new();
+        let cm_api: Api<ConfigMap> = Api::all(client.clone());
+        caches.push(spawn_cache(
+            cm_api,
+            config_map_writer,
+            token.clone(),
+            "ConfigMap",
+        ));
+        let secret_api: Api<Secret> = Api::all(client.clone());
+        caches.push(spawn_cache(
+            secret_api,
+            secret_writer,
+            token.clone(),
+            "Secret",
+        ));
+        let service_api: Api<Service> = Api::all(client.clone());
+        caches.push(spawn_cache(
+            service_api,
+            service_writer,
+            token.clone(),
+            "Service",
+        ));
 
         let pods: Api<Pod> = Api::all(client);
         let watch_config =
@@ -135,10 +182,9 @@ impl Kubelet {
             }
         });
         let sync = tokio::spawn(SyncLoop::new(shared).run());
-        Ok(Kubelet {
-            token,
-            tasks: vec![watch, sync],
-        })
+        let mut tasks = vec![watch, sync];
+        tasks.extend(caches);
+        Ok(Kubelet { token, tasks })
     }
 
     /// Stops the simulator's tasks; containers keep running as they are.
@@ -160,14 +206,234 @@ struct Shared {
     token: CancellationToken,
     /// Readiness probe results by container ID.
     probes: Mutex<HashMap<String, bool>>,
+    /// Startup probe results by container ID (true once it succeeded).
+    started: Mutex<HashMap<String, bool>>,
     /// Pods (by UID) whose deletion is being carried out.
     terminating: Mutex<HashSet<String>>,
     /// Containers (by ID) being stopped by the kubelet itself.
     killing: Mutex<HashSet<String>>,
     recorder: Recorder,
+    config_maps: Store<ConfigMap>,
+    secrets: Store<Secret>,
+    services: Store<Service>,
+    /// Projected service-account tokens by `<pod uid>/<volume>/<path>`.
+    tokens: Mutex<HashMap<String, CachedToken>>,
+    /// The last FailedMount message per pod UID (one Event per distinct failure).
+    mount_errors: Mutex<HashMap<String, String>>,
+}
+
+/// A projected token and when to renew it.
+#[derive(Clone)]
+struct CachedToken {
+    token: String,
+    renew_at: SystemTime,
+}
+
+/// Runs a reflector for `api` into `writer` until `token` is cancelled.
+fn spawn_cache<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    token: CancellationToken,
+    what: &'static str,
+) -> JoinHandle<()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(async move {
+        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                event = stream.next() => match event {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::warn!("{what} watch failed: {e}"),
+                    None => break,
+                },
+            }
+        }
+    })
+}
+
+/// The kubelet's ConfigMap and Secret caches as [`downward::Objects`].
+struct Caches<'a>(&'a Shared);
+
+impl downward::Objects for Caches<'_> {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.0.config_maps.get(&key).map(|o| (*o).clone())
+    }
+
+    fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.0.secrets.get(&key).map(|o| (*o).clone())
+    }
+
+    fn services(&self, namespace: &str, links: bool) -> Vec<Service> {
+        let mut services: Vec<Service> = self
+            .0
+            .services
+            .state()
+            .iter()
+            .filter(|s| {
+                let ns = s.metadata.namespace.as_deref();
+                let name = s.metadata.name.as_deref();
+                (ns == Some("default") && name == Some("kubernetes"))
+                    || (links && ns == Some(namespace))
+            })
+            .map(|s| (**s).clone())
+            .collect();
+        services.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        services.dedup_by(|a, b| a.metadata.uid == b.metadata.uid);
+        services
+    }
 }
 
 impl Shared {
+    fn dns_config(&self, pod: &Pod) -> Option<cri::DnsConfig> {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        security::dns_config(pod, self.config.cluster_dns, &host)
+    }
+
+    fn caches_ready(&self) -> bool {
+        futures::FutureExt::now_or_never(self.config_maps.wait_until_ready()).is_some()
+            && futures::FutureExt::now_or_never(self.secrets.wait_until_ready()).is_some()
+            && futures::FutureExt::now_or_never(self.services.wait_until_ready()).is_some()
+    }
+
+    /// Writes the pod's API-data volumes (secret, configMap, downwardAPI, projected) from the
+    /// caches with the atomic writer; only what changed is rewritten. `Err` is a FailedMount.
+    async fn mount_volumes(&self, pod: &Pod) -> Result<(), String> {
+        for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            if let Some(host_path) = &volume.host_path {
+                volumes::host_path(
+                    Path::new(&host_path.path),
+                    host_path.type_.as_deref().unwrap_or_default(),
+                )
+                .map_err(|e| {
+                    format!(
+                        "MountVolume.SetUp failed for volume {:?} : {e}",
+                        volume.name
+                    )
+                })?;
+            }
+        }
+        let api_data: Vec<&k8s_openapi::api::core::v1::Volume> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter(|v| volumes::is_api_data(v))
+            .collect();
+        if api_data.is_empty() {
+            return Ok(());
+        }
+        if !self.caches_ready() {
+            return Err("the ConfigMap and Secret caches are not synced yet".into());
+        }
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        for volume in api_data {
+            let mut tokens = std::collections::BTreeMap::new();
+            for source in volumes::token_sources(volume) {
+                let token = self.projected_token(pod, &volume.name, &source).await?;
+                tokens.insert(source.path.clone(), token);
+            }
+            let files = volumes::payload(pod, volume, self.config.node_ip, &Caches(self), &tokens)
+                .map_err(|e| {
+                    format!(
+                        "MountVolume.SetUp failed for volume {:?} : {e}",
+                        volume.name
+                    )
+                })?;
+            let dir = empty_dir(&self.config.volume_root, uid, &volume.name);
+            volumes::write(&dir, &files).map_err(|e| {
+                format!(
+                    "MountVolume.SetUp failed for volume {:?} : {e}",
+                    volume.name
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The token of a projected `serviceAccountToken` source: requested through TokenRequest,
+    /// bound to the pod, renewed at 80 % of its lifetime or after 24 h (the token manager).
+    async fn projected_token(
+        &self,
+        pod: &Pod,
+        volume: &str,
+        source: &volumes::TokenSource,
+    ) -> Result<String, String> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let key = format!("{uid}/{volume}/{}", source.path);
+        let now = SystemTime::now();
+        if let Some(cached) = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned())
+            && now < cached.renew_at
+        {
+            return Ok(cached.token);
+        }
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let audiences: Vec<&str> = if source.audience.is_empty() {
+            Vec::new()
+        } else {
+            vec![source.audience.as_str()]
+        };
+        let request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": audiences, "expirationSeconds": source.expiration_seconds,
+                     "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                                        "name": pod.name_any(), "uid": uid}},
+        });
+        let api: Api<ServiceAccount> = self.pod_namespace_api(pod);
+        let answer: serde_json::Value = api
+            .create_subresource("token", &account, &PostParams::default(), &request)
+            .await
+            .map_err(|e| format!("failed to fetch token: {e}"))?;
+        let token = answer["status"]["token"]
+            .as_str()
+            .ok_or("failed to fetch token: no token in the answer")?
+            .to_string();
+        let lifetime = answer["status"]["expirationTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(SystemTime::from)
+            .and_then(|t| t.duration_since(now).ok())
+            .unwrap_or(Duration::from_secs(
+                u64::try_from(source.expiration_seconds).unwrap_or(3600),
+            ));
+        let mut renew_after = (lifetime * 4 / 5).min(Duration::from_secs(24 * 3600));
+        if let Some(max) = self.config.token_max_age {
+            renew_after = renew_after.min(max);
+        }
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(
+                key,
+                CachedToken {
+                    token: token.clone(),
+                    renew_at: now + renew_after,
+                },
+            );
+        }
+        Ok(token)
+    }
+
+    fn pod_namespace_api<K>(&self, pod: &Pod) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default())
+    }
+
     fn event(&self, pod: &Pod, type_: EventType, reason: &str, note: String) {
         let reference = pod.object_ref(&());
         let event = Event {
@@ -202,6 +468,9 @@ struct SyncLoop {
     written: HashMap<String, (Option<String>, serde_json::Value)>,
     /// Exited instances a BackOff event was already emitted for.
     backoff_reported: HashSet<String>,
+    /// Containers that could not be created for their configuration, by pod UID and container
+    /// name, with the message (`CreateContainerConfigError`).
+    config_errors: HashMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 impl SyncLoop {
@@ -215,6 +484,7 @@ impl SyncLoop {
             owned: HashSet::new(),
             written: HashMap::new(),
             backoff_reported: HashSet::new(),
+            config_errors: HashMap::new(),
         }
     }
 
@@ -270,7 +540,11 @@ impl SyncLoop {
         if let Ok(mut probes) = self.shared.probes.lock() {
             probes.retain(|id, _| running.contains(id));
         }
+        if let Ok(mut started) = self.shared.started.lock() {
+            started.retain(|id, _| running.contains(id));
+        }
         self.written.retain(|uid, _| live.contains(uid));
+        self.config_errors.retain(|uid, _| live.contains(uid));
         // Pods deleted from the API without going through this kubelet's termination.
         if futures::FutureExt::now_or_never(self.shared.pods.wait_until_ready()).is_some() {
             let orphans: Vec<String> = self
@@ -335,23 +609,48 @@ impl SyncLoop {
                     .event(pod, EventType::Warning, "BackOff", message.clone());
             }
         }
+        let mut plan = plan;
+        if !plan.start.is_empty() || rt.running().next().is_some() {
+            let mounted = self.shared.mount_volumes(pod).await;
+            let previous = self
+                .shared
+                .mount_errors
+                .lock()
+                .ok()
+                .and_then(|mut e| match &mounted {
+                    Ok(()) => e.remove(&uid),
+                    Err(message) => e.insert(uid.clone(), message.clone()),
+                });
+            if let Err(message) = mounted {
+                if previous.as_deref() != Some(message.as_str()) {
+                    self.shared
+                        .event(pod, EventType::Warning, "FailedMount", message.clone());
+                }
+                tracing::debug!(pod = %pod.name_any(), "volumes not ready: {message}");
+                // No container starts before its volumes are set up.
+                plan.start.clear();
+            }
+        }
         if !plan.start.is_empty() {
             let identity = identity(pod);
+            let dns = self.shared.dns_config(pod);
             let sandbox = match rt.ready_sandbox() {
                 Some(s) if !plan.create_sandbox => PodSandbox {
                     id: s.id.clone(),
-                    config: testbed_pod::sandbox_config(
+                    config: testbed_pod::sandbox_config_with_dns(
                         &identity,
                         &self.shared.config.pod_log_root,
                         0,
+                        dns,
                     ),
                 },
                 _ => {
                     self.owned.insert(uid.clone());
-                    testbed_pod::run_pod_sandbox(
+                    testbed_pod::run_pod_sandbox_with_dns(
                         &self.shared.runtime,
                         &identity,
                         &self.shared.config.pod_log_root,
+                        dns,
                     )
                     .await?
                 }
@@ -371,12 +670,41 @@ impl SyncLoop {
                         .collect();
                     restart_count_from_logs(names.iter().map(String::as_str))
                 });
-                let template = container_template(
+                let mut template = container_template(
                     pod,
                     container,
                     restart_count,
                     &self.shared.config.volume_root,
                 );
+                // The environment is resolved now, when the container is created: a restarted
+                // container sees the ConfigMaps and Secrets as they are at its creation.
+                if !self.shared.caches_ready() {
+                    break;
+                }
+                let env = match downward::container_env(
+                    pod,
+                    container,
+                    self.shared.config.node_ip,
+                    &Caches(&self.shared),
+                ) {
+                    Ok(env) => env,
+                    Err(message) => {
+                        self.config_error(pod, &start.name, message);
+                        continue;
+                    }
+                };
+                template.spec_hash = Some(template.hash());
+                template.env = env;
+                match security::container_security(pod, container) {
+                    Ok(security) => template.security = Some(security),
+                    Err(message) => {
+                        self.config_error(pod, &start.name, message);
+                        continue;
+                    }
+                }
+                if let Some(errors) = self.config_errors.get_mut(&uid) {
+                    errors.remove(&start.name);
+                }
                 for (host, _) in &template.mounts {
                     if let Err(e) = std::fs::create_dir_all(host) {
                         tracing::warn!(path = %host.display(), "creating a volume directory failed: {e}");
@@ -397,6 +725,13 @@ impl SyncLoop {
                             "Started",
                             format!("Started container {} ({id})", start.name),
                         );
+                        // postStart holds the pod's next container until it finished, as the
+                        // kubelet's startContainer does; a failure kills the container.
+                        if !run_post_start(&self.shared, pod, container, &id, start.restart_count)
+                            .await
+                        {
+                            break;
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(pod = %pod.name_any(), container = %start.name, "starting a container failed: {e}");
@@ -407,10 +742,11 @@ impl SyncLoop {
             }
         } else if plan.create_sandbox && !plan::is_terminal(pod) {
             self.owned.insert(uid.clone());
-            testbed_pod::run_pod_sandbox(
+            testbed_pod::run_pod_sandbox_with_dns(
                 &self.shared.runtime,
                 &identity(pod),
                 &self.shared.config.pod_log_root,
+                self.shared.dns_config(pod),
             )
             .await?;
             acted = true;
@@ -424,6 +760,22 @@ impl SyncLoop {
         self.ensure_probe_workers(pod, &rt);
         self.write_status(pod, &rt, &plan.back_off).await;
         Ok(rt)
+    }
+
+    /// Records that `container` cannot be created (`CreateContainerConfigError`); a `Failed`
+    /// Event when the reason is new.
+    fn config_error(&mut self, pod: &Pod, container: &str, message: String) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let errors = self.config_errors.entry(uid).or_default();
+        if errors.get(container) != Some(&message) {
+            self.shared.event(
+                pod,
+                EventType::Warning,
+                "Failed",
+                format!("Error: {message}"),
+            );
+            errors.insert(container.to_string(), message);
+        }
     }
 
     /// A container that was created but failed to start would block its slot: remove it.
@@ -457,16 +809,50 @@ impl SyncLoop {
             .lock()
             .map(|p| p.clone())
             .unwrap_or_default();
+        let probe_started = self
+            .shared
+            .started
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
         let desired = desired_status(
             pod,
             &StatusInputs {
                 runtime: rt,
                 probe_ready: &probe_ready,
+                probe_started: &probe_started,
                 back_off,
                 node_ip: self.shared.config.node_ip,
                 now: SystemTime::now(),
             },
         );
+        let mut desired = desired;
+        if let Some(errors) = pod
+            .metadata
+            .uid
+            .as_ref()
+            .and_then(|uid| self.config_errors.get(uid))
+        {
+            for status in desired
+                .container_statuses
+                .iter_mut()
+                .chain(desired.init_container_statuses.iter_mut())
+                .flatten()
+            {
+                let not_running = status.state.as_ref().is_none_or(|s| s.running.is_none());
+                if let Some(message) = errors.get(&status.name)
+                    && not_running
+                {
+                    status.state = Some(k8s_openapi::api::core::v1::ContainerState {
+                        waiting: Some(k8s_openapi::api::core::v1::ContainerStateWaiting {
+                            reason: Some("CreateContainerConfigError".into()),
+                            message: Some(message.clone()),
+                        }),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
         let Some(patch) = status_patch(pod, &desired) else {
             return;
         };
@@ -498,17 +884,19 @@ impl SyncLoop {
             let Some(container) = find_any_container(pod, &instance.name) else {
                 continue;
             };
-            let Some(probe) = container.readiness_probe.clone() else {
+            if container.readiness_probe.is_none()
+                && container.liveness_probe.is_none()
+                && container.startup_probe.is_none()
+            {
                 continue;
-            };
+            }
             let token = self.shared.token.child_token();
             self.probe_workers
                 .insert(instance.id.clone(), token.clone());
-            tokio::spawn(readiness_worker(
+            tokio::spawn(probe_worker(
                 self.shared.clone(),
-                instance.id.clone(),
-                instance.started_at,
-                probe,
+                pod.metadata.uid.clone().unwrap_or_default(),
+                instance.clone(),
                 container.clone(),
                 token,
             ));
@@ -704,50 +1092,224 @@ async fn remove_pod_resources(
     }
 }
 
-/// Probes one container's readiness until cancelled, publishing changes of the result.
-async fn readiness_worker(
+/// Probes one container as the kubelet's probe workers do, until cancelled: the startup probe
+/// first (the container is not `started` until it succeeds; `failureThreshold` failures kill
+/// it), then readiness (results published) and liveness (`failureThreshold` consecutive failures
+/// kill the container, which restarts by its restart policy and back-off).
+async fn probe_worker(
     shared: Arc<Shared>,
-    id: String,
-    started_at: Option<SystemTime>,
-    probe: Probe,
+    pod_uid: String,
+    instance: Instance,
     container: Container,
     token: CancellationToken,
 ) {
-    let timing = ProbeTiming::of(&probe);
-    let action = Action::of_probe(&probe, container.ports.as_deref().unwrap_or_default());
-    let ran = started_at
+    let id = instance.id.clone();
+    let ports = container.ports.clone().unwrap_or_default();
+    let ran = instance
+        .started_at
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .unwrap_or_default();
-    tokio::select! {
-        _ = token.cancelled() => return,
-        _ = tokio::time::sleep(timing.initial_delay.saturating_sub(ran)) => {}
-    }
-    let mut counter = ProbeCounter::new(&timing);
-    loop {
-        let success = match probe::run(
-            &shared.runtime,
-            &id,
-            shared.config.node_ip,
-            &action,
-            timing.timeout,
-        )
-        .await
-        {
-            Ok(success) => success,
-            Err(e) => {
-                tracing::debug!(container = %id, "readiness probe could not run: {e}");
-                false
+    let probe_once = |probe: &Probe, timing: &ProbeTiming, kind: &'static str| {
+        let action = Action::of_probe(probe, &ports);
+        let shared = shared.clone();
+        let id = id.clone();
+        let timeout = timing.timeout;
+        async move {
+            match probe::run(
+                &shared.runtime,
+                &id,
+                shared.config.node_ip,
+                &action,
+                timeout,
+            )
+            .await
+            {
+                Ok(success) => success,
+                Err(e) => {
+                    tracing::debug!(container = %id, "{kind} probe could not run: {e}");
+                    false
+                }
             }
-        };
-        if counter.record(success) {
-            if let Ok(mut probes) = shared.probes.lock() {
-                probes.insert(id.clone(), counter.ready());
-            }
-            shared.notify.notify_one();
         }
+    };
+    if let Some(probe) = &container.startup_probe {
+        let timing = ProbeTiming::of(probe);
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tokio::time::sleep(timing.period) => {}
+            _ = tokio::time::sleep(timing.initial_delay.saturating_sub(ran)) => {}
+        }
+        let mut failures = 0u32;
+        loop {
+            if probe_once(probe, &timing, "startup").await {
+                if let Ok(mut started) = shared.started.lock() {
+                    started.insert(id.clone(), true);
+                }
+                shared.notify.notify_one();
+                break;
+            }
+            failures = failures.saturating_add(1);
+            if failures >= timing.failure_threshold {
+                probe_kill(&shared, &pod_uid, &instance, probe, "startup").await;
+                return;
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(timing.period) => {}
+            }
         }
     }
+    let started = Instant::now();
+    let readiness = async {
+        let Some(probe) = &container.readiness_probe else {
+            return futures::future::pending::<()>().await;
+        };
+        let timing = ProbeTiming::of(probe);
+        tokio::time::sleep(timing.initial_delay.saturating_sub(ran + started.elapsed())).await;
+        let mut counter = ProbeCounter::new(&timing);
+        loop {
+            if counter.record(probe_once(probe, &timing, "readiness").await) {
+                if let Ok(mut probes) = shared.probes.lock() {
+                    probes.insert(id.clone(), counter.ready());
+                }
+                shared.notify.notify_one();
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    };
+    let liveness = async {
+        let Some(probe) = &container.liveness_probe else {
+            return futures::future::pending::<()>().await;
+        };
+        let timing = ProbeTiming::of(probe);
+        tokio::time::sleep(timing.initial_delay.saturating_sub(ran + started.elapsed())).await;
+        let mut failures = 0u32;
+        loop {
+            if probe_once(probe, &timing, "liveness").await {
+                failures = 0;
+            } else {
+                failures = failures.saturating_add(1);
+                if failures >= timing.failure_threshold {
+                    probe_kill(&shared, &pod_uid, &instance, probe, "liveness").await;
+                    return;
+                }
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    };
+    tokio::select! {
+        _ = token.cancelled() => {}
+        _ = readiness => {}
+        _ = liveness => {}
+    }
+}
+
+/// Runs `container`'s postStart hook in the new instance `id`, within the pod's grace period;
+/// on failure a FailedPostStartHook Event and the kubelet's kill. Returns whether it succeeded
+/// (true without a hook).
+async fn run_post_start(
+    shared: &Shared,
+    pod: &Pod,
+    container: &Container,
+    id: &str,
+    restart_count: Option<u32>,
+) -> bool {
+    let Some(handler) = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+    else {
+        return true;
+    };
+    let grace = grace_of(pod).max(MIN_STOP_GRACE);
+    let ports = container.ports.clone().unwrap_or_default();
+    let action = Action::of_handler(handler, &ports);
+    let run = probe::run(&shared.runtime, id, shared.config.node_ip, &action, grace);
+    let outcome = tokio::time::timeout(grace, run).await;
+    if matches!(outcome, Ok(Ok(true))) {
+        return true;
+    }
+    let detail = match outcome {
+        Ok(Ok(_)) => "the handler failed".to_string(),
+        Ok(Err(e)) => e,
+        Err(_) => format!("did not finish within {grace:?}"),
+    };
+    shared.event(
+        pod,
+        EventType::Warning,
+        "FailedPostStartHook",
+        format!(
+            "PostStartHook failed for container {}: {detail}",
+            container.name
+        ),
+    );
+    let instance = Instance {
+        id: id.to_string(),
+        sandbox_id: String::new(),
+        pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
+        name: container.name.clone(),
+        attempt: restart_count.unwrap_or_default(),
+        state: ContainerState::Running,
+        created_at: None,
+        started_at: None,
+        finished_at: None,
+        exit_code: 0,
+        reason: String::new(),
+        hash: String::new(),
+        image_ref: String::new(),
+    };
+    kill_container(shared, pod, &instance, grace_of(pod)).await;
+    false
+}
+
+/// The kubelet's kill of a container whose liveness or startup probe failed: Unhealthy and
+/// Killing Events, then its usual kill (preStop, stop with the probe's or the pod's grace).
+async fn probe_kill(
+    shared: &Shared,
+    pod_uid: &str,
+    instance: &Instance,
+    probe: &Probe,
+    kind: &str,
+) {
+    let Some(pod) = shared
+        .pods
+        .state()
+        .into_iter()
+        .find(|p| p.metadata.uid.as_deref() == Some(pod_uid))
+    else {
+        return;
+    };
+    if let Ok(mut killing) = shared.killing.lock()
+        && !killing.insert(instance.id.clone())
+    {
+        return;
+    }
+    let title = if kind == "startup" {
+        "Startup"
+    } else {
+        "Liveness"
+    };
+    shared.event(
+        &pod,
+        EventType::Warning,
+        "Unhealthy",
+        format!("{title} probe failed"),
+    );
+    shared.event(
+        &pod,
+        EventType::Normal,
+        "Killing",
+        format!(
+            "Container {} failed {kind} probe, will be restarted",
+            instance.name
+        ),
+    );
+    let grace = probe
+        .termination_grace_period_seconds
+        .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0)))
+        .unwrap_or_else(|| grace_of(&pod));
+    kill_container(shared, &pod, instance, grace).await;
+    if let Ok(mut killing) = shared.killing.lock() {
+        killing.remove(&instance.id);
+    }
+    shared.notify.notify_one();
 }

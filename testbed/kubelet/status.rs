@@ -47,6 +47,9 @@ pub struct StatusInputs<'a> {
     /// Readiness probe results by container ID; a container with a readiness probe and no
     /// result yet is not ready.
     pub probe_ready: &'a HashMap<String, bool>,
+    /// Startup probe results by container ID: a container with a startup probe is not
+    /// `started` (nor ready) until its probe succeeded.
+    pub probe_started: &'a HashMap<String, bool>,
     /// Containers held back by crash-loop back-off, with the kubelet's message.
     pub back_off: &'a BTreeMap<String, String>,
     pub node_ip: Ipv4Addr,
@@ -327,8 +330,13 @@ fn container_status(
         ..Default::default()
     };
     let running = newest.state == ContainerState::Running;
-    status.started = Some(running);
-    status.ready = running
+    let started = running
+        && match inputs.probe_started.get(&newest.id) {
+            Some(started) => *started,
+            None => container.startup_probe.is_none(),
+        };
+    status.started = Some(started);
+    status.ready = started
         && match inputs.probe_ready.get(&newest.id) {
             Some(ready) => *ready,
             None => container.readiness_probe.is_none(),
@@ -668,6 +676,7 @@ mod tests {
 
     struct Case {
         probe_ready: HashMap<String, bool>,
+        probe_started: HashMap<String, bool>,
         back_off: BTreeMap<String, String>,
     }
 
@@ -675,6 +684,7 @@ mod tests {
         fn new() -> Self {
             Self {
                 probe_ready: HashMap::new(),
+                probe_started: HashMap::new(),
                 back_off: BTreeMap::new(),
             }
         }
@@ -684,6 +694,7 @@ mod tests {
                 &StatusInputs {
                     runtime: rt,
                     probe_ready: &self.probe_ready,
+                    probe_started: &self.probe_started,
                     back_off: &self.back_off,
                     node_ip: Ipv4Addr::new(127, 0, 0, 2),
                     now: at(100),
@@ -803,6 +814,23 @@ mod tests {
         assert_eq!(cond(&held, "Ready").status, "False");
         let open = Case::new().status(&pod(spec, gate("True")), &rt);
         assert_eq!(cond(&open, "Ready").status, "True");
+    }
+
+    #[test]
+    fn a_startup_probe_holds_started_and_ready_until_it_succeeds() {
+        let p = pod(
+            json!({"containers": [{"name": "db", "startupProbe": {"exec": {"command": ["true"]}}}]}),
+            json!({}),
+        );
+        let rt = runtime(vec![instance("db", 0, Running, 0)]);
+        let mut case = Case::new();
+        let waiting = &case.status(&p, &rt).container_statuses.unwrap()[0];
+        assert_eq!(waiting.started, Some(false));
+        assert!(!waiting.ready);
+        case.probe_started.insert("db0".into(), true);
+        let started = &case.status(&p, &rt).container_statuses.unwrap()[0];
+        assert_eq!(started.started, Some(true));
+        assert!(started.ready, "no readiness probe: ready once started");
     }
 
     #[test]

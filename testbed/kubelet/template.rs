@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 
+use super::volumes;
 use crate::pod::{ContainerTemplate, PodIdentity};
 
 /// The pod's identity as the runtime gets it.
@@ -39,6 +40,9 @@ pub fn volume_host_path(volume_root: &Path, pod: &Pod, volume: &Volume) -> Optio
         Some(empty_dir(volume_root, uid, &volume.name))
     } else if let Some(claim) = &volume.persistent_volume_claim {
         Some(claim_dir(volume_root, namespace, &claim.claim_name))
+    } else if volumes::is_api_data(volume) {
+        // Filled by the atomic writer; per pod, like an emptyDir.
+        Some(empty_dir(volume_root, uid, &volume.name))
     } else {
         volume.host_path.as_ref().map(|h| PathBuf::from(&h.path))
     }
@@ -54,6 +58,7 @@ pub fn container_template(
 ) -> ContainerTemplate {
     let spec = pod.spec.as_ref();
     let volumes = spec.and_then(|s| s.volumes.as_ref());
+    let mut read_only_mounts = Vec::new();
     let mounts = container
         .volume_mounts
         .iter()
@@ -63,6 +68,10 @@ pub fn container_template(
             let mut host = volume_host_path(volume_root, pod, volume)?;
             if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 host = host.join(sub);
+            }
+            // API-data volumes are always read-only (the kubelet's ReadOnlyAPIDataVolumes).
+            if m.read_only == Some(true) || volumes::is_api_data(volume) {
+                read_only_mounts.push(m.mount_path.clone());
             }
             Some((host, m.mount_path.clone()))
         })
@@ -90,6 +99,9 @@ pub fn container_template(
             .filter(|p| !p.is_empty())
             .and_then(|p| serde_json::to_value(p).ok()),
         mounts,
+        read_only_mounts,
+        spec_hash: None,
+        security: None,
     }
 }
 
@@ -155,7 +167,12 @@ mod tests {
                     PathBuf::from("/v/pvc/shop/data-db-0/pg"),
                     "/data".to_string()
                 ),
+                (
+                    PathBuf::from("/v/pods/u1/volumes/config"),
+                    "/etc/cfg".to_string()
+                ),
             ]
         );
+        assert_eq!(t.read_only_mounts, ["/etc/cfg"]);
     }
 }
