@@ -761,6 +761,10 @@ pub enum InvalidRollout {
     NameTooLong { length: usize },
     #[error("spec.target needs a workloadRef (kind and name) or a pod selector")]
     NoTarget,
+    /// Exec actions while the API server does not authorize them like `kubectl exec` (the
+    /// coordinator's message says what to install).
+    #[error("{0}")]
+    ExecNotAuthorized(String),
     #[error("spec.target takes a workloadRef or a selector, not both")]
     TwoTargets,
     #[error(

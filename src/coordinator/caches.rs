@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
@@ -18,6 +21,7 @@ use tokio::task::JoinHandle;
 use relaunch_api::containers::is_native_sidecar;
 use relaunch_api::{ContainerRecreateRequest, READINESS_GATE};
 
+use crate::cluster::Cluster;
 use crate::context::Context;
 use crate::error::ClusterError;
 use crate::error_policy::error_policy;
@@ -88,6 +92,72 @@ where
         .reflect(writer);
     let task = tokio::spawn(run_watch(resource, stream, wake, ctx.metrics.clone()));
     (store, task)
+}
+
+/// A cluster-wide watch of `K` through a [`DeserializeGuard`]: an object that does not
+/// deserialize (a newer release's, one written around the CRD schema) is counted and logged
+/// through the error policy (`kind="invalid_object"`) and left out — a first sight of it is
+/// dropped, a change to an object already cached becomes its deletion — so one bad object never
+/// stalls the watch for the others. `stand_in` makes the object the reflector deletes from the
+/// metadata alone.
+pub fn guarded_watch<K>(
+    cluster: &Cluster,
+    config: watcher::Config,
+    resource: &'static str,
+    metrics: Metrics,
+    stand_in: fn(ObjectMeta) -> K,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    cluster
+        .watch::<DeserializeGuard<K>>(config)
+        .filter_map(move |event| {
+            let unguarded = match event {
+                Ok(event) => unguard(event, resource, &metrics, stand_in).map(Ok),
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(unguarded)
+        })
+}
+
+/// A watch event without its guard; see [`guarded_watch`].
+pub fn unguard<K>(
+    event: watcher::Event<DeserializeGuard<K>>,
+    resource: &'static str,
+    metrics: &Metrics,
+    stand_in: fn(ObjectMeta) -> K,
+) -> Option<watcher::Event<K>>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let invalid = |invalid: InvalidObject| -> K {
+        let name = format!(
+            "{}/{}",
+            invalid.metadata.namespace.clone().unwrap_or_default(),
+            invalid.metadata.name.clone().unwrap_or_default()
+        );
+        let error = ClusterError::InvalidObject {
+            resource,
+            name,
+            error: invalid.error,
+        };
+        error_policy(metrics, "watch", &resource, &error);
+        stand_in(invalid.metadata)
+    };
+    Some(match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::InitApply(DeserializeGuard(Ok(k))) => watcher::Event::InitApply(k),
+        watcher::Event::InitApply(DeserializeGuard(Err(e))) => {
+            invalid(e);
+            return None;
+        }
+        watcher::Event::Apply(DeserializeGuard(Ok(k))) => watcher::Event::Apply(k),
+        watcher::Event::Apply(DeserializeGuard(Err(e)))
+        | watcher::Event::Delete(DeserializeGuard(Err(e))) => watcher::Event::Delete(invalid(e)),
+        watcher::Event::Delete(DeserializeGuard(Ok(k))) => watcher::Event::Delete(k),
+    })
 }
 
 /// Runs a watch stream (its reflector fills the cache) and wakes the controllers on every

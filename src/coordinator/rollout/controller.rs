@@ -309,6 +309,7 @@ impl RolloutController {
                 Some(rv) == rollout.resource_version().as_ref() && at.elapsed() < OWN_WRITE_SETTLE
             }),
             since_written: written.map(|(at, _)| at.elapsed()),
+            exec_policy: self.ctx.exec_policy.verdict(),
             now,
             rollout: rollout.clone(),
         }
