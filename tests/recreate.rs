@@ -325,32 +325,59 @@ async fn back_to_back_and_deleted_requests_never_stay_pending() {
     bed.shutdown().await;
 }
 
+/// Issue 12: the agent acts only on requests the coordinator admitted. A request created with
+/// its node and pod-UID labels (the agent sees it at once) while the coordinator is down is not
+/// acted on; once the coordinator runs, it admits the request and the agent carries it out.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_recreate_completes_while_the_coordinator_is_down_and_its_status_appears_later() {
+async fn a_request_is_not_acted_on_until_the_coordinator_admits_it() {
     let mut bed = Bed::start(1).await;
     let before = bed.database_pod("lonely", "node-1").await;
     bed.sandbox.coordinator().unwrap().kill();
-    bed.recreate(
-        "lonely-restart",
-        &before,
-        json!([{"name": "db"}]),
-        json!({}),
-    )
-    .await;
-    let old = container_status(&before, "db").container_id;
+    let request = bed
+        .recreate(
+            "lonely-restart",
+            &before,
+            json!([{"name": "db"}]),
+            json!({}),
+        )
+        .await;
+    assert!(kube::ResourceExt::labels(&request).contains_key(relaunch_api::LABEL_NODE_NAME));
     eventually(
-        "container restarted without the coordinator",
+        "the agent to see the request and wait for its admission",
         Duration::from_secs(60),
         || async {
-            let pod = bed.pods().get("lonely").await.ok()?;
-            (container_status(&pod, "db").container_id != old && ready(&pod)).then_some(())
+            let log = std::fs::read_to_string(bed.dir().join("nodes/node-1/agent/log"))
+                .unwrap_or_default();
+            log.lines()
+                .any(|l| {
+                    l.contains("waiting for the coordinator to admit the request")
+                        && l.contains("lonely-restart")
+                })
+                .then_some(())
         },
     )
     .await
     .unwrap();
+    let pod = bed.pods().get("lonely").await.unwrap();
+    assert_eq!(
+        container_status(&pod, "db").container_id,
+        container_status(&before, "db").container_id,
+        "not acted on before admission"
+    );
+    assert!(
+        bed.requests()
+            .get("lonely-restart")
+            .await
+            .unwrap()
+            .status
+            .is_none(),
+        "nothing reported"
+    );
+
     bed.sandbox.coordinator().unwrap().start().unwrap();
     let status = bed.finished("lonely-restart").await;
     assert_eq!(status.phase, RecreatePhase::Succeeded, "{status:?}");
+    assert_eq!(status.admitted_generation, Some(1));
     assert_eq!(
         container_status(&bed.pods().get("lonely").await.unwrap(), "db").restart_count,
         1

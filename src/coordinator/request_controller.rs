@@ -411,6 +411,7 @@ async fn admit_request(ctx: &Context, crr: &ContainerRecreateRequest) -> Result<
             };
             let status = ContainerRecreateRequestStatus {
                 observed_generation: crr.metadata.generation,
+                admitted_generation: crr.metadata.generation,
                 ..Default::default()
             };
             ctx.cluster

@@ -452,6 +452,7 @@ async fn admit_here(
             };
             let status = ContainerRecreateRequestStatus {
                 observed_generation: crr.metadata.generation,
+                admitted_generation: crr.metadata.generation,
                 ..Default::default()
             };
             Ok(Attempt::Done(Admitted::Admitted(Box::new((crr, status)))))
