@@ -466,6 +466,15 @@ mod tests {
         let crd = serde_json::to_string(&ContainerRecreateRequest::crd()).unwrap();
         assert!(!crd.contains("\"Unknown\""), "{crd}");
         assert!(crd.contains("WaitingForReady") && crd.contains("Ignore"));
+        let crd = serde_json::to_string(&crate::RollingRestart::crd()).unwrap();
+        assert!(!crd.contains("\"Unknown\""), "{crd}");
+        assert!(
+            crd.contains("OrdinalAscending") && crd.contains("Abort") && crd.contains("Paused")
+        );
+        // Never written back.
+        assert!(serde_json::to_value(crate::RolloutPhase::Unknown).is_err());
+        assert!(serde_json::to_value(crate::RolloutFailurePolicy::Unknown).is_err());
+        assert!(serde_json::to_value(crate::OrdinalOrder::Unknown).is_err());
     }
 
     #[test]

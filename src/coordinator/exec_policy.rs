@@ -179,10 +179,6 @@ impl ExecPolicyGate {
             watcher::Config::default(),
             "validatingadmissionpolicies",
             metrics.clone(),
-            |metadata| ValidatingAdmissionPolicy {
-                metadata,
-                ..Default::default()
-            },
         )
         .default_backoff()
         .reflect(policy_writer);
@@ -191,10 +187,6 @@ impl ExecPolicyGate {
             watcher::Config::default(),
             "validatingadmissionpolicybindings",
             metrics.clone(),
-            |metadata| ValidatingAdmissionPolicyBinding {
-                metadata,
-                ..Default::default()
-            },
         )
         .default_backoff()
         .reflect(binding_writer);

@@ -512,6 +512,8 @@ pub fn phase_event(status: &RollingRestartStatus) -> Event {
         RolloutPhase::Paused => Event::warning("Paused", message),
         RolloutPhase::Progressing => Event::normal("Progressing", message),
         RolloutPhase::Pending => Event::normal("Pending", message),
+        // Never decided by this release (a rollout in a newer release's phase is left alone).
+        RolloutPhase::Unknown => Event::normal("Unknown", message),
     }
 }
 
