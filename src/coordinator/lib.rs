@@ -28,6 +28,9 @@ pub mod report_api;
 pub mod request_controller;
 pub mod rollout;
 
+#[cfg(test)]
+mod proptests;
+
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;

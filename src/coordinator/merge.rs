@@ -31,6 +31,11 @@ pub enum MergeError {
     UnknownContainers(Vec<String>),
     #[error("container {0} appears more than once in the report")]
     DuplicateContainer(String),
+    /// A phase of a newer release: this coordinator could not write it to status.
+    #[error(
+        "the report holds a phase this coordinator does not know (an agent newer than the coordinator?); upgrade the coordinator"
+    )]
+    UnknownPhase,
     #[error(
         "{field} {time} is later than the coordinator's clock ({now}) plus {}s; is the node's clock right?",
         MAX_CLOCK_SKEW.as_secs()
@@ -81,6 +86,15 @@ pub fn check_report(report: &RecreateReport, now: Timestamp) -> Result<RecreateR
         if let Some(error) = time.and_then(|t| future(field, t)) {
             return Err(error);
         }
+    }
+    // A newer agent's phase would be merged into a status that cannot be written back.
+    if report.phase.is_unknown()
+        || report
+            .containers
+            .iter()
+            .any(|c| c.phase == ContainerRecreatePhase::Unknown)
+    {
+        return Err(MergeError::UnknownPhase);
     }
     let mut bounded = report.clone();
     bound_message(&mut bounded.message);
