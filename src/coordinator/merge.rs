@@ -901,6 +901,60 @@ mod tests {
         );
     }
 
+    /// Issue 11: the agent's journal check refuses a request whose journal entry cannot be
+    /// trusted, reporting Failed with no container (nothing was journaled for them, nothing was
+    /// done). Every container of the request still ends Failed with a message saying why, also
+    /// one the status showed in a step.
+    #[test]
+    fn a_journal_refusal_with_no_containers_ends_every_container_failed_with_a_message() {
+        let s = spec(&["app", "sidecar"]);
+        let why = "refused: the journal entry for this request cannot be read (expected value at line 1 column 20); acting on it could restart a container twice";
+        let mut refusal = report(RecreatePhase::Failed, vec![]);
+        refusal.message = Some(why.into());
+        let admitted = ContainerRecreateRequestStatus {
+            phase: RecreatePhase::Pending,
+            admitted_generation: Some(1),
+            ..Default::default()
+        };
+        let merged = apply(&s, Some(&admitted), &refusal);
+        assert_eq!(merged.status.phase, RecreatePhase::Failed);
+        assert_eq!(merged.status.message.as_deref(), Some(why));
+        assert_eq!(merged.status.admitted_generation, Some(1), "kept");
+        let states = &merged.status.container_recreate_states;
+        assert_eq!(
+            states.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["app", "sidecar"]
+        );
+        for c in states {
+            assert_eq!(c.phase, ContainerRecreatePhase::Failed, "{c:?}");
+            assert_eq!(
+                c.message.as_deref(),
+                Some(
+                    format!("not started: the request failed before this container's turn ({why})")
+                        .as_str()
+                )
+            );
+            assert!(c.timestamps.finished.is_some());
+        }
+        // A container the status showed in a step says it was interrupted.
+        let mut running = admitted.clone();
+        running.phase = RecreatePhase::Recreating;
+        running.container_recreate_states =
+            vec![container("app", ContainerRecreatePhase::Stopping)];
+        let merged = apply(&s, Some(&running), &refusal);
+        let app = &merged.status.container_recreate_states[0];
+        assert_eq!(app.phase, ContainerRecreatePhase::Failed);
+        assert_eq!(
+            app.message.as_deref(),
+            Some(
+                format!(
+                    "interrupted: the request failed while this container was Stopping ({why})"
+                )
+                .as_str()
+            )
+        );
+    }
+
     #[test]
     fn steps_name_stopped_and_restarted_containers() {
         let s = spec(&["app"]);
