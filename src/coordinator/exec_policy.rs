@@ -107,6 +107,17 @@ pub fn check(
     ExecPolicy::Missing(missing_message(&problems.join("; ")))
 }
 
+/// Whether a watch failed because the coordinator may not list or watch the resource.
+fn is_forbidden(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 403,
+        watcher::Error::WatchError(s) => s.code == 403,
+        _ => false,
+    }
+}
+
 /// The refusal of an exec action, saying why and what to install.
 fn missing_message(why: &str) -> String {
     format!(
@@ -219,6 +230,13 @@ impl ExecPolicyGate {
                 match item {
                     Ok(()) => gate.update(),
                     Err(e) => {
+                        // Without the right to read the policies, their absence cannot be
+                        // ruled out: fail closed, saying which permission is missing.
+                        if is_forbidden(&e) {
+                            gate.set(ExecPolicy::Missing(missing_message(&format!(
+                                "the coordinator may not read {resource} (its ClusterRole needs get, list and watch on them, as manifests/base/coordinator-rbac.yaml grants)"
+                            ))));
+                        }
                         crate::error_policy::error_policy(
                             &metrics,
                             "watch",
@@ -231,15 +249,8 @@ impl ExecPolicyGate {
         })
     }
 
-    /// Decides again once both stores are filled; logs a change.
-    fn update(&self) {
-        use futures::FutureExt;
-        let ready = self.policies.wait_until_ready().now_or_never().is_some()
-            && self.bindings.wait_until_ready().now_or_never().is_some();
-        if !ready {
-            return;
-        }
-        let verdict = check(&self.policies.state(), &self.bindings.state());
+    /// Sets the verdict; logs a change.
+    fn set(&self, verdict: ExecPolicy) {
         self.verdict.send_if_modified(|current| {
             if current.as_ref() == Some(&verdict) {
                 return false;
@@ -253,6 +264,17 @@ impl ExecPolicyGate {
             *current = Some(verdict.clone());
             true
         });
+    }
+
+    /// Decides again once both stores are filled; logs a change.
+    fn update(&self) {
+        use futures::FutureExt;
+        let ready = self.policies.wait_until_ready().now_or_never().is_some()
+            && self.bindings.wait_until_ready().now_or_never().is_some();
+        if !ready {
+            return;
+        }
+        self.set(check(&self.policies.state(), &self.bindings.state()));
     }
 
     /// A gate whose verdict is fixed (tests).
@@ -386,6 +408,29 @@ mod tests {
         assert!(refusal(&with_policy(ignoring), &bindings).contains("failurePolicy Ignore"));
         let empty = policy(ROLLOUT_POLICY, json!({}));
         assert!(refusal(&with_policy(empty), &bindings).contains("no validations"));
+    }
+
+    #[test]
+    fn a_forbidden_watch_fails_closed_naming_the_permission() {
+        let status = |code| Box::new(kube::core::Status::failure("x", "y").with_code(code));
+        assert!(is_forbidden(&watcher::Error::InitialListFailed(
+            kube::Error::Api(status(403))
+        )));
+        assert!(is_forbidden(&watcher::Error::WatchError(status(403))));
+        assert!(!is_forbidden(&watcher::Error::InitialListFailed(
+            kube::Error::Api(status(500))
+        )));
+        let gate = ExecPolicyGate::fixed(ExecPolicy::Enforced);
+        gate.set(ExecPolicy::Missing(missing_message(
+            "the coordinator may not read validatingadmissionpolicies",
+        )));
+        let refusal = gate.current();
+        let message = refusal.refusal().unwrap();
+        assert!(
+            message.contains("may not read validatingadmissionpolicies"),
+            "{message}"
+        );
+        assert!(message.contains(MANIFEST), "{message}");
     }
 
     #[tokio::test]
