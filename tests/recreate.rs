@@ -698,6 +698,31 @@ spec:
         "the exec never ran (it would have stopped the database) and nothing was restarted"
     );
     assert!(ready(&bed.pods().get("guarded").await.unwrap()));
+    // A rollout with exec actions fails the same way, creating no request.
+    bed.rollout(
+        "guarded-rollout",
+        json!({"target": {"workloadRef": {"kind": "StatefulSet", "name": "absent"}},
+               "shutdown": [{"container": "db", "exec": {"command": ["touch", "/tmp/shutdown"]}}]}),
+    )
+    .await;
+    let rollout = bed
+        .rollout_finished("guarded-rollout", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        rollout.phase,
+        relaunch_api::RolloutPhase::Failed,
+        "{rollout:?}"
+    );
+    assert!(
+        rollout
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(&format!(
+                "ValidatingAdmissionPolicy {POLICY} is not installed"
+            ))),
+        "{rollout:?}"
+    );
+    assert!(bed.requests_of("guarded-rollout").await.is_empty());
 
     // Restored: a new exec request is admitted and carried out.
     let policy = concat!(
