@@ -26,8 +26,9 @@ pub use image::TEST_IMAGE;
 pub use kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
 pub use network::{CLUSTER_DOMAIN, ServiceNetwork};
 pub use processes::{
-    Binaries, COORDINATOR_LEASE, Component, ManagedProcess, RELAUNCH_NAMESPACE,
-    component_kubeconfig, free_port, identity_objects, install_identities,
+    Binaries, COORDINATOR_LEASE, Component, ManagedProcess, RELAUNCH_NAMESPACE, admission_objects,
+    component_kubeconfig, free_port, identity_objects, install_admission_policies,
+    install_identities,
 };
 pub use sandbox::{Sandbox, SandboxConfig, SimulatedNode};
 

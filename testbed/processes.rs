@@ -190,6 +190,24 @@ impl Component {
 /// them: the objects of those kinds in every file the kustomization lists, in its namespace and
 /// with its labels. (Listed directories, `../crds`, hold no identities.)
 pub fn identity_objects() -> Result<Vec<Value>, TestbedError> {
+    manifest_objects(&IDENTITY_KINDS)
+}
+
+/// The kinds of `manifests/base` that make relaunch's admission policies.
+const ADMISSION_KINDS: [&str; 2] = [
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
+
+/// relaunch's admission policies (`manifests/base/admission-policy.yaml`) as `kubectl apply -k
+/// manifests/base` creates them.
+pub fn admission_objects() -> Result<Vec<Value>, TestbedError> {
+    manifest_objects(&ADMISSION_KINDS)
+}
+
+/// The objects of `kinds` in every file the kustomization lists, in its namespace (for the
+/// namespaced ones relaunch ships) and with its labels.
+fn manifest_objects(kinds: &[&str]) -> Result<Vec<Value>, TestbedError> {
     let dir = Path::new(MANIFESTS);
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
@@ -215,7 +233,7 @@ pub fn identity_objects() -> Result<Vec<Value>, TestbedError> {
             let mut object = Value::deserialize(document)
                 .map_err(|e| TestbedError::Setup(format!("manifests/base/{file}: {e}")))?;
             let kind = object["kind"].as_str().unwrap_or_default().to_string();
-            if !IDENTITY_KINDS.contains(&kind.as_str()) {
+            if !kinds.contains(&kind.as_str()) {
                 continue;
             }
             if matches!(kind.as_str(), "ServiceAccount" | "Role" | "RoleBinding")
@@ -238,8 +256,19 @@ pub fn identity_objects() -> Result<Vec<Value>, TestbedError> {
 /// (objects already there are kept): what the agent and the coordinator may do is exactly what
 /// the shipped manifests grant.
 pub async fn install_identities(api: &ApiServer) -> Result<(), TestbedError> {
+    install_objects(api, identity_objects()?).await
+}
+
+/// Creates relaunch's admission policies and their bindings on `api` from `manifests/base`
+/// (objects already there are kept), as an installation from the manifests has them: the
+/// coordinator admits exec actions only while they are installed.
+pub async fn install_admission_policies(api: &ApiServer) -> Result<(), TestbedError> {
+    install_objects(api, admission_objects()?).await
+}
+
+async fn install_objects(api: &ApiServer, objects: Vec<Value>) -> Result<(), TestbedError> {
     let client = api.client()?;
-    for object in identity_objects()? {
+    for object in objects {
         let api_version = object["apiVersion"].as_str().unwrap_or_default();
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let kind = object["kind"].as_str().unwrap_or_default();
@@ -270,7 +299,7 @@ fn ignore_exists<T>(result: Result<T, kube::Error>) -> Result<(), TestbedError> 
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(TestbedError::Setup(format!(
-            "creating relaunch's identities: {e}"
+            "creating relaunch's objects from manifests/base: {e}"
         ))),
     }
 }

@@ -137,6 +137,7 @@ impl Sandbox {
         install_crds(&client).await?;
         if let Some(binaries) = config.relaunch.clone() {
             processes::install_identities(&sandbox.api).await?;
+            processes::install_admission_policies(&sandbox.api).await?;
             let (coordinator, url) =
                 processes::start_coordinator(&sandbox.api, &binaries, &sandbox.dir).await?;
             sandbox.coordinator = Some(coordinator);

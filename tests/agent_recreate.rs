@@ -178,14 +178,25 @@ impl AgentBed {
             .await
     }
 
-    /// Creates a request for container `app` of `pod`; returns its UID.
+    /// Creates a request for container `app` of `pod` and admits it as the coordinator would;
+    /// returns its UID.
     async fn create_request(&self, name: &str, pod: &Pod, strategy: Value) -> String {
-        self.bed
-            .recreate(name, pod, json!([{"name": "app"}]), strategy)
+        self.create_admitted(name, pod, json!([{"name": "app"}]), strategy)
             .await
-            .metadata
-            .uid
-            .unwrap()
+    }
+
+    /// Creates a request for `containers` of `pod` and admits it as the coordinator would
+    /// (`status.admittedGeneration`: the agent acts only on admitted requests); returns its UID.
+    async fn create_admitted(
+        &self,
+        name: &str,
+        pod: &Pod,
+        containers: Value,
+        strategy: Value,
+    ) -> String {
+        let created = self.bed.recreate(name, pod, containers, strategy).await;
+        admit(self, name, created.metadata.generation).await;
+        created.metadata.uid.unwrap()
     }
 
     async fn final_report(&self, uid: &str, agent: &Agent) -> RecreateReport {
@@ -391,6 +402,20 @@ async fn agent_killed_around_a_stop_resumes_and_restarts_the_container_exactly_o
     bed.shutdown().await;
 }
 
+/// Writes the status the coordinator's admission writes: Pending, admitted at `generation`.
+async fn admit(bed: &AgentBed, name: &str, generation: Option<i64>) {
+    bed.bed
+        .requests()
+        .patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"phase": "Pending",
+                "observedGeneration": generation, "admittedGeneration": generation}})),
+        )
+        .await
+        .unwrap();
+}
+
 /// Sets request `name`'s status phase as the coordinator would (its deadline, a rollout's abort).
 async fn set_phase(bed: &AgentBed, name: &str, phase: &str) {
     // Untyped: the phase may be one this release's types do not know.
@@ -440,22 +465,14 @@ async fn a_second_request_for_a_pod_waits_until_the_first_worker_has_ended() {
         ["sh", "-c", format!("sleep {SHUTDOWN_SECONDS}")]}}}]);
     let strategy = json!({"terminationGracePeriodSeconds": 30});
     let first = bed
-        .bed
-        .recreate("one-1", &pod, long.clone(), strategy.clone())
-        .await
-        .metadata
-        .uid
-        .unwrap();
+        .create_admitted("one-1", &pod, long.clone(), strategy.clone())
+        .await;
     let first_shutdown = shutdown_started(&bed, &first, &agent).await;
     // Inside the action: the coordinator fails request 1, and request 2 arrives.
     set_phase(&bed, "one-1", "Failed").await;
     let second = bed
-        .bed
-        .recreate("one-2", &pod, json!([{"name": "app"}]), strategy)
-        .await
-        .metadata
-        .uid
-        .unwrap();
+        .create_admitted("one-2", &pod, json!([{"name": "app"}]), strategy)
+        .await;
     let second_shutdown = shutdown_started(&bed, &second, &agent).await;
     let gap = second_shutdown.duration_since(first_shutdown);
     assert!(

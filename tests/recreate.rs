@@ -325,32 +325,59 @@ async fn back_to_back_and_deleted_requests_never_stay_pending() {
     bed.shutdown().await;
 }
 
+/// Issue 12: the agent acts only on requests the coordinator admitted. A request created with
+/// its node and pod-UID labels (the agent sees it at once) while the coordinator is down is not
+/// acted on; once the coordinator runs, it admits the request and the agent carries it out.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_recreate_completes_while_the_coordinator_is_down_and_its_status_appears_later() {
+async fn a_request_is_not_acted_on_until_the_coordinator_admits_it() {
     let mut bed = Bed::start(1).await;
     let before = bed.database_pod("lonely", "node-1").await;
     bed.sandbox.coordinator().unwrap().kill();
-    bed.recreate(
-        "lonely-restart",
-        &before,
-        json!([{"name": "db"}]),
-        json!({}),
-    )
-    .await;
-    let old = container_status(&before, "db").container_id;
+    let request = bed
+        .recreate(
+            "lonely-restart",
+            &before,
+            json!([{"name": "db"}]),
+            json!({}),
+        )
+        .await;
+    assert!(kube::ResourceExt::labels(&request).contains_key(relaunch_api::LABEL_NODE_NAME));
     eventually(
-        "container restarted without the coordinator",
+        "the agent to see the request and wait for its admission",
         Duration::from_secs(60),
         || async {
-            let pod = bed.pods().get("lonely").await.ok()?;
-            (container_status(&pod, "db").container_id != old && ready(&pod)).then_some(())
+            let log = std::fs::read_to_string(bed.dir().join("nodes/node-1/agent/log"))
+                .unwrap_or_default();
+            log.lines()
+                .any(|l| {
+                    l.contains("waiting for the coordinator to admit the request")
+                        && l.contains("lonely-restart")
+                })
+                .then_some(())
         },
     )
     .await
     .unwrap();
+    let pod = bed.pods().get("lonely").await.unwrap();
+    assert_eq!(
+        container_status(&pod, "db").container_id,
+        container_status(&before, "db").container_id,
+        "not acted on before admission"
+    );
+    assert!(
+        bed.requests()
+            .get("lonely-restart")
+            .await
+            .unwrap()
+            .status
+            .is_none(),
+        "nothing reported"
+    );
+
     bed.sandbox.coordinator().unwrap().start().unwrap();
     let status = bed.finished("lonely-restart").await;
     assert_eq!(status.phase, RecreatePhase::Succeeded, "{status:?}");
+    assert_eq!(status.admitted_generation, Some(1));
     assert_eq!(
         container_status(&bed.pods().get("lonely").await.unwrap(), "db").restart_count,
         1
@@ -559,5 +586,176 @@ async fn an_agent_killed_during_the_shutdown_step_does_not_restart_the_new_conta
     let state = &status.container_recreate_states[0];
     assert_eq!(state.previous_container_id, old.container_id);
     assert_eq!(state.new_container_id, restarted.container_id);
+    bed.shutdown().await;
+}
+
+/// Issue 12, acceptance: with the exec admission policy deleted, an exec request created (through
+/// kubectl) by a user allowed to exec is not acted on — its command never runs, the container is
+/// not restarted — and ends Failed with a message naming what to install. Once the policy is
+/// back, a new exec request succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_exec_policy_deleted_an_exec_request_fails_closed_until_it_is_restored() {
+    const POLICY: &str = "relaunch-request-exec-needs-pods-exec";
+    const USER: &str = "--as=system:serviceaccount:default:restarter";
+    let bed = Bed::start(1).await;
+    let pod = bed.database_pod("guarded", "node-1").await;
+    let before = container_status(&pod, "db");
+    // A user who may create requests and exec into the pod: the API server admits exec requests.
+    bed.apply(
+        "restarter.yaml",
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: restarter, namespace: default}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: restarter, namespace: default}
+rules:
+- {apiGroups: [relaunch.dev], resources: [containerrecreaterequests], verbs: [create, get]}
+- {apiGroups: [""], resources: [pods/exec], verbs: [create], resourceNames: [guarded]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: restarter, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: restarter}
+subjects: [{kind: ServiceAccount, name: restarter, namespace: default}]
+"#,
+    )
+    .await;
+    let coordinator_log =
+        || std::fs::read_to_string(bed.dir().join("coordinator/log")).unwrap_or_default();
+    // Labelled as `kubectl relaunch restart` labels it, so the agent sees it at once. The
+    // command makes the database exit (it stops on /tmp/shutdown).
+    let exec_request = |name: &str| {
+        format!(
+            r#"
+apiVersion: relaunch.dev/v1alpha1
+kind: ContainerRecreateRequest
+metadata:
+  name: {name}
+  namespace: default
+  labels: {{relaunch.dev/node-name: node-1, relaunch.dev/pod-uid: {uid}}}
+spec:
+  podName: guarded
+  containers:
+  - name: db
+    shutdown: {{exec: {{command: [touch, /tmp/shutdown]}}}}
+  strategy: {{terminationGracePeriodSeconds: 30}}
+"#,
+            uid = pod.metadata.uid.as_deref().unwrap()
+        )
+    };
+    let shared = &bed;
+    let create_as_user = |file: &'static str, manifest: String| async move {
+        let bed = shared;
+        let path = bed.dir().join(file);
+        std::fs::write(&path, manifest).unwrap();
+        bed.kubectl(&["create", "-f", &path.to_string_lossy(), USER])
+            .await
+            .unwrap()
+    };
+
+    bed.kubectl(&["delete", "validatingadmissionpolicy", POLICY])
+        .await
+        .unwrap();
+    eventually(
+        "the coordinator to see the policy gone",
+        Duration::from_secs(30),
+        || async {
+            coordinator_log()
+                .contains(&format!(
+                    "ValidatingAdmissionPolicy {POLICY} is not installed"
+                ))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    create_as_user("exec-1.yaml", exec_request("guarded-exec-1")).await;
+    let status = bed.finished("guarded-exec-1").await;
+    assert_eq!(status.phase, RecreatePhase::Failed, "{status:?}");
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "ValidatingAdmissionPolicy {POLICY} is not installed"
+        )) && message.contains("install manifests/base/admission-policy.yaml")
+            && message.contains("kubectl apply -k manifests/base"),
+        "{message}"
+    );
+    assert_eq!(status.admitted_generation, None, "never admitted");
+    assert!(
+        status
+            .container_recreate_states
+            .iter()
+            .all(|c| c.timestamps.shutdown.is_none() && c.timestamps.stop.is_none()),
+        "{status:?}"
+    );
+    let now = container_status(&bed.pods().get("guarded").await.unwrap(), "db");
+    assert_eq!(
+        (now.container_id.clone(), now.restart_count),
+        (before.container_id.clone(), before.restart_count),
+        "the exec never ran (it would have stopped the database) and nothing was restarted"
+    );
+    assert!(ready(&bed.pods().get("guarded").await.unwrap()));
+    // A rollout with exec actions fails the same way, creating no request.
+    bed.rollout(
+        "guarded-rollout",
+        json!({"target": {"workloadRef": {"kind": "StatefulSet", "name": "absent"}},
+               "shutdown": [{"container": "db", "exec": {"command": ["touch", "/tmp/shutdown"]}}]}),
+    )
+    .await;
+    let rollout = bed
+        .rollout_finished("guarded-rollout", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        rollout.phase,
+        relaunch_api::RolloutPhase::Failed,
+        "{rollout:?}"
+    );
+    assert!(
+        rollout
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(&format!(
+                "ValidatingAdmissionPolicy {POLICY} is not installed"
+            ))),
+        "{rollout:?}"
+    );
+    assert!(bed.requests_of("guarded-rollout").await.is_empty());
+
+    // Restored: a new exec request is admitted and carried out.
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/base/admission-policy.yaml"
+    );
+    bed.kubectl(&["apply", "-f", policy]).await.unwrap();
+    eventually(
+        "the coordinator to see the policy back",
+        Duration::from_secs(30),
+        || async {
+            // Once at start, once now.
+            (coordinator_log()
+                .matches("the exec admission policies are installed")
+                .count()
+                >= 2)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    create_as_user("exec-2.yaml", exec_request("guarded-exec-2")).await;
+    let status = bed.finished("guarded-exec-2").await;
+    assert_eq!(status.phase, RecreatePhase::Succeeded, "{status:?}");
+    let after = bed.pods().get("guarded").await.unwrap();
+    assert_eq!(
+        container_status(&after, "db").restart_count,
+        before.restart_count + 1
+    );
+    assert_eq!(
+        exit_code_of_previous(&after, "db"),
+        Some(0),
+        "stopped by the shutdown command"
+    );
     bed.shutdown().await;
 }

@@ -823,3 +823,119 @@ async fn another_coordinator_finishes_the_rollout_when_the_leader_is_killed() {
     );
     bed.shutdown().await;
 }
+
+/// Loosens field `field` (a JSON pointer below the CRD's `openAPIV3Schema`) of CRD `name` to
+/// `schema`: what an object written by a newer release (another version of the field) looks
+/// like to this release's types.
+async fn loosen_crd(bed: &Bed, name: &str, field: &str, schema: serde_json::Value) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(bed.client.clone());
+    let mut crd = serde_json::to_value(crds.get(name).await.unwrap()).unwrap();
+    *crd.pointer_mut(&format!("/spec/versions/0/schema/openAPIV3Schema{field}"))
+        .unwrap() = schema;
+    let crd: CustomResourceDefinition = serde_json::from_value(crd).unwrap();
+    crds.replace(name, &PostParams::default(), &crd)
+        .await
+        .unwrap();
+}
+
+/// Issue 11, item 9: a rollout and a request the coordinator's types cannot read (a field of
+/// another type, as a newer release could write it) are left out of its caches, counted and
+/// logged; the watches go on, so another rollout and another request still run to the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_objects_do_not_stop_other_rollouts_and_requests() {
+    let bed = Bed::start(1).await;
+    let before = bed.statefulset("db", 2, database_pod_spec()).await;
+    let lone = bed.database_pod("lone", "node-1").await;
+    loosen_crd(
+        &bed,
+        "rollingrestarts.relaunch.dev",
+        "/properties/spec/properties/strategy/properties/maxFailures",
+        json!({"type": "string"}),
+    )
+    .await;
+    loosen_crd(
+        &bed,
+        "containerrecreaterequests.relaunch.dev",
+        "/properties/spec/properties/ttlSecondsAfterFinished",
+        json!({"type": "string"}),
+    )
+    .await;
+    // Unreadable for this release: a string where it reads a number.
+    let unreadable = |file: &str, manifest: &str| {
+        let path = bed.dir().join(file);
+        std::fs::write(&path, manifest).unwrap();
+        path
+    };
+    let rollout = unreadable(
+        "newer-rollout.yaml",
+        r#"
+apiVersion: relaunch.dev/v1alpha1
+kind: RollingRestart
+metadata: {name: newer, namespace: default}
+spec:
+  target: {workloadRef: {kind: StatefulSet, name: db}}
+  strategy: {maxFailures: "a few"}
+"#,
+    );
+    let request = unreadable(
+        "newer-request.yaml",
+        r#"
+apiVersion: relaunch.dev/v1alpha1
+kind: ContainerRecreateRequest
+metadata: {name: newer, namespace: default}
+spec:
+  podName: lone
+  containers: [{name: db}]
+  ttlSecondsAfterFinished: "later"
+"#,
+    );
+    for path in [&rollout, &request] {
+        bed.kubectl(&["create", "-f", &path.to_string_lossy()])
+            .await
+            .unwrap();
+    }
+    eventually(
+        "the coordinator to log both objects it cannot read",
+        Duration::from_secs(30),
+        || async {
+            let log =
+                std::fs::read_to_string(bed.dir().join("coordinator/log")).unwrap_or_default();
+            (log.contains("cannot read rollingrestarts default/newer")
+                && log.contains("cannot read containerrecreaterequests default/newer"))
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.coordinator_log()));
+
+    // Created after the unreadable ones: the watches still bring them.
+    bed.rollout(
+        "db-restart",
+        json!({"target": {"workloadRef": {"kind": "StatefulSet", "name": "db"}}}),
+    )
+    .await;
+    bed.recreate("lone-restart", &lone, json!([{"name": "db"}]), json!({}))
+        .await;
+    let status = bed
+        .rollout_finished("db-restart", Duration::from_secs(120))
+        .await;
+    assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
+    assert_eq!((status.total, status.restarted), (2, 2));
+    bed.assert_each_restarted_once(&before).await;
+    let request = bed.finished("lone-restart").await;
+    assert_eq!(
+        request.phase,
+        relaunch_api::RecreatePhase::Succeeded,
+        "{request:?}"
+    );
+    // The unreadable ones were not acted on.
+    let newer: serde_json::Value = serde_json::from_str(
+        &bed.kubectl(&["get", "rollingrestart", "newer", "-o", "json"])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(newer.get("status").is_none(), "{newer}");
+    bed.shutdown().await;
+}

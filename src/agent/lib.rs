@@ -397,6 +397,7 @@ async fn schedule(
 ) {
     let mut workers = workers::Workers::default();
     let mut not_understood: HashSet<String> = HashSet::new();
+    let mut waiting_admission: HashSet<String> = HashSet::new();
     let mut last_runtime_check = tokio::time::Instant::now();
     loop {
         let requests = ctx.stores.requests.state();
@@ -442,6 +443,14 @@ async fn schedule(
                 }
                 continue;
             }
+            // Only what the coordinator admitted, for the request as it is now: its checks
+            // (the pod, exec authorization) cannot be skipped by setting the node label.
+            if !crr.is_admitted() {
+                if waiting_admission.insert(head.uid.clone()) {
+                    info!(crr = %head.name, namespace = %head.namespace, "waiting for the coordinator to admit the request; not acting on it yet");
+                }
+                continue;
+            }
             let running = workers::Running {
                 pod,
                 request: recreate::request_ref(crr),
@@ -452,6 +461,7 @@ async fn schedule(
         // Forget what is gone; drop journal entries the coordinator has acknowledged.
         done_here.retain(|uid| live.contains_key(uid));
         not_understood.retain(|uid| live.contains_key(uid));
+        waiting_admission.retain(|uid| live.contains_key(uid));
         for uid in ctx.journal.uids() {
             let acknowledged = live.get(&uid).copied().unwrap_or(true);
             if acknowledged && !workers.runs(&uid) {

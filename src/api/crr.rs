@@ -306,6 +306,11 @@ pub struct ContainerRecreateRequestStatus {
     pub completion_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The `metadata.generation` the coordinator admitted (the request is valid for its pod and,
+    /// with an exec action, exec is authorized). Agents act on a request only while this equals
+    /// its `metadata.generation`; a refused request never gets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_generation: Option<i64>,
     /// When an agent last reported on this request, to any coordinator replica (the
     /// coordinator's clock). Written with every status change a report causes, and on its own
     /// at most every quarter of the agent timeout, so that every replica sees the agent alive.
@@ -461,6 +466,15 @@ mod tests {
         let crd = serde_json::to_string(&ContainerRecreateRequest::crd()).unwrap();
         assert!(!crd.contains("\"Unknown\""), "{crd}");
         assert!(crd.contains("WaitingForReady") && crd.contains("Ignore"));
+        let crd = serde_json::to_string(&crate::RollingRestart::crd()).unwrap();
+        assert!(!crd.contains("\"Unknown\""), "{crd}");
+        assert!(
+            crd.contains("OrdinalAscending") && crd.contains("Abort") && crd.contains("Paused")
+        );
+        // Never written back.
+        assert!(serde_json::to_value(crate::RolloutPhase::Unknown).is_err());
+        assert!(serde_json::to_value(crate::RolloutFailurePolicy::Unknown).is_err());
+        assert!(serde_json::to_value(crate::OrdinalOrder::Unknown).is_err());
     }
 
     #[test]

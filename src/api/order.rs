@@ -110,6 +110,7 @@ impl fmt::Display for OrdinalOrder {
         f.write_str(match self {
             OrdinalOrder::OrdinalDescending => "ordinal",
             OrdinalOrder::OrdinalAscending => "ordinal-asc",
+            OrdinalOrder::Unknown => "unknown",
         })
     }
 }

@@ -20,9 +20,18 @@ pub struct RecreateRequestBuilder {
 }
 
 impl ContainerRecreateRequest {
+    /// Whether the coordinator admitted this request as it is now: `status.admittedGeneration`
+    /// equals `metadata.generation` (both set). Agents act only on admitted requests, so no
+    /// admission-time check can be skipped by creating a request with the node label.
+    pub fn is_admitted(&self) -> bool {
+        let admitted = self.status.as_ref().and_then(|s| s.admitted_generation);
+        admitted.is_some() && admitted == self.metadata.generation
+    }
+
     /// A request for `pod`: its namespace, `spec.podName`, and the labels
     /// `relaunch.dev/node-name` (when the pod is scheduled) and `relaunch.dev/pod-uid`. Admission
-    /// adds labels that are missing; set here, the agent needs no admission to see the request.
+    /// adds labels that are missing; set here, the agent sees the request at once (it acts on it
+    /// only once the coordinator admitted it, see [`ContainerRecreateRequest::is_admitted`]).
     pub fn for_pod(pod: &Pod) -> RecreateRequestBuilder {
         let mut labels = BTreeMap::new();
         if let Some(node) = pod

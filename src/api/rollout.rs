@@ -198,6 +198,11 @@ pub enum OrdinalOrder {
     #[default]
     OrdinalDescending,
     OrdinalAscending,
+    /// An order this release does not know (a newer release's, see
+    /// [`crate::FailurePolicy`]); a rollout with it fails with a message.
+    #[serde(other, skip_serializing)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -219,6 +224,11 @@ pub enum RolloutFailurePolicy {
     Pause,
     Continue,
     Abort,
+    /// A policy this release does not know (a newer release's, see [`crate::FailurePolicy`]);
+    /// a rollout with it fails with a message rather than guess.
+    #[serde(other, skip_serializing)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// Condition type on a RollingRestart: whether it is moving (`True`) or has stopped, and why.
@@ -234,6 +244,12 @@ pub enum RolloutPhase {
     Paused,
     Succeeded,
     Failed,
+    /// A phase this release does not know, written by a newer coordinator (see
+    /// [`crate::FailurePolicy`]): this release leaves such a rollout alone (it could not write
+    /// its status back).
+    #[serde(other, skip_serializing)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -20,6 +20,7 @@ use crate::{
     FailurePolicy, HttpGetAction, LABEL_NODE_NAME, LABEL_POD_UID, LABEL_ROLLING_RESTART,
     RollingRestartSpec, ShutdownAction, WorkloadKind,
 };
+use crate::{OrdinalOrder, RolloutFailurePolicy};
 
 /// The longest duration a request may ask for (deadlines, grace periods, readiness waits).
 pub const MAX_DURATION_SECONDS: i64 = 24 * 60 * 60;
@@ -761,6 +762,10 @@ pub enum InvalidRollout {
     NameTooLong { length: usize },
     #[error("spec.target needs a workloadRef (kind and name) or a pod selector")]
     NoTarget,
+    /// Exec actions while the API server does not authorize them like `kubectl exec` (the
+    /// coordinator's message says what to install).
+    #[error("{0}")]
+    ExecNotAuthorized(String),
     #[error("spec.target takes a workloadRef or a selector, not both")]
     TwoTargets,
     #[error(
@@ -774,6 +779,14 @@ pub enum InvalidRollout {
         "spec.recreateStrategy.failurePolicy: a value this version of relaunch does not know (use Fail or Ignore, or upgrade relaunch)"
     )]
     UnknownFailurePolicy,
+    #[error(
+        "spec.strategy.failurePolicy: a value this version of relaunch does not know (use Pause, Continue or Abort, or upgrade relaunch)"
+    )]
+    UnknownRolloutFailurePolicy,
+    #[error(
+        "spec.strategy.order.ordinal: a value this version of relaunch does not know (use OrdinalDescending or OrdinalAscending, or upgrade relaunch)"
+    )]
+    UnknownOrdinalOrder,
     #[error("spec.strategy.{0} (use a count ≥ 1 or a percentage such as \"25%\")")]
     MaxUnavailable(InvalidMaxUnavailable),
     #[error(
@@ -891,6 +904,13 @@ pub fn validate_rollout(spec: &RollingRestartSpec) -> Result<(), InvalidRollout>
         == Some(FailurePolicy::Unknown)
     {
         return Err(InvalidRollout::UnknownFailurePolicy);
+    }
+    // Values of a newer release: refused rather than guessed.
+    if spec.strategy.failure_policy == Some(RolloutFailurePolicy::Unknown) {
+        return Err(InvalidRollout::UnknownRolloutFailurePolicy);
+    }
+    if spec.strategy.order.as_ref().and_then(|o| o.ordinal) == Some(OrdinalOrder::Unknown) {
+        return Err(InvalidRollout::UnknownOrdinalOrder);
     }
     if let Some(deadline) = spec.active_deadline_seconds
         && !(1..=MAX_DURATION_SECONDS).contains(&deadline)

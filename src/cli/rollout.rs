@@ -425,7 +425,8 @@ pub fn rollout_view(
                 "rollingrestart {name} {why}; resume it with: kubectl relaunch resume {name} -n {namespace}"
             ))))
         }
-        RolloutPhase::Pending | RolloutPhase::Progressing => None,
+        // A newer release's phase: not an end this version knows; keep following.
+        RolloutPhase::Pending | RolloutPhase::Progressing | RolloutPhase::Unknown => None,
     };
     View { frame, end }
 }

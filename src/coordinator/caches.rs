@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
@@ -18,6 +21,7 @@ use tokio::task::JoinHandle;
 use relaunch_api::containers::is_native_sidecar;
 use relaunch_api::{ContainerRecreateRequest, READINESS_GATE};
 
+use crate::cluster::Cluster;
 use crate::context::Context;
 use crate::error::ClusterError;
 use crate::error_policy::error_policy;
@@ -67,8 +71,9 @@ pub fn watch_shared(ctx: &Context, wake: Vec<Arc<Notify>>) -> (Caches, Vec<JoinH
     (Caches { pods, requests }, vec![request_watch, pod_watch])
 }
 
-/// Starts a cluster-wide watch of `resource` into a new cache, each object pruned by `prune`;
-/// every change wakes each of `wake`. The task runs until aborted.
+/// Starts a cluster-wide watch of `resource` into a new cache (through [`guarded_watch`]: an
+/// object that cannot be read is left out), each object pruned by `prune`; every change wakes
+/// each of `wake`. The task runs until aborted.
 pub fn watch_into<K>(
     ctx: &Context,
     resource: &'static str,
@@ -76,18 +81,138 @@ pub fn watch_into<K>(
     wake: Vec<Arc<Notify>>,
 ) -> (Store<K>, JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + StandIn
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Eq + Hash + Clone,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = ctx
-        .cluster
-        .watch::<K>(watcher::Config::default())
-        .default_backoff()
-        .modify(prune)
-        .reflect(writer);
+    let stream = guarded_watch::<K>(
+        &ctx.cluster,
+        watcher::Config::default(),
+        resource,
+        ctx.metrics.clone(),
+    )
+    .default_backoff()
+    .modify(prune)
+    .reflect(writer);
     let task = tokio::spawn(run_watch(resource, stream, wake, ctx.metrics.clone()));
     (store, task)
+}
+
+/// An object made from metadata alone: what a guarded watch hands the reflector to delete an
+/// object it can no longer read.
+pub trait StandIn: Sized {
+    fn stand_in(metadata: ObjectMeta) -> Self;
+}
+
+macro_rules! stand_in_by_default {
+    ($($kind:ty),*) => {$(
+        impl StandIn for $kind {
+            fn stand_in(metadata: ObjectMeta) -> Self {
+                Self { metadata, ..Default::default() }
+            }
+        }
+    )*};
+}
+
+stand_in_by_default!(
+    Pod,
+    k8s_openapi::api::policy::v1::PodDisruptionBudget,
+    k8s_openapi::api::apps::v1::StatefulSet,
+    k8s_openapi::api::apps::v1::Deployment,
+    k8s_openapi::api::apps::v1::DaemonSet,
+    k8s_openapi::api::apps::v1::ReplicaSet,
+    k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
+    k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding
+);
+
+impl StandIn for ContainerRecreateRequest {
+    fn stand_in(metadata: ObjectMeta) -> Self {
+        Self {
+            metadata,
+            spec: Default::default(),
+            status: None,
+        }
+    }
+}
+
+impl StandIn for relaunch_api::RollingRestart {
+    fn stand_in(metadata: ObjectMeta) -> Self {
+        Self {
+            metadata,
+            spec: Default::default(),
+            status: None,
+        }
+    }
+}
+
+/// A cluster-wide watch of `K` through a [`DeserializeGuard`]: an object that does not
+/// deserialize (a newer release's, one written around the CRD schema) is counted and logged
+/// through the error policy (`kind="invalid_object"`) and left out — a first sight of it is
+/// dropped, a change to an object already cached becomes its deletion — so one bad object never
+/// stalls the watch for the others.
+pub fn guarded_watch<K>(
+    cluster: &Cluster,
+    config: watcher::Config,
+    resource: &'static str,
+    metrics: Metrics,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource<DynamicType = ()> + StandIn + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    cluster
+        .watch::<DeserializeGuard<K>>(config)
+        .filter_map(move |event| {
+            let unguarded = match event {
+                Ok(event) => unguard(event, resource, &metrics).map(Ok),
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(unguarded)
+        })
+}
+
+/// A watch event without its guard; see [`guarded_watch`].
+pub fn unguard<K>(
+    event: watcher::Event<DeserializeGuard<K>>,
+    resource: &'static str,
+    metrics: &Metrics,
+) -> Option<watcher::Event<K>>
+where
+    K: Resource<DynamicType = ()> + StandIn,
+{
+    let invalid = |invalid: InvalidObject| -> K {
+        let name = format!(
+            "{}/{}",
+            invalid.metadata.namespace.clone().unwrap_or_default(),
+            invalid.metadata.name.clone().unwrap_or_default()
+        );
+        let error = ClusterError::InvalidObject {
+            resource,
+            name,
+            error: invalid.error,
+        };
+        error_policy(metrics, "watch", &resource, &error);
+        K::stand_in(invalid.metadata)
+    };
+    Some(match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::InitApply(DeserializeGuard(Ok(k))) => watcher::Event::InitApply(k),
+        watcher::Event::InitApply(DeserializeGuard(Err(e))) => {
+            invalid(e);
+            return None;
+        }
+        watcher::Event::Apply(DeserializeGuard(Ok(k))) => watcher::Event::Apply(k),
+        watcher::Event::Apply(DeserializeGuard(Err(e)))
+        | watcher::Event::Delete(DeserializeGuard(Err(e))) => watcher::Event::Delete(invalid(e)),
+        watcher::Event::Delete(DeserializeGuard(Ok(k))) => watcher::Event::Delete(k),
+    })
 }
 
 /// Runs a watch stream (its reflector fills the cache) and wakes the controllers on every
@@ -159,4 +284,72 @@ pub fn prune_pod(pod: &mut Pod) {
         }),
         ..Default::default()
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::ResourceExt;
+    use relaunch_api::RollingRestart;
+    use serde_json::json;
+
+    #[test]
+    fn an_object_that_does_not_deserialize_is_counted_and_left_out() {
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let guard = |strategy: serde_json::Value| -> DeserializeGuard<RollingRestart> {
+            serde_json::from_value(json!({
+                "apiVersion": "relaunch.dev/v1alpha1", "kind": "RollingRestart",
+                "metadata": {"name": "r", "namespace": "ns", "uid": "u"},
+                "spec": {"target": {"workloadRef": {"kind": "StatefulSet", "name": "db"}},
+                         "strategy": strategy},
+            }))
+            .unwrap()
+        };
+        let good = || guard(json!({"maxFailures": 1}));
+        let bad = || guard(json!({"maxFailures": "a few"}));
+        let unguard = |e| unguard(e, "rollingrestarts", &metrics);
+        assert!(matches!(
+            unguard(watcher::Event::InitApply(good())),
+            Some(watcher::Event::InitApply(r)) if r.spec.strategy.max_failures == Some(1)
+        ));
+        assert!(unguard(watcher::Event::InitApply(bad())).is_none());
+        match unguard(watcher::Event::Apply(bad())) {
+            Some(watcher::Event::Delete(r)) => {
+                assert_eq!(
+                    (r.name_any(), r.namespace()),
+                    ("r".into(), Some("ns".into()))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match unguard(watcher::Event::Delete(bad())) {
+            Some(watcher::Event::Delete(r)) => assert_eq!(r.name_any(), "r"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            unguard(watcher::Event::InitDone),
+            Some(watcher::Event::InitDone)
+        ));
+        assert_eq!(
+            metrics.errors.with_label_values(&["invalid_object"]).get(),
+            3
+        );
+        // Values of a newer release are not errors: they read as Unknown.
+        let newer: DeserializeGuard<RollingRestart> = serde_json::from_value(json!({
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"target": {"workloadRef": {"kind": "StatefulSet", "name": "db"}},
+                     "strategy": {"failurePolicy": "Retry", "order": {"ordinal": "Random"}}},
+            "status": {"phase": "Draining"},
+        }))
+        .unwrap();
+        let newer = newer.0.unwrap();
+        assert_eq!(
+            newer.status.map(|s| s.phase),
+            Some(relaunch_api::RolloutPhase::Unknown)
+        );
+        assert_eq!(
+            relaunch_api::validation::validate_rollout(&newer.spec).map_err(|e| e.to_string()),
+            Err("spec.strategy.failurePolicy: a value this version of relaunch does not know (use Pause, Continue or Abort, or upgrade relaunch)".to_string())
+        );
+    }
 }

@@ -10,6 +10,7 @@ use relaunch_api::COORDINATOR_AUDIENCE;
 
 use crate::cluster::Cluster;
 use crate::error::CoordinatorError;
+use crate::exec_policy::ExecPolicyGate;
 use crate::heartbeats::Heartbeats;
 use crate::leader_election::{LeaderElection, Leadership};
 use crate::metrics::Metrics;
@@ -66,6 +67,8 @@ pub struct Context {
     pub heartbeats: Arc<Heartbeats>,
     /// Recent TokenReview answers.
     pub tokens: Arc<TokenCache>,
+    /// Whether exec actions may be admitted (the exec admission policies are installed).
+    pub exec_policy: Arc<ExecPolicyGate>,
 }
 
 impl Context {
@@ -81,6 +84,7 @@ impl Context {
             metrics,
             heartbeats: Arc::new(Heartbeats::new(settings.agent_timeout)),
             tokens: Arc::new(TokenCache::new(settings.token_cache_ttl, 100_000)),
+            exec_policy: Arc::new(ExecPolicyGate::default()),
             settings,
         }))
     }
@@ -94,6 +98,7 @@ impl Context {
             metrics: self.metrics.clone(),
             heartbeats: self.heartbeats.clone(),
             tokens: self.tokens.clone(),
+            exec_policy: self.exec_policy.clone(),
         })
     }
 }

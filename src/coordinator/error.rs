@@ -48,11 +48,19 @@ pub enum ClusterError {
     /// in time), so it writes nothing; the new leader decides again.
     #[error("not sent: this replica no longer leads")]
     NotLeading,
+    /// An object a watch brought that the coordinator cannot read (a newer release's, or one
+    /// written around the CRD schema): left out of the cache, the watch goes on.
+    #[error("cannot read {resource} {name}: {error}")]
+    InvalidObject {
+        resource: &'static str,
+        name: String,
+        error: String,
+    },
 }
 
 impl ClusterError {
     /// Every `kind` label, so the counters start at 0 and `increase()` sees the first error.
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 9] = [
         "conflict",
         "not_found",
         "forbidden",
@@ -61,6 +69,7 @@ impl ClusterError {
         "api",
         "watch",
         "not_leading",
+        "invalid_object",
     ];
 
     /// The `kind` label of `relaunch_coordinator_errors_total`.
@@ -74,6 +83,7 @@ impl ClusterError {
             ClusterError::Api(_) => "api",
             ClusterError::Watch(_) => "watch",
             ClusterError::NotLeading => "not_leading",
+            ClusterError::InvalidObject { .. } => "invalid_object",
         }
     }
 

@@ -60,6 +60,11 @@ pub fn error_policy(
             tracing::warn!(resource = %object, kind, error = %e, "watch failed; retrying with back-off");
             Retry::Backoff
         }
+        // Nothing to retry: the object is left out until a version of it can be read.
+        ClusterError::InvalidObject { .. } => {
+            tracing::warn!(kind, "cannot read an object; leaving it out: {error}");
+            Retry::OnChange
+        }
         _ => {
             tracing::warn!(%object, kind, error = %error, "{action} failed; will retry");
             Retry::After(RETRY_AFTER_ERROR)

@@ -17,6 +17,7 @@ pub mod context;
 pub mod error;
 pub mod error_policy;
 pub mod events;
+pub mod exec_policy;
 pub mod heartbeats;
 pub mod leader_election;
 pub mod lifecycle;
@@ -26,6 +27,9 @@ pub mod readiness;
 pub mod report_api;
 pub mod request_controller;
 pub mod rollout;
+
+#[cfg(test)]
+mod proptests;
 
 use std::sync::{Arc, Mutex};
 
@@ -149,6 +153,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
     let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+    // On every replica: the report API admits too. Aborted when this returns.
+    let _exec_policy_watches =
+        caches::WatchTasks(ctx.exec_policy.start(&ctx.cluster, &ctx.metrics));
     let api = tokio::spawn(report_api::server::serve(
         listener,
         ctx.clone(),

@@ -333,7 +333,8 @@ pub fn interrupted(
         }
     }
     for state in &mut status.container_recreate_states {
-        if state.phase.is_finished() {
+        // A newer release's phase ranks above Failed: nothing moves a status back from it.
+        if state.phase.is_finished() || state.phase == ContainerRecreatePhase::Unknown {
             continue;
         }
         let what = match state.phase {

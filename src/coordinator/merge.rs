@@ -31,6 +31,11 @@ pub enum MergeError {
     UnknownContainers(Vec<String>),
     #[error("container {0} appears more than once in the report")]
     DuplicateContainer(String),
+    /// A phase of a newer release: this coordinator could not write it to status.
+    #[error(
+        "the report holds a phase this coordinator does not know (an agent newer than the coordinator?); upgrade the coordinator"
+    )]
+    UnknownPhase,
     #[error(
         "{field} {time} is later than the coordinator's clock ({now}) plus {}s; is the node's clock right?",
         MAX_CLOCK_SKEW.as_secs()
@@ -81,6 +86,15 @@ pub fn check_report(report: &RecreateReport, now: Timestamp) -> Result<RecreateR
         if let Some(error) = time.and_then(|t| future(field, t)) {
             return Err(error);
         }
+    }
+    // A newer agent's phase would be merged into a status that cannot be written back.
+    if report.phase.is_unknown()
+        || report
+            .containers
+            .iter()
+            .any(|c| c.phase == ContainerRecreatePhase::Unknown)
+    {
+        return Err(MergeError::UnknownPhase);
     }
     let mut bounded = report.clone();
     bound_message(&mut bounded.message);
@@ -883,6 +897,60 @@ mod tests {
             Some(
                 "not started: the request failed before this container's turn \
                  (container app: restartPolicy Never)"
+            )
+        );
+    }
+
+    /// Issue 11: the agent's journal check refuses a request whose journal entry cannot be
+    /// trusted, reporting Failed with no container (nothing was journaled for them, nothing was
+    /// done). Every container of the request still ends Failed with a message saying why, also
+    /// one the status showed in a step.
+    #[test]
+    fn a_journal_refusal_with_no_containers_ends_every_container_failed_with_a_message() {
+        let s = spec(&["app", "sidecar"]);
+        let why = "refused: the journal entry for this request cannot be read (expected value at line 1 column 20); acting on it could restart a container twice";
+        let mut refusal = report(RecreatePhase::Failed, vec![]);
+        refusal.message = Some(why.into());
+        let admitted = ContainerRecreateRequestStatus {
+            phase: RecreatePhase::Pending,
+            admitted_generation: Some(1),
+            ..Default::default()
+        };
+        let merged = apply(&s, Some(&admitted), &refusal);
+        assert_eq!(merged.status.phase, RecreatePhase::Failed);
+        assert_eq!(merged.status.message.as_deref(), Some(why));
+        assert_eq!(merged.status.admitted_generation, Some(1), "kept");
+        let states = &merged.status.container_recreate_states;
+        assert_eq!(
+            states.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["app", "sidecar"]
+        );
+        for c in states {
+            assert_eq!(c.phase, ContainerRecreatePhase::Failed, "{c:?}");
+            assert_eq!(
+                c.message.as_deref(),
+                Some(
+                    format!("not started: the request failed before this container's turn ({why})")
+                        .as_str()
+                )
+            );
+            assert!(c.timestamps.finished.is_some());
+        }
+        // A container the status showed in a step says it was interrupted.
+        let mut running = admitted.clone();
+        running.phase = RecreatePhase::Recreating;
+        running.container_recreate_states =
+            vec![container("app", ContainerRecreatePhase::Stopping)];
+        let merged = apply(&s, Some(&running), &refusal);
+        let app = &merged.status.container_recreate_states[0];
+        assert_eq!(app.phase, ContainerRecreatePhase::Failed);
+        assert_eq!(
+            app.message.as_deref(),
+            Some(
+                format!(
+                    "interrupted: the request failed while this container was Stopping ({why})"
+                )
+                .as_str()
             )
         );
     }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use relaunch_api::{ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_POD_UID};
 
-use crate::admission::{Admission, admit};
+use crate::admission::{Admission, admit, has_exec};
 use crate::caches::Caches;
 use crate::cluster::{object_reference, pod_reference};
 use crate::context::Context;
@@ -390,7 +390,16 @@ async fn admit_request(ctx: &Context, crr: &ContainerRecreateRequest) -> Result<
         .get_pod(&ns, &crr.spec.pod_name)
         .await
         .map_err(|e| Failure::on_request("reading the pod for admission", crr, e))?;
-    match admit(crr, pod.as_ref()) {
+    // Exec actions wait until the exec policy is known (the watches list once at start).
+    let Some(exec) = ctx
+        .exec_policy
+        .verdict()
+        .or_else(|| (!has_exec(crr)).then(|| ctx.exec_policy.current()))
+    else {
+        tracing::debug!(request = %describe(crr), "admission waits: the exec admission policies are not read yet");
+        return Ok(());
+    };
+    match admit(crr, pod.as_ref(), &exec) {
         Admission::Admit { labels } => {
             let labelled = if labels.is_empty() {
                 crr.clone()
@@ -402,6 +411,7 @@ async fn admit_request(ctx: &Context, crr: &ContainerRecreateRequest) -> Result<
             };
             let status = ContainerRecreateRequestStatus {
                 observed_generation: crr.metadata.generation,
+                admitted_generation: crr.metadata.generation,
                 ..Default::default()
             };
             ctx.cluster

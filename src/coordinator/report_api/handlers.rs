@@ -15,7 +15,7 @@ use relaunch_api::{
 };
 
 use super::auth::{AuthFailure, NodeClaim, bearer_token, identify};
-use crate::admission::{Admission, admit};
+use crate::admission::{Admission, admit, has_exec};
 use crate::cluster::object_reference;
 use crate::context::Context;
 use crate::error::ClusterError;
@@ -425,7 +425,16 @@ async fn admit_here(
     pod: &Pod,
     now: Timestamp,
 ) -> Result<Attempt<Admitted>, Refusal> {
-    match admit(&crr, Some(pod)) {
+    let Some(exec) = ctx
+        .exec_policy
+        .verdict()
+        .or_else(|| (!has_exec(&crr)).then(|| ctx.exec_policy.current()))
+    else {
+        return Err(Refusal::Unavailable(
+            "the coordinator has not read the exec admission policies yet; retry".into(),
+        ));
+    };
+    match admit(&crr, Some(pod), &exec) {
         Admission::Admit { labels } => {
             // Admission in the controller is skipped once a status exists: label here.
             let crr = if labels.is_empty() {
@@ -443,6 +452,7 @@ async fn admit_here(
             };
             let status = ContainerRecreateRequestStatus {
                 observed_generation: crr.metadata.generation,
+                admitted_generation: crr.metadata.generation,
                 ..Default::default()
             };
             Ok(Attempt::Done(Admitted::Admitted(Box::new((crr, status)))))

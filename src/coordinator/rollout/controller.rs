@@ -225,6 +225,18 @@ impl RolloutController {
             if matches!(phase, Some(RolloutPhase::Succeeded | RolloutPhase::Failed)) {
                 continue;
             }
+            // A newer release's phase: its status could not be written back; leave it alone.
+            if phase == Some(RolloutPhase::Unknown) {
+                let told = (
+                    rollout.namespace().unwrap_or_default(),
+                    rollout.name_any(),
+                    "unknown phase".to_string(),
+                );
+                if self.told_refusals.insert(told) {
+                    tracing::warn!(rollout = %reconcile::describe(&rollout), "the rollout is in a phase this version of the coordinator does not know; not acting on it");
+                }
+                continue;
+            }
             gauges.active += 1;
             let Some(counts) = self.reconcile(&rollout).await else {
                 continue;
@@ -309,6 +321,7 @@ impl RolloutController {
                 Some(rv) == rollout.resource_version().as_ref() && at.elapsed() < OWN_WRITE_SETTLE
             }),
             since_written: written.map(|(at, _)| at.elapsed()),
+            exec_policy: self.ctx.exec_policy.verdict(),
             now,
             rollout: rollout.clone(),
         }

@@ -116,7 +116,8 @@ pub fn plan(
         .collect();
     candidates.sort_by(|a, b| {
         let by_ordinal = match strategy.ordinal {
-            OrdinalOrder::OrdinalDescending => b.ordinal.cmp(&a.ordinal),
+            // Unknown never gets here (validation refuses it); the default order if it did.
+            OrdinalOrder::OrdinalDescending | OrdinalOrder::Unknown => b.ordinal.cmp(&a.ordinal),
             OrdinalOrder::OrdinalAscending => a.ordinal.cmp(&b.ordinal),
         };
         by_ordinal.then_with(|| a.name.cmp(&b.name))

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
 
+use crate::exec_policy::ExecPolicy;
 use relaunch_api::validation::{InvalidRollout, validate_rollout, validate_rollout_name};
 use relaunch_api::{
     ANNOTATION_RESTART_AT, ContainerRecreateRequest, LABEL_ROLLING_RESTART, RecreatePhase,
@@ -54,6 +55,8 @@ pub struct Observed {
     pub behind_own_write: bool,
     /// How long ago this replica last wrote the status (none: not since it leads).
     pub since_written: Option<Duration>,
+    /// Whether exec actions may be admitted (none: not known yet, the watches have not listed).
+    pub exec_policy: Option<ExecPolicy>,
     pub now: Timestamp,
 }
 
@@ -218,6 +221,18 @@ pub fn reconcile(o: &Observed) -> Reconciled {
         validate_rollout_name(&rollout.name_any()).and_then(|()| validate_rollout(spec))
     {
         return fail(&invalid);
+    }
+    // Fail closed: a rollout with exec actions fails while the API server does not authorize
+    // them like kubectl exec (before it starts or between batches; requests already created
+    // run on), and waits while that is not known yet.
+    if spec.shutdown.iter().any(|s| s.action.exec.is_some()) {
+        match &o.exec_policy {
+            None => return Reconciled::default(),
+            Some(ExecPolicy::Missing(message)) => {
+                return fail(&InvalidRollout::ExecNotAuthorized(message.clone()));
+            }
+            Some(ExecPolicy::Enforced) => {}
+        }
     }
     let (selector, target) = match &o.target {
         Ok(found) => found.clone(),
@@ -497,6 +512,8 @@ pub fn phase_event(status: &RollingRestartStatus) -> Event {
         RolloutPhase::Paused => Event::warning("Paused", message),
         RolloutPhase::Progressing => Event::normal("Progressing", message),
         RolloutPhase::Pending => Event::normal("Pending", message),
+        // Never decided by this release (a rollout in a newer release's phase is left alone).
+        RolloutPhase::Unknown => Event::normal("Unknown", message),
     }
 }
 

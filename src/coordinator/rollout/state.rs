@@ -424,11 +424,18 @@ pub fn decide(
         .count() as i32;
     let allowed = allowed_failures(spec, acknowledged);
     if failed > allowed {
-        match spec.strategy.failure_policy.unwrap_or_default() {
+        // Unknown never gets here (validation refuses it); the safest policy if it did.
+        let policy = match spec.strategy.failure_policy.unwrap_or_default() {
+            RolloutFailurePolicy::Unknown => RolloutFailurePolicy::Pause,
+            known => known,
+        };
+        match policy {
             RolloutFailurePolicy::Pause if spec.strategy.paused => {
                 return Step::Hold { failures: true };
             }
-            RolloutFailurePolicy::Pause => return Step::PauseForFailures,
+            RolloutFailurePolicy::Pause | RolloutFailurePolicy::Unknown => {
+                return Step::PauseForFailures;
+            }
             RolloutFailurePolicy::Abort => {
                 return Step::Fail(format!(
                     "{failed} pod restarts failed, more than maxFailures {allowed} (failurePolicy Abort)"

@@ -89,6 +89,7 @@ fn observed(rollout: Arc<RollingRestart>, pods: Vec<Arc<Pod>>) -> Observed {
         settling: false,
         behind_own_write: false,
         since_written: None,
+        exec_policy: Some(ExecPolicy::Enforced),
         now: now(),
     }
 }
@@ -121,6 +122,51 @@ fn an_invalid_spec_fails_the_rollout_with_an_event_and_its_duration() {
     assert_eq!(status.phase, RolloutPhase::Failed);
     assert!(status.message.as_deref().unwrap().contains("workloadRef"));
     assert_eq!(completed.map(|c| c.result), Some("failed"));
+}
+
+#[test]
+fn a_rollout_with_exec_fails_while_the_exec_policy_is_missing_and_waits_while_unknown() {
+    let mut with_exec = spec(1);
+    with_exec.shutdown = vec![relaunch_api::ContainerShutdown {
+        container: "db".into(),
+        action: relaunch_api::ShutdownAction {
+            exec: Some(relaunch_api::ExecAction {
+                command: vec!["stop".into()],
+            }),
+            http_get: None,
+        },
+    }];
+    with_exec.containers = vec!["db".into()];
+    let mut o = observed(rollout(with_exec.clone(), None), vec![pod(0)]);
+    o.exec_policy = Some(ExecPolicy::Missing(
+        "install manifests/base/admission-policy.yaml".into(),
+    ));
+    let decided = reconcile(&o);
+    assert_eq!(events(&decided.actions), [("Failed", true)]);
+    let (status, _) = written(&decided.actions).unwrap();
+    assert_eq!(status.phase, RolloutPhase::Failed);
+    assert_eq!(
+        status.message.as_deref(),
+        Some("install manifests/base/admission-policy.yaml")
+    );
+    assert!(
+        !decided
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::StartBatch { .. })),
+        "nothing started"
+    );
+    o.exec_policy = None;
+    assert!(reconcile(&o).actions.is_empty(), "unknown: waits");
+    // Without exec the policy does not matter.
+    let mut plain = observed(rollout(spec(1), None), vec![pod(0)]);
+    plain.exec_policy = Some(ExecPolicy::Missing("x".into()));
+    let decided = reconcile(&plain);
+    assert!(
+        written(&decided.actions).is_none_or(|(s, _)| s.phase != RolloutPhase::Failed),
+        "{:?}",
+        decided.actions
+    );
 }
 
 #[test]
