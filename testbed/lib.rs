@@ -25,7 +25,7 @@ pub use containerd::Containerd;
 pub use controllers::Controllers;
 pub use image::TEST_IMAGE;
 pub use kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
-pub use network::{CLUSTER_DOMAIN, ServiceNetwork};
+pub use network::{CLUSTER_DOMAIN, ServiceNetwork, SpreadConfig, SpreadCounts, SpreadingProxy};
 pub use processes::{
     Binaries, COORDINATOR_LEASE, Component, ManagedProcess, RELAUNCH_NAMESPACE,
     component_kubeconfig, free_port, identity_objects, install_identities,
