@@ -536,13 +536,16 @@ async fn faults_injected_at_random_reach_only_the_chosen_users_and_are_counted()
         .metadata
         .resource_version
         .unwrap();
-    let gone = config_maps
+    // As the real API server does it: an ERROR event in the stream, then its end.
+    let events: Vec<_> = config_maps
         .watch(&kube::api::WatchParams::default(), &version)
+        .await
+        .unwrap()
+        .collect()
         .await;
     assert!(
-        matches!(&gone, Err(kube::Error::Api(s)) if s.code == 410),
-        "{:?}",
-        gone.map(|_| ())
+        matches!(events.as_slice(), [Ok(kube::api::WatchEvent::Error(e))] if e.code == 410),
+        "{events:?}"
     );
     assert_eq!(server.faults().injected().watches_gone, 1);
     server.faults().stop_injecting();

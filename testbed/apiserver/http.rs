@@ -233,7 +233,18 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
                 .get("resourceVersion")
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or_default();
-            return Err(ApiError::gone(version, version.saturating_add(1)));
+            // As kube-apiserver's watch cache answers a watch from an expired version: the watch
+            // starts (200), its one event is an ERROR carrying the 410 Status, and it ends.
+            let status = ApiError::gone(version, version.saturating_add(1)).to_status();
+            let mut line =
+                serde_json::to_vec(&json!({"type": "ERROR", "object": status})).unwrap_or_default();
+            line.push(b'\n');
+            let mut response = Response::new(Full::new(Bytes::from(line)).boxed());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return Ok(response);
         }
         Some(Fault::CloseWatchAfter(after)) => close_watch_after = Some(after),
         None => {}

@@ -65,7 +65,9 @@ pub struct FaultRates {
     /// server restart or a load balancer ends them).
     pub watch_close: f64,
     pub watch_lifetime: Duration,
-    /// Watches from a `resourceVersion` answered `410 Gone` (expired), as after compaction.
+    /// Watches from a `resourceVersion` answered `410 Gone` (expired), as after compaction: as
+    /// kube-apiserver's watch cache does it, the watch starts and its one event is an `ERROR`
+    /// with the 410 Status.
     pub watch_gone: f64,
     /// Seed of the draws (the same seed and the same requests draw the same faults).
     pub seed: u64,
@@ -152,12 +154,14 @@ impl Faults {
         self.watch_generation.send_modify(|g| *g += 1);
     }
 
-    /// Injects faults at random, at `rates`, from now on (replacing earlier rates).
+    /// Injects faults at random, at `rates`, from now on (replacing earlier rates). Open
+    /// watches are ended (uncounted), so that every watch from now on draws its faults.
     pub fn inject(&self, rates: FaultRates) {
         let seed = rates.seed;
         if let Ok(mut current) = self.rates.lock() {
             *current = Some((rates, seed));
         }
+        self.close_watches();
     }
 
     /// Stops injecting random faults (watches already doomed still end early).
