@@ -18,13 +18,14 @@ mod processes;
 mod sandbox;
 
 pub use apiserver::{
-    API_AUDIENCE, ApiServer, Faults, RequestKind, ServiceRange, client_for, kubeconfig,
+    API_AUDIENCE, ApiServer, FaultCounts, FaultRates, Faults, RequestKind, ServiceRange,
+    client_for, kubeconfig,
 };
 pub use containerd::Containerd;
 pub use controllers::Controllers;
 pub use image::TEST_IMAGE;
 pub use kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
-pub use network::{CLUSTER_DOMAIN, ServiceNetwork};
+pub use network::{CLUSTER_DOMAIN, ServiceNetwork, SpreadConfig, SpreadCounts, SpreadingProxy};
 pub use processes::{
     Binaries, COORDINATOR_LEASE, Component, ManagedProcess, RELAUNCH_NAMESPACE, admission_objects,
     component_kubeconfig, free_port, identity_objects, install_admission_policies,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::apiserver::ApiServer;
 use crate::controllers::Controllers;
 use crate::kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
-use crate::network::ServiceNetwork;
+use crate::network::{ServiceNetwork, SpreadConfig, SpreadingProxy};
 use crate::processes::{self, AgentConfig, Binaries, ManagedProcess};
 use crate::{Containerd, ServiceRange, TestbedError, install_crds};
 
@@ -27,6 +27,11 @@ pub struct SandboxConfig {
     pub relaunch: Option<Binaries>,
     /// Extra arguments for every agent (e.g. `--max-parallel 4`).
     pub agent_args: Vec<String>,
+    /// Coordinator replicas to start with relaunch (1 by default). With more than one, the
+    /// agents reach them through a [`SpreadingProxy`] (one address spreading connections over
+    /// every replica, as their Service would), cutting connections as `spread` says.
+    pub coordinators: usize,
+    pub spread: SpreadConfig,
 }
 
 impl SandboxConfig {
@@ -38,6 +43,8 @@ impl SandboxConfig {
             backoff: CrashLoopBackoff::default(),
             relaunch: None,
             agent_args: Vec::new(),
+            coordinators: 1,
+            spread: SpreadConfig::default(),
         }
     }
 
@@ -61,8 +68,11 @@ pub struct Sandbox {
     pub nodes: Vec<SimulatedNode>,
     coordinator: Option<ManagedProcess>,
     coordinator_url: Option<String>,
-    /// Further coordinator replicas (their report APIs are not the agents' target).
+    /// Further coordinator replicas (their report APIs are the agents' target only through
+    /// `spreader`).
     replicas: Vec<ManagedProcess>,
+    /// With several coordinators from the start: the proxy the agents reach them through.
+    spreader: Option<SpreadingProxy>,
     agents: Vec<ManagedProcess>,
     /// Admin endpoint (`/metrics`, `/readyz`) of each agent, by node index.
     agent_admins: Vec<SocketAddr>,
@@ -108,6 +118,7 @@ impl Sandbox {
             coordinator: None,
             coordinator_url: None,
             replicas: Vec::new(),
+            spreader: None,
             agents: Vec::new(),
             agent_admins: Vec::new(),
             binaries: config.relaunch.clone(),
@@ -141,7 +152,18 @@ impl Sandbox {
             let (coordinator, url) =
                 processes::start_coordinator(&sandbox.api, &binaries, &sandbox.dir).await?;
             sandbox.coordinator = Some(coordinator);
-            sandbox.coordinator_url = Some(url);
+            sandbox.coordinator_url = Some(url.clone());
+            if config.coordinators > 1 {
+                let mut backends = vec![report_addr(&url)?];
+                for _ in 1..config.coordinators {
+                    let (process, url) = sandbox.start_replica(&binaries).await?;
+                    sandbox.replicas.push(process);
+                    backends.push(report_addr(&url)?);
+                }
+                let spreader = SpreadingProxy::start(backends, config.spread.clone()).await?;
+                sandbox.coordinator_url = Some(spreader.url());
+                sandbox.spreader = Some(spreader);
+            }
             for i in 0..sandbox.nodes.len() {
                 let (agent, admin) = sandbox.launch_agent(i, &[]).await?;
                 sandbox.agents.push(agent);
@@ -219,11 +241,23 @@ impl Sandbox {
             .binaries
             .clone()
             .ok_or_else(|| TestbedError::Setup("the sandbox runs without relaunch".into()))?;
-        let subdir = format!("coordinator-{}", self.replicas.len() + 2);
-        let (process, _) =
-            processes::start_coordinator_replica(&self.api, &binaries, &self.dir, &subdir).await?;
+        let (process, _) = self.start_replica(&binaries).await?;
         self.replicas.push(process);
         Ok(self.replicas.len() - 1)
+    }
+
+    async fn start_replica(
+        &self,
+        binaries: &Binaries,
+    ) -> Result<(ManagedProcess, String), TestbedError> {
+        let subdir = format!("coordinator-{}", self.replicas.len() + 2);
+        processes::start_coordinator_replica(&self.api, binaries, &self.dir, &subdir).await
+    }
+
+    /// The proxy the agents reach the coordinators through, when the sandbox started several
+    /// ([`SandboxConfig::coordinators`]).
+    pub fn coordinator_proxy(&self) -> Option<&SpreadingProxy> {
+        self.spreader.as_ref()
     }
 
     /// A replica started by [`Sandbox::add_coordinator`].
@@ -231,7 +265,8 @@ impl Sandbox {
         self.replicas.get_mut(index)
     }
 
-    /// The coordinator's report API URL.
+    /// The URL the agents report to: the first coordinator's report API, or the spreading proxy
+    /// in front of all of them ([`SandboxConfig::coordinators`]).
     pub fn coordinator_url(&self) -> Option<&str> {
         self.coordinator_url.as_deref()
     }
@@ -271,6 +306,9 @@ impl Sandbox {
         let mut relaunch: Vec<ManagedProcess> = std::mem::take(&mut self.agents);
         relaunch.extend(self.coordinator.take());
         relaunch.append(&mut self.replicas);
+        if let Some(spreader) = self.spreader.take() {
+            spreader.shutdown().await;
+        }
         let _ = tokio::task::spawn_blocking(move || {
             for process in &mut relaunch {
                 process.terminate(Duration::from_secs(20));
@@ -296,4 +334,11 @@ impl Sandbox {
             .ok();
         api.shutdown().await;
     }
+}
+
+/// The address of a report API URL `http://<addr>`.
+fn report_addr(url: &str) -> Result<SocketAddr, TestbedError> {
+    url.strip_prefix("http://")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| TestbedError::Setup(format!("not a report API URL: {url}")))
 }

@@ -18,7 +18,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use relaunch_testbed::{API_AUDIENCE, ApiServer};
+use relaunch_testbed::{API_AUDIENCE, ApiServer, FaultCounts, FaultRates};
 use serde_json::json;
 use support::{TestApi, eventually};
 
@@ -456,4 +456,164 @@ async fn service_account_tokens_have_what_rbac_grants_and_bad_tokens_are_unautho
         matches!(&err, kube::Error::Api(s) if s.code == 401),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn faults_injected_at_random_reach_only_the_chosen_users_and_are_counted() {
+    let api = TestApi::start().await;
+    let (server, client) = (&api.server, api.client.clone());
+    let config_maps: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    // Another user's requests draw nothing.
+    server.faults().inject(FaultRates {
+        users: "system:serviceaccount:".into(),
+        error: 1.0,
+        ..FaultRates::default()
+    });
+    for _ in 0..5 {
+        config_maps.list(&ListParams::default()).await.unwrap();
+    }
+    assert_eq!(server.faults().injected(), FaultCounts::default());
+
+    // 500s: kube-rs sees each one.
+    server.faults().inject(FaultRates {
+        error: 0.5,
+        seed: 7,
+        ..FaultRates::default()
+    });
+    let mut failed = 0;
+    for _ in 0..40 {
+        match config_maps.list(&ListParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 500 => failed += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(failed > 0 && failed < 40, "{failed} of 40 failed");
+    assert_eq!(server.faults().injected().errors, failed);
+
+    // kubectl sees them too.
+    server.faults().inject(FaultRates {
+        error: 1.0,
+        ..FaultRates::default()
+    });
+    let out = support::output(support::kubectl(
+        &api.kubeconfig(),
+        api.dir(),
+        &["get", "configmaps"],
+    ))
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        support::printed(&out).contains("injected fault"),
+        "{}",
+        support::printed(&out)
+    );
+
+    // 429s (with Retry-After: kube-rs waits and retries them itself).
+    server.faults().inject(FaultRates {
+        throttle: 0.3,
+        seed: 3,
+        ..FaultRates::default()
+    });
+    for _ in 0..20 {
+        match config_maps.list(&ListParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 429 => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(server.faults().injected().throttled > 0);
+
+    // A watch from a resourceVersion answered 410 Gone.
+    server.faults().inject(FaultRates {
+        watch_gone: 1.0,
+        ..FaultRates::default()
+    });
+    let version = config_maps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    // As the real API server does it: an ERROR event in the stream, then its end.
+    let events: Vec<_> = config_maps
+        .watch(&kube::api::WatchParams::default(), &version)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(
+        matches!(events.as_slice(), [Ok(kube::api::WatchEvent::Error(e))] if e.code == 410),
+        "{events:?}"
+    );
+    assert_eq!(server.faults().injected().watches_gone, 1);
+    server.faults().stop_injecting();
+}
+
+#[tokio::test]
+async fn a_reflector_converges_through_watches_closed_early_410s_and_500s() {
+    let (server, client) = server().await;
+    server.faults().inject(FaultRates {
+        error: 0.1,
+        watch_close: 1.0,
+        watch_lifetime: Duration::from_millis(300),
+        watch_gone: 0.3,
+        seed: 11,
+        ..FaultRates::default()
+    });
+    let config_maps: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(config_maps.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    let admin = Api::<ConfigMap>::default_namespaced(server.client().unwrap());
+    for i in 0..20 {
+        // The test's own writes get faults too (every user): retry them.
+        eventually("a create", Duration::from_secs(10), || async {
+            match admin
+                .create(&PostParams::default(), &config_map(&format!("cm-{i}")))
+                .await
+            {
+                Ok(_) => Some(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => Some(()),
+                Err(_) => None,
+            }
+        })
+        .await
+        .unwrap();
+    }
+    eventually(
+        "the reflector sees all 20 and watches were cut",
+        Duration::from_secs(30),
+        || async {
+            let counts = server.faults().injected();
+            let ours = (reader.state().iter())
+                .filter(|c| {
+                    c.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("cm-"))
+                })
+                .count();
+            (ours == 20 && counts.watches_closed > 1 && counts.watches_gone > 0).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}, {} seen",
+            server.faults().injected(),
+            reader.state().len()
+        )
+    });
+    server.faults().stop_injecting();
+    task.abort();
 }

@@ -8,137 +8,19 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use relaunch_api::{RollingRestart, RolloutPhase};
 use relaunch_testbed::{COORDINATOR_LEASE, RELAUNCH_NAMESPACE, TEST_IMAGE};
 use serde_json::json;
-use support::{Bed, database_pod_spec, eventually, ready, restart_count};
-
-/// What the monitor saw.
-#[derive(Default, Debug)]
-struct Observations {
-    violations: Vec<String>,
-    /// Pods in the order they first became unavailable.
-    restart_order: Vec<String>,
-    most_unavailable: usize,
-    /// Condition reasons seen on the rollout.
-    reasons: BTreeSet<String>,
-}
-
-/// Watches the target pods (label `app=<app>`) and the rollout; records invariant violations.
-struct Monitor {
-    seen: Arc<Mutex<Observations>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Monitor {
-    fn start(
-        client: &kube::Client,
-        app: &str,
-        rollout: &str,
-        max_unavailable: usize,
-        baseline: &[Pod],
-    ) -> Self {
-        let seen = Arc::new(Mutex::new(Observations::default()));
-        let base: BTreeMap<String, i32> = baseline
-            .iter()
-            .map(|p| (p.metadata.name.clone().unwrap(), restart_count(p)))
-            .collect();
-        let pods: Api<Pod> = Api::default_namespaced(client.clone());
-        let config = watcher::Config::default().labels(&format!("app={app}"));
-        let pod_task = {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut state: BTreeMap<String, Pod> = BTreeMap::new();
-                let mut stream =
-                    std::pin::pin!(watcher(pods, config).default_backoff().applied_objects());
-                while let Some(Ok(pod)) = stream.next().await {
-                    let name = pod.metadata.name.clone().unwrap_or_default();
-                    state.insert(name.clone(), pod);
-                    let mut seen = seen.lock().unwrap();
-                    let unavailable: Vec<&String> = state
-                        .iter()
-                        .filter(|(_, p)| !ready(p))
-                        .map(|(n, _)| n)
-                        .collect();
-                    if unavailable.contains(&&name) && !seen.restart_order.contains(&name) {
-                        seen.restart_order.push(name.clone());
-                    }
-                    seen.most_unavailable = seen.most_unavailable.max(unavailable.len());
-                    if unavailable.len() > max_unavailable {
-                        let v = format!(
-                            "{} pods unavailable at once: {unavailable:?}",
-                            unavailable.len()
-                        );
-                        seen.violations.push(v);
-                    }
-                    let count = restart_count(&state[&name]);
-                    if let Some(before) = base.get(&name)
-                        && count > before + 1
-                    {
-                        let v = format!("{name} restarted {} times", count - before);
-                        seen.violations.push(v);
-                    }
-                }
-            })
-        };
-        let rollouts: Api<RollingRestart> = Api::default_namespaced(client.clone());
-        // An empty name watches every rollout of the namespace.
-        let config = match rollout {
-            "" => watcher::Config::default(),
-            name => watcher::Config::default().fields(&format!("metadata.name={name}")),
-        };
-        let rollout_task = {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut stream = std::pin::pin!(
-                    watcher(rollouts, config)
-                        .default_backoff()
-                        .applied_objects()
-                );
-                while let Some(Ok(r)) = stream.next().await {
-                    let mut seen = seen.lock().unwrap();
-                    for c in r.status.iter().flat_map(|s| &s.conditions) {
-                        if c.status == "True"
-                            && let Some(reason) = &c.reason
-                        {
-                            seen.reasons.insert(reason.clone());
-                        }
-                    }
-                }
-            })
-        };
-        Self {
-            seen,
-            tasks: vec![pod_task, rollout_task],
-        }
-    }
-
-    /// Stops watching; panics on any violation.
-    fn check(self) -> Observations {
-        for task in &self.tasks {
-            task.abort();
-        }
-        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
-        assert!(
-            seen.violations.is_empty(),
-            "invariants broken: {:?}",
-            seen.violations
-        );
-        seen
-    }
-}
+use support::{Bed, Monitor, database_pod_spec, eventually, ready, restart_count};
 
 /// The pods of `pods` as they are now.
 async fn current(bed: &Bed, pods: &[Pod]) -> Vec<Pod> {

@@ -31,11 +31,12 @@ pub enum MergeError {
     UnknownContainers(Vec<String>),
     #[error("container {0} appears more than once in the report")]
     DuplicateContainer(String),
-    /// A phase of a newer release: this coordinator could not write it to status.
+    /// A phase this release does not know (from a newer agent): it could be read but never
+    /// written back into status, so the report is refused instead of failing its write.
     #[error(
-        "the report holds a phase this coordinator does not know (an agent newer than the coordinator?); upgrade the coordinator"
+        "{0} has a phase this coordinator does not know; the agent is newer than the coordinator: upgrade the coordinator"
     )]
-    UnknownPhase,
+    UnknownPhase(String),
     #[error(
         "{field} {time} is later than the coordinator's clock ({now}) plus {}s; is the node's clock right?",
         MAX_CLOCK_SKEW.as_secs()
@@ -50,7 +51,8 @@ pub enum MergeError {
 /// Checks what a report says before anything is done with it, and bounds it: every time it
 /// carries is at most [`MAX_CLOCK_SKEW`] ahead of `now` (a time from the future would be kept
 /// forever as the earliest one seen, and would feed every deadline computed from status), and
-/// messages are cut to [`MAX_MESSAGE_BYTES`]. Returns the report to merge.
+/// messages are cut to [`MAX_MESSAGE_BYTES`]; a phase this release does not know is refused.
+/// Returns the report to merge.
 pub fn check_report(report: &RecreateReport, now: Timestamp) -> Result<RecreateReport, MergeError> {
     // `now` plus two minutes is representable unless the clock itself is at the end of time.
     let latest = now
@@ -87,14 +89,12 @@ pub fn check_report(report: &RecreateReport, now: Timestamp) -> Result<RecreateR
             return Err(error);
         }
     }
-    // A newer agent's phase would be merged into a status that cannot be written back.
-    if report.phase.is_unknown()
-        || report
-            .containers
-            .iter()
-            .any(|c| c.phase == ContainerRecreatePhase::Unknown)
+    if report.phase.is_unknown() {
+        return Err(MergeError::UnknownPhase("the report".into()));
+    }
+    if let Some(c) = (report.containers.iter()).find(|c| c.phase == ContainerRecreatePhase::Unknown)
     {
-        return Err(MergeError::UnknownPhase);
+        return Err(MergeError::UnknownPhase(format!("container {}", c.name)));
     }
     let mut bounded = report.clone();
     bound_message(&mut bounded.message);
@@ -246,7 +246,8 @@ pub fn merge_report(
     })
 }
 
-fn check_containers(
+/// Checks that the report names only containers of the request, each once.
+pub fn check_containers(
     spec: &ContainerRecreateRequestSpec,
     report: &RecreateReport,
 ) -> Result<(), MergeError> {
@@ -744,6 +745,26 @@ mod tests {
         assert!(check_report(&r, at(0)).is_ok());
         // The end of time as "now" does not overflow either.
         assert!(check_report(&r, Timestamp::MAX).is_ok());
+    }
+
+    /// Found by tests/report_fuzz.rs: an unknown phase was merged, its status could not be
+    /// serialized for the write, and the agent got 503 (and retried for ever).
+    #[test]
+    fn phases_this_release_does_not_know_are_refused() {
+        let s = spec(&["app"]);
+        let r = report(RecreatePhase::Unknown, vec![]);
+        assert_eq!(
+            merge_report(&s, None, &r, at(0)),
+            Err(MergeError::UnknownPhase("the report".into()))
+        );
+        let r = report(
+            RecreatePhase::Recreating,
+            vec![container("app", ContainerRecreatePhase::Unknown)],
+        );
+        assert_eq!(
+            check_report(&r, at(0)),
+            Err(MergeError::UnknownPhase("container app".into()))
+        );
     }
 
     #[test]

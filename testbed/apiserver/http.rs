@@ -13,7 +13,6 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 
-use super::Shared;
 use super::access;
 use super::admission::RequestAdmission;
 use super::error::ApiError;
@@ -26,6 +25,7 @@ use super::selectors::{FieldSelector, LabelSelector};
 use super::store::{Change, DeleteOptions, Selection, rv_of, with_version};
 use super::table;
 use super::tls;
+use super::{Fault, Shared};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -81,13 +81,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         tokio::time::sleep(delay).await;
     }
     if let Some(code) = shared.faults.take_failure() {
-        let mut response = error_response(&ApiError::injected(code));
-        if code == 429 {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
-        }
-        return response;
+        return injected_failure(code);
     }
     match route(&shared, req).await {
         Ok(response) => response,
@@ -95,10 +89,35 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// An injected `500`, or `429` with `Retry-After: 1`.
+fn injected_failure(code: u16) -> Response<Body> {
+    let mut response = error_response(&ApiError::injected(code));
+    if code == 429 {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    }
+    response
+}
+
 /// `POST /testbed/v1/faults` — fault injection for out-of-process tests:
-/// `{"failNext": N, "failCode": 500|429, "delayMs": D, "closeWatches": true, "expireHistory": true}`.
+/// `{"failNext": N, "failCode": 500|429, "delayMs": D, "closeWatches": true, "expireHistory": true,
+/// "inject": {"users": "...", "error": 0.1, "throttle": 0.1, "watchClose": 0.5,
+/// "watchLifetimeMs": 5000, "watchGone": 0.3, "seed": 1}}` (`"inject": null` stops injecting).
+/// `GET /testbed/v1/faults` — how many faults of each kind were served.
 async fn control(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    if req.uri().path() != "/testbed/v1/faults" || req.method() != Method::POST {
+    if req.uri().path() != "/testbed/v1/faults" {
+        return Err(ApiError::not_found_path(req.uri().path()));
+    }
+    if req.method() == Method::GET {
+        let c = shared.faults.injected();
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"errors": c.errors, "throttled": c.throttled,
+                    "watchesClosed": c.watches_closed, "watchesGone": c.watches_gone}),
+        ));
+    }
+    if req.method() != Method::POST {
         return Err(ApiError::not_found_path(req.uri().path()));
     }
     let body = read_body(req).await?;
@@ -113,6 +132,24 @@ async fn control(shared: &Shared, req: Request<Incoming>) -> Result<Response<Bod
     }
     if faults["closeWatches"] == true {
         shared.faults.close_watches();
+    }
+    match faults.get("inject") {
+        Some(Value::Null) => shared.faults.stop_injecting(),
+        Some(rates) => {
+            let rate = |name: &str| rates[name].as_f64().unwrap_or(0.0);
+            shared.faults.inject(super::FaultRates {
+                users: rates["users"].as_str().unwrap_or_default().to_string(),
+                error: rate("error"),
+                throttle: rate("throttle"),
+                watch_close: rate("watchClose"),
+                watch_lifetime: Duration::from_millis(
+                    rates["watchLifetimeMs"].as_u64().unwrap_or(5000),
+                ),
+                watch_gone: rate("watchGone"),
+                seed: rates["seed"].as_u64().unwrap_or_default(),
+            });
+        }
+        None => {}
     }
     if faults["expireHistory"] == true {
         shared.store.expire_history();
@@ -182,6 +219,35 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     if let Err(refusal) = access::authorize(rbac.as_ref(), &user, &attributes) {
         Shared::count(&shared.refused, &user, requested);
         return Err(refusal);
+    }
+    let is_watch =
+        req.method() == Method::GET && query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let from_version = query
+        .get("resourceVersion")
+        .is_some_and(|v| !v.is_empty() && v != "0");
+    let mut close_watch_after = None;
+    match shared.faults.draw(&user.username, is_watch, from_version) {
+        Some(Fault::Fail(code)) => return Ok(injected_failure(code)),
+        Some(Fault::Gone) => {
+            let version = query
+                .get("resourceVersion")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_default();
+            // As kube-apiserver's watch cache answers a watch from an expired version: the watch
+            // starts (200), its one event is an ERROR carrying the 410 Status, and it ends.
+            let status = ApiError::gone(version, version.saturating_add(1)).to_status();
+            let mut line =
+                serde_json::to_vec(&json!({"type": "ERROR", "object": status})).unwrap_or_default();
+            line.push(b'\n');
+            let mut response = Response::new(Full::new(Bytes::from(line)).boxed());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return Ok(response);
+        }
+        Some(Fault::CloseWatchAfter(after)) => close_watch_after = Some(after),
+        None => {}
     }
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
@@ -253,7 +319,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         shared,
         &method,
         &target,
-        &query,
+        (&query, close_watch_after),
         &body,
         &content_type,
         table,
@@ -282,7 +348,7 @@ async fn dispatch(
     shared: &Shared,
     method: &Method,
     target: &Target,
-    query: &HashMap<String, String>,
+    (query, close_watch_after): (&HashMap<String, String>, Option<Duration>),
     body: &Bytes,
     content_type: &str,
     table: bool,
@@ -303,7 +369,7 @@ async fn dispatch(
     }
     match (method, target.name.as_deref()) {
         (&Method::GET, None) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            watch(shared, target, query, table)
+            watch(shared, target, query, table, close_watch_after)
         }
         (&Method::GET, None) => list(shared, target, query, table),
         (&Method::GET, Some(name)) => {
@@ -492,6 +558,7 @@ fn watch(
     target: &Target,
     query: &HashMap<String, String>,
     table: bool,
+    close_after: Option<Duration>,
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt.clone();
     let selection = selection(target, query)?;
@@ -525,6 +592,7 @@ fn watch(
     let crd = if table { crd_of(shared, &rt) } else { None };
     let mut closer = shared.faults.watch_closer();
     closer.mark_unchanged();
+    let count_closed = shared.faults.closed_counter();
     let shutdown = shared.shutdown.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
     tokio::spawn(async move {
@@ -560,11 +628,23 @@ fn watch(
         let mut live = live;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        // An injected early end (a fault drawn for this watch); never if none was drawn.
+        let early = async {
+            match close_after {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(early);
         let mut bookmark = tokio::time::interval(Duration::from_secs(5));
         bookmark.tick().await;
         loop {
             let line = tokio::select! {
                 _ = &mut deadline => return,
+                _ = &mut early => {
+                    count_closed();
+                    return;
+                }
                 _ = shutdown.cancelled() => return,
                 _ = closer.changed() => return,
                 _ = bookmark.tick(), if bookmarks => {

@@ -36,13 +36,86 @@ pub use tokens::API_AUDIENCE;
 use super::TestbedError;
 use store::Store;
 
-/// Faults tests inject into the server.
+/// Faults tests inject into the server: one-off ones (`fail_next`, `delay`, `close_watches`)
+/// and, once [`Faults::inject`] is called, faults drawn at random for every request of the chosen
+/// users. Off by default. Every fault served is counted ([`Faults::injected`]).
 pub struct Faults {
     fail_next: AtomicU32,
     fail_code: AtomicU32,
     delay_ms: AtomicU64,
     /// Bumped to end every open watch.
     watch_generation: tokio::sync::watch::Sender<u64>,
+    /// The random faults, if injecting, and the state of their generator.
+    rates: Mutex<Option<(FaultRates, u64)>>,
+    counts: Arc<FaultCounters>,
+}
+
+/// Faults drawn at random, each request (of [`FaultRates::users`]) on its own. Rates are
+/// fractions of the requests (0.0 to 1.0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultRates {
+    /// Only requests of users whose name starts with this (empty: every user), e.g.
+    /// `system:serviceaccount:relaunch-system:` for relaunch's agent and coordinator.
+    pub users: String,
+    /// Requests answered `500 InternalError`.
+    pub error: f64,
+    /// Requests answered `429 TooManyRequests` with `Retry-After: 1`.
+    pub throttle: f64,
+    /// Watches ended early, after a random time up to [`FaultRates::watch_lifetime`] (as an API
+    /// server restart or a load balancer ends them).
+    pub watch_close: f64,
+    pub watch_lifetime: Duration,
+    /// Watches from a `resourceVersion` answered `410 Gone` (expired), as after compaction: as
+    /// kube-apiserver's watch cache does it, the watch starts and its one event is an `ERROR`
+    /// with the 410 Status.
+    pub watch_gone: f64,
+    /// Seed of the draws (the same seed and the same requests draw the same faults).
+    pub seed: u64,
+}
+
+impl Default for FaultRates {
+    fn default() -> Self {
+        Self {
+            users: String::new(),
+            error: 0.0,
+            throttle: 0.0,
+            watch_close: 0.0,
+            watch_lifetime: Duration::from_secs(5),
+            watch_gone: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// How many faults of each kind the server served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// `500` answers (injected by rate or by `fail_next`).
+    pub errors: u64,
+    /// `429` answers.
+    pub throttled: u64,
+    /// Watches ended early (by rate; `close_watches` is not counted).
+    pub watches_closed: u64,
+    /// Watches answered `410 Gone` by rate.
+    pub watches_gone: u64,
+}
+
+#[derive(Default)]
+struct FaultCounters {
+    errors: AtomicU64,
+    throttled: AtomicU64,
+    watches_closed: AtomicU64,
+    watches_gone: AtomicU64,
+}
+
+/// What a request drew.
+pub(crate) enum Fault {
+    /// Answer with this code (500 or 429).
+    Fail(u16),
+    /// Answer the watch `410 Gone`.
+    Gone,
+    /// Serve the watch, but end it after this long.
+    CloseWatchAfter(Duration),
 }
 
 impl Default for Faults {
@@ -52,6 +125,8 @@ impl Default for Faults {
             fail_code: AtomicU32::new(500),
             delay_ms: AtomicU64::new(0),
             watch_generation: tokio::sync::watch::Sender::new(0),
+            rates: Mutex::new(None),
+            counts: Arc::default(),
         }
     }
 }
@@ -79,16 +154,99 @@ impl Faults {
         self.watch_generation.send_modify(|g| *g += 1);
     }
 
+    /// Injects faults at random, at `rates`, from now on (replacing earlier rates). Open
+    /// watches are ended (uncounted), so that every watch from now on draws its faults.
+    pub fn inject(&self, rates: FaultRates) {
+        let seed = rates.seed;
+        if let Ok(mut current) = self.rates.lock() {
+            *current = Some((rates, seed));
+        }
+        self.close_watches();
+    }
+
+    /// Stops injecting random faults (watches already doomed still end early).
+    pub fn stop_injecting(&self) {
+        if let Ok(mut current) = self.rates.lock() {
+            *current = None;
+        }
+    }
+
+    /// How many faults of each kind were served so far.
+    pub fn injected(&self) -> FaultCounts {
+        let c = &self.counts;
+        FaultCounts {
+            errors: c.errors.load(Ordering::SeqCst),
+            throttled: c.throttled.load(Ordering::SeqCst),
+            watches_closed: c.watches_closed.load(Ordering::SeqCst),
+            watches_gone: c.watches_gone.load(Ordering::SeqCst),
+        }
+    }
+
     fn watch_closer(&self) -> tokio::sync::watch::Receiver<u64> {
         self.watch_generation.subscribe()
     }
 
     /// Takes one injected failure, if armed.
     fn take_failure(&self) -> Option<u16> {
-        self.fail_next
+        let code = self
+            .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .ok()
-            .map(|_| self.fail_code.load(Ordering::SeqCst) as u16)
+            .map(|_| self.fail_code.load(Ordering::SeqCst) as u16)?;
+        self.count_failure(code);
+        Some(code)
+    }
+
+    fn count_failure(&self, code: u16) {
+        let counter = if code == 429 {
+            &self.counts.throttled
+        } else {
+            &self.counts.errors
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The fault, if any, that a request of `user` draws; `watch` says whether it is a watch
+    /// and `from_version` whether it starts from a resourceVersion.
+    pub(crate) fn draw(&self, user: &str, watch: bool, from_version: bool) -> Option<Fault> {
+        let mut current = self.rates.lock().ok()?;
+        let (rates, state) = current.as_mut()?;
+        if !user.starts_with(rates.users.as_str()) {
+            return None;
+        }
+        let mut next = || {
+            // splitmix64, to [0, 1).
+            *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = *state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let fault = if next() < rates.error {
+            Some(Fault::Fail(500))
+        } else if next() < rates.throttle {
+            Some(Fault::Fail(429))
+        } else if watch && from_version && next() < rates.watch_gone {
+            self.counts.watches_gone.fetch_add(1, Ordering::SeqCst);
+            Some(Fault::Gone)
+        } else if watch && next() < rates.watch_close {
+            let lifetime = rates.watch_lifetime.mul_f64(next());
+            Some(Fault::CloseWatchAfter(lifetime))
+        } else {
+            None
+        };
+        if let Some(Fault::Fail(code)) = fault {
+            self.count_failure(code);
+        }
+        fault
+    }
+
+    /// Counts a watch ended early by a drawn [`Fault::CloseWatchAfter`].
+    pub(crate) fn closed_counter(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let counts = self.counts.clone();
+        Arc::new(move || {
+            counts.watches_closed.fetch_add(1, Ordering::SeqCst);
+        })
     }
 
     fn current_delay(&self) -> Duration {

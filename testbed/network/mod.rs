@@ -9,6 +9,7 @@
 
 mod dns;
 mod proxy;
+mod spread;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use dns::CLUSTER_DOMAIN;
+pub use spread::{SpreadConfig, SpreadCounts, SpreadingProxy};
 
 use crate::TestbedError;
 use crate::apiserver::ServiceRange;

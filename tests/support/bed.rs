@@ -47,6 +47,16 @@ impl Bed {
         Self::launch(config, dir).await
     }
 
+    /// `nodes` simulated nodes with relaunch, the sandbox's configuration changed by `configure`
+    /// first (e.g. several coordinators behind the spreading proxy).
+    pub async fn with_config(nodes: usize, configure: impl FnOnce(&mut SandboxConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SandboxConfig::new(dir.path().to_path_buf(), nodes, 0)
+            .with_relaunch(binaries().relaunch());
+        configure(&mut config);
+        Self::launch(config, dir).await
+    }
+
     /// `nodes` simulated nodes without relaunch, for tests that run an agent themselves.
     pub async fn without_relaunch(nodes: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();

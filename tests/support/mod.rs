@@ -9,6 +9,7 @@
 
 mod bed;
 mod fixtures;
+mod monitor;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[allow(unused_imports)] // as with dead code: each test file uses a part
-pub use {bed::Bed, fixtures::*, relaunch_testbed::eventually};
+pub use {
+    bed::Bed, fixtures::*, monitor::Monitor, monitor::Observations, relaunch_testbed::eventually,
+};
 
 /// How long a test waits for a pod to become Ready or a request to finish, unless it says
 /// otherwise.

@@ -22,7 +22,7 @@ use crate::error::ClusterError;
 use crate::error_policy::error_policy;
 use crate::events::{self, Event, is_rollout_request};
 use crate::lifecycle;
-use crate::merge::{check_report, merge_report};
+use crate::merge::{check_containers, check_report, merge_report};
 use crate::readiness::{GateChange, GateHolder, gate_change};
 
 /// How often a status write is retried after losing a race (409) before giving up with 503.
@@ -304,6 +304,8 @@ pub async fn apply_report(
     })?;
     for _ in 0..WRITE_ATTEMPTS {
         let (crr, pod) = authorize(ctx, node, &report.request).await?;
+        // A report the request cannot contain is refused before it admits the request.
+        check_containers(&crr.spec, report).map_err(|e| Refusal::BadRequest(e.to_string()))?;
         let now = Timestamp::now();
         ctx.heartbeats.record(&report.request.uid, now);
         let (crr, base) = match crr.status.clone() {
