@@ -718,6 +718,23 @@ impl SyncLoop {
                     }
                 };
                 template.spec_hash = Some(template.hash());
+                // The runtime sets HOSTNAME to the pod's hostname; pods here share the node's
+                // UTS namespace (host network), which would give every pod the machine's name
+                // (two coordinator replicas then had one leader-election identity).
+                let mut env = env;
+                let host_network = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.host_network)
+                    .unwrap_or(false);
+                if !host_network && !env.iter().any(|(name, _)| name == "HOSTNAME") {
+                    let hostname = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.hostname.clone())
+                        .unwrap_or_else(|| pod.name_any());
+                    env.insert(0, ("HOSTNAME".to_string(), hostname));
+                }
                 // `$(VAR)` in command and args, from the container's environment (the
                 // kubelet's expansion.Expand).
                 template.command = downward::expand_all(&template.command, &env);
