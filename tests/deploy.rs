@@ -13,7 +13,9 @@
 //!    deleted: the Deployment replaces it, the rollout succeeds, each pod restarted once;
 //! 5. an agent pod deleted while its node's request is in the stop step: the DaemonSet replaces
 //!    it, the new agent resumes from the journal on the node's hostPath, and the container is
-//!    restarted exactly once.
+//!    restarted exactly once;
+//! 6. an agent started on a node's host beside its DaemonSet pod (as the systemd unit would run
+//!    it, same state directory) refuses to start: one agent per node.
 
 mod support;
 
@@ -271,6 +273,49 @@ async fn relaunch_deployed_through_its_manifests() {
     // Still once, a moment later: nothing restarts it again.
     let later = bed.pods().get("slow").await.unwrap();
     assert_eq!(restart_count(&later), restart_count(&slow) + 1);
+
+    // 6. One agent per node: an agent started on node-1's host as the systemd unit runs it, with
+    // the same state directory as the DaemonSet pod there, refuses to act.
+    let state_dir = bed
+        .sandbox
+        .node_host_root(0)
+        .unwrap()
+        .join("var/lib/relaunch");
+    let log_path = bed.dir().join("second-agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut second = Command::new(&binaries().agent)
+        .args([
+            "--node-name",
+            "node-1",
+            "--coordinator-url",
+            "http://127.0.0.1:9",
+        ])
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .env_remove("KUBECONFIG")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // Without the lock it would run on: wait with a deadline, and kill it either way.
+    let exited = eventually("the second agent to exit", Duration::from_secs(30), || {
+        let status = second.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    let _ = second.kill();
+    let _ = second.wait();
+    let printed = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        exited.is_ok_and(|status| !status.success())
+            && printed.contains("another relaunch-agent already acts on this node")
+            && printed.contains("agent.lock"),
+        "a second agent on node-1 refuses to start:\n{printed}"
+    );
+    // The DaemonSet's agent there is untouched by it.
+    let agents = relaunch_pods(&system, AGENT_DAEMONSET).await;
+    assert!(agents.iter().all(ready), "the agents stay Ready");
 
     bed.shutdown().await;
     eprintln!("whole test {:.1}s", started.elapsed().as_secs_f64());
