@@ -362,7 +362,7 @@ async fn rolling_restart(client: kube::Client) -> Result<(), String> {
         }
     }))
     .map_err(|e| e.to_string())?;
-    let rollouts: Api<RollingRestart> = Api::default_namespaced(client);
+    let rollouts: Api<RollingRestart> = Api::default_namespaced(client.clone());
     rollouts
         .create(&PostParams::default(), &rollout)
         .await
@@ -395,7 +395,9 @@ async fn rolling_restart(client: kube::Client) -> Result<(), String> {
                 status.phase,
                 status.current_batch,
             );
-            let finished = matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed);
+            // Paused by maxFailures: it will not go on by itself.
+            let finished = matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed)
+                || blocked.contains("FailureThresholdReached");
             Ok((line, finished.then_some(status)))
         },
     )
@@ -403,9 +405,32 @@ async fn rolling_restart(client: kube::Client) -> Result<(), String> {
     let order: Vec<&str> = status.pods.iter().map(|p| p.name.as_str()).collect();
     println!("   restarted in this order: {}", order.join(", "));
     if status.phase != RolloutPhase::Succeeded {
+        // Why: each failed request's own message.
+        let requests: Api<ContainerRecreateRequest> = Api::default_namespaced(client);
+        let reasons: Vec<String> = requests
+            .list(&ListParams::default().labels(&format!(
+                "{}=demo-db-rollout",
+                relaunch_api::LABEL_ROLLING_RESTART
+            )))
+            .await
+            .map(|list| list.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| {
+                let status = r.status?;
+                (status.phase == relaunch_api::RecreatePhase::Failed).then(|| {
+                    format!(
+                        "{}: {}",
+                        r.spec.pod_name,
+                        status.message.unwrap_or_default()
+                    )
+                })
+            })
+            .collect();
         return Err(format!(
-            "the rolling restart failed: {}",
-            status.message.unwrap_or_default()
+            "the rolling restart did not succeed: {}; {}",
+            status.message.unwrap_or_default(),
+            reasons.join("; ")
         ));
     }
     Ok(())
