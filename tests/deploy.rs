@@ -17,6 +17,9 @@
 //! 6. an agent started on a node's host beside its DaemonSet pod (as the systemd unit would run
 //!    it, same state directory) refuses to start: one agent per node.
 
+// Test code: an unwrap, expect or panic stops the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeMap;
