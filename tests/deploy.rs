@@ -394,8 +394,8 @@ fn root_is_read_only(pid: u32) -> bool {
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     mountinfo
         .lines()
-        .filter(|l| l.split_whitespace().nth(4) == Some("/"))
-        .last()
+        .rev()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
         .and_then(|l| l.split_whitespace().nth(5))
         .is_some_and(|options| options.split(',').any(|o| o == "ro"))
 }
