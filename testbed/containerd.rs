@@ -123,18 +123,25 @@ impl Containerd {
     fn import_test_image(&self) -> Result<(), TestbedError> {
         let archive = self.dir().join("test-image.tar");
         build_test_image(Path::new(BUSYBOX), &archive)?;
+        self.import(&archive)
+    }
+
+    /// Imports the images of an OCI archive (`ctr images import`) into the CRI namespace, where
+    /// the kubelet simulator finds them by name.
+    pub fn import(&self, archive: &Path) -> Result<(), TestbedError> {
         let out = Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)
             .args(["--namespace", "k8s.io", "images", "import"])
-            .arg(&archive)
+            .arg(archive)
             .output()
             .map_err(|e| {
                 TestbedError::Setup(format!("cannot run ctr (part of containerd): {e}"))
             })?;
         if !out.status.success() {
             return Err(TestbedError::Setup(format!(
-                "importing the test image failed: {}",
+                "importing {} failed: {}",
+                archive.display(),
                 String::from_utf8_lossy(&out.stderr)
             )));
         }

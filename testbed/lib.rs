@@ -10,6 +10,7 @@
 mod apiserver;
 mod containerd;
 mod controllers;
+mod deploy;
 mod image;
 mod kubelet;
 mod network;
@@ -23,7 +24,10 @@ pub use apiserver::{
 };
 pub use containerd::Containerd;
 pub use controllers::Controllers;
-pub use image::TEST_IMAGE;
+pub use deploy::{
+    AGENT_DAEMONSET, COORDINATOR_DEPLOYMENT, overlay as deploy_overlay, sandbox_image,
+};
+pub use image::{IMAGE_USER, TEST_IMAGE, build_relaunch_images};
 pub use kubelet::{CrashLoopBackoff, Kubelet, KubeletConfig};
 pub use network::{CLUSTER_DOMAIN, ServiceNetwork, SpreadConfig, SpreadCounts, SpreadingProxy};
 pub use processes::{

@@ -41,6 +41,8 @@ pub struct ContainerTemplate {
     pub spec_hash: Option<String>,
     /// The container's security context for the runtime (namespace options are filled in).
     pub security: Option<cri::LinuxContainerSecurityContext>,
+    /// The image to run; `None` is [`TEST_IMAGE`].
+    pub image: Option<String>,
 }
 
 impl ContainerTemplate {
@@ -161,7 +163,10 @@ pub fn container_config(pod: &PodIdentity, container: &ContainerTemplate) -> cri
             attempt: container.restart_count,
         }),
         image: Some(cri::ImageSpec {
-            image: TEST_IMAGE.to_string(),
+            image: container
+                .image
+                .clone()
+                .unwrap_or_else(|| TEST_IMAGE.to_string()),
             ..Default::default()
         }),
         command: container.command.clone(),

@@ -13,6 +13,28 @@ use crate::network::{ServiceNetwork, SpreadConfig, SpreadingProxy};
 use crate::processes::{self, AgentConfig, Binaries, ManagedProcess};
 use crate::{Containerd, ServiceRange, TestbedError, install_crds};
 
+/// How long a deployed sandbox waits for the agent DaemonSet and coordinator Deployment.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A simulated node's own filesystem root for `hostPath` volumes, with the sandbox runtime's
+/// socket where a node has it: `<host>/run/containerd/containerd.sock`, a hard link to the
+/// socket (connecting goes by inode; a symlink would point outside the container's mount and a
+/// bind of containerd's whole directory would carry every container's rootfs mount along).
+fn node_filesystem(host: &std::path::Path, socket: &std::path::Path) -> Result<(), TestbedError> {
+    let run = host.join("run").join("containerd");
+    std::fs::create_dir_all(&run)?;
+    let link = run.join("containerd.sock");
+    let _ = std::fs::remove_file(&link);
+    std::fs::hard_link(socket, &link).map_err(|e| {
+        TestbedError::Setup(format!(
+            "cannot link the runtime's socket {} into {}: {e} (the sandbox directory must be on the same filesystem as the temporary directory)",
+            socket.display(),
+            run.display()
+        ))
+    })?;
+    Ok(())
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -32,6 +54,11 @@ pub struct SandboxConfig {
     /// every replica, as their Service would), cutting connections as `spread` says.
     pub coordinators: usize,
     pub spread: SpreadConfig,
+    /// Deploy relaunch as users do instead of running processes: images built from these
+    /// binaries, `kubectl apply -k manifests/base` through the sandbox overlay (`up --deploy`).
+    pub deploy: Option<Binaries>,
+    /// Renew projected service-account tokens once they are this old (tests of rotation).
+    pub token_max_age: Option<Duration>,
 }
 
 impl SandboxConfig {
@@ -45,7 +72,18 @@ impl SandboxConfig {
             agent_args: Vec::new(),
             coordinators: 1,
             spread: SpreadConfig::default(),
+            deploy: None,
+            token_max_age: None,
         }
+    }
+
+    /// Deploys relaunch from images built from `binaries`, through `manifests/base`: an agent
+    /// DaemonSet pod per node and the 2-replica coordinator Deployment. Each simulated node gets
+    /// its own filesystem root for `hostPath` volumes (`<dir>/nodes/<node>/host`), holding the
+    /// runtime's socket at `/run/containerd/containerd.sock` as on a real node.
+    pub fn deployed(mut self, binaries: Binaries) -> Self {
+        self.deploy = Some(binaries);
+        self
     }
 
     /// Also runs relaunch: the coordinator and one agent per node, as real processes.
@@ -78,6 +116,8 @@ pub struct Sandbox {
     agent_admins: Vec<SocketAddr>,
     binaries: Option<Binaries>,
     agent_args: Vec<String>,
+    /// Size in bytes of the image archive `up --deploy` built (none: not deployed).
+    image_size: Option<u64>,
     kubelets: Vec<Kubelet>,
     controllers: Option<Controllers>,
     network: Option<ServiceNetwork>,
@@ -123,6 +163,7 @@ impl Sandbox {
             agent_admins: Vec::new(),
             binaries: config.relaunch.clone(),
             agent_args: config.agent_args.clone(),
+            image_size: None,
             kubelets: Vec::new(),
             controllers: Some(controllers),
             network: Some(network),
@@ -131,6 +172,10 @@ impl Sandbox {
             containerd,
             dir: config.dir.clone(),
         };
+        if let Some(binaries) = &config.deploy {
+            let size = crate::deploy::build_and_import(&sandbox.containerd, binaries, &config.dir)?;
+            sandbox.image_size = Some(size);
+        }
         for i in 1..=config.nodes {
             let node = SimulatedNode {
                 name: format!("node-{i}"),
@@ -140,12 +185,22 @@ impl Sandbox {
             let mut kubelet_config = KubeletConfig::new(node.name.clone(), node.ip, &root);
             kubelet_config.backoff = config.backoff;
             kubelet_config.cluster_dns = Some(service_range.dns_ip());
+            kubelet_config.token_max_age = config.token_max_age;
+            if config.deploy.is_some() {
+                let host = root.join("host");
+                node_filesystem(&host, sandbox.containerd.socket())?;
+                kubelet_config.host_root = Some(host);
+                kubelet_config.images = crate::deploy::sandbox_images();
+            }
             let runtime = sandbox.containerd.client().await?;
             let kubelet = Kubelet::start(client.clone(), runtime, kubelet_config).await?;
             sandbox.kubelets.push(kubelet);
             sandbox.nodes.push(node);
         }
-        install_crds(&client).await?;
+        // Deployed, the CRDs come from `kubectl apply -k` (manifests/base includes ../crds).
+        if config.deploy.is_none() {
+            install_crds(&client).await?;
+        }
         if let Some(binaries) = config.relaunch.clone() {
             processes::install_identities(&sandbox.api).await?;
             processes::install_admission_policies(&sandbox.api).await?;
@@ -171,7 +226,23 @@ impl Sandbox {
             }
         }
         std::fs::write(sandbox.kubeconfig_path(), sandbox.api.tls_kubeconfig(None))?;
+        if config.deploy.is_some() {
+            crate::deploy::install(&sandbox.dir, &sandbox.kubeconfig_path()).await?;
+            crate::deploy::wait_ready(&client, sandbox.nodes.len(), DEPLOY_TIMEOUT).await?;
+        }
         Ok(sandbox)
+    }
+
+    /// Size in bytes of the image archive a deployed sandbox built and imported.
+    pub fn image_size(&self) -> Option<u64> {
+        self.image_size
+    }
+
+    /// The root of node `index`'s own filesystem for `hostPath` volumes (deployed sandboxes):
+    /// the agent's journal is at `<root>/var/lib/relaunch` there.
+    pub fn node_host_root(&self, index: usize) -> Option<PathBuf> {
+        let node = self.nodes.get(index)?;
+        Some(self.dir.join("nodes").join(&node.name).join("host"))
     }
 
     async fn launch_agent(

@@ -163,6 +163,48 @@ fn manifests_render_and_validate_against_kubernetes_schemas() {
     }
 }
 
+/// The `Dockerfile` builds the images `manifests/base` names, with the tag its kustomization
+/// pins, each with its binary as entrypoint and the non-root user the offline image writer
+/// (relaunch-sandbox up --deploy) uses too; manifests/README.md documents the same command.
+#[test]
+fn dockerfile_builds_the_images_the_manifests_name() {
+    let read = |path: &str| std::fs::read_to_string(root().join(path)).unwrap();
+    let dockerfile = read("Dockerfile");
+    let readme = read("manifests/README.md");
+    let kustomization: Value =
+        serde_yaml::from_str(&read("manifests/base/kustomization.yaml")).unwrap();
+    let images = kustomization["images"].as_sequence().unwrap();
+    assert_eq!(images.len(), 2);
+    for image in images {
+        let name = image["name"].as_str().unwrap();
+        let tag = image["newTag"].as_str().unwrap();
+        let binary = name.rsplit('/').next().unwrap();
+        let target = binary.trim_start_matches("relaunch-");
+        let command = format!("docker build --target {target} -t {name}:{tag} .");
+        assert!(
+            dockerfile.contains(&command),
+            "the Dockerfile documents {command}"
+        );
+        assert!(
+            readme.contains(&command),
+            "manifests/README.md documents {command}"
+        );
+        let stage = dockerfile
+            .split(&format!("FROM runtime AS {target}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("the Dockerfile has a stage {target}"));
+        let stage = stage.split("\nFROM ").next().unwrap();
+        assert!(
+            stage.contains(&format!(
+                "COPY --from=build /out/{binary} /usr/local/bin/{binary}"
+            )) && stage.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{binary}\"]")),
+            "stage {target} runs {binary}:\n{stage}"
+        );
+    }
+    let user = relaunch_testbed::IMAGE_USER;
+    assert!(dockerfile.contains(&format!("USER {user}:{user}")));
+}
+
 #[test]
 fn documented_custom_resources_validate_against_the_generated_crds() {
     let api = std::fs::read_to_string(root().join("docs/api.md")).unwrap();

@@ -51,6 +51,73 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "another relaunch-agent already acts on this node: it holds {path} ({holder}). Run one agent per node, the DaemonSet pod or the systemd unit, not both (docs/systemd.md); this one exits"
+    )]
+    Locked { path: PathBuf, holder: String },
+}
+
+/// Name of the lock file in the state directory.
+pub const LOCK_FILE: &str = "agent.lock";
+
+/// The agent's claim on its node: an exclusive `flock` on `<state dir>/agent.lock`, held as long
+/// as this value lives. Two agents on one node (a DaemonSet pod and the systemd unit, both
+/// with the host's `/var/lib/relaunch`) would each act on the same containers and journal; the
+/// second refuses to start instead. The kernel drops the lock when the process ends, however it
+/// ends, so a crashed agent never blocks its successor. The file holds who took it, for the
+/// refusal's message.
+#[derive(Debug)]
+pub struct NodeLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl NodeLock {
+    /// Takes the lock without waiting; [`JournalError::Locked`] if another agent holds it.
+    pub fn acquire(state_dir: &Path) -> Result<Self, JournalError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| JournalError::Dir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let path = state_dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| JournalError::Dir {
+                path: path.clone(),
+                source,
+            })?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                let holder = format!(
+                    "pid {} on host {}",
+                    std::process::id(),
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "?".into())
+                );
+                // Best effort: the lock, not the text, is what keeps a second agent out.
+                let _ = lock
+                    .set_len(0)
+                    .and_then(|()| lock.write_all(holder.as_bytes()));
+                Ok(Self { _lock: lock })
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .filter(|h| !h.trim().is_empty())
+                    .unwrap_or_else(|| "holder unknown".into());
+                Err(JournalError::Locked {
+                    path,
+                    holder: holder.trim().to_string(),
+                })
+            }
+            Err((_, errno)) => Err(JournalError::Dir {
+                path,
+                source: std::io::Error::from(errno),
+            }),
+        }
+    }
 }
 
 /// Encodes an entry as the bytes of its file.
@@ -418,5 +485,20 @@ mod tests {
         v["progress"]["phase"] = "Restarting".into();
         let newer = decode(&serde_json::to_vec(&v).unwrap()).unwrap();
         assert!(refusal(&Journaled::Progress(Box::new(newer)), "pod", &["db"]).is_some());
+    }
+
+    #[test]
+    fn a_second_agent_on_the_node_is_refused_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = NodeLock::acquire(dir.path()).unwrap();
+        let refused = NodeLock::acquire(dir.path()).unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            message.contains("another relaunch-agent already acts on this node")
+                && message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+        drop(first);
+        NodeLock::acquire(dir.path()).unwrap();
     }
 }

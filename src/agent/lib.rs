@@ -179,6 +179,8 @@ pub async fn run(
     shutdown: CancellationToken,
     service: Arc<ServiceManager>,
 ) -> Result<(), AgentError> {
+    // First of all: one agent per node, whichever way it was installed.
+    let _node_lock = journal::NodeLock::acquire(&args.state_dir)?;
     service.status("starting: connecting to the API server and the container runtime");
     let registry = admin::registry_with_process_metrics();
     let metrics = AgentMetrics::register(&registry)?;

@@ -1,6 +1,6 @@
 //! Request bodies in Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`), which
 //! kubectl's typed commands send (`kubectl create serviceaccount|configmap|namespace|role|
-//! rolebinding|clusterrole|clusterrolebinding|token`, `kubectl auth can-i|whoami`): read into the
+//! rolebinding|clusterrole|clusterrolebinding|token`, `kubectl create secret generic|tls`, `kubectl auth can-i|whoami`): read into the
 //! JSON the same object has, for the kinds those commands send. Answers stay JSON, which every
 //! client accepts. Other kinds and fields are refused with 415, saying to send JSON.
 
@@ -21,6 +21,8 @@ enum Kind {
     Message(&'static Message),
     /// `map<string, string>`.
     StringMap,
+    /// `map<string, bytes>`: base64 strings in JSON.
+    BytesMap,
     /// `map<string, ExtraValue>`: a user's extras, each a list of strings.
     ExtraMap,
     /// Known and not needed (server-set or read-only): skipped.
@@ -44,7 +46,7 @@ const fn message(fields: &'static [Field]) -> Message {
     }
 }
 
-use Kind::{Bool, ExtraMap, Int, Skip, StringMap};
+use Kind::{Bool, BytesMap, ExtraMap, Int, Skip, StringMap};
 
 const S: Kind = Kind::String;
 
@@ -261,7 +263,15 @@ static SERVICE_ACCOUNT: Message = message(&[
 static CONFIG_MAP: Message = message(&[
     METADATA,
     Field(2, "data", StringMap, false),
+    Field(3, "binaryData", BytesMap, false),
     Field(4, "immutable", Bool, false),
+]);
+static SECRET: Message = message(&[
+    METADATA,
+    Field(2, "data", BytesMap, false),
+    Field(3, "type", S, false),
+    Field(4, "stringData", StringMap, false),
+    Field(5, "immutable", Bool, false),
 ]);
 static NAMESPACE_SPEC: Message = message(&[Field(1, "finalizers", S, true)]);
 static NAMESPACE: Message = message(&[
@@ -309,6 +319,7 @@ static KINDS: &[(&str, &str, &Message)] = &[
     ),
     ("v1", "ServiceAccount", &SERVICE_ACCOUNT),
     ("v1", "ConfigMap", &CONFIG_MAP),
+    ("v1", "Secret", &SECRET),
     ("v1", "Namespace", &NAMESPACE),
 ];
 
@@ -433,7 +444,7 @@ fn decode(message: &Message, bytes: &[u8]) -> Result<Map<String, serde_json::Val
             (Int, Wire::Varint(v)) => json!(v as i64),
             (Bool, Wire::Varint(v)) => json!(v != 0),
             (Kind::Message(inner), Wire::Bytes(b)) => serde_json::Value::Object(decode(inner, b)?),
-            (StringMap | ExtraMap, Wire::Bytes(b)) => {
+            (StringMap | ExtraMap | BytesMap, Wire::Bytes(b)) => {
                 let (key, value) = map_entry(b, *kind)?;
                 let map = object.entry(*name).or_insert_with(|| json!({}));
                 map[key] = value;
@@ -475,6 +486,10 @@ fn map_entry(bytes: &[u8], kind: Kind) -> Result<(String, serde_json::Value), St
             ((2, Wire::Bytes(v)), ExtraMap) => {
                 let items = decode(&message(&[Field(1, "items", S, true)]), v)?;
                 value = items.get("items").cloned().unwrap_or_else(|| json!([]));
+            }
+            ((2, Wire::Bytes(v)), BytesMap) => {
+                use base64::Engine;
+                value = json!(base64::engine::general_purpose::STANDARD.encode(v));
             }
             ((2, Wire::Bytes(v)), _) => value = json!(text(v)?),
             _ => return Err("a map entry has an unexpected field".into()),
@@ -540,14 +555,28 @@ mod tests {
     }
 
     #[test]
+    fn secret_data_reads_as_base64() {
+        let mut entry = field(1, b"tls.key");
+        entry.extend(field(2, &[0, 255, b'k']));
+        let mut raw = field(1, &field(1, b"tls"));
+        raw.extend(field(2, &entry));
+        raw.extend(field(3, b"kubernetes.io/tls"));
+        let json = to_json(&body(b"v1", b"Secret", &raw)).unwrap();
+        assert_eq!(json["kind"], "Secret");
+        assert_eq!(json["metadata"]["name"], "tls");
+        assert_eq!(json["data"]["tls.key"], "AP9r");
+        assert_eq!(json["type"], "kubernetes.io/tls");
+    }
+
+    #[test]
     fn unknown_kinds_and_fields_are_refused() {
         let endpoint = body(b"v1", b"Endpoints", &[]);
         assert!(to_json(&endpoint).unwrap_err().contains("Endpoints (v1)"));
-        let binary_data = field(3, &[field(1, b"k"), field(2, b"\x00")].concat());
-        let config_map = body(b"v1", b"ConfigMap", &binary_data);
+        let unknown = field(9, &[field(1, b"k"), field(2, b"\x00")].concat());
+        let config_map = body(b"v1", b"ConfigMap", &unknown);
         assert_eq!(
             to_json(&config_map).unwrap_err(),
-            "field 3 is not read from protobuf"
+            "field 9 is not read from protobuf"
         );
         assert!(to_json(b"{}").is_err());
     }

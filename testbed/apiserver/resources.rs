@@ -292,6 +292,15 @@ pub fn builtin() -> Vec<ResourceType> {
         )
         .with_status()
         .short(&["pdb"]),
+        // Stored, never enforced: what a cluster whose network plugin ignores NetworkPolicy does.
+        R::builtin(
+            "networking.k8s.io",
+            "v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            true,
+        )
+        .short(&["netpol"]),
         R::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
         R::builtin(
             "authentication.k8s.io",

@@ -39,6 +39,12 @@ enum Command {
         nodes: usize,
         #[arg(long, default_value_t = 6443)]
         port: u16,
+        /// Run relaunch as on a cluster: build its images from the binaries beside this one,
+        /// import them, make the TLS Secret and CA ConfigMap by manifests/README.md and
+        /// `kubectl apply -k manifests/base` (an agent DaemonSet pod per node, the coordinator
+        /// Deployment), instead of running them as processes.
+        #[arg(long)]
+        deploy: bool,
     },
     /// Run a short scripted demonstration end to end; exits 0 on success.
     Demo {
@@ -47,6 +53,9 @@ enum Command {
         /// API server port (0 picks a free one).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// Deploy relaunch from its images through manifests/base first (see `up --deploy`).
+        #[arg(long)]
+        deploy: bool,
     },
 }
 
@@ -55,8 +64,17 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, "warn");
     let result = match cli.command {
-        Command::Up { dir, nodes, port } => up(dir, nodes, port).await,
-        Command::Demo { nodes, port } => demo(nodes, port).await,
+        Command::Up {
+            dir,
+            nodes,
+            port,
+            deploy,
+        } => up(dir, nodes, port, deploy).await,
+        Command::Demo {
+            nodes,
+            port,
+            deploy,
+        } => demo(nodes, port, deploy).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,18 +85,35 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn up(dir: PathBuf, nodes: usize, port: u16) -> Result<(), String> {
+/// The sandbox's configuration: relaunch as processes, or deployed through its manifests.
+fn config(dir: PathBuf, nodes: usize, port: u16, deploy: bool) -> Result<SandboxConfig, String> {
+    let binaries = Binaries::beside_current_exe().map_err(|e| e.to_string())?;
+    let config = SandboxConfig::new(dir, nodes, port);
+    Ok(if deploy {
+        config.deployed(binaries)
+    } else {
+        config.with_relaunch(binaries)
+    })
+}
+
+async fn up(dir: PathBuf, nodes: usize, port: u16, deploy: bool) -> Result<(), String> {
     // Handlers first: a SIGTERM while starting must still tear everything down.
     let shutdown = tokio_util::sync::CancellationToken::new();
     relaunch_telemetry::cancel_on_signals(shutdown.clone())
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
-    let binaries = Binaries::beside_current_exe().map_err(|e| e.to_string())?;
-    let sandbox =
-        Sandbox::start(SandboxConfig::new(dir.clone(), nodes, port).with_relaunch(binaries))
-            .await
-            .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let sandbox = Sandbox::start(config(dir.clone(), nodes, port, deploy)?)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(size) = sandbox.image_size() {
+        println!(
+            "relaunch deployed in {:.1}s from images of {:.1} MiB: kubectl -n relaunch-system get pods -o wide",
+            started.elapsed().as_secs_f64(),
+            size as f64 / (1024.0 * 1024.0)
+        );
+    }
     std::fs::write(&ready, "").map_err(|e| format!("cannot write {}: {e}", ready.display()))?;
     println!(
         "sandbox up: {} nodes, API server {}",
@@ -102,17 +137,22 @@ async fn up(dir: PathBuf, nodes: usize, port: u16) -> Result<(), String> {
 /// README's walk-through applies the same file.
 const DEMO_DB: &str = include_str!("../../examples/demo-db.yaml");
 
-async fn demo(nodes: usize, port: u16) -> Result<(), String> {
+async fn demo(nodes: usize, port: u16, deploy: bool) -> Result<(), String> {
     let dir = tempfile::Builder::new()
         .prefix("relaunch-sandbox-demo-")
         .tempdir()
         .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    println!(
-        "== starting the sandbox: containerd, test API server, {nodes} simulated nodes, relaunch-coordinator and a relaunch-agent per node"
-    );
+    if deploy {
+        println!(
+            "== starting the sandbox: containerd, test API server, {nodes} simulated nodes; relaunch from its images through kubectl apply -k manifests/base (agent DaemonSet, coordinator Deployment)"
+        );
+    } else {
+        println!(
+            "== starting the sandbox: containerd, test API server, {nodes} simulated nodes, relaunch-coordinator and a relaunch-agent per node"
+        );
+    }
     let started = Instant::now();
-    let binaries = Binaries::beside_current_exe().map_err(|e| e.to_string())?;
-    let config = SandboxConfig::new(dir.path().to_path_buf(), nodes, port).with_relaunch(binaries);
+    let config = config(dir.path().to_path_buf(), nodes, port, deploy)?;
     let sandbox = Sandbox::start(config).await.map_err(|e| e.to_string())?;
     println!(
         "   up in {:.1}s; API server {}",
@@ -322,7 +362,7 @@ async fn rolling_restart(client: kube::Client) -> Result<(), String> {
         }
     }))
     .map_err(|e| e.to_string())?;
-    let rollouts: Api<RollingRestart> = Api::default_namespaced(client);
+    let rollouts: Api<RollingRestart> = Api::default_namespaced(client.clone());
     rollouts
         .create(&PostParams::default(), &rollout)
         .await
@@ -355,7 +395,9 @@ async fn rolling_restart(client: kube::Client) -> Result<(), String> {
                 status.phase,
                 status.current_batch,
             );
-            let finished = matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed);
+            // Paused by maxFailures: it will not go on by itself.
+            let finished = matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed)
+                || blocked.contains("FailureThresholdReached");
             Ok((line, finished.then_some(status)))
         },
     )
@@ -363,9 +405,32 @@ async fn rolling_restart(client: kube::Client) -> Result<(), String> {
     let order: Vec<&str> = status.pods.iter().map(|p| p.name.as_str()).collect();
     println!("   restarted in this order: {}", order.join(", "));
     if status.phase != RolloutPhase::Succeeded {
+        // Why: each failed request's own message.
+        let requests: Api<ContainerRecreateRequest> = Api::default_namespaced(client);
+        let reasons: Vec<String> = requests
+            .list(&ListParams::default().labels(&format!(
+                "{}=demo-db-rollout",
+                relaunch_api::LABEL_ROLLING_RESTART
+            )))
+            .await
+            .map(|list| list.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| {
+                let status = r.status?;
+                (status.phase == relaunch_api::RecreatePhase::Failed).then(|| {
+                    format!(
+                        "{}: {}",
+                        r.spec.pod_name,
+                        status.message.unwrap_or_default()
+                    )
+                })
+            })
+            .collect();
         return Err(format!(
-            "the rolling restart failed: {}",
-            status.message.unwrap_or_default()
+            "the rolling restart did not succeed: {}; {}",
+            status.message.unwrap_or_default(),
+            reasons.join("; ")
         ));
     }
     Ok(())

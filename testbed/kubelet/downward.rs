@@ -263,6 +263,44 @@ pub fn secret_entries(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
     entries
 }
 
+/// `$(VAR)` references in `values` replaced from `env` as the kubelet's `expansion.Expand`
+/// does for command and args: a defined name gives its value, an undefined one stays as
+/// written, `$$` is an escaped `$`, and any other `$` is kept.
+pub fn expand_all(values: &[String], env: &[(String, String)]) -> Vec<String> {
+    values.iter().map(|v| expand(v, env)).collect()
+}
+
+fn expand(input: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            let name = &inner[..end];
+            match env.iter().rev().find(|(n, _)| n == name) {
+                Some((_, value)) => out.push_str(value),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The container's environment as the kubelet builds it when it creates the container:
 /// `envFrom` sources in order, then `env` (later names win), with `valueFrom` resolved now.
 /// An error is what the kubelet reports as `CreateContainerConfigError`.
@@ -518,5 +556,26 @@ mod tests {
         assert_eq!(parse_quantity("1Ki").unwrap(), 1_024_000);
         assert_eq!(parse_quantity("1M").unwrap(), 1_000_000_000);
         assert!(parse_quantity("1Q").is_err());
+    }
+
+    #[test]
+    fn command_and_args_expand_variables_as_the_kubelet_does() {
+        let env = vec![
+            ("POD_NAMESPACE".to_string(), "relaunch-system".to_string()),
+            ("POD_IP".to_string(), "127.0.0.2".to_string()),
+        ];
+        let args = vec![
+            "--url=https://svc.$(POD_NAMESPACE).svc:8443".to_string(),
+            "--listen=$(POD_IP):9090".to_string(),
+            "$(UNDEFINED) $$(POD_IP) $5 $(".to_string(),
+        ];
+        assert_eq!(
+            expand_all(&args, &env),
+            vec![
+                "--url=https://svc.relaunch-system.svc:8443",
+                "--listen=127.0.0.2:9090",
+                "$(UNDEFINED) $(POD_IP) $5 $(",
+            ]
+        );
     }
 }

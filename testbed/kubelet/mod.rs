@@ -75,6 +75,13 @@ pub struct KubeletConfig {
     /// The cluster DNS server pods' resolv.conf names (the kubelet's `--cluster-dns`); `None`:
     /// pods get the host's resolv.conf.
     pub cluster_dns: Option<Ipv4Addr>,
+    /// The node's own filesystem root for `hostPath` volumes: `None` (the default) mounts the
+    /// path itself; a directory mounts `<host_root>/<path>`, so simulated nodes sharing this
+    /// machine each have their own `/var/lib/relaunch` (the deployed sandbox sets it).
+    pub host_root: Option<PathBuf>,
+    /// Images imported into the runtime that containers naming them run from. Every other
+    /// image name runs the test image (the simulator's stand-in for pulling).
+    pub images: Vec<String>,
 }
 
 impl KubeletConfig {
@@ -89,6 +96,8 @@ impl KubeletConfig {
             relist_period: Duration::from_secs(1),
             token_max_age: None,
             cluster_dns: None,
+            host_root: None,
+            images: Vec::new(),
         }
     }
 }
@@ -314,7 +323,7 @@ impl Shared {
         for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
             if let Some(host_path) = &volume.host_path {
                 volumes::host_path(
-                    Path::new(&host_path.path),
+                    &template::node_host_path(self.config.host_root.as_deref(), &host_path.path),
                     host_path.type_.as_deref().unwrap_or_default(),
                 )
                 .map_err(|e| {
@@ -352,7 +361,17 @@ impl Shared {
                     )
                 })?;
             let dir = empty_dir(&self.config.volume_root, uid, &volume.name);
-            volumes::write(&dir, &files).map_err(|e| {
+            let fs_group = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref())
+                .and_then(|c| c.fs_group)
+                .and_then(|g| u32::try_from(g).ok());
+            let files = match fs_group {
+                Some(_) => volumes::with_fs_group_modes(files),
+                None => files,
+            };
+            volumes::write_owned(&dir, &files, fs_group).map_err(|e| {
                 format!(
                     "MountVolume.SetUp failed for volume {:?} : {e}",
                     volume.name
@@ -675,7 +694,12 @@ impl SyncLoop {
                     container,
                     restart_count,
                     &self.shared.config.volume_root,
+                    self.shared.config.host_root.as_deref(),
                 );
+                template.image = container
+                    .image
+                    .clone()
+                    .filter(|image| self.shared.config.images.contains(image));
                 // The environment is resolved now, when the container is created: a restarted
                 // container sees the ConfigMaps and Secrets as they are at its creation.
                 if !self.shared.caches_ready() {
@@ -694,6 +718,27 @@ impl SyncLoop {
                     }
                 };
                 template.spec_hash = Some(template.hash());
+                // The runtime sets HOSTNAME to the pod's hostname; pods here share the node's
+                // UTS namespace (host network), which would give every pod the machine's name
+                // (two coordinator replicas then had one leader-election identity).
+                let mut env = env;
+                let host_network = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.host_network)
+                    .unwrap_or(false);
+                if !host_network && !env.iter().any(|(name, _)| name == "HOSTNAME") {
+                    let hostname = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.hostname.clone())
+                        .unwrap_or_else(|| pod.name_any());
+                    env.insert(0, ("HOSTNAME".to_string(), hostname));
+                }
+                // `$(VAR)` in command and args, from the container's environment (the
+                // kubelet's expansion.Expand).
+                template.command = downward::expand_all(&template.command, &env);
+                template.args = downward::expand_all(&template.args, &env);
                 template.env = env;
                 match security::container_security(pod, container) {
                     Ok(security) => template.security = Some(security),

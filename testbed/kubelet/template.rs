@@ -32,8 +32,23 @@ pub fn claim_dir(volume_root: &Path, namespace: &str, claim: &str) -> PathBuf {
     volume_root.join("pvc").join(namespace).join(claim)
 }
 
+/// Where a `hostPath` volume's `path` is on this machine: the path itself, or with a node
+/// filesystem root (`KubeletConfig::host_root`), the path under it, so that simulated nodes
+/// sharing one machine each have their own `/var/lib/...`.
+pub fn node_host_path(host_root: Option<&Path>, path: &str) -> PathBuf {
+    match host_root {
+        Some(root) => root.join(path.trim_start_matches('/')),
+        None => PathBuf::from(path),
+    }
+}
+
 /// The host directory of pod volume `volume`, if it is a kind the simulator supports.
-pub fn volume_host_path(volume_root: &Path, pod: &Pod, volume: &Volume) -> Option<PathBuf> {
+pub fn volume_host_path(
+    volume_root: &Path,
+    host_root: Option<&Path>,
+    pod: &Pod,
+    volume: &Volume,
+) -> Option<PathBuf> {
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     if volume.empty_dir.is_some() {
@@ -44,7 +59,10 @@ pub fn volume_host_path(volume_root: &Path, pod: &Pod, volume: &Volume) -> Optio
         // Filled by the atomic writer; per pod, like an emptyDir.
         Some(empty_dir(volume_root, uid, &volume.name))
     } else {
-        volume.host_path.as_ref().map(|h| PathBuf::from(&h.path))
+        volume
+            .host_path
+            .as_ref()
+            .map(|h| node_host_path(host_root, &h.path))
     }
 }
 
@@ -55,6 +73,7 @@ pub fn container_template(
     container: &Container,
     restart_count: u32,
     volume_root: &Path,
+    host_root: Option<&Path>,
 ) -> ContainerTemplate {
     let spec = pod.spec.as_ref();
     let volumes = spec.and_then(|s| s.volumes.as_ref());
@@ -65,7 +84,7 @@ pub fn container_template(
         .flatten()
         .filter_map(|m| {
             let volume = volumes?.iter().find(|v| v.name == m.name)?;
-            let mut host = volume_host_path(volume_root, pod, volume)?;
+            let mut host = volume_host_path(volume_root, host_root, pod, volume)?;
             if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 host = host.join(sub);
             }
@@ -102,6 +121,7 @@ pub fn container_template(
         read_only_mounts,
         spec_hash: None,
         security: None,
+        image: None,
     }
 }
 
@@ -141,7 +161,7 @@ mod tests {
     fn builds_the_kubelets_container_from_the_spec() {
         let p = pod();
         let c = &p.spec.as_ref().unwrap().containers[0];
-        let t = container_template(&p, c, 3, Path::new("/v"));
+        let t = container_template(&p, c, 3, Path::new("/v"), None);
         assert_eq!(t.name, "db");
         assert!(t.command.is_empty(), "image entrypoint kept");
         assert_eq!(t.args, ["60"]);

@@ -327,8 +327,32 @@ fn read_tree(root: &Path, dir: &Path, files: &mut Payload) -> io::Result<()> {
 }
 
 /// Puts `payload` in `dir` with the atomic writer; returns whether anything changed.
+#[cfg(test)]
 pub fn write(dir: &Path, payload: &Payload) -> io::Result<bool> {
+    write_owned(dir, payload, None)
+}
+
+/// The pod's `fsGroup` applied to a payload's modes, as the kubelet's `SetVolumeOwnership` does
+/// for read-only volumes: every file also readable by the group (`| 0440`).
+pub fn with_fs_group_modes(payload: Payload) -> Payload {
+    payload
+        .into_iter()
+        .map(|(path, (content, mode))| (path, (content, mode | 0o440)))
+        .collect()
+}
+
+/// [`write`], with the files and directories owned by group `fs_group` when the pod sets one
+/// (apply [`with_fs_group_modes`] to the payload first), so a non-root container whose
+/// supplemental groups include it can read them (a Secret with `defaultMode: 0440`).
+pub fn write_owned(dir: &Path, payload: &Payload, fs_group: Option<u32>) -> io::Result<bool> {
     std::fs::create_dir_all(dir)?;
+    let chgrp = |path: &Path| -> io::Result<()> {
+        match fs_group {
+            Some(gid) => std::os::unix::fs::lchown(path, None, Some(gid)),
+            None => Ok(()),
+        }
+    };
+    chgrp(dir)?;
     if current(dir)?.as_ref() == Some(payload) {
         return Ok(false);
     }
@@ -340,12 +364,15 @@ pub fn write(dir: &Path, payload: &Payload) -> io::Result<bool> {
     );
     let fresh = dir.join(&stamp);
     std::fs::create_dir(&fresh)?;
+    chgrp(&fresh)?;
     for (path, (content, mode)) in payload {
         let file = fresh.join(path);
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent)?;
+            chgrp(parent)?;
         }
         std::fs::write(&file, content)?;
+        chgrp(&file)?;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(*mode))?;
     }
     let data = dir.join("..data");
@@ -510,5 +537,19 @@ mod tests {
         );
         assert!(!vol.join(&target).exists(), "the old generation is removed");
         assert_eq!(current(&vol).unwrap(), Some(second));
+    }
+
+    #[test]
+    fn fs_group_owns_the_files_and_makes_them_group_readable() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let payload: Payload = [("tls.key".to_string(), (b"k".to_vec(), 0o400))].into();
+        let payload = with_fs_group_modes(payload);
+        write_owned(dir.path(), &payload, Some(65532)).unwrap();
+        let meta = std::fs::metadata(dir.path().join("tls.key")).unwrap();
+        assert_eq!(meta.gid(), 65532);
+        assert_eq!(meta.mode() & 0o777, 0o440);
+        // Written again unchanged: nothing to do.
+        assert!(!write_owned(dir.path(), &payload, Some(65532)).unwrap());
     }
 }

@@ -57,6 +57,17 @@ impl Bed {
         Self::launch(config, dir).await
     }
 
+    /// `nodes` simulated nodes with relaunch deployed as on a cluster (`up --deploy`): images
+    /// built from this build's binaries, `kubectl apply -k manifests/base` through the sandbox
+    /// overlay; projected tokens renewed once `token_max_age` old.
+    pub async fn deployed(nodes: usize, token_max_age: Duration) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            SandboxConfig::new(dir.path().to_path_buf(), nodes, 0).deployed(binaries().relaunch());
+        config.token_max_age = Some(token_max_age);
+        Self::launch(config, dir).await
+    }
+
     /// `nodes` simulated nodes without relaunch, for tests that run an agent themselves.
     pub async fn without_relaunch(nodes: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
