@@ -165,18 +165,65 @@ fn scaledown(name: &str, replicas: i32, decommission: &str, extra: Value) -> Val
     json!({"apiVersion": "relaunch.dev/v1alpha1", "kind": "ScaleDown", "metadata": {"name": name}, "spec": spec})
 }
 
+/// Runs `kubectl relaunch <args>` (the plugin's directory first on PATH): exit code, stdout,
+/// stderr.
+async fn kubectl_relaunch(bed: &Bed, args: &[&str]) -> (Option<i32>, String, String) {
+    let plugin = support::binaries().kubectl_relaunch;
+    let path = format!(
+        "{}:{}",
+        plugin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = support::kubectl(&bed.sandbox.kubeconfig_path(), bed.dir(), &["relaunch"]);
+    command.args(args).env("PATH", path);
+    let out = support::output(command).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partitioned_store_scales_3_to_1_without_losing_a_key() {
     let bed = Bed::start(1).await;
     start_store(&bed, 3).await;
-    bed.create::<ScaleDown>(scaledown(
-        "shrink",
-        1,
-        DECOMMISSION,
-        json!({"statusCheck": {"command": ["sh", "-c", STATUS]}, "claimPolicy": "Delete"}),
-    ))
+    let (code, stdout, stderr) = kubectl_relaunch(
+        &bed,
+        &[
+            "scale",
+            "sts/store",
+            "--replicas",
+            "1",
+            "--decommission-exec",
+            DECOMMISSION,
+            "--status-exec",
+            STATUS,
+            "--status-period",
+            "1s",
+            "--delete-claims",
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+    )
     .await;
-    let status = finished(&bed, "shrink", Duration::from_secs(120)).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}\ncoordinator log:\n{}",
+        bed.coordinator_log()
+    );
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    let name = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("scaledown.relaunch.dev/")?
+                .strip_suffix(" created")
+        })
+        .unwrap()
+        .to_string();
+    let status = finished(&bed, &name, Duration::from_secs(10)).await;
     assert_eq!(
         status.phase,
         ScaleDownPhase::Succeeded,
@@ -224,5 +271,12 @@ async fn a_failing_decommission_fails_with_its_message_and_lowers_nothing() {
     assert_eq!(replicas(&bed).await, 3);
     assert_eq!(claims(&bed).await.len(), 3);
     assert_eq!(status.current.unwrap().pod_name, "store-2");
+    // `status` lists it.
+    let (code, stdout, _) = kubectl_relaunch(&bed, &["status"]).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("broken") && stdout.contains("Failed"),
+        "{stdout}"
+    );
     bed.shutdown().await;
 }
