@@ -280,3 +280,245 @@ async fn a_failing_decommission_fails_with_its_message_and_lowers_nothing() {
     );
     bed.shutdown().await;
 }
+
+/// The lines in `/exchange/<file>` (a command appends one per run).
+fn runs(bed: &Bed, file: &str) -> usize {
+    std::fs::read_to_string(bed.dir().join("exchange").join(file))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+async fn status_of(bed: &Bed, name: &str) -> ScaleDownStatus {
+    bed.api::<ScaleDown>()
+        .get(name)
+        .await
+        .ok()
+        .and_then(|s| s.status)
+        .unwrap_or_default()
+}
+
+/// Watches the StatefulSet's replicas and fails if they drop to `r` while a key of ordinal `r`
+/// is not yet with a member below `r` (on its volume or in its inbox).
+fn watch_invariant(
+    bed: &Bed,
+) -> (
+    tokio::task::JoinHandle<Vec<String>>,
+    tokio_util::sync::CancellationToken,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let api = bed.api::<StatefulSet>();
+    let root = bed.dir().to_path_buf();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut violations = Vec::new();
+        let mut seen = 3;
+        while !token.is_cancelled() {
+            if let Ok(sts) = api.get("store").await {
+                let r = sts.spec.and_then(|s| s.replicas).unwrap_or(3);
+                if r < seen {
+                    let leaving: Vec<String> =
+                        (1..=3).map(|i| format!("key-store-{r}-{i}")).collect();
+                    let mut held = BTreeSet::new();
+                    for o in 0..r {
+                        held.extend(keys(
+                            &root
+                                .join("nodes/node-1/volumes/pvc/default")
+                                .join(format!("data-store-{o}")),
+                        ));
+                        held.extend(keys(
+                            &root.join("exchange").join(format!("inbox-store-{o}")),
+                        ));
+                    }
+                    for k in leaving {
+                        if !held.contains(&k) {
+                            violations.push(format!("replicas lowered to {r} before {k} moved"));
+                        }
+                    }
+                    seen = r;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        violations
+    });
+    (task, stop)
+}
+
+/// A slower hand-off that first notes each run in `/exchange/runs-<pod>`.
+fn slow_decommission() -> String {
+    format!("echo run >> /exchange/runs-$RELAUNCH_POD_NAME; sleep 2\n{DECOMMISSION}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_and_coordinator_killed_mid_decommission_lose_no_key() {
+    let mut bed = Bed::start(1).await;
+    start_store(&bed, 3).await;
+    let (invariant, stop) = watch_invariant(&bed);
+    bed.create::<ScaleDown>(scaledown(
+        "crashy",
+        1,
+        &slow_decommission(),
+        json!({"statusCheck": {"command": ["sh", "-c", STATUS]}}),
+    ))
+    .await;
+    // The agent dies while store-2's decommission runs: the new agent runs it again.
+    eventually(
+        "store-2's decommission running",
+        Duration::from_secs(60),
+        || async { (runs(&bed, "runs-store-2") >= 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+    bed.sandbox.agent(0).unwrap().kill();
+    bed.sandbox.restart_agent(0).await.unwrap();
+    // The coordinator dies while store-1's decommission runs.
+    eventually(
+        "store-1's decommission running",
+        Duration::from_secs(60),
+        || async { (runs(&bed, "runs-store-1") >= 1).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; coordinator log:\n{}", bed.coordinator_log()));
+    let coordinator = bed.sandbox.coordinator().unwrap();
+    coordinator.kill();
+    coordinator.start().unwrap();
+    let status = finished(&bed, "crashy", Duration::from_secs(120)).await;
+    stop.cancel();
+    let violations = invariant.await.unwrap();
+    assert!(violations.is_empty(), "{violations:?}");
+    assert_eq!(
+        status.phase,
+        ScaleDownPhase::Succeeded,
+        "{:?}; coordinator log:\n{}",
+        status.message,
+        bed.coordinator_log()
+    );
+    assert!(
+        runs(&bed, "runs-store-2") >= 2,
+        "the command ran again after the agent's crash"
+    );
+    assert_eq!(replicas(&bed).await, 1);
+    let dir = claim_dir(&bed, "data-store-0");
+    let want = all_keys(3);
+    eventually("all keys on store-0", Duration::from_secs(30), || async {
+        (keys(&dir) == want).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: store-0 has {:?}", keys(&dir)));
+    // claimPolicy Retain (the default): every claim is still there.
+    assert_eq!(claims(&bed).await.len(), 3);
+    bed.shutdown().await;
+}
+
+/// In progress until `/exchange/go` exists (the progress never changes: a stall).
+const WAIT_FOR_GO: &str = "[ -f /exchange/go ] && exit 0; echo 'waiting for go'; exit 75";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scale_up_while_leaving_cancels_or_finishes_first() {
+    let bed = Bed::start(1).await;
+    start_store(&bed, 3).await;
+    let patch_replicas = |name: &'static str, n: i32| {
+        let api = bed.api::<ScaleDown>();
+        async move {
+            api.patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"spec": {"replicas": n}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    // With a cancel command: cancelled, the pod stays.
+    bed.create::<ScaleDown>(scaledown(
+        "cancellable",
+        1,
+        "echo run >> /exchange/runs-$RELAUNCH_POD_NAME",
+        json!({
+            "statusCheck": {"command": ["sh", "-c", WAIT_FOR_GO]},
+            "cancel": {"command": ["sh", "-c", "echo cancelled >> /exchange/cancelled-$RELAUNCH_POD_NAME"]},
+        }),
+    ))
+    .await;
+    eventually("store-2 in progress", Duration::from_secs(60), || async {
+        let s = status_of(&bed, "cancellable").await;
+        (s.progress.as_deref() == Some("waiting for go")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; coordinator log:\n{}", bed.coordinator_log()));
+    patch_replicas("cancellable", 3).await;
+    let status = finished(&bed, "cancellable", Duration::from_secs(60)).await;
+    assert_eq!(
+        status.phase,
+        ScaleDownPhase::Cancelled,
+        "{:?}",
+        status.message
+    );
+    assert_eq!(runs(&bed, "cancelled-store-2"), 1);
+    assert_eq!(replicas(&bed).await, 3);
+    bed.ready_pods("store", 3).await;
+
+    // Without one: it finishes leaving first (a stall on the way is a condition, not a
+    // failure), and comes back later with an empty, usable volume.
+    bed.create::<ScaleDown>(scaledown(
+        "finishing",
+        1,
+        "echo run >> /exchange/runs-$RELAUNCH_POD_NAME",
+        json!({
+            "statusCheck": {"command": ["sh", "-c", WAIT_FOR_GO]},
+            "stallTimeoutSeconds": 2,
+            "claimPolicy": "Delete",
+        }),
+    ))
+    .await;
+    eventually("a stall", Duration::from_secs(60), || async {
+        let s = status_of(&bed, "finishing").await;
+        s.is_true(relaunch_api::SCALEDOWN_STALLED).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; coordinator log:\n{}", bed.coordinator_log()));
+    assert_eq!(replicas(&bed).await, 3, "a stall lowers nothing");
+    assert_eq!(
+        status_of(&bed, "finishing").await.phase,
+        ScaleDownPhase::Running
+    );
+    patch_replicas("finishing", 3).await;
+    eventually("the scale-up noted", Duration::from_secs(30), || async {
+        let s = status_of(&bed, "finishing").await;
+        s.message.filter(|m| m.contains("finishes leaving first"))
+    })
+    .await
+    .unwrap();
+    std::fs::write(bed.dir().join("exchange/go"), "").unwrap();
+    let old_claim = bed
+        .api::<PersistentVolumeClaim>()
+        .get("data-store-2")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+    let status = finished(&bed, "finishing", Duration::from_secs(60)).await;
+    assert_eq!(
+        status.phase,
+        ScaleDownPhase::Succeeded,
+        "{:?}",
+        status.message
+    );
+    assert_eq!(status.removed, vec![2]);
+    assert_eq!(replicas(&bed).await, 2);
+    assert!(!claims(&bed).await.contains("data-store-2"));
+    // Back to 3: a new, empty claim; the member seeds itself and gets ready.
+    bed.kubectl(&["scale", "sts/store", "--replicas=3"])
+        .await
+        .unwrap();
+    bed.ready_pods("store", 3).await;
+    let new_claim = bed
+        .api::<PersistentVolumeClaim>()
+        .get("data-store-2")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+    assert_ne!(new_claim, old_claim);
+    bed.shutdown().await;
+}
