@@ -474,10 +474,13 @@ fn between_ordinals(p: &mut Pass<'_>, sts: &StatefulSetView, expected: i32) {
     let Some(pod) =
         p.o.pods
             .get(&ordinal)
-            .filter(|pod| pod.running && !pod.deleting && pod.node.is_some())
+            .filter(|pod| pod.running && pod.ready && !pod.deleting && pod.node.is_some())
             .cloned()
     else {
-        p.say(format!("waiting for pod {name}-{ordinal} to run"));
+        // Ready: a member that has not started serving has not taken its data in either.
+        p.say(format!(
+            "waiting for pod {name}-{ordinal} to run and be ready"
+        ));
         p.requeue_in(Duration::from_secs(5));
         return;
     };
@@ -1006,6 +1009,29 @@ mod tests {
         assert_eq!(w.lowered, vec![(3, 2), (2, 1)]);
         assert_eq!(w.status().phase, ScaleDownPhase::Succeeded);
         assert_eq!(w.status().removed, vec![2, 1]);
+    }
+
+    #[test]
+    fn nothing_starts_before_the_leaving_pod_is_ready() {
+        let mut w = World::new(sd(1), 3);
+        w.pods.get_mut(&2).unwrap().ready = false;
+        for _ in 0..5 {
+            let d = decide(&Observed {
+                scaledown: &w.sd,
+                statefulset: w.sts.clone(),
+                pods: w.pods.clone(),
+                claims: w.claims.clone(),
+                now: w.now,
+            });
+            if let Some(s) = d.status {
+                w.sd.status = Some(s);
+            }
+        }
+        assert!(w.status().current.is_none() && w.pending().is_none());
+        assert!(w.status().message.unwrap().contains("to run and be ready"));
+        w.pods.get_mut(&2).unwrap().ready = true;
+        w.run();
+        assert_eq!(w.pending().unwrap().pod_name, "store-2");
     }
 
     #[test]
