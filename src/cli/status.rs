@@ -72,7 +72,8 @@ async fn show_all(session: &Session, args: &StatusArgs) -> Result<(), CliError> 
         .call(Call::list(REQUESTS, namespace), requests.list(&params))
         .await?
         .items;
-    // ScaleDowns: an installation whose CRDs predate them lists none.
+    // ScaleDowns: an installation whose CRDs predate them, or a role that predates them (read
+    // rights on requests and rollouts only), lists none.
     let scaledown_api: Api<ScaleDown> = match namespace {
         Some(ns) => Api::namespaced(session.client.clone(), ns),
         None => Api::all(session.client.clone()),
@@ -85,7 +86,9 @@ async fn show_all(session: &Session, args: &StatusArgs) -> Result<(), CliError> 
         .await
     {
         Ok(list) => list.items,
-        Err(CliError::NotInstalled { .. } | CliError::NotFound { .. }) => Vec::new(),
+        Err(
+            CliError::NotInstalled { .. } | CliError::NotFound { .. } | CliError::Forbidden { .. },
+        ) => Vec::new(),
         Err(e) => return Err(e),
     };
     scaledowns.sort_by_key(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()));

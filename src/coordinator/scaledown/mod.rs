@@ -170,7 +170,8 @@ pub async fn run(
         r = ready => if r.is_err() { return Err(CoordinatorError::ControllersStopped) },
     }
     let metrics = ctx.metrics.scaledowns.clone();
-    let mut written: HashMap<String, String> = HashMap::new();
+    // Per ScaleDown UID: the resourceVersion our last status write replaced, and when.
+    let mut written: HashMap<String, (String, std::time::Instant)> = HashMap::new();
     let mut wake_in = Duration::ZERO;
     loop {
         tokio::select! {
@@ -194,9 +195,13 @@ pub async fn run(
             {
                 stalled += 1;
             }
-            // Our last status write is not in the cache yet: wait for it (or a short while).
+            // Our last status write is not in the cache yet: wait for it (at most a few seconds).
             let uid = sd.uid().unwrap_or_default();
-            if written.get(&uid).map(String::as_str) == sd.resource_version().as_deref() {
+            let stale = written.get(&uid).is_some_and(|(rv, at)| {
+                Some(rv.as_str()) == sd.resource_version().as_deref()
+                    && at.elapsed() < Duration::from_secs(5)
+            });
+            if stale {
                 wake_in = wake_in.min(Duration::from_millis(200));
                 continue;
             }
@@ -311,7 +316,7 @@ async fn reconcile(
     ctx: &Context,
     stores: &Stores,
     sd: &Arc<ScaleDown>,
-    written: &mut HashMap<String, String>,
+    written: &mut HashMap<String, (String, std::time::Instant)>,
 ) -> Option<Duration> {
     let (observed, sts) = observe(stores, sd);
     let Decision {
@@ -356,7 +361,7 @@ async fn reconcile(
         {
             Ok(_) => {
                 if let (Some(uid), Some(rv)) = (sd.uid(), sd.resource_version()) {
-                    written.insert(uid, rv);
+                    written.insert(uid, (rv, std::time::Instant::now()));
                 }
                 let metrics = &ctx.metrics.scaledowns;
                 let old_removed = sd.status.as_ref().map_or(0, |s| s.removed.len());
