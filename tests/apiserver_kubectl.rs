@@ -926,6 +926,12 @@ async fn install_relaunch_admission(k: &Kubectl) {
     k.ok(&[
         "apply",
         "-f",
+        &format!("{root}/manifests/crds/scaledowns.relaunch.dev.yaml"),
+    ])
+    .await;
+    k.ok(&[
+        "apply",
+        "-f",
         &format!("{root}/manifests/base/admission-policy.yaml"),
     ])
     .await;
@@ -1258,4 +1264,51 @@ fn base64_of(text: &str) -> String {
         }
     }
     out
+}
+
+const SCALEDOWN: &str = r#"
+apiVersion: relaunch.dev/v1alpha1
+kind: ScaleDown
+metadata: {name: shrink}
+spec:
+  statefulSetName: db
+  replicas: 1
+  decommission: {command: [db, decommission]}
+"#;
+
+/// A ScaleDown runs commands in pods: creating one needs create on pods/exec.
+#[tokio::test]
+async fn a_scaledown_needs_the_right_to_exec_into_pods() {
+    let k = Kubectl::start().await;
+    install_relaunch_admission(&k).await;
+    k.service_account_creating("bot", "scaledowns.relaunch.dev")
+        .await;
+    let scaledown = k.file("scaledown.yaml", SCALEDOWN);
+    let refused = k.fails(&["create", "-f", &scaledown, BOT]).await;
+    assert!(
+        refused.contains(r#"scaledowns.relaunch.dev "shrink" is forbidden: ValidatingAdmissionPolicy 'relaunch-scaledown-needs-pods-exec' with binding 'relaunch-scaledown-needs-pods-exec' denied request: system:serviceaccount:default:bot may not create pods/exec in namespace default, which a ScaleDown needs"#),
+        "{refused}"
+    );
+    assert_eq!(k.ok(&["get", "scaledowns", "-o", "name"]).await, "");
+    k.ok(&[
+        "create",
+        "role",
+        "exec",
+        "--verb=create",
+        "--resource=pods/exec",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "bot-execs",
+        "--role=exec",
+        "--serviceaccount=default:bot",
+    ])
+    .await;
+    k.succeeds(&["create", "-f", &scaledown, BOT]).await;
+    assert_eq!(
+        k.ok(&["get", "scaledowns", "-o", "name"]).await,
+        "scaledown.relaunch.dev/shrink\n"
+    );
 }

@@ -1655,3 +1655,137 @@ async fn controllers_that_no_longer_lead_write_nothing() {
     // The report API's adapter is not bound to a leadership.
     ctx.cluster.may_write().unwrap();
 }
+
+/// `POST /v1/scaledown-execs`: only the agent on the node of the command's pod can record its
+/// result, only while the ScaleDown asks for that very command, once.
+#[tokio::test]
+async fn a_scaledown_command_result_is_taken_only_from_its_pods_node_and_only_once() {
+    use relaunch_api::ScaleDown;
+    use relaunch_api::report::SCALEDOWN_EXEC_PATH;
+    let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
+    let crds = Api::<CustomResourceDefinition>::all(bed.client.clone());
+    crds.create(&PostParams::default(), &ScaleDown::crd())
+        .await
+        .unwrap();
+    let scaledowns: Api<ScaleDown> = Api::namespaced(bed.client.clone(), "default");
+    let sd: ScaleDown = serde_json::from_value(json!({
+        "apiVersion": "relaunch.dev/v1alpha1", "kind": "ScaleDown",
+        "metadata": {"name": "shrink"},
+        "spec": {"statefulSetName": "db", "replicas": 1, "decommission": {"command": ["handoff"]}},
+    }))
+    .unwrap();
+    let sd = eventually("the ScaleDown CRD to serve", WAIT, || async {
+        scaledowns.create(&PostParams::default(), &sd).await.ok()
+    })
+    .await
+    .unwrap();
+    let db = bed.pods().get("db-0").await.unwrap();
+    let exec = |node: &str| {
+        json!({"status": {"phase": "Running", "exec": {
+            "id": "1-decommission-0", "purpose": "Decommission", "podName": "db-0",
+            "podUID": db.uid().unwrap(), "nodeName": node, "container": "app",
+            "command": ["handoff"], "timeoutSeconds": 60,
+        }}})
+    };
+    scaledowns
+        .patch_status(
+            "shrink",
+            &PatchParams::default(),
+            &Patch::Merge(exec("node-1")),
+        )
+        .await
+        .unwrap();
+    let result = |id: &str, uid: &str| {
+        bytes(&json!({
+            "scaleDown": {"namespace": "default", "name": "shrink", "uid": uid},
+            "execId": id, "exitCode": 0, "output": "handed 3 keys",
+        }))
+    };
+    let uid = sd.uid().unwrap();
+    let node1 = bed.node_token("node-1", "relaunch-coordinator").await;
+    let node2 = bed.node_token("node-2", "relaunch-coordinator").await;
+    let pending = || async {
+        let sd = scaledowns.get("shrink").await.unwrap();
+        sd.status.unwrap().exec.unwrap().result.is_none()
+    };
+
+    let (code, body) = bed
+        .post(
+            SCALEDOWN_EXEC_PATH,
+            Some(&node2),
+            result("1-decommission-0", &uid),
+        )
+        .await;
+    assert_eq!(code, 403, "another node: {body}");
+    let (code, body) = bed
+        .post(
+            SCALEDOWN_EXEC_PATH,
+            Some(&node1),
+            result("2-decommission-0", &uid),
+        )
+        .await;
+    assert_eq!(code, 409, "a command no longer asked for: {body}");
+    let (code, body) = bed
+        .post(
+            SCALEDOWN_EXEC_PATH,
+            Some(&node1),
+            result("1-decommission-0", "other-uid"),
+        )
+        .await;
+    assert_eq!(code, 404, "another ScaleDown of the same name: {body}");
+    assert!(pending().await, "nothing was written");
+    // Status naming node-2 does not let node-2 answer for a pod on node-1.
+    scaledowns
+        .patch_status(
+            "shrink",
+            &PatchParams::default(),
+            &Patch::Merge(exec("node-2")),
+        )
+        .await
+        .unwrap();
+    let (code, body) = bed
+        .post(
+            SCALEDOWN_EXEC_PATH,
+            Some(&node2),
+            result("1-decommission-0", &uid),
+        )
+        .await;
+    assert_eq!(code, 403, "the pod does not run on node-2: {body}");
+    assert!(pending().await, "nothing was written");
+
+    scaledowns
+        .patch_status(
+            "shrink",
+            &PatchParams::default(),
+            &Patch::Merge(exec("node-1")),
+        )
+        .await
+        .unwrap();
+    let (code, body) = bed
+        .post(
+            SCALEDOWN_EXEC_PATH,
+            Some(&node1),
+            result("1-decommission-0", &uid),
+        )
+        .await;
+    assert_eq!(
+        (code, body["written"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
+    let written = scaledowns.get("shrink").await.unwrap();
+    let r = written.status.unwrap().exec.unwrap().result.unwrap();
+    assert_eq!((r.exit_code, r.output.as_str()), (Some(0), "handed 3 keys"));
+    let (code, body) = bed
+        .post(
+            SCALEDOWN_EXEC_PATH,
+            Some(&node1),
+            result("1-decommission-0", &uid),
+        )
+        .await;
+    assert_eq!(
+        (code, body["written"].clone()),
+        (200, json!(false)),
+        "a repeat: {body}"
+    );
+}

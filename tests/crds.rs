@@ -452,3 +452,82 @@ async fn a_requests_spec_is_immutable_and_a_rollout_keeps_only_its_pacing_editab
         );
     }
 }
+
+/// A ScaleDown's schema refuses what `validate_scaledown` refuses (scale to 0 without
+/// allowScaleToZero, unbounded commands, negative replicas), and keeps everything but
+/// `spec.replicas` fixed once created.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scaledowns_schema_bounds_its_commands_and_keeps_all_but_replicas_fixed() {
+    use relaunch_api::{ScaleDown, ScaleDownSpec, validate_scaledown};
+    let api = TestApi::with_relaunch_crds().await;
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(
+        api.client.clone(),
+        "default",
+        &ApiResource::erase::<ScaleDown>(&()),
+    );
+    let create = |name: &str, spec: &Value| {
+        let api = dynamic.clone();
+        let object: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "relaunch.dev/v1alpha1", "kind": "ScaleDown",
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec,
+        }))
+        .unwrap();
+        async move { api.create(&PostParams::default(), &object).await }
+    };
+    let base = json!({"statefulSetName": "store", "replicas": 1, "decommission": {"command": ["/bin/sh", "-c", "handoff"]}});
+    let invalid = [
+        ("spec.replicas", json!({"replicas": 0})),
+        (
+            "spec.replicas",
+            json!({"replicas": -1, "allowScaleToZero": true}),
+        ),
+        (
+            "spec.decommission.command",
+            json!({"decommission": {"command": []}}),
+        ),
+        (
+            "spec.cancel.command",
+            json!({"cancel": {"command": vec!["x"; MAX_COMMAND_ARGS + 1]}}),
+        ),
+        (
+            "spec.statusCheck.command[0]",
+            json!({"statusCheck": {"command": ["x".repeat(MAX_COMMAND_ARG_LENGTH + 1)]}}),
+        ),
+        ("spec.timeoutSeconds", json!({"timeoutSeconds": 0})),
+        ("spec.statefulSetName", json!({"statefulSetName": "Store"})),
+    ];
+    for (i, (field, change)) in invalid.iter().enumerate() {
+        let spec = patched(&base, change.clone());
+        if let Ok(typed) = serde_json::from_value::<ScaleDownSpec>(spec.clone()) {
+            assert!(
+                validate_scaledown(&typed).is_err(),
+                "the Rust check accepts {spec}"
+            );
+        }
+        assert_refused_at(create(&format!("bad-{i}"), &spec).await, field, &spec);
+    }
+    let zero = patched(&base, json!({"replicas": 0, "allowScaleToZero": true}));
+    create("zero", &zero).await.unwrap();
+    create("sd", &base).await.unwrap();
+    let scaledowns: Api<ScaleDown> = Api::namespaced(api.client.clone(), "default");
+    scaledowns
+        .patch(
+            "sd",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    let refused = scaledowns
+        .patch(
+            "sd",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"decommission": {"command": ["rm", "-rf", "/"]}}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 422 && s.message.contains("spec.decommission cannot be changed")),
+        "{refused:?}"
+    );
+}

@@ -128,6 +128,7 @@ fn manifests_render_and_validate_against_kubernetes_schemas() {
             "containerrecreaterequests.relaunch.dev",
         ),
         ("CustomResourceDefinition", "rollingrestarts.relaunch.dev"),
+        ("CustomResourceDefinition", "scaledowns.relaunch.dev"),
         ("DaemonSet", "relaunch-agent"),
         ("Deployment", "relaunch-coordinator"),
         ("Service", "relaunch-coordinator"),
@@ -144,6 +145,14 @@ fn manifests_render_and_validate_against_kubernetes_schemas() {
         (
             "ValidatingAdmissionPolicy",
             "relaunch-rollout-exec-needs-pods-exec",
+        ),
+        (
+            "ValidatingAdmissionPolicy",
+            "relaunch-scaledown-needs-pods-exec",
+        ),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "relaunch-scaledown-needs-pods-exec",
         ),
         (
             "ValidatingAdmissionPolicyBinding",
@@ -288,7 +297,7 @@ metadata: {name: unknown-kind}
         );
     }
     assert!(
-        report.contains("2 valid, 6 invalid"),
+        report.contains("3 valid, 6 invalid"),
         "only the CRDs pass:\n{report}"
     );
 }

@@ -13,7 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use relaunch_api::report::{
-    ErrorBody, READINESS_PATH, REPORTS_PATH, ReadinessAnswer, ReadinessRequest, RecreateReport,
+    ErrorBody, ExecReport, READINESS_PATH, REPORTS_PATH, ReadinessAnswer, ReadinessRequest,
+    RecreateReport, SCALEDOWN_EXEC_PATH,
 };
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,6 +156,11 @@ impl CoordinatorClient {
     /// `POST /v1/reports`.
     pub async fn report(&self, report: &RecreateReport) -> Result<(), CoordinatorError> {
         self.post(REPORTS_PATH, report).await.map(|_| ())
+    }
+
+    /// `POST /v1/scaledown-execs`.
+    pub async fn scaledown_exec(&self, report: &ExecReport) -> Result<(), CoordinatorError> {
+        self.post(SCALEDOWN_EXEC_PATH, report).await.map(|_| ())
     }
 
     /// `POST /v1/readiness`.

@@ -21,6 +21,7 @@ pub mod order;
 pub mod plan;
 pub mod recreate;
 pub mod report;
+pub mod scaledown;
 pub mod shutdown;
 pub mod watch;
 pub mod workers;
@@ -201,6 +202,7 @@ pub async fn run(
         report::Reporter::start(coordinator.clone(), metrics.clone(), background.clone());
 
     let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
+    let client_for_scaledowns = client.clone();
     let stores = watch::start(
         client,
         &args.node_name,
@@ -239,6 +241,14 @@ pub async fn run(
     }
     info!("watches synced; ready");
 
+    tokio::spawn(scaledown::run(
+        client_for_scaledowns,
+        args.node_name.clone(),
+        runtime.clone(),
+        coordinator.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let ctx = Arc::new(recreate::Context {
         node: args.node_name.clone(),
         runtime: runtime.clone(),

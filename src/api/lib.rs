@@ -10,6 +10,7 @@ mod order;
 pub mod report;
 mod request;
 mod rollout;
+mod scaledown;
 pub mod validation;
 mod workload;
 
@@ -17,6 +18,7 @@ pub use crr::*;
 pub use order::InvalidOrder;
 pub use request::RecreateRequestBuilder;
 pub use rollout::*;
+pub use scaledown::*;
 pub use workload::WorkloadKind;
 
 use kube::CustomResourceExt;
@@ -42,9 +44,13 @@ pub const COORDINATOR_AUDIENCE: &str = "relaunch-coordinator";
 /// The CRDs as (file name, YAML), as committed under `manifests/crds/`.
 ///
 /// Start-up and tooling only (the coordinator's `crds` command, the test bed's API server).
-#[allow(clippy::expect_used)] // both CRDs are generated from Rust types with string keys only: serialising them cannot fail
+#[allow(clippy::expect_used)] // the CRDs are are generated from Rust types with string keys only: serialising them cannot fail
 pub fn crd_manifests() -> Vec<(String, String)> {
-    [ContainerRecreateRequest::crd(), RollingRestart::crd()]
+    [
+        ContainerRecreateRequest::crd(),
+        RollingRestart::crd(),
+        ScaleDown::crd(),
+    ]
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();

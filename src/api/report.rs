@@ -12,6 +12,8 @@ use super::{ContainerRecreateState, RecreatePhase};
 pub const REPORTS_PATH: &str = "/v1/reports";
 /// Path of readiness-gate requests.
 pub const READINESS_PATH: &str = "/v1/readiness";
+/// Path of ScaleDown command results.
+pub const SCALEDOWN_EXEC_PATH: &str = "/v1/scaledown-execs";
 /// Largest request body the coordinator accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -22,6 +24,23 @@ pub struct RequestRef {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+}
+
+/// `POST /v1/scaledown-execs`: how a command a ScaleDown asked for (its `status.exec`) ended
+/// on the agent's node. The coordinator writes it into `status.exec.result` if the ScaleDown
+/// (by UID) still asks for `execId`, and the command's pod runs on the caller's node.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecReport {
+    /// The ScaleDown (the same shape as a request reference).
+    pub scale_down: RequestRef,
+    pub exec_id: String,
+    /// The exit code; none when the command could not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The tail of the output, or why it could not run.
+    #[serde(default)]
+    pub output: String,
 }
 
 /// `POST /v1/reports`: the agent's view of a request's progress. Reports are idempotent and the

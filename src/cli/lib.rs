@@ -13,6 +13,7 @@ pub mod parse;
 pub mod progress;
 pub mod restart;
 pub mod rollout;
+pub mod scale;
 pub mod session;
 pub mod status;
 pub mod wait;
@@ -45,6 +46,8 @@ pub enum Command {
     Restart(restart::RestartArgs),
     /// Restart the pods of a workload in place, batch by batch (creates a RollingRestart).
     Rollout(rollout::RolloutArgs),
+    /// Scale a StatefulSet down, decommissioning each leaving pod first (creates a ScaleDown).
+    Scale(scale::ScaleArgs),
     /// List RollingRestarts and ContainerRecreateRequests, or show one in detail.
     Status(status::StatusArgs),
     /// Pause a RollingRestart: no new batch starts (pods restarting now finish).
@@ -61,6 +64,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Restart(args) => restart::run(&session, args).await,
         Command::Rollout(args) => rollout::run(&session, args).await,
+        Command::Scale(args) => scale::run(&session, args).await,
         Command::Status(args) => status::run(&session, args).await,
         Command::Pause(args) => control::run(&session, control::Control::Pause, args).await,
         Command::Resume(args) => control::run(&session, control::Control::Resume, args).await,

@@ -12,7 +12,7 @@ use super::error::CliError;
 use super::parse::{self, RelaunchKind};
 use super::progress::{bar, short_id};
 use super::session::{Call, REQUESTS, ROLLOUTS, Session};
-use relaunch_api::{ContainerRecreateRequest, LABEL_NODE_NAME, RollingRestart};
+use relaunch_api::{ContainerRecreateRequest, LABEL_NODE_NAME, RollingRestart, ScaleDown};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
@@ -72,6 +72,26 @@ async fn show_all(session: &Session, args: &StatusArgs) -> Result<(), CliError> 
         .call(Call::list(REQUESTS, namespace), requests.list(&params))
         .await?
         .items;
+    // ScaleDowns: an installation whose CRDs predate them, or a role that predates them (read
+    // rights on requests and rollouts only), lists none.
+    let scaledown_api: Api<ScaleDown> = match namespace {
+        Some(ns) => Api::namespaced(session.client.clone(), ns),
+        None => Api::all(session.client.clone()),
+    };
+    let mut scaledowns = match session
+        .call(
+            Call::list(super::scale::SCALEDOWNS, namespace),
+            scaledown_api.list(&params),
+        )
+        .await
+    {
+        Ok(list) => list.items,
+        Err(
+            CliError::NotInstalled { .. } | CliError::NotFound { .. } | CliError::Forbidden { .. },
+        ) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    scaledowns.sort_by_key(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()));
     rollouts.sort_by_key(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()));
     requests.sort_by_key(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()));
     match args.output {
@@ -83,6 +103,9 @@ async fn show_all(session: &Session, args: &StatusArgs) -> Result<(), CliError> 
             for r in &requests {
                 items.push(to_value(r)?);
             }
+            for s in &scaledowns {
+                items.push(to_value(s)?);
+            }
             let list = json!({
                 "apiVersion": "v1",
                 "kind": "List",
@@ -92,7 +115,7 @@ async fn show_all(session: &Session, args: &StatusArgs) -> Result<(), CliError> 
             print_structured(&list, args.output)
         }
         output => {
-            if rollouts.is_empty() && requests.is_empty() {
+            if rollouts.is_empty() && requests.is_empty() && scaledowns.is_empty() {
                 match namespace {
                     Some(ns) => eprintln!("No resources found in {ns} namespace."),
                     None => eprintln!("No resources found"),
@@ -107,6 +130,9 @@ async fn show_all(session: &Session, args: &StatusArgs) -> Result<(), CliError> 
             }
             if !requests.is_empty() {
                 tables.push(request_table(&requests, namespace.is_none(), wide, now));
+            }
+            if !scaledowns.is_empty() {
+                tables.push(scaledown_table(&scaledowns, namespace.is_none(), wide, now));
             }
             print!("{}", tables.join("\n"));
             Ok(())
@@ -585,6 +611,65 @@ fn conditions_text(conditions: &[relaunch_api::Condition]) -> String {
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// The ScaleDown table (StatefulSet, Replicas, Phase, Leaving, Progress, Age; wide adds
+/// Message).
+pub fn scaledown_table(
+    scaledowns: &[ScaleDown],
+    all_namespaces: bool,
+    wide: bool,
+    now: Timestamp,
+) -> String {
+    let mut headers = Vec::new();
+    if all_namespaces {
+        headers.push("NAMESPACE");
+    }
+    headers.extend([
+        "SCALEDOWN",
+        "STATEFULSET",
+        "REPLICAS",
+        "PHASE",
+        "LEAVING",
+        "PROGRESS",
+        "AGE",
+    ]);
+    if wide {
+        headers.push("MESSAGE");
+    }
+    let rows = scaledowns
+        .iter()
+        .map(|s| {
+            let status = s.status.clone().unwrap_or_default();
+            let mut row = Vec::new();
+            if all_namespaces {
+                row.push(s.metadata.namespace.clone().unwrap_or_default());
+            }
+            let replicas = match status.expected_replicas {
+                Some(now) => format!("{now} -> {}", s.spec.replicas),
+                None => format!("-> {}", s.spec.replicas),
+            };
+            row.extend([
+                s.metadata.name.clone().unwrap_or_default(),
+                s.spec.stateful_set_name.clone(),
+                replicas,
+                format!("{:?}", status.phase),
+                status
+                    .current
+                    .as_ref()
+                    .filter(|_| !status.phase.is_finished())
+                    .map(|c| c.pod_name.clone())
+                    .unwrap_or_else(|| "-".into()),
+                status.progress.clone().unwrap_or_else(|| "-".into()),
+                age(s.metadata.creation_timestamp.as_ref(), now),
+            ]);
+            if wide {
+                row.push(status.message.clone().unwrap_or_default());
+            }
+            row
+        })
+        .collect();
+    table(&headers, rows)
 }
 
 #[cfg(test)]

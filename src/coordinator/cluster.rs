@@ -20,6 +20,8 @@ use serde_json::{Map, Value, json};
 use relaunch_api::{ContainerRecreateRequest, LABEL_POD_UID, RollingRestart};
 
 use crate::error::ClusterError;
+
+mod scaledown;
 use crate::error_policy::error_policy;
 use crate::events::{Event, is_rollout_request};
 use crate::leader_election::Leadership;

@@ -27,6 +27,7 @@ pub mod readiness;
 pub mod report_api;
 pub mod request_controller;
 pub mod rollout;
+pub mod scaledown;
 
 #[cfg(test)]
 mod proptests;
@@ -114,8 +115,15 @@ async fn run_leading(
     let stop = stop.child_token();
     // One pruned pod cache and one request cache, filled by one watch each, serve both.
     let (crr_wake, rollout_wake) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let (caches, watches) =
-        caches::watch_shared(&ctx, vec![crr_wake.clone(), rollout_wake.clone()]);
+    let scaledown_wake = Arc::new(Notify::new());
+    let (caches, watches) = caches::watch_shared(
+        &ctx,
+        vec![
+            crr_wake.clone(),
+            rollout_wake.clone(),
+            scaledown_wake.clone(),
+        ],
+    );
     // Aborted when this returns or is itself aborted.
     let watches = caches::WatchTasks(watches);
     let result = tokio::try_join!(
@@ -135,6 +143,17 @@ async fn run_leading(
             let r =
                 rollout::controller::run(ctx.clone(), caches.clone(), rollout_wake, stop.clone())
                     .await;
+            stop.cancel();
+            r
+        },
+        async {
+            let r = scaledown::run(
+                ctx.clone(),
+                caches.pods.clone(),
+                scaledown_wake,
+                stop.clone(),
+            )
+            .await;
             stop.cancel();
             r
         },

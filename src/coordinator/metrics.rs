@@ -27,6 +27,8 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// The `relaunch_rollout*` metrics.
     pub rollouts: RolloutMetrics,
+    /// The `relaunch_scaledown_*` metrics.
+    pub scaledowns: crate::scaledown::ScaleDownMetrics,
 }
 
 impl Metrics {
@@ -76,6 +78,7 @@ impl Metrics {
             )?,
             errors,
             rollouts: RolloutMetrics::register(registry)?,
+            scaledowns: crate::scaledown::ScaleDownMetrics::register(registry)?,
         })
     }
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use relaunch_api::{
     ContainerRecreateRequest, ContainerRecreateRequestStrategy, ExecAction, RollingRestart,
-    RolloutPhase, ShutdownAction,
+    RolloutPhase, ScaleDown, ScaleDownPhase, ShutdownAction,
 };
 use relaunch_telemetry::{LogFormat, init_logging};
 use relaunch_testbed::{Binaries, Sandbox, SandboxConfig};
@@ -137,6 +137,12 @@ async fn up(dir: PathBuf, nodes: usize, port: u16, deploy: bool) -> Result<(), S
 /// README's walk-through applies the same file.
 const DEMO_DB: &str = include_str!("../../examples/demo-db.yaml");
 
+/// A partitioned store (each member's keys on its own volume) and the ScaleDown that takes it
+/// from 3 members to 1, each leaving member handing its keys over first.
+const DEMO_STORE: &str = include_str!("../../examples/demo-store.yaml");
+/// The host directory the demo store's members exchange keys through (examples/demo-store.yaml).
+const DEMO_EXCHANGE: &str = "/tmp/relaunch-demo-exchange";
+
 async fn demo(nodes: usize, port: u16, deploy: bool) -> Result<(), String> {
     let dir = tempfile::Builder::new()
         .prefix("relaunch-sandbox-demo-")
@@ -223,7 +229,8 @@ async fn run_demo(sandbox: &Sandbox) -> Result<(), String> {
         .find(|p| p.metadata.name.as_deref() == Some("demo-db-0"))
         .ok_or("demo-db-0 is missing")?;
     restart_in_place(client.clone(), first).await?;
-    rolling_restart(client).await
+    rolling_restart(client.clone()).await?;
+    scale_down_demo(sandbox, &client).await
 }
 
 async fn restart_in_place(client: kube::Client, pod: &Pod) -> Result<(), String> {
@@ -433,6 +440,132 @@ async fn rolling_restart(client: kube::Client) -> Result<(), String> {
             reasons.join("; ")
         ));
     }
+    Ok(())
+}
+
+/// The keys (`key-*` files) in claim `claim`'s directory on any node of the sandbox.
+fn claim_keys(sandbox: &Sandbox, claim: &str) -> Vec<String> {
+    let root = sandbox.kubeconfig_path().with_file_name("nodes");
+    let mut keys = Vec::new();
+    for node in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let dir = node.path().join("volumes/pvc/default").join(claim);
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("key-") {
+                keys.push(name);
+            }
+        }
+    }
+    keys.sort();
+    keys
+}
+
+/// Deploys the partitioned store, scales it 3 -> 1 through a ScaleDown, and checks that every
+/// key ended on the remaining member.
+async fn scale_down_demo(sandbox: &Sandbox, client: &kube::Client) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(DEMO_EXCHANGE);
+    let mut documents = DEMO_STORE.split("\n---\n");
+    let set: StatefulSet =
+        serde_yaml::from_str(documents.next().unwrap_or_default()).map_err(|e| e.to_string())?;
+    let scaledown: ScaleDown =
+        serde_yaml::from_str(documents.next().unwrap_or_default()).map_err(|e| e.to_string())?;
+    println!(
+        "== deploying StatefulSet demo-store (3 members, each with 3 keys of its own on its volume)"
+    );
+    let sets: Api<StatefulSet> = Api::default_namespaced(client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    sets.create(&PostParams::default(), &set)
+        .await
+        .map_err(|e| format!("creating the demo store: {e}"))?;
+    follow(
+        "the demo store",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app=demo-store"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ready = list.items.iter().filter(|p| is_ready(p)).count();
+            let seeded =
+                (0..3).all(|o| claim_keys(sandbox, &format!("data-demo-store-{o}")).len() == 3);
+            Ok((
+                format!("{ready}/3 ready"),
+                (ready == 3 && seeded).then_some(()),
+            ))
+        },
+    )
+    .await?;
+    println!(
+        "== scaling demo-store 3 -> 1 with a ScaleDown: each leaving member hands its keys to the remaining ones, then replicas are lowered by one"
+    );
+    let scaledowns: Api<ScaleDown> = Api::default_namespaced(client.clone());
+    scaledowns
+        .create(&PostParams::default(), &scaledown)
+        .await
+        .map_err(|e| format!("creating the ScaleDown: {e}"))?;
+    let status = follow(
+        "the scale-down",
+        Duration::from_secs(180),
+        Duration::from_millis(200),
+        || async {
+            let status = scaledowns
+                .get("demo-store-to-1")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let leaving = status
+                .current
+                .as_ref()
+                .filter(|_| !status.phase.is_finished())
+                .map(|c| format!(" {}: {:?}", c.pod_name, c.step))
+                .unwrap_or_default();
+            let line = format!(
+                "{:?} replicas {} removed {:?}{leaving}{}",
+                status.phase,
+                status.expected_replicas.unwrap_or(3),
+                status.removed,
+                status
+                    .progress
+                    .as_deref()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default()
+            );
+            Ok((line, status.phase.is_finished().then_some(status)))
+        },
+    )
+    .await?;
+    if status.phase != ScaleDownPhase::Succeeded {
+        return Err(format!(
+            "the scale-down failed: {}",
+            status.message.unwrap_or_default()
+        ));
+    }
+    let want: Vec<String> = {
+        let mut keys: Vec<String> = (0..3)
+            .flat_map(|p| (1..=3).map(move |i| format!("key-demo-store-{p}-{i}")))
+            .collect();
+        keys.sort();
+        keys
+    };
+    let keys = follow(
+        "the keys to arrive",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let keys = claim_keys(sandbox, "data-demo-store-0");
+            Ok((
+                format!("{} keys on demo-store-0", keys.len()),
+                (keys == want).then_some(keys),
+            ))
+        },
+    )
+    .await?;
+    println!(
+        "   all {} keys are on demo-store-0's volume; the leaving members' claims were deleted",
+        keys.len()
+    );
     Ok(())
 }
 

@@ -20,8 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use relaunch_api::report::{
-    ErrorBody, ErrorDetail, MAX_BODY_BYTES, READINESS_PATH, REPORTS_PATH, ReadinessRequest,
-    RecreateReport,
+    ErrorBody, ErrorDetail, ExecReport, MAX_BODY_BYTES, READINESS_PATH, REPORTS_PATH,
+    ReadinessRequest, RecreateReport, SCALEDOWN_EXEC_PATH,
 };
 
 use relaunch_telemetry::serving::{Acceptor, ConnectionLimits, http1_builder};
@@ -222,8 +222,20 @@ async fn answer(
                 Err(refusal) => refused(&refusal),
             }
         }
+        SCALEDOWN_EXEC_PATH => {
+            let result = match in_flight.enter().await {
+                Ok(_slot) => handle_exec_report(ctx, req).await,
+                Err(refusal) => Err(refusal),
+            };
+            match result {
+                Ok(written) => {
+                    json_response(StatusCode::OK, &serde_json::json!({"written": written}))
+                }
+                Err(refusal) => refused(&refusal),
+            }
+        }
         other => refused(&Refusal::NotFound(format!(
-            "no such path {other}; the report API serves {REPORTS_PATH} and {READINESS_PATH}"
+            "no such path {other}; the report API serves {REPORTS_PATH}, {READINESS_PATH} and {SCALEDOWN_EXEC_PATH}"
         ))),
     }
 }
@@ -237,6 +249,13 @@ async fn handle_report(
     let report: RecreateReport = read_json(req).await?;
     let applied = apply_report(ctx, &node, &report).await?;
     Ok((applied.status, applied.written))
+}
+
+async fn handle_exec_report(ctx: &Context, req: Request<Incoming>) -> Result<bool, Refusal> {
+    require_post(&req)?;
+    let node = authenticate(ctx, req.headers()).await?;
+    let report: ExecReport = read_json(req).await?;
+    crate::scaledown::apply_exec_report(ctx, &node, &report).await
 }
 
 async fn handle_readiness(

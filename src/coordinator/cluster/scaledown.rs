@@ -1,0 +1,69 @@
+//! The ScaleDown controller's writes besides status: lowering a StatefulSet's replicas (only
+//! at the version the decision was taken on) and deleting a claim (only with its UID).
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use relaunch_api::{ClaimRef, ScaleDown};
+
+use super::Cluster;
+use crate::error::ClusterError;
+
+impl Cluster {
+    /// The ScaleDown, if it exists (the report API reads it afresh).
+    pub async fn get_scaledown(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ScaleDown>, ClusterError> {
+        Ok(Api::<ScaleDown>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await?)
+    }
+
+    /// Sets `spec.replicas` of `sts` to `to`, only if it is still at the version read (409
+    /// otherwise: decide again on fresh data).
+    pub async fn set_replicas(&self, sts: &StatefulSet, to: i32) -> Result<(), ClusterError> {
+        self.may_write()?;
+        let patch = json!({
+            "metadata": {"resourceVersion": sts.resource_version()},
+            "spec": {"replicas": to},
+        });
+        self.api_of(sts)
+            .patch(
+                &sts.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes claim `claim` in `namespace`, only if it still has the recorded UID; one that is
+    /// gone counts as deleted.
+    pub async fn delete_claim(
+        &self,
+        namespace: &str,
+        claim: &ClaimRef,
+    ) -> Result<(), ClusterError> {
+        self.may_write()?;
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(claim.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        let api = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace);
+        match api.delete(&claim.name, &params).await {
+            Ok(_) => Ok(()),
+            Err(e) => match ClusterError::from(e) {
+                ClusterError::NotFound(_) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+}
