@@ -129,10 +129,21 @@ stand_in_by_default!(
     k8s_openapi::api::apps::v1::DaemonSet,
     k8s_openapi::api::apps::v1::ReplicaSet,
     k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
-    k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding
+    k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
+    k8s_openapi::api::core::v1::PersistentVolumeClaim
 );
 
 impl StandIn for ContainerRecreateRequest {
+    fn stand_in(metadata: ObjectMeta) -> Self {
+        Self {
+            metadata,
+            spec: Default::default(),
+            status: None,
+        }
+    }
+}
+
+impl StandIn for relaunch_api::ScaleDown {
     fn stand_in(metadata: ObjectMeta) -> Self {
         Self {
             metadata,
