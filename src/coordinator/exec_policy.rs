@@ -1,7 +1,8 @@
 //! Fail closed on exec: a shutdown `exec` action runs a command in a container, which the API
 //! server authorizes like `kubectl exec` only through the ValidatingAdmissionPolicies and
 //! bindings of `manifests/base/admission-policy.yaml`. The coordinator watches them (by name)
-//! and admits requests and rollouts with exec actions only while all of them are installed as
+//! and admits requests and rollouts with exec actions, and starts ScaleDowns (whose commands are
+//! exec actions), only while all of them are installed as
 //! shipped: each policy present with `failurePolicy: Fail` (the default) and at least one
 //! validation, each binding present, naming its policy, with `validationActions` including
 //! `Deny` and no `matchResources` that could narrow it. Otherwise exec actions are refused with
@@ -26,6 +27,8 @@ use crate::metrics::Metrics;
 pub const REQUEST_POLICY: &str = "relaunch-request-exec-needs-pods-exec";
 /// The policy (and binding, same name) that authorizes exec actions in rollouts.
 pub const ROLLOUT_POLICY: &str = "relaunch-rollout-exec-needs-pods-exec";
+/// The policy (and binding, same name) that authorizes a ScaleDown's commands.
+pub const SCALEDOWN_POLICY: &str = "relaunch-scaledown-needs-pods-exec";
 /// Where they ship.
 pub const MANIFEST: &str = "manifests/base/admission-policy.yaml";
 
@@ -54,7 +57,7 @@ pub fn check(
     bindings: &[Arc<ValidatingAdmissionPolicyBinding>],
 ) -> ExecPolicy {
     let mut problems = Vec::new();
-    for name in [REQUEST_POLICY, ROLLOUT_POLICY] {
+    for name in [REQUEST_POLICY, ROLLOUT_POLICY, SCALEDOWN_POLICY] {
         match policies.iter().find(|p| p.name_any() == name) {
             None => problems.push(format!("ValidatingAdmissionPolicy {name} is not installed")),
             Some(policy) => {

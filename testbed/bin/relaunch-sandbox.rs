@@ -465,8 +465,17 @@ fn claim_keys(sandbox: &Sandbox, claim: &str) -> Vec<String> {
 async fn scale_down_demo(sandbox: &Sandbox, client: &kube::Client) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(DEMO_EXCHANGE);
     let mut documents = DEMO_STORE.split("\n---\n");
-    let set: StatefulSet =
+    let mut set: StatefulSet =
         serde_yaml::from_str(documents.next().unwrap_or_default()).map_err(|e| e.to_string())?;
+    if sandbox.image_size().is_some() {
+        // Deployed, each simulated node has its own filesystem for hostPath volumes (as real
+        // nodes do), and the store's members exchange keys through a host directory: keep
+        // them on one node.
+        if let Some(spec) = set.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+            spec.node_selector =
+                Some([("kubernetes.io/hostname".to_string(), "node-0".to_string())].into());
+        }
+    }
     let scaledown: ScaleDown =
         serde_yaml::from_str(documents.next().unwrap_or_default()).map_err(|e| e.to_string())?;
     println!(

@@ -25,6 +25,7 @@ use relaunch_api::{
 };
 
 use crate::events::Event;
+use crate::exec_policy::ExecPolicy;
 
 /// What the controller knows of the StatefulSet.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -61,6 +62,9 @@ pub struct Observed<'a> {
     pub pods: BTreeMap<i32, PodView>,
     /// The namespace's claims: name -> UID.
     pub claims: BTreeMap<String, String>,
+    /// Whether exec actions are authorized by the shipped admission policies (None: not read
+    /// yet); a ScaleDown's commands are exec actions.
+    pub exec_policy: Option<ExecPolicy>,
     pub now: Timestamp,
 }
 
@@ -390,6 +394,19 @@ fn step(p: &mut Pass<'_>) {
         );
     }
     let Some(expected) = p.s.expected_replicas else {
+        // Fail closed: its commands run in pods, which only the shipped admission policy
+        // authorizes like `kubectl exec`; checked before anything is done.
+        match &p.o.exec_policy {
+            None => {
+                p.say("waiting for the coordinator to read the admission policies".into());
+                p.requeue_in(Duration::from_secs(1));
+                return;
+            }
+            Some(ExecPolicy::Missing(message)) => {
+                return p.fail(format!("{message}; nothing was done"));
+            }
+            Some(ExecPolicy::Enforced) => {}
+        }
         p.s.phase = ScaleDownPhase::Running;
         p.s.initial_replicas = Some(sts.replicas);
         p.s.expected_replicas = Some(sts.replicas);
@@ -863,6 +880,7 @@ mod tests {
         pods: BTreeMap<i32, PodView>,
         claims: BTreeMap<String, String>,
         now: Timestamp,
+        exec_policy: Option<ExecPolicy>,
         events: Vec<Event>,
         lowered: Vec<(i32, i32)>,
     }
@@ -879,6 +897,7 @@ mod tests {
                 pods: BTreeMap::new(),
                 claims: BTreeMap::new(),
                 now: Timestamp::from_second(1_000_000).unwrap(),
+                exec_policy: Some(ExecPolicy::Enforced),
                 events: Vec::new(),
                 lowered: Vec::new(),
             };
@@ -912,6 +931,7 @@ mod tests {
                 statefulset: self.sts.clone(),
                 pods: self.pods.clone(),
                 claims: self.claims.clone(),
+                exec_policy: self.exec_policy.clone(),
                 now: self.now,
             });
             if let Some(s) = &d.status {
@@ -972,6 +992,27 @@ mod tests {
     }
 
     #[test]
+    fn without_the_exec_policy_nothing_starts_and_the_scaledown_fails_saying_what_to_install() {
+        let mut w = World::new(sd(1), 3);
+        w.exec_policy = None;
+        w.pass();
+        w.pass();
+        assert!(w.pending().is_none());
+        assert!(!w.status().phase.is_finished());
+        assert_eq!(w.status().expected_replicas, None);
+        w.exec_policy = Some(ExecPolicy::Missing(
+            "install manifests/base/admission-policy.yaml".into(),
+        ));
+        w.run();
+        let status = w.status();
+        assert_eq!(status.phase, ScaleDownPhase::Failed);
+        let message = status.message.unwrap_or_default();
+        assert!(message.contains("admission-policy.yaml"), "{message}");
+        assert!(w.lowered.is_empty());
+        assert_eq!(w.sts.as_ref().unwrap().replicas, 3);
+    }
+
+    #[test]
     fn three_to_one_decommissions_the_highest_first_and_lowers_only_after() {
         let mut w = World::new(sd(1), 3);
         w.run();
@@ -1021,6 +1062,7 @@ mod tests {
                 statefulset: w.sts.clone(),
                 pods: w.pods.clone(),
                 claims: w.claims.clone(),
+                exec_policy: Some(ExecPolicy::Enforced),
                 now: w.now,
             });
             if let Some(s) = d.status {
@@ -1217,6 +1259,7 @@ mod tests {
                 statefulset: w.sts.clone(),
                 pods: w.pods.clone(),
                 claims: w.claims.clone(),
+                exec_policy: Some(ExecPolicy::Enforced),
                 now: w.now,
             });
             if let Some(s) = d.status {

@@ -31,6 +31,7 @@ use crate::caches::{WatchTasks, watch_into};
 use crate::context::Context;
 use crate::error::{ClusterError, CoordinatorError};
 use crate::error_policy::error_policy;
+use crate::exec_policy::ExecPolicy;
 use crate::report_api::handlers::{Refusal, valid_object_name};
 use decide::{Decision, Observed, PodView, StatefulSetView, Write, decide};
 
@@ -225,7 +226,11 @@ pub async fn run(
 }
 
 /// What the decision needs, from the caches.
-fn observe<'a>(stores: &Stores, sd: &'a ScaleDown) -> (Observed<'a>, Option<Arc<StatefulSet>>) {
+fn observe<'a>(
+    stores: &Stores,
+    sd: &'a ScaleDown,
+    exec_policy: Option<ExecPolicy>,
+) -> (Observed<'a>, Option<Arc<StatefulSet>>) {
     let namespace = sd.namespace().unwrap_or_default();
     let name = &sd.spec.stateful_set_name;
     let sts =
@@ -305,6 +310,7 @@ fn observe<'a>(stores: &Stores, sd: &'a ScaleDown) -> (Observed<'a>, Option<Arc<
             statefulset: view,
             pods,
             claims,
+            exec_policy,
             now: Timestamp::now(),
         },
         sts,
@@ -318,7 +324,7 @@ async fn reconcile(
     sd: &Arc<ScaleDown>,
     written: &mut HashMap<String, (String, std::time::Instant)>,
 ) -> Option<Duration> {
-    let (observed, sts) = observe(stores, sd);
+    let (observed, sts) = observe(stores, sd, ctx.exec_policy.verdict());
     let Decision {
         status,
         write,
