@@ -16,7 +16,15 @@ pub struct PodIdentity {
     pub name: String,
     pub namespace: String,
     pub uid: String,
+    /// The node the pod runs on: recorded as the [`NODE_LABEL`] of its sandboxes and containers
+    /// so that each simulated node's kubelet lists only its own, as a real node's runtime holds
+    /// only its own node's pods (the test bed shares one containerd among its nodes).
+    pub node: Option<String>,
 }
+
+/// The test bed's label naming a sandbox's or container's node (not a kubelet label: a real
+/// runtime serves one node, the test bed's containerd serves all of its simulated nodes).
+pub const NODE_LABEL: &str = "testbed.relaunch.dev/node";
 
 /// What the kubelet knows about one container when it creates an instance of it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -96,6 +104,7 @@ pub fn sandbox_config_with_dns(
         (labels::POD_NAMESPACE.to_string(), pod.namespace.clone()),
         (labels::POD_UID.to_string(), pod.uid.clone()),
     ]);
+    let pod_labels = with_node(pod_labels, pod);
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: pod.name.clone(),
@@ -122,6 +131,13 @@ pub fn sandbox_config_with_dns(
     }
 }
 
+fn with_node(mut labels: HashMap<String, String>, pod: &PodIdentity) -> HashMap<String, String> {
+    if let Some(node) = &pod.node {
+        labels.insert(NODE_LABEL.to_string(), node.clone());
+    }
+    labels
+}
+
 /// The kubelet's container config for one instance of `container` in `pod`.
 pub fn container_config(pod: &PodIdentity, container: &ContainerTemplate) -> cri::ContainerConfig {
     let container_labels = HashMap::from([
@@ -130,6 +146,7 @@ pub fn container_config(pod: &PodIdentity, container: &ContainerTemplate) -> cri
         (labels::POD_UID.to_string(), pod.uid.clone()),
         (labels::CONTAINER_NAME.to_string(), container.name.clone()),
     ]);
+    let container_labels = with_node(container_labels, pod);
     let mut container_annotations = HashMap::from([
         (annotations::HASH.to_string(), container.hash()),
         (

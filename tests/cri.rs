@@ -31,6 +31,7 @@ impl Node {
             name: name.to_string(),
             namespace: "default".to_string(),
             uid: format!("uid-{name}-0000-0000-000000000000"),
+            node: None,
         };
         let sandbox =
             pod::run_pod_sandbox(&self.client, &identity, &self.containerd.pod_log_root())

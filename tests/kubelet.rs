@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use relaunch_cri::{ContainerState, RuntimeClient};
+use relaunch_testbed::pod::{ContainerTemplate, PodIdentity};
 use relaunch_testbed::{Containerd, CrashLoopBackoff, Kubelet, KubeletConfig};
 use serde_json::json;
 use support::{TestApi, eventually};
@@ -145,6 +146,26 @@ async fn runs_the_pods_containers_with_kubelet_labels_and_reports_it_ready() {
     assert_eq!(details.owner.container_name, "web");
     assert_eq!(details.annotations.restart_count, Some(0));
 
+    // The kubelet lists only its own node's sandboxes and containers, as a real node's runtime
+    // holds only its own: a container of another simulated node in the shared containerd, even
+    // one claiming this pod's UID and container name at a later attempt, is not this pod's.
+    // (Another name: the runtime reserves a sandbox name once per runtime.)
+    let foreign = PodIdentity {
+        name: "web-0-elsewhere".into(),
+        namespace: "default".into(),
+        uid: pod.metadata.uid.clone().unwrap(),
+        node: Some("node-b".into()),
+    };
+    let foreign_root = bed.root().join("node-b-logs");
+    let sandbox = relaunch_testbed::pod::run_pod_sandbox(&bed.runtime, &foreign, &foreign_root)
+        .await
+        .unwrap();
+    let mut template = ContainerTemplate::shell("web", "sleep 100000");
+    template.restart_count = 5;
+    relaunch_testbed::pod::start_container(&bed.runtime, &sandbox, &foreign, &template)
+        .await
+        .unwrap();
+
     // Status is written only when it changes: several relists later, the object is untouched.
     let version = bed
         .pods
@@ -162,6 +183,9 @@ async fn runs_the_pods_containers_with_kubelet_labels_and_reports_it_ready() {
         .metadata
         .resource_version;
     assert_eq!(version, later, "no status writes without a change");
+    let now = bed.pods.get("web-0").await.unwrap();
+    assert_eq!(container_id(&now).as_deref(), Some(id.as_str()));
+    assert_eq!(container(&now).map(|c| c.restart_count), Some(0));
     bed.shutdown().await;
 }
 

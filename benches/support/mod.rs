@@ -109,6 +109,7 @@ pub async fn measure_floor(containerd: &Containerd, client: &RuntimeClient, runs
             name: format!("floor-{run}"),
             namespace: "bench".into(),
             uid: format!("floor-uid-{run}"),
+            node: None,
         };
         let t = Instant::now();
         let sandbox = pod::run_pod_sandbox(client, &identity, &containerd.pod_log_root())

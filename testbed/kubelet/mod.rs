@@ -523,7 +523,14 @@ impl SyncLoop {
     }
 
     async fn sync_all(&mut self) {
-        let snapshot = match relist(&self.shared.runtime, None, &mut self.statuses).await {
+        let snapshot = match relist(
+            &self.shared.runtime,
+            &self.shared.config.node_name,
+            None,
+            &mut self.statuses,
+        )
+        .await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(node = %self.shared.config.node_name, "runtime relist failed: {e}");
@@ -797,10 +804,15 @@ impl SyncLoop {
             acted = true;
         }
         if acted {
-            rt = relist(&self.shared.runtime, Some(&uid), &mut self.statuses)
-                .await?
-                .remove(&uid)
-                .unwrap_or_default();
+            rt = relist(
+                &self.shared.runtime,
+                &self.shared.config.node_name,
+                Some(&uid),
+                &mut self.statuses,
+            )
+            .await?
+            .remove(&uid)
+            .unwrap_or_default();
         }
         self.ensure_probe_workers(pod, &rt);
         self.write_status(pod, &rt, &plan.back_off).await;
@@ -825,7 +837,13 @@ impl SyncLoop {
 
     /// A container that was created but failed to start would block its slot: remove it.
     async fn remove_unstarted(&mut self, uid: &str, name: &str) {
-        let Ok(mut snapshot) = relist(&self.shared.runtime, Some(uid), &mut self.statuses).await
+        let Ok(mut snapshot) = relist(
+            &self.shared.runtime,
+            &self.shared.config.node_name,
+            Some(uid),
+            &mut self.statuses,
+        )
+        .await
         else {
             return;
         };
@@ -1078,10 +1096,15 @@ async fn terminate_pod(shared: &Shared, pod: &Pod) -> Result<(), TestbedError> {
     let grace = grace_of(pod);
     let started = Instant::now();
     let mut cache = HashMap::new();
-    let rt = relist(&shared.runtime, Some(&uid), &mut cache)
-        .await?
-        .remove(&uid)
-        .unwrap_or_default();
+    let rt = relist(
+        &shared.runtime,
+        &shared.config.node_name,
+        Some(&uid),
+        &mut cache,
+    )
+    .await?
+    .remove(&uid)
+    .unwrap_or_default();
     let sidecars: Vec<&str> = pod
         .spec
         .iter()

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use k8s_cri::v1 as cri;
 
 use crate::TestbedError;
+use crate::pod::NODE_LABEL;
 use relaunch_cri::{ContainerState, RuntimeClient, annotations, labels};
 
 /// One runtime instance of a pod's container.
@@ -72,17 +73,21 @@ impl PodRuntime {
 /// Everything in the runtime, by pod UID.
 pub type Snapshot = HashMap<String, PodRuntime>;
 
-/// Re-lists sandboxes and containers (of pod `uid` only when given), reusing `cache` for
-/// container statuses that cannot have changed since they were last read.
+/// Re-lists node `node`'s sandboxes and containers (of pod `uid` only when given), reusing
+/// `cache` for container statuses that cannot have changed since they were last read. Only the
+/// node's own: the runtime filters by the test bed's node label, so a relist costs what the node
+/// holds, not what the shared containerd holds for every simulated node.
 pub async fn relist(
     runtime: &RuntimeClient,
+    node: &str,
     uid: Option<&str>,
     cache: &mut HashMap<String, Instance>,
 ) -> Result<Snapshot, TestbedError> {
     let mut raw = runtime.raw();
-    let selector: HashMap<String, String> = uid
-        .map(|u| HashMap::from([(labels::POD_UID.to_string(), u.to_string())]))
-        .unwrap_or_default();
+    let mut selector = HashMap::from([(NODE_LABEL.to_string(), node.to_string())]);
+    if let Some(uid) = uid {
+        selector.insert(labels::POD_UID.to_string(), uid.to_string());
+    }
     let sandboxes = raw
         .list_pod_sandbox(cri::ListPodSandboxRequest {
             filter: Some(cri::PodSandboxFilter {
