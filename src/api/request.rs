@@ -33,26 +33,28 @@ impl ContainerRecreateRequest {
     /// adds labels that are missing; set here, the agent sees the request at once (it acts on it
     /// only once the coordinator admitted it, see [`ContainerRecreateRequest::is_admitted`]).
     pub fn for_pod(pod: &Pod) -> RecreateRequestBuilder {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        Self::for_pod_of(&pod.metadata, node)
+    }
+
+    /// [`Self::for_pod`] from the pod's metadata and `spec.nodeName` alone (what a cache that
+    /// does not hold whole pods has).
+    pub fn for_pod_of(metadata: &ObjectMeta, node_name: Option<&str>) -> RecreateRequestBuilder {
         let mut labels = BTreeMap::new();
-        if let Some(node) = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .filter(|n| !n.is_empty())
-        {
-            labels.insert(LABEL_NODE_NAME.to_string(), node);
+        if let Some(node) = node_name.filter(|n| !n.is_empty()) {
+            labels.insert(LABEL_NODE_NAME.to_string(), node.to_string());
         }
-        if let Some(uid) = pod.metadata.uid.clone() {
+        if let Some(uid) = metadata.uid.clone() {
             labels.insert(LABEL_POD_UID.to_string(), uid);
         }
         let request = ContainerRecreateRequest {
             metadata: ObjectMeta {
-                namespace: pod.metadata.namespace.clone(),
+                namespace: metadata.namespace.clone(),
                 labels: Some(labels),
                 ..ObjectMeta::default()
             },
             spec: ContainerRecreateRequestSpec {
-                pod_name: pod.metadata.name.clone().unwrap_or_default(),
+                pod_name: metadata.name.clone().unwrap_or_default(),
                 ..ContainerRecreateRequestSpec::default()
             },
             status: None,

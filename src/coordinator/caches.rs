@@ -7,7 +7,6 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::core::DeserializeGuard;
@@ -18,20 +17,20 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use relaunch_api::containers::is_native_sidecar;
-use relaunch_api::{ContainerRecreateRequest, READINESS_GATE};
+use relaunch_api::ContainerRecreateRequest;
 
 use crate::cluster::Cluster;
 use crate::context::Context;
 use crate::error::ClusterError;
 use crate::error_policy::error_policy;
 use crate::metrics::Metrics;
+use crate::pods::CachedPod;
 
-/// The pod and request caches the request controller and the rollout controller share: one
-/// watch each, cluster-wide, pods pruned to what the controllers read.
+/// The pod and request caches every controller shares: one watch each, cluster-wide, pods held
+/// as [`CachedPod`], the projection of what the controllers read.
 #[derive(Clone)]
 pub struct Caches {
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     pub requests: Store<ContainerRecreateRequest>,
 }
 
@@ -67,7 +66,7 @@ pub fn watch_shared(ctx: &Context, wake: Vec<Arc<Notify>>) -> (Caches, Vec<JoinH
         |r: &mut ContainerRecreateRequest| r.metadata.managed_fields = None,
         wake.clone(),
     );
-    let (pods, pod_watch) = watch_into(ctx, "pods", prune_pod, wake);
+    let (pods, pod_watch) = watch_into(ctx, "pods", CachedPod::prune, wake);
     (Caches { pods, requests }, vec![request_watch, pod_watch])
 }
 
@@ -122,7 +121,7 @@ macro_rules! stand_in_by_default {
 }
 
 stand_in_by_default!(
-    Pod,
+    k8s_openapi::api::core::v1::Pod,
     k8s_openapi::api::policy::v1::PodDisruptionBudget,
     k8s_openapi::api::apps::v1::StatefulSet,
     k8s_openapi::api::apps::v1::Deployment,
@@ -132,6 +131,12 @@ stand_in_by_default!(
     k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
     k8s_openapi::api::core::v1::PersistentVolumeClaim
 );
+
+impl StandIn for CachedPod {
+    fn stand_in(metadata: ObjectMeta) -> Self {
+        Self::from_metadata(metadata)
+    }
+}
 
 impl StandIn for ContainerRecreateRequest {
     fn stand_in(metadata: ObjectMeta) -> Self {
@@ -245,56 +250,6 @@ async fn run_watch<S, K>(
             }
         }
     }
-}
-
-/// Keeps only what the controllers read of a pod, so the cache stays small as the cluster grows:
-/// identity, labels (rollout and budget selectors, ordinal), owner kinds (ordinal), deletion;
-/// node, grace period, readiness gates, the names of the containers that can be recreated
-/// (regular containers and native sidecars, with the restart policy that makes one a sidecar);
-/// phase and the Ready and `relaunch.dev/ready` conditions.
-pub fn prune_pod(pod: &mut Pod) {
-    let meta = &mut pod.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
-    let spec = pod.spec.take().unwrap_or_default();
-    let name_only = |c: Container| Container {
-        name: c.name,
-        restart_policy: c.restart_policy,
-        ..Default::default()
-    };
-    pod.spec = Some(PodSpec {
-        node_name: spec.node_name,
-        termination_grace_period_seconds: spec.termination_grace_period_seconds,
-        readiness_gates: spec.readiness_gates,
-        containers: spec.containers.into_iter().map(name_only).collect(),
-        init_containers: spec.init_containers.map(|c| {
-            c.into_iter()
-                .filter(is_native_sidecar)
-                .map(name_only)
-                .collect()
-        }),
-        ..Default::default()
-    });
-    let status = pod.status.take().unwrap_or_default();
-    pod.status = Some(PodStatus {
-        phase: status.phase,
-        conditions: status.conditions.map(|c| {
-            c.into_iter()
-                .filter(|c| c.type_ == READINESS_GATE || c.type_ == "Ready")
-                .map(|mut c| {
-                    c.last_probe_time = None;
-                    if c.type_ == "Ready" {
-                        c.message = None;
-                        c.reason = None;
-                    }
-                    c
-                })
-                .collect()
-        }),
-        ..Default::default()
-    });
 }
 
 #[cfg(test)]

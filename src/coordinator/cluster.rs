@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use relaunch_api::{ContainerRecreateRequest, LABEL_POD_UID, RollingRestart};
 
 use crate::error::ClusterError;
+use crate::pods::PodFacts;
 
 mod scaledown;
 use crate::error_policy::error_policy;
@@ -261,7 +262,7 @@ impl Cluster {
     /// pod is still at the version read (`pod`, on which the change was decided; 409 otherwise).
     pub async fn set_gate(
         &self,
-        pod: &Pod,
+        pod: &impl PodFacts,
         ready: bool,
         holder: &GateHolder,
     ) -> Result<(), ClusterError> {
@@ -273,7 +274,7 @@ impl Cluster {
 
     /// Opens a gated pod's `relaunch.dev/ready` condition (sets it True for the first time),
     /// only if the pod is still at the version read (409 otherwise).
-    pub async fn open_gate(&self, pod: &Pod) -> Result<(), ClusterError> {
+    pub async fn open_gate(&self, pod: &impl PodFacts) -> Result<(), ClusterError> {
         let rv = pod.resource_version().unwrap_or_default();
         let patch = readiness::opening_patch(&rv, Timestamp::now());
         let ns = pod.namespace().unwrap_or_default();
@@ -423,7 +424,7 @@ pub fn pod_reference(crr: &ContainerRecreateRequest) -> Option<ObjectReference> 
 }
 
 /// A reference to `pod`.
-pub fn object_reference(pod: &Pod) -> ObjectReference {
+pub fn object_reference(pod: &impl PodFacts) -> ObjectReference {
     pod.object_ref(&())
 }
 

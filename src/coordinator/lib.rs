@@ -23,6 +23,7 @@ pub mod leader_election;
 pub mod lifecycle;
 pub mod merge;
 pub mod metrics;
+pub mod pods;
 pub mod readiness;
 pub mod report_api;
 pub mod request_controller;

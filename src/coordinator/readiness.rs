@@ -3,7 +3,11 @@
 //! condition's message and read back from it in one place, [`GateHolder`].
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, PodCondition};
+#[cfg(test)]
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::PodCondition;
+
+use crate::pods::PodFacts;
 use serde_json::{Value, json};
 
 use relaunch_api::READINESS_GATE;
@@ -61,24 +65,18 @@ impl std::fmt::Display for GateHolder {
 }
 
 /// Whether the pod lists `relaunch.dev/ready` in `spec.readinessGates`.
-pub fn has_gate(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.readiness_gates.as_ref())
-        .is_some_and(|gates| gates.iter().any(|g| g.condition_type == READINESS_GATE))
+pub fn has_gate(pod: &impl PodFacts) -> bool {
+    pod.has_readiness_gate(READINESS_GATE)
 }
 
 /// The pod's `relaunch.dev/ready` condition, if any.
-pub fn gate_condition(pod: &Pod) -> Option<&PodCondition> {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == READINESS_GATE))
+pub fn gate_condition(pod: &impl PodFacts) -> Option<&PodCondition> {
+    pod.condition(READINESS_GATE)
 }
 
 /// The request that holds the pod NotReady, when the coordinator set the condition False on its
 /// behalf.
-pub fn holder(pod: &Pod) -> Option<GateHolder> {
+pub fn holder(pod: &impl PodFacts) -> Option<GateHolder> {
     let c = gate_condition(pod)?;
     if c.status != "False" || c.reason.as_deref() != Some(REASON_HELD) {
         return None;
@@ -87,7 +85,7 @@ pub fn holder(pod: &Pod) -> Option<GateHolder> {
 }
 
 /// Whether request `holder` holds the pod NotReady.
-pub fn is_held_by(pod: &Pod, holder: &GateHolder) -> bool {
+pub fn is_held_by(pod: &impl PodFacts, holder: &GateHolder) -> bool {
     gate_condition(pod).is_some_and(|c| {
         c.status == "False"
             && c.message
@@ -115,7 +113,7 @@ pub enum GateChange {
 
 /// Decides what `ready` asked for by request `holder` changes on `pod`. Decided on one version
 /// of the pod: the write that follows carries that version ([`gate_patch`]).
-pub fn gate_change(pod: &Pod, ready: bool, holder: &GateHolder) -> GateChange {
+pub fn gate_change(pod: &impl PodFacts, ready: bool, holder: &GateHolder) -> GateChange {
     if !has_gate(pod) {
         return GateChange::NotGated;
     }
@@ -136,8 +134,8 @@ pub fn gate_change(pod: &Pod, ready: bool, holder: &GateHolder) -> GateChange {
 
 /// Whether a gated pod has no gate condition yet: nobody holds it, so it is opened (set True);
 /// without this a pod with the `relaunch.dev/ready` gate would never become Ready.
-pub fn needs_opening(pod: &Pod) -> bool {
-    has_gate(pod) && gate_condition(pod).is_none() && pod.metadata.deletion_timestamp.is_none()
+pub fn needs_opening(pod: &impl PodFacts) -> bool {
+    has_gate(pod) && gate_condition(pod).is_none() && pod.meta().deletion_timestamp.is_none()
 }
 
 /// The patch that opens a gated pod's `relaunch.dev/ready` condition for the first time. It

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{Notify, oneshot};
@@ -28,6 +27,7 @@ use crate::error::{ClusterError, CoordinatorError};
 use crate::error_policy::error_policy;
 use crate::events::{self, Event};
 use crate::lifecycle::{self, Decision, FailReason, Observed, PodView, Predecessor, decide};
+use crate::pods::{CachedPod, PodFacts};
 use crate::readiness::{self, GateHolder};
 
 /// Longest sleep between passes (time-based decisions are re-checked at least this often).
@@ -87,11 +87,15 @@ enum Action {
     Admit(Arc<ContainerRecreateRequest>),
     /// Carry out a lifecycle decision (never [`Decision::Wait`]), taken on this version of the
     /// request's pod (if it exists).
-    Lifecycle(Arc<ContainerRecreateRequest>, Decision, Option<Arc<Pod>>),
+    Lifecycle(
+        Arc<ContainerRecreateRequest>,
+        Decision,
+        Option<Arc<CachedPod>>,
+    ),
     /// A pod with the `relaunch.dev/ready` gate but no condition yet.
-    OpenGate(Arc<Pod>),
+    OpenGate(Arc<CachedPod>),
     /// A pod held NotReady by a request that is gone.
-    ReleaseGoneHolder(Arc<Pod>, GateHolder),
+    ReleaseGoneHolder(Arc<CachedPod>, GateHolder),
 }
 
 /// An action that failed: what was being done, on which object, and why.
@@ -114,7 +118,7 @@ impl Failure {
         }
     }
 
-    fn on_pod(action: &'static str, pod: &Pod, error: ClusterError) -> Self {
+    fn on_pod(action: &'static str, pod: &impl PodFacts, error: ClusterError) -> Self {
         Self {
             action,
             object: format!(
@@ -130,7 +134,7 @@ impl Failure {
 struct RequestController {
     ctx: Arc<Context>,
     requests: Store<ContainerRecreateRequest>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     watching_since: Timestamp,
     /// What was last attempted per request or pod UID: (request version, pod version, when).
     attempted: HashMap<String, (String, String, Instant)>,
@@ -228,14 +232,14 @@ impl RequestController {
     /// request is gone (each not repeated on the same pod version within [`RETRY_AFTER`]).
     fn decide_pods(
         &mut self,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
         all: &[Arc<ContainerRecreateRequest>],
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         for pod in pods {
-            let action = if readiness::needs_opening(pod) {
+            let action = if readiness::needs_opening(&**pod) {
                 Action::OpenGate(pod.clone())
-            } else if let Some(holder) = orphaned_hold(pod, all) {
+            } else if let Some(holder) = orphaned_hold(&**pod, all) {
                 Action::ReleaseGoneHolder(pod.clone(), holder)
             } else {
                 continue;
@@ -255,7 +259,7 @@ impl RequestController {
         actions
     }
 
-    fn pod_of(&self, crr: &ContainerRecreateRequest) -> Option<Arc<Pod>> {
+    fn pod_of(&self, crr: &ContainerRecreateRequest) -> Option<Arc<CachedPod>> {
         let ns = crr.namespace()?;
         self.pods
             .get(&ObjectRef::new(&crr.spec.pod_name).within(&ns))
@@ -271,9 +275,9 @@ async fn apply(ctx: &Context, action: Action) -> Result<(), Failure> {
         }
         Action::OpenGate(pod) => ctx
             .cluster
-            .open_gate(&pod)
+            .open_gate(&*pod)
             .await
-            .map_err(|e| Failure::on_pod("opening the readiness gate", &pod, e)),
+            .map_err(|e| Failure::on_pod("opening the readiness gate", &*pod, e)),
         Action::ReleaseGoneHolder(pod, holder) => release_gone_holder(ctx, &pod, &holder).await,
     }
 }
@@ -283,13 +287,10 @@ fn holder_of(crr: &ContainerRecreateRequest) -> GateHolder {
     GateHolder::new(&crr.namespace().unwrap_or_default(), &crr.name_any())
 }
 
-fn pod_view(pod: &Pod, crr: &ContainerRecreateRequest) -> PodView {
+fn pod_view(pod: &impl PodFacts, crr: &ContainerRecreateRequest) -> PodView {
     PodView {
         uid: pod.uid().unwrap_or_default(),
-        termination_grace_seconds: pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds),
+        termination_grace_seconds: pod.termination_grace_period_seconds(),
         gate_held_by_request: readiness::is_held_by(pod, &holder_of(crr)),
     }
 }
@@ -298,8 +299,11 @@ fn pod_view(pod: &Pod, crr: &ContainerRecreateRequest) -> PodView {
 /// pod any more: the holder is not there (deleted before it finished), and no other unfinished
 /// request of the pod is either (it may be about to hold the pod itself; once it finishes, the
 /// pod is released). A holder that is still there releases the gate itself once finished.
-fn orphaned_hold(pod: &Pod, requests: &[Arc<ContainerRecreateRequest>]) -> Option<GateHolder> {
-    if pod.metadata.deletion_timestamp.is_some() {
+fn orphaned_hold(
+    pod: &impl PodFacts,
+    requests: &[Arc<ContainerRecreateRequest>],
+) -> Option<GateHolder> {
+    if pod.meta().deletion_timestamp.is_some() {
         return None;
     }
     let holder = readiness::holder(pod)?;
@@ -326,7 +330,11 @@ fn orphaned_hold(pod: &Pod, requests: &[Arc<ContainerRecreateRequest>]) -> Optio
 }
 
 /// Releases a pod held NotReady by request `holder`, which the cache no longer has.
-async fn release_gone_holder(ctx: &Context, pod: &Pod, holder: &GateHolder) -> Result<(), Failure> {
+async fn release_gone_holder(
+    ctx: &Context,
+    pod: &CachedPod,
+    holder: &GateHolder,
+) -> Result<(), Failure> {
     let pod_name = pod.name_any();
     // The cache may lag behind a request just created (or re-created under the same name):
     // ask the API before releasing.
@@ -441,7 +449,7 @@ async fn carry_out(
     ctx: &Context,
     crr: &ContainerRecreateRequest,
     decision: Decision,
-    pod: Option<&Pod>,
+    pod: Option<&CachedPod>,
 ) -> Result<(), Failure> {
     match decision {
         Decision::Wait(_) => {}
@@ -508,7 +516,8 @@ async fn pod_still_there(ctx: &Context, crr: &ContainerRecreateRequest) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::caches::prune_pod;
+    use crate::pods::CachedPod;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{PodCondition, PodReadinessGate, PodSpec, PodStatus};
     use relaunch_api::READINESS_GATE;
     use relaunch_api::{ContainerRecreateRequestSpec, RecreatePhase};
@@ -664,86 +673,180 @@ mod tests {
         .unwrap()
     }
 
+    /// Variants of [`full_pod`] that change an answer some controller reads.
+    fn variants() -> Vec<(&'static str, Pod)> {
+        let full = full_pod("r1");
+        let with = |what: &'static str, change: &dyn Fn(&mut Pod)| {
+            let mut pod = full.clone();
+            change(&mut pod);
+            (what, pod)
+        };
+        fn conditions(p: &mut Pod) -> &mut Vec<PodCondition> {
+            p.status.as_mut().unwrap().conditions.as_mut().unwrap()
+        }
+        vec![
+            ("as served", full.clone()),
+            with("no gate condition", &|p| {
+                conditions(p).pop();
+            }),
+            with("gate released", &|p| {
+                let gate = conditions(p).last_mut().unwrap();
+                gate.status = "True".into();
+                gate.reason = None;
+            }),
+            with("held by another request", &|p| {
+                conditions(p).last_mut().unwrap().message =
+                    Some(GateHolder::new("default", "r2").message());
+            }),
+            with("not ready", &|p| conditions(p)[0].status = "False".into()),
+            with("no conditions", &|p| {
+                p.status.as_mut().unwrap().conditions = None
+            }),
+            with("no labels", &|p| p.metadata.labels = None),
+            with("no labels, no owner", &|p| {
+                p.metadata.labels = None;
+                p.metadata.owner_references = None;
+            }),
+            with("terminating", &|p| {
+                p.metadata.deletion_timestamp = Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+                )
+            }),
+            with("not scheduled", &|p| {
+                p.spec.as_mut().unwrap().node_name = None
+            }),
+            with("succeeded", &|p| {
+                p.status.as_mut().unwrap().phase = Some("Succeeded".into())
+            }),
+            with("ungated", &|p| {
+                p.spec.as_mut().unwrap().readiness_gates = None
+            }),
+            with("no grace period", &|p| {
+                p.spec.as_mut().unwrap().termination_grace_period_seconds = None
+            }),
+            with("no sidecars", &|p| {
+                p.spec.as_mut().unwrap().init_containers = None
+            }),
+            with("no status", &|p| p.status = None),
+        ]
+    }
+
     #[test]
-    fn a_pruned_pod_gives_the_controllers_the_same_answers() {
+    fn the_cached_projection_gives_the_controllers_the_same_answers_as_the_full_pod() {
         use crate::rollout::state;
         use relaunch_api::{ContainerShutdown, RollingRestartSpec};
         let now: Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
-        let full = full_pod("r1");
-        let mut pruned = full.clone();
-        prune_pod(&mut pruned);
-        assert!(pruned.metadata.annotations.is_none() && pruned.metadata.managed_fields.is_none());
-        assert!(pruned.spec.as_ref().unwrap().volumes.is_none());
-        assert!(pruned.status.as_ref().unwrap().container_statuses.is_none());
-
-        // The rollout's reads.
-        assert_eq!(pruned.labels(), full.labels());
-        assert_eq!(pruned.uid(), full.uid());
-        assert_eq!(state::is_target(&pruned), state::is_target(&full));
-        assert_eq!(state::ordinal(&pruned), Some(2));
-        assert!(state::is_ready(&pruned));
-        assert_eq!(
-            state::ready_seconds(&pruned, now),
-            state::ready_seconds(&full, now)
-        );
-        for containers in [
-            vec![],
-            vec!["exporter".to_string()],
-            vec!["proxy".to_string()],
-            vec!["migrate".to_string()],
-        ] {
-            let spec = RollingRestartSpec {
-                containers,
-                shutdown: vec![ContainerShutdown {
-                    container: "db".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            };
-            assert_eq!(
-                state::containers_for(&spec, &pruned),
-                state::containers_for(&spec, &full)
-            );
-        }
-        let mut unlabelled = full.clone();
-        unlabelled.metadata.labels = None;
-        let mut pruned_unlabelled = unlabelled.clone();
-        prune_pod(&mut pruned_unlabelled);
-        assert_eq!(
-            state::ordinal(&pruned_unlabelled),
-            Some(2),
-            "from the StatefulSet owner"
-        );
-
-        // The CRR controllers' reads.
         let crr = request("r1", "db-2", Some("uid-2"), Some(RecreatePhase::Recreating));
-        assert_eq!(pod_view(&pruned, &crr), pod_view(&full, &crr));
-        assert!(pod_view(&pruned, &crr).gate_held_by_request);
-        assert_eq!(pod_view(&pruned, &crr).termination_grace_seconds, Some(45));
-        assert_eq!(readiness::holder(&pruned), readiness::holder(&full));
-        assert_eq!(
-            orphaned_hold(&pruned, &[]),
-            Some(GateHolder::new("default", "r1"))
-        );
-        assert_eq!(
-            readiness::needs_opening(&pruned),
-            readiness::needs_opening(&full)
-        );
-        let mut ungated = full.clone();
-        ungated
-            .status
-            .as_mut()
-            .unwrap()
-            .conditions
-            .as_mut()
-            .unwrap()
-            .pop();
-        let mut pruned_ungated = ungated.clone();
-        prune_pod(&mut pruned_ungated);
-        assert!(readiness::needs_opening(&pruned_ungated));
-        assert_eq!(
-            pruned.spec.as_ref().unwrap().node_name.as_deref(),
-            Some("node-1")
-        );
+        for (what, full) in variants() {
+            let cached = CachedPod::from(&full);
+            // What the watch hands the cache: parsed from the API's JSON, then pruned.
+            let mut watched: CachedPod =
+                serde_json::from_value(serde_json::to_value(&full).unwrap()).unwrap();
+            watched.prune();
+            assert_eq!(watched, cached, "{what}");
+            assert!(cached.metadata.annotations.is_none(), "{what}");
+            assert!(cached.metadata.managed_fields.is_none(), "{what}");
+
+            // The rollout's reads.
+            assert_eq!(cached.labels(), full.labels(), "{what}");
+            assert_eq!(cached.uid(), full.uid(), "{what}");
+            assert_eq!(cached.resource_version(), full.resource_version(), "{what}");
+            assert_eq!(state::is_target(&cached), state::is_target(&full), "{what}");
+            assert_eq!(state::ordinal(&cached), state::ordinal(&full), "{what}");
+            assert_eq!(state::is_ready(&cached), state::is_ready(&full), "{what}");
+            assert_eq!(
+                state::ready_seconds(&cached, now),
+                state::ready_seconds(&full, now),
+                "{what}"
+            );
+            for containers in [
+                vec![],
+                vec!["exporter".to_string()],
+                vec!["proxy".to_string()],
+                vec!["migrate".to_string()],
+            ] {
+                let spec = RollingRestartSpec {
+                    containers,
+                    shutdown: vec![ContainerShutdown {
+                        container: "db".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                assert_eq!(
+                    state::containers_for(&spec, &cached),
+                    state::containers_for(&spec, &full),
+                    "{what}"
+                );
+            }
+            assert_eq!(
+                ContainerRecreateRequest::for_pod_of(&cached.metadata, cached.node_name())
+                    .build()
+                    .metadata
+                    .labels,
+                ContainerRecreateRequest::for_pod(&full)
+                    .build()
+                    .metadata
+                    .labels,
+                "{what}"
+            );
+
+            // The request controller's reads.
+            assert_eq!(pod_view(&cached, &crr), pod_view(&full, &crr), "{what}");
+            assert_eq!(
+                readiness::holder(&cached),
+                readiness::holder(&full),
+                "{what}"
+            );
+            assert_eq!(
+                orphaned_hold(&cached, &[]),
+                orphaned_hold(&full, &[]),
+                "{what}"
+            );
+            assert_eq!(
+                readiness::needs_opening(&cached),
+                readiness::needs_opening(&full),
+                "{what}"
+            );
+            for ready in [true, false] {
+                for holder in ["r1", "r2"] {
+                    let holder = GateHolder::new("default", holder);
+                    assert_eq!(
+                        readiness::gate_change(&cached, ready, &holder),
+                        readiness::gate_change(&full, ready, &holder),
+                        "{what}"
+                    );
+                }
+            }
+
+            // The ScaleDown controller's reads.
+            assert_eq!(cached.node_name(), full.node_name(), "{what}");
+            assert_eq!(cached.phase(), full.phase(), "{what}");
+            assert_eq!(
+                cached.condition("Ready").map(|c| &c.status),
+                full.condition("Ready").map(|c| &c.status),
+                "{what}"
+            );
+            assert_eq!(
+                cached.regular_containers(),
+                full.regular_containers(),
+                "{what}"
+            );
+            assert_eq!(cached.owner_references(), full.owner_references(), "{what}");
+        }
+        // The table covers each answer both ways.
+        let answers = |f: &dyn Fn(&Pod) -> bool| {
+            variants()
+                .iter()
+                .map(|(_, p)| f(p))
+                .collect::<HashSet<_>>()
+                .len()
+        };
+        assert_eq!(answers(&|p| state::is_target(p)), 2);
+        assert_eq!(answers(&|p| state::is_ready(p)), 2);
+        assert_eq!(answers(&|p| state::ordinal(p).is_some()), 2);
+        assert_eq!(answers(&|p| readiness::needs_opening(p)), 2);
+        assert_eq!(answers(&|p| orphaned_hold(p, &[]).is_some()), 2);
+        assert_eq!(answers(&|p| pod_view(p, &crr).gate_held_by_request), 2);
     }
 }

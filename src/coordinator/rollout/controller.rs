@@ -16,7 +16,6 @@ use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec, StatefulSet,
     StatefulSetSpec,
 };
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -36,6 +35,7 @@ use crate::context::Context;
 use crate::error::{ClusterError, CoordinatorError};
 use crate::error_policy::{Retry, error_policy};
 use crate::metrics::RolloutGauges;
+use crate::pods::CachedPod;
 
 /// Longest sleep between passes (readiness ages, minReadySeconds).
 const MAX_IDLE: Duration = Duration::from_secs(5);
@@ -52,7 +52,7 @@ const CREATION_SETTLE: Duration = Duration::from_secs(30);
 
 struct Stores {
     rollouts: Store<RollingRestart>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     budgets: Store<PodDisruptionBudget>,
     requests: Store<ContainerRecreateRequest>,
     statefulsets: Store<StatefulSet>,

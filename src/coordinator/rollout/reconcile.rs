@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::ObjectReference;
+
+use crate::pods::{CachedPod, PodFacts};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::core::{Selector, SelectorExt};
@@ -40,7 +42,7 @@ pub struct Observed {
     /// saying which workload is missing.
     pub target: Result<(LabelSelector, String), String>,
     /// The pods of the rollout's namespace.
-    pub pods: Vec<Arc<Pod>>,
+    pub pods: Vec<Arc<CachedPod>>,
     /// The requests this rollout created (its label and its owner reference).
     pub requests: Vec<Arc<ContainerRecreateRequest>>,
     /// The unfinished requests of the rollout's namespace it did not create (manual ones,
@@ -254,15 +256,15 @@ pub fn reconcile(o: &Observed) -> Reconciled {
     let Ok(selector) = Selector::try_from(selector) else {
         return fail(&InvalidRollout::InvalidSelector);
     };
-    let mut targets: Vec<&Arc<Pod>> = o
+    let mut targets: Vec<&Arc<CachedPod>> = o
         .pods
         .iter()
-        .filter(|p| selector.matches(p.labels()) && state::is_target(p))
+        .filter(|p| selector.matches(p.labels()) && state::is_target(&***p))
         .collect();
     targets.sort_by_key(|p| p.name_any());
     let mut containers = BTreeMap::new();
     for pod in &targets {
-        match state::containers_for(spec, pod) {
+        match state::containers_for(spec, &***pod) {
             Ok(c) => {
                 containers.insert(pod.name_any(), c);
             }
@@ -288,7 +290,7 @@ fn fail_with(actions: Vec<Action>) -> Reconciled {
 fn plan(
     o: &Observed,
     writer: &StatusWriter<'_>,
-    targets: &[&Arc<Pod>],
+    targets: &[&Arc<CachedPod>],
     containers: &BTreeMap<String, Vec<String>>,
     target: String,
 ) -> Reconciled {
@@ -304,9 +306,9 @@ fn plan(
             let request = state::request_for(&requests, &pod.name_any(), &pod_uid);
             TargetPod {
                 name: pod.name_any(),
-                ordinal: state::ordinal(pod),
+                ordinal: state::ordinal(&***pod),
                 labels: pod.labels().clone(),
-                ready_seconds: state::ready_seconds(pod, o.now),
+                ready_seconds: state::ready_seconds(&***pod, o.now),
                 restart: state::restart_state(request),
                 busy: state::busy(&o.others, &pod.name_any(), &pod_uid),
             }
@@ -399,8 +401,8 @@ fn counts_of(status: &RollingRestartStatus, step: &Step) -> RolloutCounts {
 /// The budgets selecting any target pod, and the health of the pods they select.
 pub fn budgets_of(
     pdbs: &[Arc<PodDisruptionBudget>],
-    targets: &[&Arc<Pod>],
-    namespace_pods: &[Arc<Pod>],
+    targets: &[&Arc<CachedPod>],
+    namespace_pods: &[Arc<CachedPod>],
 ) -> (Vec<Budget>, BTreeMap<String, bool>) {
     let mut budgets = Vec::new();
     let mut health = BTreeMap::new();
@@ -412,12 +414,12 @@ pub fn budgets_of(
         if !targets.iter().any(|p| selector.matches(p.labels())) {
             continue;
         }
-        let selected: Vec<&Arc<Pod>> = namespace_pods
+        let selected: Vec<&Arc<CachedPod>> = namespace_pods
             .iter()
             .filter(|p| selector.matches(p.labels()) && p.metadata.deletion_timestamp.is_none())
             .collect();
         for pod in &selected {
-            health.insert(pod.name_any(), state::is_ready(pod));
+            health.insert(pod.name_any(), state::is_ready(&***pod));
         }
         budgets.push(Budget {
             name: pdb.name_any(),
@@ -437,7 +439,7 @@ pub fn budgets_of(
 /// rollout deletes its requests).
 pub fn request_for_pod(
     rollout: &RollingRestart,
-    pod: &Pod,
+    pod: &CachedPod,
     containers: &[String],
 ) -> ContainerRecreateRequest {
     let rollout_name = rollout.name_any();
@@ -465,7 +467,7 @@ pub fn request_for_pod(
     containers
         .iter()
         .fold(
-            ContainerRecreateRequest::for_pod(pod)
+            ContainerRecreateRequest::for_pod_of(&pod.metadata, pod.node_name())
                 .name(&name)
                 .namespace(rollout.namespace().unwrap_or_default())
                 .label(LABEL_ROLLING_RESTART, &rollout_name)

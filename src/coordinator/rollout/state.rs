@@ -6,17 +6,19 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+#[cfg(test)]
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use relaunch_api::containers::RecreatableContainers;
 use relaunch_api::validation::{InvalidRollout, MAX_CONTAINERS, resolve_max_unavailable};
 use relaunch_api::{
     CONDITION_BLOCKED, CONDITION_PROGRESSING, Condition, ContainerRecreateRequest, LABEL_POD_UID,
     PodRestartResult, RecreatePhase, RollingRestartSpec, RollingRestartStatus,
     RolloutFailurePolicy, RolloutPhase,
 };
+
+use crate::pods::PodFacts;
 
 use super::planner::{self, Budget, Plan, PlanStrategy, RestartState, TargetPod, WaitReason};
 
@@ -107,30 +109,35 @@ pub fn blocked_by(step: &Step) -> Option<ConditionReason> {
 pub const ABORTED: &str = "aborted: spec.abort is true";
 
 /// The containers to restart in `pod`: `spec.containers`, or all its regular containers (the
-/// API's [`RecreatableContainers`] rule). Fails when a named container (or a shutdown action's)
+/// API's `RecreatableContainers` rule). Fails when a named container (or a shutdown action's)
 /// cannot be recreated in the pod.
-pub fn containers_for(spec: &RollingRestartSpec, pod: &Pod) -> Result<Vec<String>, InvalidRollout> {
-    let no_spec = PodSpec::default();
-    let recreatable = RecreatableContainers::of(pod.spec.as_ref().unwrap_or(&no_spec));
+pub fn containers_for(
+    spec: &RollingRestartSpec,
+    pod: &impl PodFacts,
+) -> Result<Vec<String>, InvalidRollout> {
+    // As `RecreatableContainers`: by default the regular containers, by name also the native
+    // sidecars.
+    let regular = pod.regular_containers();
+    let recreatable: Vec<&str> = regular
+        .iter()
+        .copied()
+        .chain(pod.sidecar_containers())
+        .collect();
     let wanted: Vec<String> = if spec.containers.is_empty() {
-        recreatable
-            .default_names()
-            .into_iter()
-            .map(String::from)
-            .collect()
+        regular.into_iter().map(String::from).collect()
     } else {
         spec.containers.clone()
     };
-    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    let pod_name = pod.meta().name.as_deref().unwrap_or_default();
     for name in wanted
         .iter()
         .chain(spec.shutdown.iter().map(|s| &s.container))
     {
-        if !recreatable.contains(name) {
+        if !recreatable.contains(&name.as_str()) {
             return Err(InvalidRollout::ContainerNotInPod {
                 container: name.clone(),
                 pod: pod_name.into(),
-                recreatable: recreatable.names().into_iter().map(String::from).collect(),
+                recreatable: recreatable.iter().map(|n| n.to_string()).collect(),
             });
         }
     }
@@ -145,26 +152,23 @@ pub fn containers_for(spec: &RollingRestartSpec, pod: &Pod) -> Result<Vec<String
 }
 
 /// Whether a selected pod is a target: scheduled, not terminating, not finished.
-pub fn is_target(pod: &Pod) -> bool {
-    let scheduled = pod
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.node_name.as_deref().is_some_and(|n| !n.is_empty()));
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+pub fn is_target(pod: &impl PodFacts) -> bool {
+    let scheduled = pod.node_name().is_some_and(|n| !n.is_empty());
+    let phase = pod.phase();
     scheduled
-        && pod.metadata.deletion_timestamp.is_none()
+        && pod.meta().deletion_timestamp.is_none()
         && !matches!(phase, Some("Succeeded") | Some("Failed"))
 }
 
 /// The pod's ordinal: the `apps.kubernetes.io/pod-index` label, else the name suffix of a
 /// StatefulSet's pod.
-pub fn ordinal(pod: &Pod) -> Option<i32> {
-    let labels = pod.metadata.labels.as_ref();
+pub fn ordinal(pod: &impl PodFacts) -> Option<i32> {
+    let labels = pod.meta().labels.as_ref();
     if let Some(index) = labels.and_then(|l| l.get(LABEL_POD_INDEX)) {
         return index.parse().ok();
     }
     let owned_by_statefulset = pod
-        .metadata
+        .meta()
         .owner_references
         .iter()
         .flatten()
@@ -172,33 +176,21 @@ pub fn ordinal(pod: &Pod) -> Option<i32> {
     if !owned_by_statefulset {
         return None;
     }
-    pod.metadata
-        .name
-        .as_deref()?
-        .rsplit_once('-')?
-        .1
-        .parse()
-        .ok()
+    pod.meta().name.as_deref()?.rsplit_once('-')?.1.parse().ok()
 }
 
 /// Whether the pod is Ready.
-pub fn is_ready(pod: &Pod) -> bool {
+pub fn is_ready(pod: &impl PodFacts) -> bool {
     ready_since(pod).is_some()
 }
 
-fn ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
-    let condition = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+fn ready_since(pod: &impl PodFacts) -> Option<Option<Timestamp>> {
+    let condition = pod.condition("Ready").filter(|c| c.status == "True")?;
     Some(condition.last_transition_time.as_ref().map(|t| t.0))
 }
 
 /// Seconds the pod has been Ready (a Ready pod without a transition time counts as long ready).
-pub fn ready_seconds(pod: &Pod, now: Timestamp) -> Option<i64> {
+pub fn ready_seconds(pod: &impl PodFacts, now: Timestamp) -> Option<i64> {
     ready_since(pod)
         .map(|since| since.map_or(i64::MAX / 2, |t| now.duration_since(t).as_secs().max(0)))
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
@@ -32,6 +32,7 @@ use crate::context::Context;
 use crate::error::{ClusterError, CoordinatorError};
 use crate::error_policy::error_policy;
 use crate::exec_policy::ExecPolicy;
+use crate::pods::{CachedPod, PodFacts};
 use crate::report_api::handlers::{Refusal, valid_object_name};
 use decide::{Decision, Observed, PodView, StatefulSetView, Write, decide};
 
@@ -106,13 +107,13 @@ struct Stores {
     scaledowns: Store<ScaleDown>,
     statefulsets: Store<StatefulSet>,
     claims: Store<PersistentVolumeClaim>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
 }
 
 /// Runs the ScaleDown controller on the shared pod cache until `shutdown`.
 pub async fn run(
     ctx: Arc<Context>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     notify: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
@@ -275,24 +276,17 @@ fn observe<'a>(
         if !owned {
             continue;
         }
-        let status = pod.status.as_ref();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let ready = pod.condition("Ready").is_some_and(|c| c.status == "True");
         pods.insert(
             ordinal,
             PodView {
                 name: pod_name,
                 uid: pod.uid().unwrap_or_default(),
-                node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-                running: status.and_then(|s| s.phase.as_deref()) == Some("Running"),
+                node: pod.node_name().map(String::from),
+                running: pod.phase() == Some("Running"),
                 ready,
                 deleting: pod.metadata.deletion_timestamp.is_some(),
-                first_container: pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.containers.first())
-                    .map(|c| c.name.clone()),
+                first_container: pod.regular_containers().first().map(|c| c.to_string()),
             },
         );
     }

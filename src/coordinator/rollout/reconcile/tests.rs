@@ -40,7 +40,7 @@ fn spec(max_unavailable: i32) -> RollingRestartSpec {
 }
 
 /// A Ready pod of the StatefulSet `db`, on node-1, Ready for ten minutes.
-fn pod(ordinal: i32) -> Arc<Pod> {
+fn pod(ordinal: i32) -> Arc<CachedPod> {
     Arc::new(
         serde_json::from_value(json!({
             "metadata": {
@@ -72,7 +72,7 @@ fn request(ordinal: i32, phase: RecreatePhase) -> Arc<ContainerRecreateRequest> 
     Arc::new(request)
 }
 
-fn observed(rollout: Arc<RollingRestart>, pods: Vec<Arc<Pod>>) -> Observed {
+fn observed(rollout: Arc<RollingRestart>, pods: Vec<Arc<CachedPod>>) -> Observed {
     Observed {
         rollout,
         target: Ok((
