@@ -44,6 +44,8 @@ async fn main() {
     let nodes = number("RELAUNCH_BENCH_NODES", 20);
     let max_unavailable = setting("RELAUNCH_BENCH_MAX_UNAVAILABLE", "5%");
     let cached_pods = number("RELAUNCH_BENCH_CACHED_PODS", 10_000);
+    let load_start = load_average();
+    println!("load average at start: {load_start:.2} ({} cores)", cores());
     let mut bed = Bed::start(nodes).await;
     let client = bed.client.clone();
     let coordinator = bed
@@ -58,22 +60,34 @@ async fn main() {
     let extra = cached_pods.saturating_sub(pods);
     let rss_empty = rss_mib(coordinator);
     if extra > 0 {
-        let rss = rss_with_cached_pods(&client, coordinator, extra).await;
+        // In two steps: RSS at 1,000 cached pods, then at all of them.
+        let first = extra.min(1000);
+        let rss_first = rss_with_cached_pods(&client, coordinator, 0..first).await;
+        let rss = rss_with_cached_pods(&client, coordinator, first..extra).await;
         println!(
-            "coordinator RSS: {rss_empty:.1} MiB in an empty cluster, {rss:.1} MiB with {extra} \
-             status-only pods"
+            "coordinator RSS: {rss_empty:.1} MiB in an empty cluster, {rss_first:.1} MiB with \
+             {first} status-only pods, {rss:.1} MiB with {extra}: {:.0} bytes per cached pod",
+            (rss - rss_empty) * 1024.0 * 1024.0 / extra as f64
         );
     }
     let filling = Instant::now();
+    let bed_cpu = cpu_seconds(std::process::id());
     statefulset(&bed, pods).await;
+    let fill_cpu = cpu_seconds(std::process::id()) - bed_cpu;
+    let fill_time = filling.elapsed().as_secs_f64();
     println!(
-        "{pods} pods of StatefulSet {NAME} on {nodes} simulated nodes ready in {:.0} s (real containers)",
-        filling.elapsed().as_secs_f64()
+        "{pods} pods of StatefulSet {NAME} on {nodes} simulated nodes ready in {fill_time:.0} s \
+         (real containers); the test bed's own CPU (API server, controllers, {nodes} kubelet \
+         simulators: this process) {fill_cpu:.1} s, {:.0} millicores",
+        fill_cpu * 1000.0 / fill_time.max(0.001)
     );
     let rss_idle = rss_mib(coordinator);
 
     let timeline = Timeline::watch(&client, pods).await;
     let writes_before = coordinator_requests(&bed.sandbox);
+    let coordinator_cpu = cpu_seconds(coordinator);
+    let bed_cpu = cpu_seconds(std::process::id());
+    let load_rollout = load_average();
     let started = Instant::now();
     let rss_peak = Arc::new(Mutex::new(0.0_f64));
     let sampler = tokio::spawn(sample_rss(coordinator, rss_peak.clone()));
@@ -87,6 +101,8 @@ async fn main() {
     .await;
     let status = bed.rollout_finished(NAME, Duration::from_secs(3600)).await;
     let total = started.elapsed();
+    let coordinator_cpu = cpu_seconds(coordinator) - coordinator_cpu;
+    let bed_cpu = cpu_seconds(std::process::id()) - bed_cpu;
     sampler.abort();
     let writes = subtract(&coordinator_requests(&bed.sandbox), &writes_before);
     assert_eq!(
@@ -116,6 +132,18 @@ async fn main() {
         status.batches,
         gaps.max_unready
     );
+    let load_end = load_average();
+    println!(
+        "load average: {load_start:.2} at start, {load_rollout:.2} when the rollout started, \
+         {load_end:.2} at the end ({} cores)",
+        cores()
+    );
+    if load_rollout.max(load_end) > cores() as f64 {
+        println!(
+            "FLAGGED: the load average was above the core count during the rollout; the \
+             latency figures below are an upper bound, not a measurement of relaunch"
+        );
+    }
     println!("{}", support::header());
     for samples in [
         &gaps.after_success,
@@ -158,6 +186,11 @@ async fn main() {
         .map(|(_, n)| n)
         .sum();
     println!("agent API writes: {agent_writes} (agents hold read-only access)");
+    println!(
+        "CPU during the rollout: coordinator {coordinator_cpu:.1} s; the test bed (API server, \
+         controllers, kubelet simulators) {bed_cpu:.1} s, {:.0} millicores",
+        bed_cpu * 1000.0 / total.as_secs_f64().max(0.001)
+    );
     let peak = *rss_peak.lock().expect("rss");
     println!(
         "coordinator RSS with {} pods in the cluster: {rss_idle:.1} MiB before the rollout, \
@@ -390,6 +423,36 @@ fn is_write(kind: &RequestKind) -> bool {
     !matches!(kind.verb.as_str(), "get" | "list" | "watch")
 }
 
+/// The 1-minute load average.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// User + system CPU seconds of process `pid` so far (its threads included).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 (index 11 and 12 after the name); 100 ticks/s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -410,16 +473,21 @@ async fn sample_rss(pid: u32, peak: Arc<Mutex<f64>>) {
     }
 }
 
-/// Adds `extra` running-looking pods (created through the API, status written as a kubelet
+/// Adds running-looking pods `range` (created through the API, status written as a kubelet
 /// would, on a node no kubelet serves) and reports the coordinator's RSS once its caches hold
 /// them: the highest of 5 s of samples after the last write.
-async fn rss_with_cached_pods(client: &kube::Client, pid: u32, extra: usize) -> f64 {
+async fn rss_with_cached_pods(
+    client: &kube::Client,
+    pid: u32,
+    range: std::ops::Range<usize>,
+) -> f64 {
+    let extra = range.len();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "cached");
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let namespace = serde_json::from_value(json!({"metadata": {"name": "cached"}})).expect("ns");
     let _ = namespaces.create(&PostParams::default(), &namespace).await;
     let started = Instant::now();
-    let mut writers = futures::stream::iter(0..extra)
+    let mut writers = futures::stream::iter(range)
         .map(|i| {
             let pods = pods.clone();
             async move { cached_pod(&pods, i).await }
