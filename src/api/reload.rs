@@ -448,8 +448,11 @@ mod tests {
         assert!(err(&[(RELOADER_AUTO, "yes")]).starts_with(RELOADER_AUTO));
         assert!(err(&[(RELOADER_SECRET_RELOAD, "a b")]).starts_with(RELOADER_SECRET_RELOAD));
         assert!(
-            err(&[(ANNOTATION_RELOAD, "auto"), (ANNOTATION_RELOAD_CONTAINERS, " ")])
-                .starts_with(ANNOTATION_RELOAD_CONTAINERS)
+            err(&[
+                (ANNOTATION_RELOAD, "auto"),
+                (ANNOTATION_RELOAD_CONTAINERS, " ")
+            ])
+            .starts_with(ANNOTATION_RELOAD_CONTAINERS)
         );
     }
 
@@ -503,8 +506,14 @@ mod tests {
         };
         let watched = watched(&auto, &uses);
         assert!(watched.contains(&ConfigRef::config_map("app")));
-        assert!(!watched.contains(&ConfigRef::secret("tls")), "configmaps only");
-        assert!(!watched.contains(&ConfigRef::config_map("nobody")), "mounted by no container");
+        assert!(
+            !watched.contains(&ConfigRef::secret("tls")),
+            "configmaps only"
+        );
+        assert!(
+            !watched.contains(&ConfigRef::config_map("nobody")),
+            "mounted by no container"
+        );
 
         let changed = BTreeSet::from([ConfigRef::secret("tls")]);
         assert_eq!(containers_to_restart(&auto, &uses, &changed), vec!["app"]);

@@ -130,7 +130,9 @@ stand_in_by_default!(
     k8s_openapi::api::apps::v1::ReplicaSet,
     k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
     k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
-    k8s_openapi::api::core::v1::PersistentVolumeClaim
+    k8s_openapi::api::core::v1::PersistentVolumeClaim,
+    k8s_openapi::api::core::v1::ConfigMap,
+    k8s_openapi::api::core::v1::Secret
 );
 
 impl StandIn for ContainerRecreateRequest {
