@@ -425,7 +425,7 @@ impl Cluster {
                     reason: event.reason.into(),
                     note: Some(event.note()),
                     action: event.reason.into(),
-                    secondary: None,
+                    secondary: event.related.clone(),
                 };
                 for target in &targets {
                     if let Err(e) = recorder.publish(&published, target).await {

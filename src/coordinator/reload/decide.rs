@@ -159,7 +159,7 @@ pub fn decide(
     let rollout_name =
         trigger::rollout_name(workload.kind, &name, &format!("reload:{}", token.join(",")));
     let mut rollout = RollingRestart::new(&rollout_name, spec);
-    rollout.metadata.namespace = Some(ns);
+    rollout.metadata.namespace = Some(ns.clone());
     rollout.metadata.owner_references = Some(vec![OwnerReference {
         api_version: "apps/v1".into(),
         kind: workload.kind.to_string(),
@@ -183,7 +183,14 @@ pub fn decide(
             "{} changed: RollingRestart {rollout_name} restarts {containers} in place",
             format_refs(&changed)
         ),
-    );
+    )
+    .related_to(ObjectReference {
+        api_version: Some("relaunch.dev/v1alpha1".into()),
+        kind: Some("RollingRestart".into()),
+        name: Some(rollout_name.clone()),
+        namespace: Some(ns.clone()),
+        ..Default::default()
+    });
     out.start = Some(Start {
         rollout,
         changed,
