@@ -470,3 +470,73 @@ async fn a_secret_change_restarts_only_the_containers_that_mount_it_and_its_valu
     }
     bed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_restart_restarts_nothing_unchanged_and_applies_what_changed_while_it_was_down()
+ {
+    let mut bed = Bed::start(1).await;
+    for name in ["a", "b"] {
+        bed.apply(
+            &format!("{name}.json"),
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                    "data": {"GREETING": "v1"}})
+            .to_string(),
+        )
+        .await;
+        let statefulset = json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": format!("s{name}"), "annotations": {"relaunch.dev/reload": "auto"}},
+            "spec": {
+                "replicas": 1, "serviceName": format!("s{name}"),
+                "selector": {"matchLabels": {"app": format!("s{name}")}},
+                "template": {"metadata": {"labels": {"app": format!("s{name}")}}, "spec": {
+                    "terminationGracePeriodSeconds": 10,
+                    "volumes": [{"name": "data", "emptyDir": {}}],
+                    "containers": [{
+                        "name": "app", "image": TEST_IMAGE, "command": ["sh", "-c", recorder("$GREETING")],
+                        "envFrom": [{"configMapRef": {"name": name}}],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                        "readinessProbe": probe(),
+                    }],
+                }},
+            },
+        });
+        bed.apply(&format!("s{name}.json"), &statefulset.to_string())
+            .await;
+    }
+    let before_a = bed.ready_pods("sa", 1).await.remove(0);
+    let before_b = bed.ready_pods("sb", 1).await.remove(0);
+    baselined::<StatefulSet>(&bed, "sa").await;
+    baselined::<StatefulSet>(&bed, "sb").await;
+
+    // Down while a changes; back, it restarts sa once and leaves sb alone.
+    bed.sandbox.coordinator().unwrap().kill();
+    kubectl_patch(&bed, "configmap", "a", json!({"data": {"GREETING": "v2"}})).await;
+    bed.sandbox.coordinator().unwrap().start().unwrap();
+    let rollout = eventually("a reload rollout", Duration::from_secs(60), || async {
+        reload_rollouts(&bed).await.into_iter().next()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; coordinator log:\n{}", bed.coordinator_log()));
+    let target = rollout.spec.target.workload_ref.clone().unwrap();
+    assert_eq!(target.name, "sa");
+    let name = rollout.metadata.name.clone().unwrap();
+    let status = bed.rollout_finished(&name, Duration::from_secs(60)).await;
+    assert_eq!(status.phase, RolloutPhase::Succeeded, "{status:?}");
+    let names: Vec<_> = reload_rollouts(&bed)
+        .await
+        .into_iter()
+        .map(|r| r.metadata.name)
+        .collect();
+    assert_eq!(names.len(), 1, "nothing for sb: {names:?}");
+    let after_a = bed.ready_pods("sa", 1).await.remove(0);
+    let after_b = bed.ready_pods("sb", 1).await.remove(0);
+    assert_eq!(seen(&bed, &after_a), vec!["v1", "v2"]);
+    assert_eq!(seen(&bed, &after_b), vec!["v1"]);
+    assert_eq!(after_a.metadata.uid, before_a.metadata.uid);
+    assert_eq!(
+        container_status(&after_b, "app").restart_count,
+        container_status(&before_b, "app").restart_count
+    );
+    bed.shutdown().await;
+}
