@@ -232,8 +232,9 @@ pub struct ReloadMetrics {
     pub workloads: IntGauge,
     /// `relaunch_reload_objects{kind}`: ConfigMaps and Secrets in the caches (hash only).
     pub objects: IntGaugeVec,
-    /// `relaunch_reload_rollouts_total{result}`: `started`, `coalesced` (a change that waited
-    /// for a running rollout, counted once per pass it first waits), `missing`, `refused`.
+    /// `relaunch_reload_decisions_total{result}`: `started`, `coalesced` (a change that waits
+    /// for a running rollout, counted once per workload and set of changed objects), `missing`,
+    /// `refused`.
     pub decisions: IntCounterVec,
 }
 
@@ -268,6 +269,12 @@ impl ReloadMetrics {
             objects,
             decisions,
         })
+    }
+
+    /// Shows no gauges: a replica that stopped leading reports nothing it no longer watches.
+    pub fn clear(&self) {
+        self.workloads.set(0);
+        self.objects.reset();
     }
 }
 

@@ -182,6 +182,7 @@ pub async fn run(
         r = stores.ready() => Some(r),
     };
     let metrics = ctx.metrics.rollouts.clone();
+    let reload_metrics = ctx.metrics.reload.clone();
     let outcome = match result {
         None => Ok(()),
         Some(Err(_)) => Err(CoordinatorError::ControllersStopped),
@@ -216,6 +217,7 @@ pub async fn run(
     drop(tasks);
     // A replica that stopped leading reports nothing about rollouts it no longer drives.
     metrics.clear();
+    reload_metrics.clear();
     outcome
 }
 
