@@ -67,6 +67,20 @@ pub fn content_hash<'a>(
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Secrets of these types are not watched: no pod uses them, and they can be large and many
+/// (Helm keeps every release of every chart in one, up to 1 MiB each).
+pub const UNWATCHED_SECRET_TYPES: [&str; 1] = ["helm.sh/release.v1"];
+
+/// The Secrets watch: every type but [`UNWATCHED_SECRET_TYPES`] (a field selector, so the API
+/// server never sends them).
+pub fn secrets_watched() -> kube::runtime::watcher::Config {
+    let selector: Vec<String> = UNWATCHED_SECRET_TYPES
+        .iter()
+        .map(|t| format!("type!={t}"))
+        .collect();
+    kube::runtime::watcher::Config::default().fields(&selector.join(","))
+}
+
 /// Keeps only the identity of a ConfigMap and the hash of its content.
 pub fn prune_config_map(cm: &mut ConfigMap) {
     let uid = cm.metadata.uid.clone().unwrap_or_default();
@@ -561,6 +575,15 @@ mod tests {
         assert_eq!(
             cm(&[("a", "1"), ("b", "2")], &[]),
             cm(&[("b", "2"), ("a", "1")], &[])
+        );
+    }
+
+    #[test]
+    fn helm_release_secrets_are_not_watched() {
+        let config = secrets_watched();
+        assert_eq!(
+            config.field_selector.as_deref(),
+            Some("type!=helm.sh/release.v1")
         );
     }
 

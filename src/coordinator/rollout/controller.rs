@@ -31,7 +31,7 @@ use relaunch_api::{
 };
 
 use super::reconcile::{self, Action, Batch, Observed, Workload, describe};
-use crate::caches::{Caches, WatchTasks, watch_into};
+use crate::caches::{Caches, WatchTasks, watch_into, watch_into_with};
 use crate::context::Context;
 use crate::error::{ClusterError, CoordinatorError};
 use crate::error_policy::{Retry, error_policy};
@@ -161,7 +161,13 @@ fn watch_stores(
             reload::prune_config_map,
             wake(),
         )),
-        secrets: watch!(watch_into(ctx, "secrets", reload::prune_secret, wake())),
+        secrets: watch!(watch_into_with(
+            ctx,
+            "secrets",
+            reload::secrets_watched(),
+            reload::prune_secret,
+            wake(),
+        )),
     };
     (stores, tasks)
 }
