@@ -304,6 +304,17 @@ async fn a_configmap_edit_restarts_each_pod_in_place_and_edits_during_it_make_on
         "{changed:?}"
     );
 
+    let queued: Vec<String> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("ConfigurationChangeQueued"))
+        .filter_map(|e| e.note.clone())
+        .collect();
+    assert!(
+        queued.len() == 1 && queued[0].contains(&first_name),
+        "the waiting change is told once: {queued:?}"
+    );
+
     // `kubectl relaunch status` shows the rollouts and what started them.
     let status = kubectl_relaunch(&bed, &["status"]).await;
     assert!(

@@ -184,13 +184,7 @@ pub fn decide(
             format_refs(&changed)
         ),
     )
-    .related_to(ObjectReference {
-        api_version: Some("relaunch.dev/v1alpha1".into()),
-        kind: Some("RollingRestart".into()),
-        name: Some(rollout_name.clone()),
-        namespace: Some(ns.clone()),
-        ..Default::default()
-    });
+    .related_to(rollout_reference(&rollout_name, &ns));
     out.start = Some(Start {
         rollout,
         changed,
@@ -198,6 +192,30 @@ pub fn decide(
     });
     out.applied = Some(format_applied(&next));
     out
+}
+
+/// The reason of the Event for changes that wait for a running rollout.
+pub const REASON_QUEUED: &str = "ConfigurationChangeQueued";
+
+/// The Event for changes (`changed`, as written) that wait for rollout `rollout` to end.
+pub fn queued_event(changed: &str, rollout: &str, namespace: &str) -> Event {
+    Event::normal(
+        REASON_QUEUED,
+        format!(
+            "{changed} changed while RollingRestart {rollout} runs: one more rollout follows when it ends"
+        ),
+    )
+    .related_to(rollout_reference(rollout, namespace))
+}
+
+fn rollout_reference(name: &str, namespace: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("relaunch.dev/v1alpha1".into()),
+        kind: Some("RollingRestart".into()),
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        ..Default::default()
+    }
 }
 
 /// The Warning for a used object that does not exist.

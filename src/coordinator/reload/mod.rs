@@ -402,8 +402,11 @@ impl Reloader {
             if let Some(changed) = decision.waiting {
                 let key = (uid.clone(), format_refs(&changed));
                 if !self.waiting.contains(&key) {
+                    let rollout = running.clone().unwrap_or_default();
                     metrics.decisions.with_label_values(&["coalesced"]).inc();
-                    tracing::info!(workload = %described, changed = %key.1, rollout = running.as_deref().unwrap_or_default(), "configuration changed while a rollout runs; one follow-up once it ends");
+                    tracing::info!(workload = %described, changed = %key.1, %rollout, "configuration changed while a rollout runs; one follow-up once it ends");
+                    let event = decide::queued_event(&key.1, &rollout, &ns);
+                    ctx.cluster.record_on(reference.clone(), vec![event]);
                 }
                 waiting.insert(key);
             }
