@@ -465,7 +465,11 @@ async fn a_secret_change_restarts_only_the_containers_that_mount_it_and_its_valu
     .unwrap();
     let workload =
         serde_json::to_string(&bed.api::<Deployment>().get("vault").await.unwrap()).unwrap();
+    // Each haystack is the real thing: it names the Secret, only never its value.
     assert!(workload.contains("secret/creds="), "{workload}");
+    assert!(log.contains("secret/creds"), "{log}");
+    assert!(events.contains("secret/creds changed"), "{events}");
+    assert!(rollouts.contains("secret/creds"), "{rollouts}");
     for value in [old_value, new_value] {
         for text in [value.to_string(), encode(value)] {
             for (what, haystack) in [
