@@ -7,6 +7,7 @@
 pub mod containers;
 mod crr;
 mod order;
+pub mod reload;
 pub mod report;
 mod request;
 mod rollout;

@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod merge;
 pub mod metrics;
 pub mod readiness;
+pub mod reload;
 pub mod report_api;
 pub mod request_controller;
 pub mod rollout;

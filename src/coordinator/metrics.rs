@@ -29,6 +29,8 @@ pub struct Metrics {
     pub rollouts: RolloutMetrics,
     /// The `relaunch_scaledown_*` metrics.
     pub scaledowns: crate::scaledown::ScaleDownMetrics,
+    /// The `relaunch_reload_*` metrics.
+    pub reload: crate::reload::ReloadMetrics,
 }
 
 impl Metrics {
@@ -79,6 +81,7 @@ impl Metrics {
             errors,
             rollouts: RolloutMetrics::register(registry)?,
             scaledowns: crate::scaledown::ScaleDownMetrics::register(registry)?,
+            reload: crate::reload::ReloadMetrics::register(registry)?,
         })
     }
 }
