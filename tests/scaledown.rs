@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::Api;
 use relaunch_api::{ScaleDown, ScaleDownPhase, ScaleDownStatus};
 use relaunch_testbed::TEST_IMAGE;
 use serde_json::{Value, json};
@@ -489,7 +490,8 @@ async fn a_scale_up_while_leaving_cancels_or_finishes_first() {
     })
     .await
     .unwrap();
-    std::fs::write(bed.dir().join("exchange/go"), "").unwrap();
+    let pods: Api<Pod> = bed.api();
+    let old_pod = pods.get("store-2").await.unwrap().metadata.uid;
     let old_claim = bed
         .api::<PersistentVolumeClaim>()
         .get("data-store-2")
@@ -497,21 +499,23 @@ async fn a_scale_up_while_leaving_cancels_or_finishes_first() {
         .unwrap()
         .metadata
         .uid;
+    std::fs::write(bed.dir().join("exchange/go"), "").unwrap();
     let status = finished(&bed, "finishing", Duration::from_secs(60)).await;
+    // The scale-down did not happen: the pod finished leaving, then came back by itself (the
+    // StatefulSet recreated it) on a new claim; replicas were never lowered.
     assert_eq!(
         status.phase,
-        ScaleDownPhase::Succeeded,
+        ScaleDownPhase::Cancelled,
         "{:?}",
         status.message
     );
-    assert_eq!(status.removed, vec![2]);
-    assert_eq!(replicas(&bed).await, 2);
-    assert!(!claims(&bed).await.contains("data-store-2"));
-    // Back to 3: a new, empty claim; the member seeds itself and gets ready.
-    bed.kubectl(&["scale", "sts/store", "--replicas=3"])
-        .await
-        .unwrap();
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("new, empty volume"), "{message}");
+    assert!(status.removed.is_empty());
+    assert_eq!(replicas(&bed).await, 3);
     bed.ready_pods("store", 3).await;
+    let new_pod = pods.get("store-2").await.unwrap().metadata.uid;
+    assert_ne!(new_pod, old_pod);
     let new_claim = bed
         .api::<PersistentVolumeClaim>()
         .get("data-store-2")

@@ -300,6 +300,10 @@ pub enum LeavingStep {
     WaitingForPodGone,
     /// The claims are being handled (Retain or Delete).
     Claims,
+    /// A scale-up without a cancel command kept the ordinal: the pod finished leaving, and now
+    /// its claims (with `claimPolicy: Delete`) and then the pod itself are deleted (UID
+    /// preconditions) so that the StatefulSet recreates it; with `Delete`, on a new, empty volume.
+    Returning,
     #[serde(other)]
     #[schemars(skip)]
     Unknown,

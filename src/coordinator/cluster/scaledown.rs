@@ -2,7 +2,7 @@
 //! at the version the decision was taken on) and deleting a claim (only with its UID).
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -59,6 +59,32 @@ impl Cluster {
         };
         let api = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace);
         match api.delete(&claim.name, &params).await {
+            Ok(_) => Ok(()),
+            Err(e) => match ClusterError::from(e) {
+                ClusterError::NotFound(_) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Deletes pod `name` in `namespace`, only if it still has `uid`; one that is gone counts
+    /// as deleted.
+    pub async fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<(), ClusterError> {
+        self.may_write()?;
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        let api = Api::<Pod>::namespaced(self.client.clone(), namespace);
+        match api.delete(name, &params).await {
             Ok(_) => Ok(()),
             Err(e) => match ClusterError::from(e) {
                 ClusterError::NotFound(_) => Ok(()),

@@ -357,6 +357,15 @@ async fn reconcile(
             }
             return Some(Duration::from_millis(200));
         }
+        Some(Write::DeletePod { name, uid }) => {
+            let namespace = sd.namespace().unwrap_or_default();
+            tracing::info!(scaledown = %object, pod = %name, "deleting a decommissioned pod whose ordinal a scale-up kept");
+            if let Err(e) = ctx.cluster.delete_pod(&namespace, &name, &uid).await {
+                error_policy(&ctx.metrics, "deleting a pod", &object, &e);
+                return retry;
+            }
+            return Some(Duration::from_millis(200));
+        }
         None => {}
     }
     if let Some(new) = status {
