@@ -129,6 +129,7 @@ fn manifests_render_and_validate_against_kubernetes_schemas() {
         ),
         ("CustomResourceDefinition", "rollingrestarts.relaunch.dev"),
         ("CustomResourceDefinition", "scaledowns.relaunch.dev"),
+        ("CustomResourceDefinition", "drains.relaunch.dev"),
         ("DaemonSet", "relaunch-agent"),
         ("Deployment", "relaunch-coordinator"),
         ("Service", "relaunch-coordinator"),

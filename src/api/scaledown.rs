@@ -227,6 +227,9 @@ pub struct ScaleDownStatus {
     /// Ordinals removed so far, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<i32>,
+    /// The claims of the removed pods (their data was handed off: never drained).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_claims: Vec<ClaimRef>,
     /// Numbers the commands (`exec.id`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub exec_sequence: i64,

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub rollouts: RolloutMetrics,
     /// The `relaunch_scaledown_*` metrics.
     pub scaledowns: crate::scaledown::ScaleDownMetrics,
+    /// The `relaunch_scaledown_drain*` metrics.
+    pub drains: crate::drain::DrainMetrics,
 }
 
 impl Metrics {
@@ -79,6 +81,7 @@ impl Metrics {
             errors,
             rollouts: RolloutMetrics::register(registry)?,
             scaledowns: crate::scaledown::ScaleDownMetrics::register(registry)?,
+            drains: crate::drain::DrainMetrics::register(registry)?,
         })
     }
 }

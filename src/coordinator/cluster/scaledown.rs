@@ -7,7 +7,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use relaunch_api::{ClaimRef, ScaleDown};
+use relaunch_api::{ClaimRef, Drain, ScaleDown};
 
 use super::Cluster;
 use crate::error::ClusterError;
@@ -64,6 +64,32 @@ impl Cluster {
                 ClusterError::NotFound(_) => Ok(()),
                 e => Err(e),
             },
+        }
+    }
+
+    /// The API client (for namespaced APIs of the drain controller).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// Creates the Drain record; one that exists already counts as created.
+    pub async fn create_drain(&self, api: &Api<Drain>, drain: &Drain) -> Result<(), ClusterError> {
+        self.may_write()?;
+        match api.create(&kube::api::PostParams::default(), drain).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates a drain pod; false if a pod of that name exists already.
+    pub async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<bool, ClusterError> {
+        self.may_write()?;
+        let api = Api::<Pod>::namespaced(self.client.clone(), namespace);
+        match api.create(&kube::api::PostParams::default(), pod).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -737,6 +737,7 @@ fn leaving(p: &mut Pass<'_>, sts: &StatefulSetView, expected: i32, mut cur: Leav
                 .push(Event::normal("OrdinalRemoved", message.clone()));
             if p.s.removed.len() < relaunch_api::MAX_SCALEDOWN_STEPS {
                 p.s.removed.push(cur.ordinal);
+                p.s.removed_claims.extend(cur.claims.iter().cloned());
             }
             p.s.current = None;
             p.s.exec = None;
