@@ -245,11 +245,6 @@ async fn a_failing_drain_keeps_the_claim_and_a_deleted_statefulset_is_never_drai
     // The claim is kept, its keys on it; the failed drain pod does not stay in the way.
     assert!(claims(&bed).await.contains("data-store-1"));
     assert_eq!(keys(&claim_dir(&bed, "data-store-1")).len(), 3);
-    assert_eq!(
-        runs.lines().count(),
-        0,
-        "the failing template never ran the real drain"
-    );
     eventually("the drain pod gone", Duration::from_secs(30), || async {
         bed.api::<Pod>()
             .get_opt("store-1")
