@@ -111,8 +111,18 @@ fn validate(streams: &[(&str, &str)]) -> Output {
 fn manifests_render_and_validate_against_kubernetes_schemas() {
     let base = kustomize("manifests/base");
     let monitoring = kustomize("manifests/monitoring");
-    let count = objects(&base).len() + objects(&monitoring).len();
-    let out = validate(&[("base.yaml", &base), ("monitoring.yaml", &monitoring)]);
+    let guard = kustomize("manifests/guard");
+    assert_eq!(
+        objects(&guard).len(),
+        2,
+        "the guard: a policy and its binding"
+    );
+    let count = objects(&base).len() + objects(&monitoring).len() + objects(&guard).len();
+    let out = validate(&[
+        ("base.yaml", &base),
+        ("monitoring.yaml", &monitoring),
+        ("guard.yaml", &guard),
+    ]);
     let report = printed(&out);
     assert!(out.status.success(), "{report}");
     assert!(

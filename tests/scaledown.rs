@@ -526,3 +526,79 @@ async fn a_scale_up_while_leaving_cancels_or_finishes_first() {
     assert_ne!(new_claim, old_claim);
     bed.shutdown().await;
 }
+
+/// The optional guard (manifests/guard): `kubectl scale` and a replicas patch that lower a
+/// guarded StatefulSet are refused with a message naming `kubectl relaunch scale`, which works.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_guard_refuses_kubectl_scale_and_lets_kubectl_relaunch_scale_through() {
+    let bed = Bed::start(1).await;
+    start_store(&bed, 3).await;
+    let guard = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/guard");
+    bed.kubectl(&["apply", "-k", &guard.to_string_lossy()])
+        .await
+        .unwrap();
+    // Labelled StatefulSet: a patch lowering replicas is refused; raising is not.
+    bed.kubectl(&["label", "sts/store", "relaunch.dev/scale-down=guarded"])
+        .await
+        .unwrap();
+    let refused = eventually("the guard in force", Duration::from_secs(30), || async {
+        bed.kubectl(&[
+            "patch",
+            "sts/store",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ])
+        .await
+        .err()
+    })
+    .await
+    .unwrap();
+    assert!(
+        refused.contains("kubectl relaunch scale sts/store --replicas 2"),
+        "{refused}"
+    );
+    assert!(refused.contains("from 3 to 2"), "{refused}");
+    // The scale subresource carries no labels: the namespace's label guards kubectl scale.
+    bed.kubectl(&[
+        "label",
+        "namespace",
+        "default",
+        "relaunch.dev/scale-down=guarded",
+    ])
+    .await
+    .unwrap();
+    let refused = bed
+        .kubectl(&["scale", "sts/store", "--replicas=2"])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("kubectl relaunch scale sts/store --replicas 2"),
+        "{refused}"
+    );
+    assert_eq!(replicas(&bed).await, 3);
+    // Through relaunch: decommissioned first, then lowered by the coordinator.
+    let (code, stdout, stderr) = kubectl_relaunch(
+        &bed,
+        &[
+            "scale",
+            "sts/store",
+            "--replicas",
+            "2",
+            "--decommission-exec",
+            DECOMMISSION,
+            "--wait",
+            "--timeout",
+            "90s",
+        ],
+    )
+    .await;
+    assert_eq!(
+        code,
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}\ncoordinator log:\n{}",
+        bed.coordinator_log()
+    );
+    assert_eq!(replicas(&bed).await, 2);
+    bed.shutdown().await;
+}
