@@ -308,7 +308,7 @@ metadata: {name: unknown-kind}
         );
     }
     assert!(
-        report.contains("3 valid, 6 invalid"),
+        report.contains("4 valid, 6 invalid"),
         "only the CRDs pass:\n{report}"
     );
 }
