@@ -172,6 +172,16 @@ impl StandIn for relaunch_api::ScaleDown {
     }
 }
 
+impl StandIn for relaunch_api::Drain {
+    fn stand_in(metadata: ObjectMeta) -> Self {
+        Self {
+            metadata,
+            spec: Default::default(),
+            status: None,
+        }
+    }
+}
+
 impl StandIn for relaunch_api::RollingRestart {
     fn stand_in(metadata: ObjectMeta) -> Self {
         Self {

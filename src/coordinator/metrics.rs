@@ -31,6 +31,8 @@ pub struct Metrics {
     pub scaledowns: crate::scaledown::ScaleDownMetrics,
     /// The `relaunch_reload_*` metrics.
     pub reload: crate::reload::ReloadMetrics,
+    /// The `relaunch_scaledown_drain*` metrics.
+    pub drains: crate::drain::DrainMetrics,
 }
 
 impl Metrics {
@@ -82,6 +84,7 @@ impl Metrics {
             rollouts: RolloutMetrics::register(registry)?,
             scaledowns: crate::scaledown::ScaleDownMetrics::register(registry)?,
             reload: crate::reload::ReloadMetrics::register(registry)?,
+            drains: crate::drain::DrainMetrics::register(registry)?,
         })
     }
 }

@@ -346,6 +346,7 @@ impl RolloutController {
                 .collect(),
             requests,
             others,
+            leaving: self.ctx.leaving.uids(),
             settling,
             behind_own_write: written.is_some_and(|(at, rv)| {
                 Some(rv) == rollout.resource_version().as_ref() && at.elapsed() < OWN_WRITE_SETTLE
