@@ -386,8 +386,9 @@ pub async fn start_coordinator(
     api: &ApiServer,
     binaries: &Binaries,
     dir: &Path,
+    extra_args: &[String],
 ) -> Result<(ManagedProcess, String), TestbedError> {
-    start_coordinator_replica(api, binaries, dir, "coordinator").await
+    start_coordinator_replica(api, binaries, dir, "coordinator", extra_args).await
 }
 
 /// Starts a coordinator replica whose files go under `dir/<subdir>`; replicas elect a leader
@@ -397,6 +398,7 @@ pub async fn start_coordinator_replica(
     binaries: &Binaries,
     dir: &Path,
     subdir: &str,
+    extra_args: &[String],
 ) -> Result<(ManagedProcess, String), TestbedError> {
     let dir = dir.join(subdir);
     std::fs::create_dir_all(&dir)?;
@@ -408,7 +410,7 @@ pub async fn start_coordinator_replica(
     let ip = Ipv4Addr::LOCALHOST;
     let listen = SocketAddr::from((ip, free_port(ip)?));
     let admin = SocketAddr::from((ip, free_port(ip)?));
-    let args = vec![
+    let mut args = vec![
         "run".to_string(),
         "--kubeconfig".into(),
         kubeconfig.to_string_lossy().into_owned(),
@@ -423,6 +425,7 @@ pub async fn start_coordinator_replica(
         "--leader-election-name".into(),
         COORDINATOR_LEASE.into(),
     ];
+    args.extend(extra_args.iter().cloned());
     let mut process = ManagedProcess::spawn(
         &format!("relaunch-coordinator ({subdir})"),
         &binaries.coordinator,

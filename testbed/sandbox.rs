@@ -49,6 +49,8 @@ pub struct SandboxConfig {
     pub relaunch: Option<Binaries>,
     /// Extra arguments for every agent (e.g. `--max-parallel 4`).
     pub agent_args: Vec<String>,
+    /// Extra arguments for every coordinator replica (e.g. `--agent-timeout 10s`).
+    pub coordinator_args: Vec<String>,
     /// Coordinator replicas to start with relaunch (1 by default). With more than one, the
     /// agents reach them through a [`SpreadingProxy`] (one address spreading connections over
     /// every replica, as their Service would), cutting connections as `spread` says.
@@ -70,6 +72,7 @@ impl SandboxConfig {
             backoff: CrashLoopBackoff::default(),
             relaunch: None,
             agent_args: Vec::new(),
+            coordinator_args: Vec::new(),
             coordinators: 1,
             spread: SpreadConfig::default(),
             deploy: None,
@@ -116,6 +119,7 @@ pub struct Sandbox {
     agent_admins: Vec<SocketAddr>,
     binaries: Option<Binaries>,
     agent_args: Vec<String>,
+    coordinator_args: Vec<String>,
     /// Size in bytes of the image archive `up --deploy` built (none: not deployed).
     image_size: Option<u64>,
     kubelets: Vec<Kubelet>,
@@ -163,6 +167,7 @@ impl Sandbox {
             agent_admins: Vec::new(),
             binaries: config.relaunch.clone(),
             agent_args: config.agent_args.clone(),
+            coordinator_args: config.coordinator_args.clone(),
             image_size: None,
             kubelets: Vec::new(),
             controllers: Some(controllers),
@@ -204,8 +209,13 @@ impl Sandbox {
         if let Some(binaries) = config.relaunch.clone() {
             processes::install_identities(&sandbox.api).await?;
             processes::install_admission_policies(&sandbox.api).await?;
-            let (coordinator, url) =
-                processes::start_coordinator(&sandbox.api, &binaries, &sandbox.dir).await?;
+            let (coordinator, url) = processes::start_coordinator(
+                &sandbox.api,
+                &binaries,
+                &sandbox.dir,
+                &sandbox.coordinator_args,
+            )
+            .await?;
             sandbox.coordinator = Some(coordinator);
             sandbox.coordinator_url = Some(url.clone());
             if config.coordinators > 1 {
@@ -322,7 +332,14 @@ impl Sandbox {
         binaries: &Binaries,
     ) -> Result<(ManagedProcess, String), TestbedError> {
         let subdir = format!("coordinator-{}", self.replicas.len() + 2);
-        processes::start_coordinator_replica(&self.api, binaries, &self.dir, &subdir).await
+        processes::start_coordinator_replica(
+            &self.api,
+            binaries,
+            &self.dir,
+            &subdir,
+            &self.coordinator_args,
+        )
+        .await
     }
 
     /// The proxy the agents reach the coordinators through, when the sandbox started several

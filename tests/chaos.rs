@@ -6,7 +6,8 @@
 //!
 //! What must hold: every pod restarted exactly once, in place; the invariant monitor never sees
 //! more than `maxUnavailable` target pods unavailable; no request failed (none for
-//! `AgentNotReporting`); no relaunch process exited on its own. It prints how many faults of each
+//! `AgentNotReporting`, with an agent timeout of 20 s so that one could); no relaunch process
+//! exited on its own. It prints how many faults of each
 //! kind were injected, the kills and the wall time. Real processes, real containerd; needs root.
 //! `RELAUNCH_CHAOS_SEED=<n>` repeats the run that printed seed `n`.
 
@@ -27,6 +28,8 @@ const NODES: usize = 3;
 const MAX_UNAVAILABLE: usize = 6;
 /// The whole rollout, faults and kills included, must finish within this.
 const ROLLOUT_DEADLINE: Duration = Duration::from_secs(150);
+/// The coordinators' `--agent-timeout` here (5 minutes by default, longer than this whole test).
+const AGENT_TIMEOUT: &str = "20s";
 const DEFAULT_SEED: u64 = 0xc4a0_5011;
 
 /// splitmix64.
@@ -145,6 +148,11 @@ async fn a_rolling_restart_of_30_pods_survives_faults_kills_and_spread_connectio
     let mut rng = Rng(seed);
     let mut bed = Bed::with_config(NODES, |config| {
         config.coordinators = 2;
+        // Liveness that can trip within the run: a silent agent fails its requests after 20 s
+        // (`AgentNotReporting`), and healthy agents re-send their view every 2 s. Reports land on
+        // either replica; the leader must still see every agent alive.
+        config.coordinator_args = vec!["--agent-timeout".into(), AGENT_TIMEOUT.into()];
+        config.agent_args = vec!["--report-heartbeat".into(), "2s".into()];
         config.spread = SpreadConfig {
             cut_rate: 0.8,
             max_lifetime: Duration::from_secs(3),

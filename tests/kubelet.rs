@@ -597,6 +597,25 @@ async fn api_data_volumes_are_written_atomically_and_follow_their_objects() {
     })
     .await
     .unwrap();
+
+    // A new container of the same pod sees the current content, the subPath mount included
+    // (the kubelet re-binds a subPath whose file the atomic writer replaced, kubernetes PR 89629): a
+    // restart in place on a configuration change relies on this.
+    let old = container_id(&pod).unwrap();
+    bed.runtime
+        .stop_container(&old, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let pod = bed
+        .wait_pod("vol-0", "the container restarted", |p| {
+            running(p) && container_id(p).is_some_and(|id| id != old)
+        })
+        .await;
+    assert_eq!(bed.exec(&pod, &["cat", "/etc/app.conf"]).await, "mode=slow");
+    assert_eq!(
+        bed.exec(&pod, &["cat", "/etc/cfg/app.conf"]).await,
+        "mode=slow"
+    );
     bed.shutdown().await;
 }
 

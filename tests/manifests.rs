@@ -111,8 +111,18 @@ fn validate(streams: &[(&str, &str)]) -> Output {
 fn manifests_render_and_validate_against_kubernetes_schemas() {
     let base = kustomize("manifests/base");
     let monitoring = kustomize("manifests/monitoring");
-    let count = objects(&base).len() + objects(&monitoring).len();
-    let out = validate(&[("base.yaml", &base), ("monitoring.yaml", &monitoring)]);
+    let guard = kustomize("manifests/guard");
+    assert_eq!(
+        objects(&guard).len(),
+        2,
+        "the guard: a policy and its binding"
+    );
+    let count = objects(&base).len() + objects(&monitoring).len() + objects(&guard).len();
+    let out = validate(&[
+        ("base.yaml", &base),
+        ("monitoring.yaml", &monitoring),
+        ("guard.yaml", &guard),
+    ]);
     let report = printed(&out);
     assert!(out.status.success(), "{report}");
     assert!(
@@ -129,6 +139,7 @@ fn manifests_render_and_validate_against_kubernetes_schemas() {
         ),
         ("CustomResourceDefinition", "rollingrestarts.relaunch.dev"),
         ("CustomResourceDefinition", "scaledowns.relaunch.dev"),
+        ("CustomResourceDefinition", "drains.relaunch.dev"),
         ("DaemonSet", "relaunch-agent"),
         ("Deployment", "relaunch-coordinator"),
         ("Service", "relaunch-coordinator"),
@@ -297,7 +308,7 @@ metadata: {name: unknown-kind}
         );
     }
     assert!(
-        report.contains("3 valid, 6 invalid"),
+        report.contains("4 valid, 6 invalid"),
         "only the CRDs pass:\n{report}"
     );
 }

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::Api;
 use relaunch_api::{ScaleDown, ScaleDownPhase, ScaleDownStatus};
 use relaunch_testbed::TEST_IMAGE;
 use serde_json::{Value, json};
@@ -489,7 +490,8 @@ async fn a_scale_up_while_leaving_cancels_or_finishes_first() {
     })
     .await
     .unwrap();
-    std::fs::write(bed.dir().join("exchange/go"), "").unwrap();
+    let pods: Api<Pod> = bed.api();
+    let old_pod = pods.get("store-2").await.unwrap().metadata.uid;
     let old_claim = bed
         .api::<PersistentVolumeClaim>()
         .get("data-store-2")
@@ -497,21 +499,23 @@ async fn a_scale_up_while_leaving_cancels_or_finishes_first() {
         .unwrap()
         .metadata
         .uid;
+    std::fs::write(bed.dir().join("exchange/go"), "").unwrap();
     let status = finished(&bed, "finishing", Duration::from_secs(60)).await;
+    // The scale-down did not happen: the pod finished leaving, then came back by itself (the
+    // StatefulSet recreated it) on a new claim; replicas were never lowered.
     assert_eq!(
         status.phase,
-        ScaleDownPhase::Succeeded,
+        ScaleDownPhase::Cancelled,
         "{:?}",
         status.message
     );
-    assert_eq!(status.removed, vec![2]);
-    assert_eq!(replicas(&bed).await, 2);
-    assert!(!claims(&bed).await.contains("data-store-2"));
-    // Back to 3: a new, empty claim; the member seeds itself and gets ready.
-    bed.kubectl(&["scale", "sts/store", "--replicas=3"])
-        .await
-        .unwrap();
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("new, empty volume"), "{message}");
+    assert!(status.removed.is_empty());
+    assert_eq!(replicas(&bed).await, 3);
     bed.ready_pods("store", 3).await;
+    let new_pod = pods.get("store-2").await.unwrap().metadata.uid;
+    assert_ne!(new_pod, old_pod);
     let new_claim = bed
         .api::<PersistentVolumeClaim>()
         .get("data-store-2")
@@ -520,5 +524,81 @@ async fn a_scale_up_while_leaving_cancels_or_finishes_first() {
         .metadata
         .uid;
     assert_ne!(new_claim, old_claim);
+    bed.shutdown().await;
+}
+
+/// The optional guard (manifests/guard): `kubectl scale` and a replicas patch that lower a
+/// guarded StatefulSet are refused with a message naming `kubectl relaunch scale`, which works.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_guard_refuses_kubectl_scale_and_lets_kubectl_relaunch_scale_through() {
+    let bed = Bed::start(1).await;
+    start_store(&bed, 3).await;
+    let guard = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/guard");
+    bed.kubectl(&["apply", "-k", &guard.to_string_lossy()])
+        .await
+        .unwrap();
+    // Labelled StatefulSet: a patch lowering replicas is refused; raising is not.
+    bed.kubectl(&["label", "sts/store", "relaunch.dev/scale-down=guarded"])
+        .await
+        .unwrap();
+    let refused = eventually("the guard in force", Duration::from_secs(30), || async {
+        bed.kubectl(&[
+            "patch",
+            "sts/store",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ])
+        .await
+        .err()
+    })
+    .await
+    .unwrap();
+    assert!(
+        refused.contains("kubectl relaunch scale sts/store --replicas 2"),
+        "{refused}"
+    );
+    assert!(refused.contains("from 3 to 2"), "{refused}");
+    // The scale subresource carries no labels: the namespace's label guards kubectl scale.
+    bed.kubectl(&[
+        "label",
+        "namespace",
+        "default",
+        "relaunch.dev/scale-down=guarded",
+    ])
+    .await
+    .unwrap();
+    let refused = bed
+        .kubectl(&["scale", "sts/store", "--replicas=2"])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("kubectl relaunch scale sts/store --replicas 2"),
+        "{refused}"
+    );
+    assert_eq!(replicas(&bed).await, 3);
+    // Through relaunch: decommissioned first, then lowered by the coordinator.
+    let (code, stdout, stderr) = kubectl_relaunch(
+        &bed,
+        &[
+            "scale",
+            "sts/store",
+            "--replicas",
+            "2",
+            "--decommission-exec",
+            DECOMMISSION,
+            "--wait",
+            "--timeout",
+            "90s",
+        ],
+    )
+    .await;
+    assert_eq!(
+        code,
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}\ncoordinator log:\n{}",
+        bed.coordinator_log()
+    );
+    assert_eq!(replicas(&bed).await, 2);
     bed.shutdown().await;
 }

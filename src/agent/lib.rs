@@ -87,11 +87,27 @@ pub struct AgentArgs {
     /// Most recreates carried out at once on this node.
     #[arg(long, env = "RELAUNCH_MAX_PARALLEL", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_parallel: u32,
+    /// How often the latest view of every unfinished request is re-sent, so the coordinator knows
+    /// this agent is alive while a request waits or a step takes long. Keep it well below the
+    /// coordinator's `--agent-timeout` (default 5m).
+    #[arg(long, env = "RELAUNCH_REPORT_HEARTBEAT", default_value = "60s", value_parser = parse_heartbeat)]
+    pub report_heartbeat: Duration,
     /// Where the crash-safety journal lives.
     #[arg(long, env = "RELAUNCH_STATE_DIR", default_value = "/var/lib/relaunch")]
     pub state_dir: PathBuf,
     #[arg(long, env = "RELAUNCH_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// A heartbeat interval: a duration of at least one second.
+fn parse_heartbeat(text: &str) -> Result<Duration, String> {
+    let interval = relaunch_telemetry::parse_duration(text)?;
+    if interval < Duration::from_secs(1) {
+        return Err(format!(
+            "{text:?} is too short; the heartbeat must be at least 1s"
+        ));
+    }
+    Ok(interval)
 }
 
 /// Why the agent could not start.
@@ -198,8 +214,12 @@ pub async fn run(
     )?;
     let hooks = shutdown::HookClient::new()?;
     let client = kube_client(&args).await?;
-    let reporter =
-        report::Reporter::start(coordinator.clone(), metrics.clone(), background.clone());
+    let reporter = report::Reporter::start(
+        coordinator.clone(),
+        metrics.clone(),
+        args.report_heartbeat,
+        background.clone(),
+    );
 
     let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
     let client_for_scaledowns = client.clone();

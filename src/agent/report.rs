@@ -17,9 +17,6 @@ use relaunch_api::report::RecreateReport;
 /// Longest pause between delivery attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// How often the latest view of each unfinished request is sent again (a liveness signal; the
-/// coordinator fails requests whose agent stays silent for its `--agent-timeout`).
-const HEARTBEAT: Duration = Duration::from_secs(60);
 /// How long a request's progress (a view that is not final) waits before it is sent, so the
 /// steps of one recreate that follow each other within it — stopping, the kubelet's restart
 /// (its relist is 1 s), ready — reach the coordinator as one status write instead of one each.
@@ -152,7 +149,7 @@ pub fn next_backoff(current: Duration) -> Duration {
 #[derive(Clone)]
 pub struct Reporter {
     queue: Arc<Mutex<ReportQueue>>,
-    /// The latest view of every unfinished request, re-sent every [`HEARTBEAT`] so the
+    /// The latest view of every unfinished request, re-sent every heartbeat interval so the
     /// coordinator knows the agent is alive while a request waits or a step takes long.
     unfinished: Arc<Mutex<HashMap<String, RecreateReport>>>,
     wake: Arc<Notify>,
@@ -161,10 +158,13 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Starts the delivery task; it runs until `stop` is cancelled.
+    /// Starts the delivery task and the heartbeat, which re-sends the latest view of every
+    /// unfinished request each `heartbeat` (a liveness signal: the coordinator fails requests whose
+    /// agent stays silent for its `--agent-timeout`). Both run until `stop` is cancelled.
     pub fn start(
         client: CoordinatorClient,
         metrics: AgentMetrics,
+        heartbeat: Duration,
         stop: CancellationToken,
     ) -> Self {
         let reporter = Self {
@@ -175,7 +175,7 @@ impl Reporter {
             metrics,
         };
         tokio::spawn(reporter.clone().deliver(client, stop.clone()));
-        tokio::spawn(reporter.clone().heartbeat(stop));
+        tokio::spawn(reporter.clone().heartbeat(heartbeat, stop));
         reporter
     }
 
@@ -189,11 +189,11 @@ impl Reporter {
         lock(&self.unfinished).remove(uid);
     }
 
-    async fn heartbeat(self, stop: CancellationToken) {
+    async fn heartbeat(self, interval: Duration, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(HEARTBEAT) => {}
+                _ = tokio::time::sleep(interval) => {}
             }
             let views: Vec<RecreateReport> = lock(&self.unfinished).values().cloned().collect();
             for view in views {
@@ -492,7 +492,12 @@ mod tests {
         let client = CoordinatorClient::new(&url, None, token).unwrap();
         let metrics = AgentMetrics::unregistered().unwrap();
         let stop = CancellationToken::new();
-        let reporter = Reporter::start(client, metrics.clone(), stop.clone());
+        let reporter = Reporter::start(
+            client,
+            metrics.clone(),
+            Duration::from_secs(60),
+            stop.clone(),
+        );
         reporter.submit(report("stuck", 1, RecreatePhase::Recreating));
         let count = |uid: &str| seen.lock().unwrap().iter().filter(|u| *u == uid).count();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);

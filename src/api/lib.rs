@@ -6,7 +6,9 @@
 
 pub mod containers;
 mod crr;
+mod drain;
 mod order;
+pub mod reload;
 pub mod report;
 mod request;
 mod rollout;
@@ -15,6 +17,7 @@ pub mod validation;
 mod workload;
 
 pub use crr::*;
+pub use drain::*;
 pub use order::InvalidOrder;
 pub use request::RecreateRequestBuilder;
 pub use rollout::*;
@@ -50,6 +53,7 @@ pub fn crd_manifests() -> Vec<(String, String)> {
         ContainerRecreateRequest::crd(),
         RollingRestart::crd(),
         ScaleDown::crd(),
+        Drain::crd(),
     ]
         .into_iter()
         .map(|crd| {

@@ -227,6 +227,9 @@ pub struct ScaleDownStatus {
     /// Ordinals removed so far, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<i32>,
+    /// The claims of the removed pods (their data was handed off: never drained).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_claims: Vec<ClaimRef>,
     /// Numbers the commands (`exec.id`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub exec_sequence: i64,
@@ -300,6 +303,10 @@ pub enum LeavingStep {
     WaitingForPodGone,
     /// The claims are being handled (Retain or Delete).
     Claims,
+    /// A scale-up without a cancel command kept the ordinal: the pod finished leaving, and now
+    /// its claims (with `claimPolicy: Delete`) and then the pod itself are deleted (UID
+    /// preconditions) so that the StatefulSet recreates it; with `Delete`, on a new, empty volume.
+    Returning,
     #[serde(other)]
     #[schemars(skip)]
     Unknown,

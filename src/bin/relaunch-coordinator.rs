@@ -62,7 +62,7 @@ struct RunArgs {
     audience: String,
     /// Fail a request still Pending or Recreating when its agent has not reported for this long
     /// (e.g. 300s, 5m).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = relaunch_telemetry::parse_duration)]
     agent_timeout: Duration,
     /// Namespace of the leader-election Lease; with it, the controllers run only on the replica
     /// holding the Lease (the report API runs on every replica).
@@ -73,28 +73,6 @@ struct RunArgs {
     leader_election_name: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, "s"), |i| text.split_at(i));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("expected a duration such as 90s or 5m, got {text:?}"))?;
-    let seconds = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}; use ms, s, m or h"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(seconds))
 }
 
 fn main() -> ExitCode {

@@ -220,6 +220,7 @@ pub fn scaledown_view(name: &str, sd: Option<&ScaleDown>, waited: Duration) -> V
             LeavingStep::Lowering => "lowering replicas",
             LeavingStep::WaitingForPodGone => "waiting for the pod to be gone",
             LeavingStep::Claims => "handling claims",
+            LeavingStep::Returning => "coming back (scale-up)",
             LeavingStep::Unknown => "?",
         };
         line.push_str(&format!("  {}: {step}", cur.pod_name));

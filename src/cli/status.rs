@@ -12,6 +12,7 @@ use super::error::CliError;
 use super::parse::{self, RelaunchKind};
 use super::progress::{bar, short_id};
 use super::session::{Call, REQUESTS, ROLLOUTS, Session};
+use relaunch_api::reload::ANNOTATION_RELOAD_CHANGED;
 use relaunch_api::{ContainerRecreateRequest, LABEL_NODE_NAME, RollingRestart, ScaleDown};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -207,8 +208,20 @@ fn print_structured(value: &Value, output: Option<Output>) -> Result<(), CliErro
     Ok(())
 }
 
+/// What a configuration change that started `rollout` changed (`configmap/app,secret/tls`),
+/// if one did.
+pub fn config_change(rollout: &RollingRestart) -> Option<&str> {
+    rollout
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_RELOAD_CHANGED)
+        .map(String::as_str)
+}
+
 /// The RollingRestart table (printer columns Phase, Target, Restarted, Total, Age; wide adds
-/// Message).
+/// Message). When a configuration change started one of them, a CHANGED column names what
+/// changed (`-` for the others).
 pub fn rollout_table(
     rollouts: &[RollingRestart],
     all_namespaces: bool,
@@ -216,6 +229,10 @@ pub fn rollout_table(
     now: Timestamp,
 ) -> String {
     let mut headers = vec!["NAME", "PHASE", "TARGET", "RESTARTED", "TOTAL", "AGE"];
+    let changes = rollouts.iter().any(|r| config_change(r).is_some());
+    if changes {
+        headers.push("CHANGED");
+    }
     if wide {
         headers.push("MESSAGE");
     }
@@ -245,6 +262,9 @@ pub fn rollout_table(
                 status.total.to_string(),
                 age(r.metadata.creation_timestamp.as_ref(), now),
             ];
+            if changes {
+                row.push(config_change(r).unwrap_or("-").to_string());
+            }
             if wide {
                 row.push(status.message.unwrap_or_default());
             }
@@ -483,6 +503,12 @@ pub fn describe_rollout(rollout: &RollingRestart, now: Timestamp) -> String {
     fields.push(("Strategy", strategy.join(", ")));
     if !spec.containers.is_empty() {
         fields.push(("Containers", spec.containers.join(", ")));
+    }
+    if let Some(changed) = config_change(rollout) {
+        fields.push((
+            "Started by",
+            format!("a configuration change: {changed} (relaunch.dev/reload)"),
+        ));
     }
     fields.push(("Started", when(status.start_time.as_ref(), now)));
     fields.push(("Completed", when(status.completion_time.as_ref(), now)));
@@ -736,6 +762,39 @@ mod tests {
                 "node-1",
                 "<unknown>"
             ]
+        );
+    }
+
+    #[test]
+    fn rollouts_started_by_a_configuration_change_say_what_changed() {
+        let rollout = |name: &str, annotations: serde_json::Value| -> RollingRestart {
+            serde_json::from_value(json!({
+                "apiVersion": "relaunch.dev/v1alpha1", "kind": "RollingRestart",
+                "metadata": {"name": name, "namespace": "data", "annotations": annotations},
+                "spec": {"target": {"workloadRef": {"kind": "StatefulSet", "name": "db"}}},
+                "status": {"phase": "Succeeded", "total": 3, "restarted": 3},
+            }))
+            .unwrap()
+        };
+        let plain = rollout("by-hand", json!({}));
+        let text = rollout_table(std::slice::from_ref(&plain), false, false, Timestamp::now());
+        assert!(!text.contains("CHANGED"), "{text}");
+        let changed = rollout(
+            "statefulset-db-1234abcd",
+            json!({ANNOTATION_RELOAD_CHANGED: "configmap/app,secret/tls"}),
+        );
+        let text = rollout_table(&[plain, changed.clone()], false, false, Timestamp::now());
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0][6], "CHANGED");
+        assert_eq!(lines[1][6], "-");
+        assert_eq!(lines[2][6], "configmap/app,secret/tls");
+        let described = describe_rollout(&changed, Timestamp::now());
+        assert!(
+            described.contains("a configuration change: configmap/app,secret/tls"),
+            "{described}"
         );
     }
 }

@@ -90,16 +90,33 @@ where
         + 'static,
     K::DynamicType: Eq + Hash + Clone,
 {
+    watch_into_with(ctx, resource, watcher::Config::default(), prune, wake)
+}
+
+/// [`watch_into`] with a watcher configuration (selectors).
+pub fn watch_into_with<K>(
+    ctx: &Context,
+    resource: &'static str,
+    config: watcher::Config,
+    prune: impl FnMut(&mut K) + Send + 'static,
+    wake: Vec<Arc<Notify>>,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + StandIn
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
     let (store, writer) = reflector::store::<K>();
-    let stream = guarded_watch::<K>(
-        &ctx.cluster,
-        watcher::Config::default(),
-        resource,
-        ctx.metrics.clone(),
-    )
-    .default_backoff()
-    .modify(prune)
-    .reflect(writer);
+    let stream = guarded_watch::<K>(&ctx.cluster, config, resource, ctx.metrics.clone())
+        .default_backoff()
+        .modify(prune)
+        .reflect(writer);
     let task = tokio::spawn(run_watch(resource, stream, wake, ctx.metrics.clone()));
     (store, task)
 }
@@ -129,7 +146,9 @@ stand_in_by_default!(
     k8s_openapi::api::apps::v1::ReplicaSet,
     k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
     k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
-    k8s_openapi::api::core::v1::PersistentVolumeClaim
+    k8s_openapi::api::core::v1::PersistentVolumeClaim,
+    k8s_openapi::api::core::v1::ConfigMap,
+    k8s_openapi::api::core::v1::Secret
 );
 
 impl StandIn for CachedPod {
@@ -149,6 +168,16 @@ impl StandIn for ContainerRecreateRequest {
 }
 
 impl StandIn for relaunch_api::ScaleDown {
+    fn stand_in(metadata: ObjectMeta) -> Self {
+        Self {
+            metadata,
+            spec: Default::default(),
+            status: None,
+        }
+    }
+}
+
+impl StandIn for relaunch_api::Drain {
     fn stand_in(metadata: ObjectMeta) -> Self {
         Self {
             metadata,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
@@ -17,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use relaunch_api::{ContainerRecreateRequest, LABEL_POD_UID, RollingRestart};
+use relaunch_api::{ContainerRecreateRequest, LABEL_POD_UID, RollingRestart, WorkloadKind};
 
 use crate::error::ClusterError;
 use crate::pods::PodFacts;
@@ -243,6 +244,47 @@ impl Cluster {
         }
     }
 
+    /// Sets annotation `key` of workload `kind` `namespace/name` to `value` (a merge patch of
+    /// that one annotation; nothing else of the workload is touched).
+    pub async fn annotate_workload(
+        &self,
+        kind: &WorkloadKind,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), ClusterError> {
+        self.may_write()?;
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        let params = PatchParams::default();
+        let patch = Patch::Merge(&patch);
+        let client = self.client.clone();
+        match kind {
+            WorkloadKind::StatefulSet => {
+                Api::<StatefulSet>::namespaced(client, namespace)
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            WorkloadKind::Deployment => {
+                Api::<Deployment>::namespaced(client, namespace)
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            WorkloadKind::DaemonSet => {
+                Api::<DaemonSet>::namespaced(client, namespace)
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            WorkloadKind::ReplicaSet => {
+                Api::<ReplicaSet>::namespaced(client, namespace)
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            WorkloadKind::Unknown(_) => {}
+        }
+        Ok(())
+    }
+
     /// Sets the rollout's `spec.strategy.paused`: the switch a user flips, so resuming is the
     /// user's ordinary unpause.
     pub async fn pause_rollout(&self, rollout: &RollingRestart) -> Result<(), ClusterError> {
@@ -384,7 +426,7 @@ impl Cluster {
                     reason: event.reason.into(),
                     note: Some(event.note()),
                     action: event.reason.into(),
-                    secondary: None,
+                    secondary: event.related.clone(),
                 };
                 for target in &targets {
                     if let Err(e) = recorder.publish(&published, target).await {

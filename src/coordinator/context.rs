@@ -69,6 +69,8 @@ pub struct Context {
     pub tokens: Arc<TokenCache>,
     /// Whether exec actions may be admitted (the exec admission policies are installed).
     pub exec_policy: Arc<ExecPolicyGate>,
+    /// The pods ScaleDowns are decommissioning: not restarted in place meanwhile.
+    pub leaving: Arc<crate::scaledown::leaving::LeavingPods>,
 }
 
 impl Context {
@@ -85,6 +87,7 @@ impl Context {
             heartbeats: Arc::new(Heartbeats::new(settings.agent_timeout)),
             tokens: Arc::new(TokenCache::new(settings.token_cache_ttl, 100_000)),
             exec_policy: Arc::new(ExecPolicyGate::default()),
+            leaving: Default::default(),
             settings,
         }))
     }
@@ -99,6 +102,7 @@ impl Context {
             heartbeats: self.heartbeats.clone(),
             tokens: self.tokens.clone(),
             exec_policy: self.exec_policy.clone(),
+            leaving: self.leaving.clone(),
         })
     }
 }

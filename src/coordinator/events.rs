@@ -1,6 +1,7 @@
 //! The Events the coordinator records, as plain values: what each one says is decided here, in
 //! pure code; [`crate::cluster::Cluster`] publishes them.
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::ResourceExt;
 
 use relaunch_api::{
@@ -15,7 +16,7 @@ pub const MAX_MESSAGE_BYTES: usize = 1000;
 
 /// A Kubernetes Event the coordinator records: on a request and its pod, or on a rollout or
 /// workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// A Warning Event (else Normal).
     pub warning: bool,
@@ -23,6 +24,9 @@ pub struct Event {
     pub reason: &'static str,
     /// What happened; cut to [`MAX_MESSAGE_BYTES`] when published.
     pub message: String,
+    /// A second object the Event is about (its `related`): Events on one object with the same
+    /// reason but another related object are told apart, not folded into one series.
+    pub related: Option<ObjectReference>,
 }
 
 impl Event {
@@ -32,6 +36,15 @@ impl Event {
             warning: false,
             reason,
             message: message.into(),
+            related: None,
+        }
+    }
+
+    /// The same Event, about `related` too.
+    pub fn related_to(self, related: ObjectReference) -> Self {
+        Self {
+            related: Some(related),
+            ..self
         }
     }
 
@@ -41,6 +54,7 @@ impl Event {
             warning: true,
             reason,
             message: message.into(),
+            related: None,
         }
     }
 

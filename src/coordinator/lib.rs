@@ -14,6 +14,7 @@ pub mod admission;
 pub mod caches;
 pub mod cluster;
 pub mod context;
+pub mod drain;
 pub mod error;
 pub mod error_policy;
 pub mod events;
@@ -25,6 +26,7 @@ pub mod merge;
 pub mod metrics;
 pub mod pods;
 pub mod readiness;
+pub mod reload;
 pub mod report_api;
 pub mod request_controller;
 pub mod rollout;
@@ -117,12 +119,14 @@ async fn run_leading(
     // One pruned pod cache and one request cache, filled by one watch each, serve both.
     let (crr_wake, rollout_wake) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let scaledown_wake = Arc::new(Notify::new());
+    let drain_wake = Arc::new(Notify::new());
     let (caches, watches) = caches::watch_shared(
         &ctx,
         vec![
             crr_wake.clone(),
             rollout_wake.clone(),
             scaledown_wake.clone(),
+            drain_wake.clone(),
         ],
     );
     // Aborted when this returns or is itself aborted.
@@ -155,6 +159,11 @@ async fn run_leading(
                 stop.clone(),
             )
             .await;
+            stop.cancel();
+            r
+        },
+        async {
+            let r = drain::run(ctx.clone(), caches.pods.clone(), drain_wake, stop.clone()).await;
             stop.cancel();
             r
         },

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub rollouts: RolloutMetrics,
     /// The `relaunch_scaledown_*` metrics.
     pub scaledowns: crate::scaledown::ScaleDownMetrics,
+    /// The `relaunch_reload_*` metrics.
+    pub reload: crate::reload::ReloadMetrics,
+    /// The `relaunch_scaledown_drain*` metrics.
+    pub drains: crate::drain::DrainMetrics,
 }
 
 impl Metrics {
@@ -79,6 +83,8 @@ impl Metrics {
             errors,
             rollouts: RolloutMetrics::register(registry)?,
             scaledowns: crate::scaledown::ScaleDownMetrics::register(registry)?,
+            reload: crate::reload::ReloadMetrics::register(registry)?,
+            drains: crate::drain::DrainMetrics::register(registry)?,
         })
     }
 }

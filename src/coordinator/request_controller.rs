@@ -188,7 +188,13 @@ impl RequestController {
         for crr in all {
             let uid = crr.uid().unwrap_or_default();
             let pod = self.pod_of(crr);
-            let action = if crr.status.is_none() {
+            let action = if held_by_scaledown(crr, pod.as_deref(), &self.ctx.leaving) {
+                // Not admitted (so no agent acts on it) while a ScaleDown decommissions the
+                // pod: the pod either leaves (admission then fails the request: pod gone) or
+                // stays (a cancel), and the request runs.
+                next = next.min(Duration::from_secs(2));
+                continue;
+            } else if crr.status.is_none() {
                 Action::Admit(crr.clone())
             } else {
                 let observed = Observed {
@@ -264,6 +270,18 @@ impl RequestController {
         self.pods
             .get(&ObjectRef::new(&crr.spec.pod_name).within(&ns))
     }
+}
+
+/// Whether `crr` is not admitted yet and its pod is one a ScaleDown is decommissioning.
+pub fn held_by_scaledown(
+    crr: &ContainerRecreateRequest,
+    pod: Option<&CachedPod>,
+    leaving: &crate::scaledown::leaving::LeavingPods,
+) -> bool {
+    crr.status.is_none()
+        && pod
+            .and_then(|p| p.uid())
+            .is_some_and(|uid| leaving.held_by(&uid).is_some())
 }
 
 /// Applies one action through the cluster adapter.
@@ -515,6 +533,32 @@ async fn pod_still_there(ctx: &Context, crr: &ContainerRecreateRequest) -> bool 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_request_for_a_pod_a_scaledown_holds_is_not_admitted() {
+        let leaving = crate::scaledown::leaving::LeavingPods::default();
+        let pod: CachedPod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db-2", "namespace": "default", "uid": "uid-2"},
+        }))
+        .unwrap();
+        let crr = ContainerRecreateRequest::new(
+            "r",
+            relaunch_api::ContainerRecreateRequestSpec {
+                pod_name: "db-2".into(),
+                ..Default::default()
+            },
+        );
+        assert!(!held_by_scaledown(&crr, Some(&pod), &leaving));
+        leaving.set(HashMap::from([("uid-2".into(), "default/sd".into())]));
+        assert!(held_by_scaledown(&crr, Some(&pod), &leaving));
+        assert!(
+            !held_by_scaledown(&crr, None, &leaving),
+            "pod gone: admission fails it"
+        );
+        let mut admitted = crr.clone();
+        admitted.status = Some(Default::default());
+        assert!(!held_by_scaledown(&admitted, Some(&pod), &leaving));
+    }
     use super::*;
     use crate::pods::CachedPod;
     use k8s_openapi::api::core::v1::Pod;

@@ -328,7 +328,8 @@ impl RuntimeClient {
     }
 
     /// Stops container `id`: the runtime sends its stop signal once, waits `grace` (rounded up to
-    /// whole seconds) and then SIGKILLs. Succeeds for a container that already exited. The gRPC
+    /// whole seconds) and then SIGKILLs. Succeeds for a container that already exited, also when
+    /// it exited while being stopped and the runtime answered the stop with an error. The gRPC
     /// deadline is `grace` plus [`STOP_DEADLINE_MARGIN`] so the SIGKILL is never lost.
     pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), CriError> {
         let seconds = whole_seconds(grace);
@@ -337,11 +338,22 @@ impl RuntimeClient {
             timeout: seconds as i64,
         };
         let deadline = Duration::from_secs(seconds) + STOP_DEADLINE_MARGIN;
-        self.call("StopContainer", id, deadline, |mut c| async move {
-            c.stop_container(request).await
-        })
-        .await?;
-        Ok(())
+        let stopped = self
+            .call("StopContainer", id, deadline, |mut c| async move {
+                c.stop_container(request).await
+            })
+            .await;
+        match stopped {
+            Ok(_) => Ok(()),
+            Err(e @ CriError::NotFound { .. }) => Err(e),
+            // A task that exits while containerd stops it (the application finishing its own
+            // shutdown, say) can take its shim down mid-call: the stop fails with `ttrpc: closed`
+            // although the container stopped. What counts is the container's state afterwards.
+            Err(e) => match self.container_status(id).await {
+                Ok(details) if details.state == ContainerState::Exited => Ok(()),
+                _ => Err(e),
+            },
+        }
     }
 
     /// Runs one instrumented CRI call bounded by `deadline`, turning failures into [`CriError`].

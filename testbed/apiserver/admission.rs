@@ -161,6 +161,17 @@ impl RequestAdmission<'_> {
         self.run_policies(Some(body), None)
     }
 
+    /// ValidatingAdmissionPolicies for an update through a subresource whose object is not the
+    /// resource itself (the `scale` subresource: `object` and `oldObject` are Scales, carrying
+    /// only name, namespace, UID, resourceVersion and creation time as upstream's do).
+    pub fn admit_subresource_update(
+        &mut self,
+        object: &Value,
+        old: &Value,
+    ) -> Result<(), ApiError> {
+        self.run_policies(Some(object), Some(old))
+    }
+
     /// The resource's own validation: schema and CEL rules of custom resources, compiling rules
     /// of CRDs, readable RBAC objects.
     fn validate(&mut self, object: &Value, old: Option<&Value>) -> Result<(), ApiError> {

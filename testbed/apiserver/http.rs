@@ -365,7 +365,7 @@ async fn dispatch(
         return Err(ApiError::not_found_path(sub));
     }
     if target.subresource.as_deref() == Some("scale") {
-        return scale(shared, method, target, body, content_type);
+        return scale(shared, method, target, body, content_type, admission);
     }
     match (method, target.name.as_deref()) {
         (&Method::GET, None) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
@@ -455,6 +455,7 @@ fn scale(
     target: &Target,
     body: &Bytes,
     content_type: &str,
+    admission: &mut RequestAdmission<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let rt = &target.rt;
     let ns = target.namespace.as_deref();
@@ -502,6 +503,13 @@ fn scale(
                 "spec.replicas: Invalid value: must be greater than or equal to 0",
             )
         })?;
+    // Admission sees the Scales (upstream's admission chain runs on the subresource's object).
+    let mut admitted = to_scale(&current);
+    admitted["spec"]["replicas"] = json!(replicas);
+    admission.admit_subresource_update(&admitted, &to_scale(&current))?;
+    if admission.dry_run {
+        return Ok(json_response(StatusCode::OK, &admitted));
+    }
     let patch = json!({"metadata": {"resourceVersion": desired["metadata"]["resourceVersion"]}, "spec": {"replicas": replicas}});
     let updated = shared.store.patch(
         rt,

@@ -56,6 +56,10 @@ enum Command {
         /// Deploy relaunch from its images through manifests/base first (see `up --deploy`).
         #[arg(long)]
         deploy: bool,
+        /// Run in this directory and keep it afterwards (the pod, kubelet and relaunch logs)
+        /// instead of a temporary directory removed at the end.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -74,7 +78,8 @@ async fn main() -> ExitCode {
             nodes,
             port,
             deploy,
-        } => demo(nodes, port, deploy).await,
+            dir,
+        } => demo(nodes, port, deploy, dir).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,11 +148,12 @@ const DEMO_STORE: &str = include_str!("../../examples/demo-store.yaml");
 /// The host directory the demo store's members exchange keys through (examples/demo-store.yaml).
 const DEMO_EXCHANGE: &str = "/tmp/relaunch-demo-exchange";
 
-async fn demo(nodes: usize, port: u16, deploy: bool) -> Result<(), String> {
-    let dir = tempfile::Builder::new()
+async fn demo(nodes: usize, port: u16, deploy: bool, keep: Option<PathBuf>) -> Result<(), String> {
+    let temporary = tempfile::Builder::new()
         .prefix("relaunch-sandbox-demo-")
         .tempdir()
         .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let dir = keep.unwrap_or_else(|| temporary.path().to_path_buf());
     if deploy {
         println!(
             "== starting the sandbox: containerd, test API server, {nodes} simulated nodes; relaunch from its images through kubectl apply -k manifests/base (agent DaemonSet, coordinator Deployment)"
@@ -158,7 +164,7 @@ async fn demo(nodes: usize, port: u16, deploy: bool) -> Result<(), String> {
         );
     }
     let started = Instant::now();
-    let config = config(dir.path().to_path_buf(), nodes, port, deploy)?;
+    let config = config(dir.clone(), nodes, port, deploy)?;
     let sandbox = Sandbox::start(config).await.map_err(|e| e.to_string())?;
     println!(
         "   up in {:.1}s; API server {}",
@@ -470,10 +476,14 @@ async fn scale_down_demo(sandbox: &Sandbox, client: &kube::Client) -> Result<(),
     if sandbox.image_size().is_some() {
         // Deployed, each simulated node has its own filesystem for hostPath volumes (as real
         // nodes do), and the store's members exchange keys through a host directory: keep
-        // them on one node.
+        // them on one node: the first (the sandbox names its nodes node-1, node-2, ...).
+        let node = sandbox
+            .nodes
+            .first()
+            .map(|n| n.name.clone())
+            .ok_or("the sandbox has no nodes")?;
         if let Some(spec) = set.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
-            spec.node_selector =
-                Some([("kubernetes.io/hostname".to_string(), "node-0".to_string())].into());
+            spec.node_selector = Some([("kubernetes.io/hostname".to_string(), node)].into());
         }
     }
     let scaledown: ScaleDown =

@@ -1,14 +1,18 @@
 //! The scheduler: binds each pending pod to a ready, schedulable node that matches the pod's
-//! `nodeSelector` and required node affinity and whose taints it tolerates, preferring the node
-//! running the fewest pods. Binding goes through `pods/binding`, as kube-scheduler's does; a pod
+//! `nodeSelector` and required node affinity, whose taints it tolerates and where its ports are
+//! free, preferring the node running the fewest pods. Binding goes through `pods/binding`, as kube-scheduler's does; a pod
 //! that fits nowhere gets `PodScheduled=False` with reason `Unschedulable` and is tried again
 //! later.
+//!
+//! Ports: the sandbox's pods share their node's network (its loopback address), as host-network
+//! pods do, so every port a container declares is a host port (kube-scheduler's NodePorts
+//! filter, which for a host-network pod checks its container ports the same way).
 //!
 //! Not modelled: preferred node affinity, pod (anti-)affinity, topology spread, resource fit,
 //! preemption.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
@@ -47,9 +51,25 @@ pub fn needs_scheduling(pod: &Pod) -> bool {
     unbound && ours && pod.metadata.deletion_timestamp.is_none() && !is_terminated(pod)
 }
 
-/// Non-terminated pods per node name.
-pub fn pod_counts(pods: &[Pod]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
+/// What is placed on one node: its non-terminated pods and the host ports they hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeLoad {
+    pub pods: usize,
+    /// (protocol, port) pairs.
+    pub ports: BTreeSet<(String, i32)>,
+}
+
+impl NodeLoad {
+    /// Counts `pod` on this node.
+    pub fn add(&mut self, pod: &Pod) {
+        self.pods += 1;
+        self.ports.extend(host_ports(pod));
+    }
+}
+
+/// The load of every node that runs a non-terminated pod, by node name.
+pub fn node_loads(pods: &[Pod]) -> BTreeMap<String, NodeLoad> {
+    let mut loads: BTreeMap<String, NodeLoad> = BTreeMap::new();
     for pod in pods.iter().filter(|p| !is_terminated(p)) {
         let node = pod
             .spec
@@ -57,29 +77,52 @@ pub fn pod_counts(pods: &[Pod]) -> BTreeMap<String, usize> {
             .and_then(|s| s.node_name.as_deref())
             .unwrap_or_default();
         if !node.is_empty() {
-            *counts.entry(node.to_string()).or_insert(0) += 1;
+            loads.entry(node.to_string()).or_default().add(pod);
         }
     }
-    counts
+    loads
+}
+
+/// The ports `pod` holds on its node: every port its containers and init containers declare
+/// (its `hostPort`, else its `containerPort`), since sandbox pods share the node's network.
+fn host_ports(pod: &Pod) -> impl Iterator<Item = (String, i32)> + '_ {
+    let spec = pod.spec.as_ref();
+    spec.map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .chain(
+            spec.and_then(|s| s.init_containers.as_deref())
+                .unwrap_or_default(),
+        )
+        .flat_map(|c| c.ports.as_deref().unwrap_or_default())
+        .map(|p| {
+            let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            (
+                protocol,
+                p.host_port.filter(|&h| h > 0).unwrap_or(p.container_port),
+            )
+        })
 }
 
 /// The node `pod` should run on: among nodes that are Ready, schedulable (or tolerated), match
-/// its `nodeSelector` and whose NoSchedule/NoExecute taints it tolerates, the one with the fewest
-/// pods, ties broken by name.
+/// its `nodeSelector`, whose NoSchedule/NoExecute taints it tolerates and where none of its ports
+/// is taken, the one with the fewest pods, ties broken by name.
 pub fn pick_node(
     pod: &Pod,
     nodes: &[Node],
-    pod_counts: &BTreeMap<String, usize>,
+    loads: &BTreeMap<String, NodeLoad>,
 ) -> Result<String, Unschedulable> {
+    let idle = NodeLoad::default();
     let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut feasible: Vec<(usize, String)> = Vec::new();
     for node in nodes {
         let Some(name) = node.metadata.name.clone() else {
             continue;
         };
-        match unfit_reason(pod, node) {
+        let load = loads.get(&name).unwrap_or(&idle);
+        match unfit_reason(pod, node, load) {
             Some(reason) => *reasons.entry(reason).or_insert(0) += 1,
-            None => feasible.push((pod_counts.get(&name).copied().unwrap_or(0), name)),
+            None => feasible.push((load.pods, name)),
         }
     }
     if let Some((_, name)) = feasible.into_iter().min() {
@@ -101,7 +144,7 @@ pub fn pick_node(
     Err(Unschedulable { message })
 }
 
-fn unfit_reason(pod: &Pod, node: &Node) -> Option<&'static str> {
+fn unfit_reason(pod: &Pod, node: &Node, load: &NodeLoad) -> Option<&'static str> {
     let spec = pod.spec.as_ref();
     let tolerations = spec
         .and_then(|s| s.tolerations.as_deref())
@@ -135,6 +178,9 @@ fn unfit_reason(pod: &Pod, node: &Node) -> Option<&'static str> {
         .any(|taint| !tolerations.iter().any(|t| tolerates(t, taint)));
     if untolerated {
         return Some("node(s) had untolerated taint");
+    }
+    if host_ports(pod).any(|port| load.ports.contains(&port)) {
+        return Some("node(s) didn't have free ports for the requested pod ports");
     }
     None
 }
@@ -242,10 +288,12 @@ impl Scheduler {
     pub(super) async fn schedule_pending(&self) -> bool {
         let pods: Vec<Pod> = self.pods.state().iter().map(|p| Pod::clone(p)).collect();
         let nodes: Vec<Node> = self.nodes.state().iter().map(|n| Node::clone(n)).collect();
-        let mut counts = pod_counts(&pods);
+        let mut loads = node_loads(&pods);
         let mut assumed = self.take_assumed(&pods);
-        for (node, _) in assumed.values() {
-            *counts.entry(node.clone()).or_insert(0) += 1;
+        for (uid, (node, _)) in &assumed {
+            if let Some(pod) = pods.iter().find(|p| p.metadata.uid.as_ref() == Some(uid)) {
+                loads.entry(node.clone()).or_default().add(pod);
+            }
         }
 
         let mut pending: Vec<&Pod> = pods
@@ -266,11 +314,11 @@ impl Scheduler {
         let mut healthy = true;
         for pod in pending {
             let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-            match pick_node(pod, &nodes, &counts) {
+            match pick_node(pod, &nodes, &loads) {
                 Ok(node) => match self.bind(pod, &node).await {
                     Ok(()) => {
                         info!(pod = %key, %node, "bound");
-                        *counts.entry(node.clone()).or_insert(0) += 1;
+                        loads.entry(node.clone()).or_default().add(pod);
                         if let Some(uid) = pod.uid() {
                             assumed.insert(uid, (node, Instant::now()));
                         }
@@ -407,8 +455,26 @@ mod tests {
         pod
     }
 
-    fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
-        pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+    fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, NodeLoad> {
+        pairs
+            .iter()
+            .map(|(n, c)| {
+                let load = NodeLoad {
+                    pods: *c,
+                    ..Default::default()
+                };
+                (n.to_string(), load)
+            })
+            .collect()
+    }
+
+    fn with_port(mut pod: Pod, port: i32) -> Pod {
+        let container = serde_json::from_value(serde_json::json!(
+            {"name": "c", "ports": [{"containerPort": port}]}
+        ))
+        .unwrap();
+        pod.spec.get_or_insert_default().containers.push(container);
+        pod
     }
 
     #[test]
@@ -430,11 +496,12 @@ mod tests {
     #[test]
     fn spreads_pods_evenly_when_counts_are_updated_after_each_binding() {
         let nodes = [node("a"), node("b")];
-        let mut counts = BTreeMap::new();
+        let mut loads: BTreeMap<String, NodeLoad> = BTreeMap::new();
         let mut placed = Vec::new();
         for i in 0..4 {
-            let node = pick_node(&pod(&format!("p{i}")), &nodes, &counts).unwrap();
-            *counts.entry(node.clone()).or_insert(0) += 1;
+            let pod = pod(&format!("p{i}"));
+            let node = pick_node(&pod, &nodes, &loads).unwrap();
+            loads.entry(node.clone()).or_default().add(&pod);
             placed.push(node);
         }
         assert_eq!(placed, ["a", "b", "a", "b"]);
@@ -569,7 +636,37 @@ mod tests {
             failed,
             pod("x"),
         ];
-        assert_eq!(pod_counts(&pods), counts(&[("a", 2), ("b", 1)]));
+        assert_eq!(node_loads(&pods), counts(&[("a", 2), ("b", 1)]));
+    }
+
+    #[test]
+    fn a_port_is_taken_by_a_running_or_terminating_pod_and_free_again_once_it_finished() {
+        let nodes = [node("a"), node("b")];
+        let mut terminating = on(with_port(pod("old"), 8443), "a");
+        terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let pods = [terminating.clone(), on(with_port(pod("other"), 8443), "b")];
+        let replacement = with_port(pod("new"), 8443);
+        assert_eq!(
+            pick_node(&replacement, &nodes, &node_loads(&pods)),
+            Err(Unschedulable {
+                message: "0/2 nodes are available: 2 node(s) didn't have free ports for the \
+                          requested pod ports."
+                    .into()
+            })
+        );
+        // Another port fits; the node with fewer pods wins as before.
+        let elsewhere = with_port(pod("web"), 8080);
+        let busier_a = [terminating.clone(), on(pod("x"), "a"), pods[1].clone()];
+        assert_eq!(
+            pick_node(&elsewhere, &nodes, &node_loads(&busier_a)),
+            Ok("b".to_string())
+        );
+        terminating.status.as_mut().unwrap().phase = Some("Failed".into());
+        let pods = [terminating, pods[1].clone()];
+        assert_eq!(
+            pick_node(&replacement, &nodes, &node_loads(&pods)),
+            Ok("a".to_string())
+        );
     }
 
     #[test]

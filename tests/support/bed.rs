@@ -228,12 +228,34 @@ impl Bed {
 
     /// Waits until rollout `name` has Succeeded or Failed.
     pub async fn rollout_finished(&self, name: &str, timeout: Duration) -> RollingRestartStatus {
-        eventually(&format!("rollout {name} to finish"), timeout, || async {
+        let finished = eventually(&format!("rollout {name} to finish"), timeout, || async {
             let status = self.rollouts().get(name).await.ok()?.status?;
             matches!(status.phase, RolloutPhase::Succeeded | RolloutPhase::Failed).then_some(status)
         })
-        .await
-        .unwrap_or_else(|e| panic!("{e}; coordinator log:\n{}", self.coordinator_log()))
+        .await;
+        match finished {
+            Ok(status) => status,
+            Err(e) => {
+                let status = self.rollouts().get(name).await.ok().and_then(|r| r.status);
+                let requests: Vec<String> = self
+                    .requests_of(name)
+                    .await
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}: {:?}",
+                            r.metadata.name.as_deref().unwrap_or(""),
+                            r.status
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "{e}; rollout status: {status:?}\nits requests:\n{}\ncoordinator log:\n{}",
+                    requests.join("\n"),
+                    self.coordinator_log()
+                )
+            }
+        }
     }
 
     /// The requests rollout `rollout` created.
@@ -284,10 +306,41 @@ impl Bed {
 
     /// The last 40 lines of the coordinator's log, for failure messages.
     pub fn coordinator_log(&self) -> String {
-        let log =
-            std::fs::read_to_string(self.dir().join("coordinator").join("log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        let tail = |log: &str| {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        if let Ok(log) = std::fs::read_to_string(self.dir().join("coordinator").join("log")) {
+            return tail(&log);
+        }
+        // Deployed: each coordinator pod's container logs, as the kubelet simulator writes them
+        // (`nodes/<node>/log/pods/<namespace>_<pod>_<uid>/<container>/<restart>.log`).
+        let mut logs = Vec::new();
+        let prefix = format!("{RELAUNCH_NAMESPACE}_relaunch-coordinator-");
+        for pod_dir in subdirectories(&self.dir().join("nodes"))
+            .iter()
+            .flat_map(|node| subdirectories(&node.join("log").join("pods")))
+            .filter(|dir| {
+                dir.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+        {
+            for container in subdirectories(&pod_dir) {
+                for entry in std::fs::read_dir(&container)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                    logs.push(format!(
+                        "==> {} <==\n{}",
+                        entry.path().display(),
+                        tail(&log)
+                    ));
+                }
+            }
+        }
+        logs.join("\n")
     }
 
     /// Stops relaunch, the kubelets and the controllers, removes every container and stops
@@ -313,4 +366,15 @@ impl Bed {
             refused.join("\n")
         );
     }
+}
+
+/// The directories in `dir`; none if it cannot be read.
+fn subdirectories(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir())
+        .collect()
 }

@@ -2,12 +2,12 @@
 //! at the version the decision was taken on) and deleting a claim (only with its UID).
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use relaunch_api::{ClaimRef, ScaleDown};
+use relaunch_api::{ClaimRef, Drain, ScaleDown};
 
 use super::Cluster;
 use crate::error::ClusterError;
@@ -59,6 +59,58 @@ impl Cluster {
         };
         let api = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace);
         match api.delete(&claim.name, &params).await {
+            Ok(_) => Ok(()),
+            Err(e) => match ClusterError::from(e) {
+                ClusterError::NotFound(_) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// The API client (for namespaced APIs of the drain controller).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// Creates the Drain record; one that exists already counts as created.
+    pub async fn create_drain(&self, api: &Api<Drain>, drain: &Drain) -> Result<(), ClusterError> {
+        self.may_write()?;
+        match api.create(&kube::api::PostParams::default(), drain).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates a drain pod; false if a pod of that name exists already.
+    pub async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<bool, ClusterError> {
+        self.may_write()?;
+        let api = Api::<Pod>::namespaced(self.client.clone(), namespace);
+        match api.create(&kube::api::PostParams::default(), pod).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes pod `name` in `namespace`, only if it still has `uid`; one that is gone counts
+    /// as deleted.
+    pub async fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<(), ClusterError> {
+        self.may_write()?;
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        let api = Api::<Pod>::namespaced(self.client.clone(), namespace);
+        match api.delete(name, &params).await {
             Ok(_) => Ok(()),
             Err(e) => match ClusterError::from(e) {
                 ClusterError::NotFound(_) => Ok(()),

@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec, StatefulSet,
     StatefulSetSpec,
 };
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -30,12 +31,13 @@ use relaunch_api::{
 };
 
 use super::reconcile::{self, Action, Batch, Observed, Workload, describe};
-use crate::caches::{Caches, WatchTasks, watch_into};
+use crate::caches::{Caches, WatchTasks, watch_into, watch_into_with};
 use crate::context::Context;
 use crate::error::{ClusterError, CoordinatorError};
 use crate::error_policy::{Retry, error_policy};
 use crate::metrics::RolloutGauges;
 use crate::pods::CachedPod;
+use crate::reload::{self, ReloadWorkload, Reloader, TemplateField};
 
 /// Longest sleep between passes (readiness ages, minReadySeconds).
 const MAX_IDLE: Duration = Duration::from_secs(5);
@@ -59,6 +61,9 @@ struct Stores {
     deployments: Store<Deployment>,
     daemonsets: Store<DaemonSet>,
     replicasets: Store<ReplicaSet>,
+    /// Metadata and content hash only (see [`crate::reload`]).
+    config_maps: Store<ConfigMap>,
+    secrets: Store<Secret>,
 }
 
 impl Stores {
@@ -73,20 +78,25 @@ impl Stores {
             self.deployments.wait_until_ready(),
             self.daemonsets.wait_until_ready(),
             self.replicasets.wait_until_ready(),
+            self.config_maps.wait_until_ready(),
+            self.secrets.wait_until_ready(),
         )
         .map(|_| ())
     }
 }
 
-/// Keeps only what the trigger and the target lookup read of a workload: identity, owners, the
-/// `relaunch.dev/` annotations and the selector.
+/// Keeps only what the triggers and the target lookup read of a workload: identity, owners, the
+/// `relaunch.dev/` and Reloader annotations, the selector, and for a workload opted in to
+/// restarts on configuration changes what its pod template references (see
+/// [`crate::reload::prune_template`]).
 fn prune_workload<K: Resource>(object: &mut K, keep_selector: impl FnOnce(&mut K)) {
     let meta = object.meta_mut();
     meta.managed_fields = None;
     meta.labels = None;
     meta.finalizers = None;
     if let Some(annotations) = &mut meta.annotations {
-        annotations.retain(|k, _| k.starts_with("relaunch.dev/"));
+        annotations
+            .retain(|k, _| k.starts_with("relaunch.dev/") || k.contains("reloader.stakater.com/"));
     }
     keep_selector(object);
 }
@@ -115,8 +125,10 @@ fn watch_stores(
                 |o: &mut $kind| {
                     prune_workload(o, |o| {
                         o.status = None;
+                        let annotations = o.metadata.annotations.as_ref();
                         o.spec = o.spec.take().map(|s| $spec {
                             selector: s.selector,
+                            template: s.template.pruned(annotations),
                             ..Default::default()
                         });
                     })
@@ -144,6 +156,19 @@ fn watch_stores(
         deployments: watch!(workload!(Deployment, "deployments", DeploymentSpec)),
         daemonsets: watch!(workload!(DaemonSet, "daemonsets", DaemonSetSpec)),
         replicasets: watch!(workload!(ReplicaSet, "replicasets", ReplicaSetSpec)),
+        config_maps: watch!(watch_into(
+            ctx,
+            "configmaps",
+            reload::prune_config_map,
+            wake(),
+        )),
+        secrets: watch!(watch_into_with(
+            ctx,
+            "secrets",
+            reload::secrets_watched(),
+            reload::prune_secret,
+            wake(),
+        )),
     };
     (stores, tasks)
 }
@@ -164,6 +189,7 @@ pub async fn run(
         r = stores.ready() => Some(r),
     };
     let metrics = ctx.metrics.rollouts.clone();
+    let reload_metrics = ctx.metrics.reload.clone();
     let outcome = match result {
         None => Ok(()),
         Some(Err(_)) => Err(CoordinatorError::ControllersStopped),
@@ -175,6 +201,7 @@ pub async fn run(
                 told_refusals: HashSet::new(),
                 status_written: HashMap::new(),
                 due: None,
+                reloader: Reloader::default(),
             };
             let mut wake = Duration::ZERO;
             loop {
@@ -197,6 +224,7 @@ pub async fn run(
     drop(tasks);
     // A replica that stopped leading reports nothing about rollouts it no longer drives.
     metrics.clear();
+    reload_metrics.clear();
     outcome
 }
 
@@ -213,12 +241,15 @@ struct RolloutController {
     status_written: HashMap<String, (Instant, String)>,
     /// How soon a pass is due for a status write held back or a retry (none: nothing is).
     due: Option<Duration>,
+    /// The configuration-change trigger's memory.
+    reloader: Reloader,
 }
 
 impl RolloutController {
     /// Runs the trigger, reconciles every rollout neither Succeeded nor Failed, shows the gauges.
     async fn reconcile_all(&mut self) {
         self.trigger().await;
+        self.reload().await;
         let mut gauges = RolloutGauges::default();
         for rollout in self.stores.rollouts.state() {
             let phase = rollout.status.as_ref().map(|s| s.phase);
@@ -316,6 +347,7 @@ impl RolloutController {
                 .collect(),
             requests,
             others,
+            leaving: self.ctx.leaving.uids(),
             settling,
             behind_own_write: written.is_some_and(|(at, rv)| {
                 Some(rv) == rollout.resource_version().as_ref() && at.elapsed() < OWN_WRITE_SETTLE
@@ -447,6 +479,48 @@ impl RolloutController {
         self.due = Some(self.due.map_or(after, |d| d.min(after)));
     }
 
+    /// Starts a RollingRestart for each opted-in workload whose configuration changed.
+    async fn reload(&mut self) {
+        let opted_in = |meta: &kube::api::ObjectMeta| {
+            meta.annotations
+                .as_ref()
+                .is_some_and(relaunch_api::reload::opted_in)
+        };
+        let mut workloads = Vec::new();
+        macro_rules! collect {
+            ($store:expr, $kind:expr) => {
+                for o in $store.state().iter().filter(|o| opted_in(&o.metadata)) {
+                    // A Deployment's ReplicaSets carry its annotations; the Deployment restarts.
+                    if $kind == WorkloadKind::ReplicaSet && controlled_by_deployment(&o.metadata) {
+                        continue;
+                    }
+                    workloads.push(ReloadWorkload {
+                        kind: $kind,
+                        meta: o.metadata.clone(),
+                        spec: o.spec.as_ref().and_then(|s| s.template.pod_spec().cloned()),
+                    });
+                }
+            };
+        }
+        collect!(self.stores.statefulsets, WorkloadKind::StatefulSet);
+        collect!(self.stores.deployments, WorkloadKind::Deployment);
+        collect!(self.stores.daemonsets, WorkloadKind::DaemonSet);
+        collect!(self.stores.replicasets, WorkloadKind::ReplicaSet);
+        let due = self
+            .reloader
+            .pass(
+                &self.ctx,
+                &workloads,
+                &self.stores.config_maps,
+                &self.stores.secrets,
+                &self.stores.rollouts,
+            )
+            .await;
+        if let Some(after) = due {
+            self.due_in(after);
+        }
+    }
+
     /// Creates one RollingRestart per distinct `relaunch.dev/restart-at` token.
     async fn trigger(&mut self) {
         let workload = |kind: WorkloadKind, meta| Workload { kind, meta };
@@ -502,6 +576,14 @@ impl RolloutController {
             }
         }
     }
+}
+
+/// Whether a Deployment controls the workload (its ReplicaSets).
+fn controlled_by_deployment(meta: &kube::api::ObjectMeta) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.kind == WorkloadKind::Deployment.as_str())
 }
 
 /// The cached object `namespace/name`.

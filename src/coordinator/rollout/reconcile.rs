@@ -50,6 +50,8 @@ pub struct Observed {
     pub others: Vec<Arc<ContainerRecreateRequest>>,
     /// The PodDisruptionBudgets of the rollout's namespace.
     pub budgets: Vec<Arc<PodDisruptionBudget>>,
+    /// UIDs of the pods ScaleDowns are decommissioning: busy, never started.
+    pub leaving: std::collections::HashSet<String>,
     /// The requests of the last batch are not all in the cache yet: it cannot be planned on.
     pub settling: bool,
     /// The cache still shows the version this replica's last status write replaced: acting on
@@ -310,7 +312,8 @@ fn plan(
                 labels: pod.labels().clone(),
                 ready_seconds: state::ready_seconds(&***pod, o.now),
                 restart: state::restart_state(request),
-                busy: state::busy(&o.others, &pod.name_any(), &pod_uid),
+                busy: state::busy(&o.others, &pod.name_any(), &pod_uid)
+                    || o.leaving.contains(&pod_uid),
             }
         })
         .collect();

@@ -75,6 +75,9 @@ pub enum Write {
     Lower { from: i32, to: i32 },
     /// Delete these claims, each only if it still has its UID.
     DeleteClaims(Vec<ClaimRef>),
+    /// Delete this pod, only if it still has this UID (a scale-up kept its ordinal: the
+    /// StatefulSet recreates it).
+    DeletePod { name: String, uid: String },
 }
 
 /// What a pass does.
@@ -283,23 +286,30 @@ impl Pass<'_> {
 
     /// Notices a stall: no progress for the stall timeout (a condition and an Event, once).
     fn check_stall(&mut self) {
+        let pod = self
+            .s
+            .current
+            .as_ref()
+            .map(|c| c.pod_name.clone())
+            .unwrap_or_default();
+        let progress = self.s.progress.clone();
+        self.check_stall_with(|quiet| {
+            format!(
+                "no progress from pod {pod} for {quiet}s (last progress: {}); still waiting",
+                progress.as_deref().unwrap_or("none")
+            )
+        });
+    }
+
+    /// [`Self::check_stall`] with its own message (given the seconds without progress).
+    fn check_stall_with(&mut self, describe: impl FnOnce(u64) -> String) {
         let stall = Duration::from_secs(
             u64::try_from(self.o.scaledown.spec.stall_timeout_seconds()).unwrap_or(600),
         );
         let quiet = self.since(self.s.last_progress_time.as_ref());
         if quiet >= stall {
             if !self.s.is_true(SCALEDOWN_STALLED) {
-                let pod = self
-                    .s
-                    .current
-                    .as_ref()
-                    .map(|c| c.pod_name.clone())
-                    .unwrap_or_default();
-                let message = format!(
-                    "no progress from pod {pod} for {}s (last progress: {}); still waiting",
-                    quiet.as_secs(),
-                    self.s.progress.as_deref().unwrap_or("none")
-                );
+                let message = describe(quiet.as_secs());
                 let now = self.now();
                 set_condition(
                     &mut self.s.conditions,
@@ -588,14 +598,8 @@ fn leaving(p: &mut Pass<'_>, sts: &StatefulSetView, expected: i32, mut cur: Leav
                     p.task(ExecPurpose::Cancel, &cancel, &pod, cur.ordinal);
                     return;
                 }
-                if raised {
-                    return p.block("ReplicasChanged", format!(
-                        "{why} while pod {} was leaving and there is no cancel command; its decommission may be partly done; replicas were not lowered",
-                        cur.pod_name
-                    ));
-                }
                 let note = format!(
-                    "{why} while pod {} was leaving; there is no cancel command, so it finishes leaving first",
+                    "{why} while pod {} was leaving; there is no cancel command, so it finishes leaving first, then comes back",
                     cur.pod_name
                 );
                 if p.s.message.as_deref() != Some(note.as_str()) {
@@ -604,7 +608,7 @@ fn leaving(p: &mut Pass<'_>, sts: &StatefulSetView, expected: i32, mut cur: Leav
                     p.say(note);
                 }
             }
-            decommissioning(p, cur)
+            decommissioning(p, cur, keeps || raised)
         }
         LeavingStep::Cancelling => {
             let Some(task) = p.s.exec.clone() else {
@@ -627,7 +631,21 @@ fn leaving(p: &mut Pass<'_>, sts: &StatefulSetView, expected: i32, mut cur: Leav
             }
         }
         LeavingStep::Lowering => {
-            if sts.replicas == expected {
+            if sts.replicas > expected {
+                // Raised after the decommission: the ordinal stays; it comes back.
+                let message = format!(
+                    "StatefulSet {}'s replicas were raised to {} after pod {} was decommissioned; it comes back instead of being removed",
+                    p.name(),
+                    sts.replicas,
+                    cur.pod_name
+                );
+                p.events
+                    .push(Event::normal("ScaleUpWhileLeaving", message.clone()));
+                p.say(message);
+                cur.step = LeavingStep::Returning;
+                p.s.last_progress_time = Some(Time(now));
+                p.s.current = Some(cur);
+            } else if sts.replicas == expected {
                 p.write = Some(Write::Lower {
                     from: expected,
                     to: expected.saturating_sub(1),
@@ -653,6 +671,7 @@ fn leaving(p: &mut Pass<'_>, sts: &StatefulSetView, expected: i32, mut cur: Leav
                 p.events
                     .push(Event::normal("ReplicasLowered", message.clone()));
                 p.say(message);
+                p.s.last_progress_time = Some(Time(now));
                 p.s.current = Some(cur);
             } else {
                 p.block("ReplicasChanged", format!(
@@ -667,9 +686,16 @@ fn leaving(p: &mut Pass<'_>, sts: &StatefulSetView, expected: i32, mut cur: Leav
                     .get(&cur.ordinal)
                     .is_some_and(|pod| pod.uid == cur.pod_uid);
             if still_there {
+                // Reported, never a failure: the pod may wait for a node, a finalizer, its
+                // grace period; its ordinal is out of range and it is already decommissioned.
+                let pod = cur.pod_name.clone();
+                p.check_stall_with(|quiet| format!(
+                    "pod {pod} is still there {quiet}s after replicas were lowered (a finalizer, a long grace period, an unreachable node?); still waiting"
+                ));
                 p.requeue_in(Duration::from_secs(5));
                 return;
             }
+            p.progressed(None);
             cur.step = LeavingStep::Claims;
             let message = format!("pod {} is gone", cur.pod_name);
             set_condition(
@@ -711,18 +737,77 @@ fn leaving(p: &mut Pass<'_>, sts: &StatefulSetView, expected: i32, mut cur: Leav
                 .push(Event::normal("OrdinalRemoved", message.clone()));
             if p.s.removed.len() < relaunch_api::MAX_SCALEDOWN_STEPS {
                 p.s.removed.push(cur.ordinal);
+                p.s.removed_claims.extend(cur.claims.iter().cloned());
             }
             p.s.current = None;
             p.s.exec = None;
             p.s.progress = None;
             p.say(message);
         }
+        LeavingStep::Returning => returning(p, cur),
         LeavingStep::Unknown => {}
     }
 }
 
+/// A scale-up kept the ordinal of a pod that finished leaving (no cancel command): its claims
+/// go first (`claimPolicy: Delete`; they stay until the pod is gone, and the StatefulSet
+/// creates no pod on a claim being deleted), then the pod (UID precondition); the StatefulSet
+/// recreates it. Ends `Cancelled`: the scale-down did not happen.
+fn returning(p: &mut Pass<'_>, cur: LeavingPod) {
+    let policy = p.o.scaledown.spec.claim_policy();
+    if policy == ClaimPolicy::Delete {
+        let left: Vec<ClaimRef> = cur
+            .claims
+            .iter()
+            .filter(|c| p.o.claims.get(&c.name) == Some(&c.uid))
+            .cloned()
+            .collect();
+        if !left.is_empty() {
+            p.write = Some(Write::DeleteClaims(left));
+            return;
+        }
+    }
+    match p
+        .o
+        .pods
+        .get(&cur.ordinal)
+        .filter(|pod| pod.uid == cur.pod_uid)
+    {
+        Some(pod) if !pod.deleting => {
+            p.write = Some(Write::DeletePod {
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+            });
+        }
+        Some(_) => {
+            let pod = cur.pod_name.clone();
+            p.check_stall_with(|quiet| {
+                format!("pod {pod} is still terminating after {quiet}s; still waiting")
+            });
+            p.requeue_in(Duration::from_secs(2));
+        }
+        None => {
+            let volume = match policy {
+                ClaimPolicy::Delete => {
+                    "its claims were deleted: it comes back on a new, empty volume"
+                }
+                ClaimPolicy::Retain => {
+                    "its claims were retained: it comes back on its old volume (use claimPolicy: Delete if the application cannot rejoin with it)"
+                }
+            };
+            p.finish(
+                ScaleDownPhase::Cancelled,
+                format!(
+                    "a scale-up kept ordinal {} while pod {} was leaving and there is no cancel command: it finished leaving (decommissioned) and was deleted, so the StatefulSet recreates it; {volume}",
+                    cur.ordinal, cur.pod_name
+                ),
+            );
+        }
+    }
+}
+
 /// The decommission (and status) commands of the leaving pod.
-fn decommissioning(p: &mut Pass<'_>, mut cur: LeavingPod) {
+fn decommissioning(p: &mut Pass<'_>, mut cur: LeavingPod, stays: bool) {
     let spec = p.o.scaledown.spec.clone();
     let now = p.now();
     // The pod was replaced (a restart, an eviction): its data is on the same claims; the
@@ -833,11 +918,20 @@ fn decommissioning(p: &mut Pass<'_>, mut cur: LeavingPod) {
     };
     if decommissioned {
         cur.decommissioned = true;
-        cur.step = LeavingStep::Lowering;
+        cur.step = if stays {
+            LeavingStep::Returning
+        } else {
+            LeavingStep::Lowering
+        };
         p.s.current = Some(cur.clone());
         p.s.exec = None;
         p.progressed(None);
-        let message = format!("pod {} is decommissioned; lowering replicas", cur.pod_name);
+        let next = if stays {
+            "its ordinal stays (a scale-up): deleting it so that it comes back"
+        } else {
+            "lowering replicas"
+        };
+        let message = format!("pod {} is decommissioned; {next}", cur.pod_name);
         set_condition(
             &mut p.s.conditions,
             SCALEDOWN_DECOMMISSIONING,
@@ -883,6 +977,8 @@ mod tests {
         exec_policy: Option<ExecPolicy>,
         events: Vec<Event>,
         lowered: Vec<(i32, i32)>,
+        /// Pods deleted by a decision (pods created after one get new UIDs).
+        serial: u32,
     }
 
     impl World {
@@ -900,6 +996,7 @@ mod tests {
                 exec_policy: Some(ExecPolicy::Enforced),
                 events: Vec::new(),
                 lowered: Vec::new(),
+                serial: 0,
             };
             w.sync_pods();
             w
@@ -910,18 +1007,32 @@ mod tests {
             let replicas = self.sts.as_ref().map_or(0, |s| s.replicas);
             self.pods.retain(|o, _| *o < replicas);
             for o in 0..replicas {
-                self.pods.entry(o).or_insert_with(|| PodView {
-                    name: format!("store-{o}"),
-                    uid: format!("uid-{o}"),
-                    node: Some("n1".into()),
-                    running: true,
-                    ready: true,
-                    deleting: false,
-                    first_container: Some("app".into()),
-                });
+                let uid = match self.serial {
+                    0 => format!("uid-{o}"),
+                    n => format!("uid-{o}-{n}"),
+                };
+                if self.pods.contains_key(&o) {
+                    continue;
+                }
+                self.pods.insert(
+                    o,
+                    PodView {
+                        name: format!("store-{o}"),
+                        uid,
+                        node: Some("n1".into()),
+                        running: true,
+                        ready: true,
+                        deleting: false,
+                        first_container: Some("app".into()),
+                    },
+                );
+                let claim = match self.serial {
+                    0 => format!("claim-uid-{o}"),
+                    _ => format!("claim-uid-{o}-new"),
+                };
                 self.claims
                     .entry(format!("data-store-{o}"))
-                    .or_insert_with(|| format!("claim-uid-{o}"));
+                    .or_insert(claim);
             }
         }
 
@@ -948,6 +1059,13 @@ mod tests {
                     for c in claims {
                         assert_eq!(self.claims.remove(&c.name), Some(c.uid.clone()));
                     }
+                }
+                Some(Write::DeletePod { name, uid }) => {
+                    let (o, pod) = self.pods.iter().find(|(_, p)| &p.name == name).unwrap();
+                    assert_eq!(&pod.uid, uid);
+                    let o = *o;
+                    self.pods.remove(&o);
+                    self.serial += 1;
                 }
                 None => {}
             }
@@ -1171,7 +1289,7 @@ mod tests {
         w.run();
         w.answer(Some(0), "");
         w.pass(); // decommissioned -> Lowering
-        w.sts.as_mut().unwrap().replicas = 5;
+        w.sts.as_mut().unwrap().replicas = 1;
         w.sync_pods();
         w.run();
         assert_eq!(w.status().phase, ScaleDownPhase::Failed);
@@ -1200,8 +1318,10 @@ mod tests {
     }
 
     #[test]
-    fn without_a_cancel_command_the_leaving_pod_finishes_first() {
-        let mut w = World::new(sd(1), 3);
+    fn without_a_cancel_command_the_leaving_pod_finishes_first_then_comes_back_empty() {
+        let mut sd = sd(1);
+        sd.spec.claim_policy = Some(ClaimPolicy::Delete);
+        let mut w = World::new(sd, 3);
         w.run();
         w.sd.spec.replicas = 3;
         w.pass();
@@ -1211,10 +1331,121 @@ mod tests {
                 .unwrap()
                 .contains("finishes leaving first")
         );
+        assert!(
+            w.claims.contains_key("data-store-2"),
+            "nothing before the data moved"
+        );
         w.answer(Some(0), "");
         w.run();
-        assert_eq!(w.lowered, vec![(3, 2)]);
+        let s = w.status();
+        assert_eq!(s.phase, ScaleDownPhase::Cancelled, "{:?}", s.message);
+        assert!(s.message.unwrap().contains("new, empty volume"));
+        assert!(w.lowered.is_empty(), "replicas never lowered");
+        assert_eq!(w.sts.as_ref().unwrap().replicas, 3);
+        // The StatefulSet recreated it, on a new claim.
+        assert_eq!(w.pods[&2].uid, "uid-2-1");
+        assert_eq!(w.claims["data-store-2"], "claim-uid-2-new");
+    }
+
+    #[test]
+    fn replicas_raised_by_someone_else_while_leaving_finish_first_and_come_back() {
+        // Ordinal 1 leaves (3 -> 1, ordinal 2 already gone); someone scales the set to 3.
+        let mut w = World::new(sd(1), 3);
+        w.run();
+        w.answer(Some(0), "");
+        w.run();
+        assert_eq!(w.pending().unwrap().pod_name, "store-1");
+        w.sts.as_mut().unwrap().replicas = 3;
+        w.sync_pods();
+        w.pass();
+        assert_eq!(
+            w.status().phase,
+            ScaleDownPhase::Running,
+            "{:?}",
+            w.status().message
+        );
+        assert!(
+            w.status()
+                .message
+                .unwrap()
+                .contains("finishes leaving first")
+        );
+        w.answer(Some(0), "");
+        w.run();
+        let s = w.status();
+        assert_eq!(s.phase, ScaleDownPhase::Cancelled, "{:?}", s.message);
+        assert!(
+            s.message.unwrap().contains("old volume"),
+            "Retain keeps the claim"
+        );
+        assert_eq!(
+            w.lowered,
+            vec![(3, 2)],
+            "only the first ordinal was lowered"
+        );
+        assert_eq!(w.pods[&1].uid, "uid-1-1");
+        assert_eq!(w.claims["data-store-1"], "claim-uid-1");
+    }
+
+    #[test]
+    fn a_pod_slow_to_go_is_a_stall_not_a_failure() {
+        let mut sd = sd(2);
+        sd.spec.stall_timeout_seconds = Some(60);
+        let mut w = World::new(sd, 3);
+        w.run();
+        w.answer(Some(0), "");
+        // The StatefulSet controller does not delete store-2 (a finalizer, say).
+        for _ in 0..3 {
+            let d = decide(&Observed {
+                scaledown: &w.sd,
+                statefulset: w.sts.clone(),
+                pods: w.pods.clone(),
+                claims: w.claims.clone(),
+                exec_policy: Some(ExecPolicy::Enforced),
+                now: w.now,
+            });
+            if let Some(Write::Lower { to, .. }) = d.write {
+                w.sts.as_mut().unwrap().replicas = to;
+            }
+            if let Some(s) = d.status {
+                w.sd.status = Some(s);
+            }
+            w.events.extend(d.events);
+        }
+        assert_eq!(
+            w.status().current.unwrap().step,
+            LeavingStep::WaitingForPodGone
+        );
+        assert!(!w.status().is_true(SCALEDOWN_STALLED));
+        w.now += jiff::SignedDuration::from_secs(61);
+        let d = decide(&Observed {
+            scaledown: &w.sd,
+            statefulset: w.sts.clone(),
+            pods: w.pods.clone(),
+            claims: w.claims.clone(),
+            exec_policy: Some(ExecPolicy::Enforced),
+            now: w.now,
+        });
+        let s = d.status.unwrap();
+        assert!(s.is_true(SCALEDOWN_STALLED));
+        assert!(s.is_true(SCALEDOWN_WAITING_FOR_POD_GONE));
+        assert_eq!(s.phase, ScaleDownPhase::Running);
+        let stalled = s.condition(SCALEDOWN_STALLED).unwrap();
+        assert!(
+            stalled
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("still there 61s"),
+            "{stalled:?}"
+        );
+        assert!(d.events.iter().any(|e| e.reason == "ScaleDownStalled"));
+        w.sd.status = Some(s);
+        // Gone at last: the stall clears and the ScaleDown finishes.
+        w.sync_pods();
+        w.run();
         assert_eq!(w.status().phase, ScaleDownPhase::Succeeded);
+        assert!(!w.status().is_true(SCALEDOWN_STALLED));
     }
 
     #[test]

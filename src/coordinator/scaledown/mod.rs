@@ -6,6 +6,7 @@
 //! through the report API (`POST /v1/scaledown-execs`, [`apply_exec_report`]).
 
 pub mod decide;
+pub mod leaving;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -184,12 +185,19 @@ pub async fn run(
         tokio::time::sleep(MIN_GAP).await;
         wake_in = MAX_IDLE;
         let (mut active, mut stalled) = (0, 0);
+        let mut held = HashMap::new();
         for sd in stores.scaledowns.state() {
             let phase = sd.status.as_ref().map(|s| s.phase).unwrap_or_default();
             if phase.is_finished() || phase == ScaleDownPhase::Unknown {
                 continue;
             }
             active += 1;
+            if let Some(current) = sd.status.as_ref().and_then(|s| s.current.as_ref()) {
+                held.insert(
+                    current.pod_uid.clone(),
+                    format!("{}/{}", sd.namespace().unwrap_or_default(), sd.name_any()),
+                );
+            }
             if sd
                 .status
                 .as_ref()
@@ -213,6 +221,7 @@ pub async fn run(
         }
         metrics.active.set(active);
         metrics.stalled.set(stalled);
+        ctx.leaving.set(held);
         written.retain(|uid, _| {
             stores
                 .scaledowns
@@ -223,6 +232,7 @@ pub async fn run(
     }
     metrics.active.set(0);
     metrics.stalled.set(0);
+    ctx.leaving.set(HashMap::new());
     Ok(())
 }
 
@@ -348,6 +358,15 @@ async fn reconcile(
                     error_policy(&ctx.metrics, "deleting a claim", &object, &e);
                     return retry;
                 }
+            }
+            return Some(Duration::from_millis(200));
+        }
+        Some(Write::DeletePod { name, uid }) => {
+            let namespace = sd.namespace().unwrap_or_default();
+            tracing::info!(scaledown = %object, pod = %name, "deleting a decommissioned pod whose ordinal a scale-up kept");
+            if let Err(e) = ctx.cluster.delete_pod(&namespace, &name, &uid).await {
+                error_policy(&ctx.metrics, "deleting a pod", &object, &e);
+                return retry;
             }
             return Some(Duration::from_millis(200));
         }

@@ -86,6 +86,7 @@ fn observed(rollout: Arc<RollingRestart>, pods: Vec<Arc<CachedPod>>) -> Observed
         requests: Vec::new(),
         others: Vec::new(),
         budgets: Vec::new(),
+        leaving: Default::default(),
         settling: false,
         behind_own_write: false,
         since_written: None,
@@ -266,6 +267,29 @@ fn manual_request(ordinal: i32, pod_uid: Option<&str>) -> Arc<ContainerRecreateR
         ..Default::default()
     });
     Arc::new(r)
+}
+
+#[test]
+fn a_pod_a_scaledown_decommissions_is_busy_and_never_started() {
+    // db-2 hands its data off: it counts as unavailable (maxUnavailable 1 used up)...
+    let mut o = observed(rollout(spec(1), None), vec![pod(0), pod(1), pod(2)]);
+    o.leaving = ["pod-uid-2".to_string()].into();
+    let decided = reconcile(&o);
+    assert!(
+        !decided
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::StartBatch(_))),
+        "{:?}",
+        decided.actions
+    );
+    // ... and with room for two, it is passed over.
+    o.rollout = rollout(spec(2), None);
+    let decided = reconcile(&o);
+    let Some(Action::StartBatch(batch)) = decided.actions.first() else {
+        panic!("{:?}", decided.actions);
+    };
+    assert_eq!(batch.pods, ["db-1"]);
 }
 
 #[test]
