@@ -17,12 +17,6 @@ use relaunch_api::report::RecreateReport;
 /// Longest pause between delivery attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// How long a request's progress (a view that is not final) waits before it is sent, so the
-/// steps of one recreate that follow each other within it — stopping, the kubelet's restart
-/// (its relist is 1 s), ready — reach the coordinator as one status write instead of one each.
-/// A final view (Succeeded, Failed) goes at once and carries everything before it.
-/// docs/performance.md, writes per restarted pod.
-pub const PROGRESS_COALESCE: Duration = Duration::from_secs(2);
 
 /// Reports waiting for delivery: at most one (the latest) per request, delivered in the order
 /// requests first entered the queue — except that a request whose delivery failed waits out its
@@ -34,63 +28,29 @@ pub struct ReportQueue {
     latest: HashMap<String, RecreateReport>,
     /// Requests whose last delivery failed: their current pause and when to try again.
     retry: HashMap<String, (Duration, Instant)>,
-    /// How long progress waits to be coalesced ([`PROGRESS_COALESCE`]; zero: sent at once).
-    coalesce: Duration,
-    /// Requests whose queued view is progress held back until then.
-    held: HashMap<String, Instant>,
 }
 
 impl ReportQueue {
-    /// A queue that holds progress back for `coalesce` (see [`PROGRESS_COALESCE`]).
-    pub fn coalescing(coalesce: Duration) -> Self {
-        Self {
-            coalesce,
-            ..Default::default()
-        }
-    }
-
     /// Queues `report`, replacing an undelivered older view of the same request in place (a
-    /// request backing off keeps its back-off). Progress first queued at `now` is held until
-    /// `now + coalesce` (a newer view keeps that time); a final view is due at once.
-    pub fn push_at(&mut self, report: RecreateReport, now: Instant) {
+    /// request backing off keeps its back-off).
+    pub fn push(&mut self, report: RecreateReport) {
         let uid = report.request.uid.clone();
-        if report.phase.is_finished() || self.coalesce.is_zero() {
-            self.held.remove(&uid);
-        } else if !self.latest.contains_key(&uid) {
-            self.held.insert(uid.clone(), now + self.coalesce);
-        }
         if self.latest.insert(uid.clone(), report).is_none() {
             self.order.push_back(uid);
         }
     }
 
-    /// [`Self::push_at`] now.
-    pub fn push(&mut self, report: RecreateReport) {
-        self.push_at(report, Instant::now());
-    }
-
-    /// Sends every held view at once (the agent is stopping).
-    pub fn release_held(&mut self) {
-        self.held.clear();
-    }
-
-    /// The next report to deliver at `now`: the first queued whose request is neither backing
-    /// off nor held back.
+    /// The next report to deliver at `now`: the first queued whose request is not backing off.
     pub fn next_due(&self, now: Instant) -> Option<&RecreateReport> {
         self.order
             .iter()
-            .find(|uid| {
-                self.retry.get(*uid).is_none_or(|(_, at)| *at <= now)
-                    && self.held.get(*uid).is_none_or(|at| *at <= now)
-            })
+            .find(|uid| self.retry.get(*uid).is_none_or(|(_, at)| *at <= now))
             .and_then(|uid| self.latest.get(uid))
     }
 
-    /// When the first request backing off or held back may be sent.
+    /// When the first request backing off may be tried again.
     pub fn next_retry(&self) -> Option<Instant> {
-        (self.retry.values().map(|(_, at)| *at))
-            .chain(self.held.values().copied())
-            .min()
+        self.retry.values().map(|(_, at)| *at).min()
     }
 
     /// The report of `uid` with `sequence` was delivered (or refused for good): it is removed if
@@ -99,7 +59,6 @@ impl ReportQueue {
     pub fn settle(&mut self, uid: &str, sequence: u64) {
         self.retry.remove(uid);
         if self.latest.get(uid).is_some_and(|r| r.sequence == sequence) {
-            self.held.remove(uid);
             self.latest.remove(uid);
             self.order.retain(|u| u != uid);
         }
@@ -168,7 +127,7 @@ impl Reporter {
         stop: CancellationToken,
     ) -> Self {
         let reporter = Self {
-            queue: Arc::new(Mutex::new(ReportQueue::coalescing(PROGRESS_COALESCE))),
+            queue: Arc::default(),
             unfinished: Arc::default(),
             wake: Arc::default(),
             emptied: Arc::default(),
@@ -232,8 +191,6 @@ impl Reporter {
 
     /// Waits until every queued report is delivered or dropped, at most `timeout`.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        lock(&self.queue).release_held();
-        self.wake.notify_one();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let emptied = self.emptied.notified();
@@ -337,34 +294,6 @@ mod tests {
             completion_time: None,
             containers: vec![],
         }
-    }
-
-    #[test]
-    fn progress_is_held_back_and_coalesced_a_final_view_goes_at_once() {
-        let now = Instant::now();
-        let window = Duration::from_secs(2);
-        let mut q = ReportQueue::coalescing(window);
-        q.push_at(report("a", 1, RecreatePhase::Recreating), now);
-        assert!(q.next_due(now).is_none(), "progress waits");
-        assert_eq!(q.next_retry(), Some(now + window));
-        // Later progress of the same request replaces it and keeps the first time.
-        q.push_at(report("a", 2, RecreatePhase::Recreating), now + window / 2);
-        assert!(q.next_due(now + window / 2).is_none());
-        assert_eq!(q.next_due(now + window).unwrap().sequence, 2);
-        // A final view goes at once, carrying what came before.
-        q.push_at(report("a", 3, RecreatePhase::Succeeded), now + window / 2);
-        assert_eq!(q.next_due(now + window / 2).unwrap().sequence, 3);
-        q.settle("a", 3);
-        assert!(q.is_empty() && q.next_retry().is_none());
-        // Another request's progress waits on its own; stopping releases it.
-        q.push_at(report("b", 1, RecreatePhase::Pending), now);
-        assert!(q.next_due(now).is_none());
-        q.release_held();
-        assert_eq!(q.next_due(now).unwrap().request.uid, "b");
-        // Without a window (the queue's default) nothing waits.
-        let mut q = ReportQueue::default();
-        q.push_at(report("c", 1, RecreatePhase::Recreating), now);
-        assert_eq!(q.next_due(now).unwrap().request.uid, "c");
     }
 
     #[test]
