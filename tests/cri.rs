@@ -329,3 +329,119 @@ fn quick() -> ClientConfig {
         request_timeout: Duration::from_secs(1),
     }
 }
+
+/// A Unix-socket proxy in front of containerd that, once `cut` is set, swallows the next
+/// response it sees (the first HTTP/2 HEADERS frame from the runtime on a stream) and drops that
+/// connection instead: the call was carried out, its caller only sees the connection go. Every
+/// other connection and frame passes through.
+struct CuttingProxy {
+    socket: std::path::PathBuf,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttingProxy {
+    fn start(upstream: std::path::PathBuf) -> Self {
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("cri.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let cut = std::sync::Arc::new(AtomicBool::new(false));
+        let cut_flag = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::UnixStream::connect(&upstream).await else {
+                    continue;
+                };
+                tokio::spawn(Self::relay(client, server, cut_flag.clone()));
+            }
+        });
+        Self {
+            socket,
+            cut,
+            _dir: dir,
+            task,
+        }
+    }
+
+    async fn relay(
+        client: tokio::net::UnixStream,
+        server: tokio::net::UnixStream,
+        cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        let upstream = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        });
+        // The runtime's side, frame by frame (9-byte header: length, type, flags, stream).
+        loop {
+            let mut header = [0u8; 9];
+            if server_read.read_exact(&mut header).await.is_err() {
+                break;
+            }
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; length];
+            if server_read.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            let stream =
+                u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+            let is_response = header[3] == 0x1 && stream != 0;
+            if is_response && cut.swap(false, Ordering::SeqCst) {
+                break;
+            }
+            if client_write.write_all(&header).await.is_err()
+                || client_write.write_all(&payload).await.is_err()
+            {
+                break;
+            }
+        }
+        upstream.abort();
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_stop_whose_answer_is_lost_counts_when_the_container_exited() {
+    let mut node = Node::start().await;
+    let p = node.pod("lost-answer").await;
+    let id = node.run(&p, sh("db", EXITS_ON_SIGTERM)).await;
+    let proxy = CuttingProxy::start(node.containerd.socket().to_path_buf());
+    let client = RuntimeClient::connect(
+        proxy.socket.clone(),
+        ClientConfig::default(),
+        CriMetrics::unregistered(),
+    )
+    .await
+    .unwrap();
+
+    // The runtime stops the container; its answer never arrives.
+    proxy.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stopped = client.stop_container(&id, Duration::from_secs(30)).await;
+    assert!(
+        !proxy.cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the answer was cut"
+    );
+    assert!(stopped.is_ok(), "{stopped:?}");
+    assert_eq!(
+        node.client.container_status(&id).await.unwrap().state,
+        ContainerState::Exited
+    );
+
+    // A failed stop whose outcome cannot be read (the runtime gone) stays an error.
+    let running = node.run(&p, sh("sidecar", STUBBORN)).await;
+    node.containerd.stop_daemon();
+    let refused = client
+        .stop_container(&running, Duration::from_secs(1))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+}

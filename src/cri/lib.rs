@@ -348,9 +348,11 @@ impl RuntimeClient {
             Err(e @ CriError::NotFound { .. }) => Err(e),
             // A task that exits while containerd stops it (the application finishing its own
             // shutdown, say) can take its shim down mid-call: the stop fails with `ttrpc: closed`
-            // although the container stopped. What counts is the container's state afterwards.
+            // although the container stopped. What counts is the container's state afterwards
+            // (and a container already removed is as stopped as it gets: NotFound, as above).
             Err(e) => match self.container_status(id).await {
                 Ok(details) if details.state == ContainerState::Exited => Ok(()),
+                Err(gone @ CriError::NotFound { .. }) => Err(gone),
                 _ => Err(e),
             },
         }
