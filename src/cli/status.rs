@@ -1,5 +1,5 @@
-//! `kubectl relaunch status [NAME]`: RollingRestarts and ContainerRecreateRequests as
-//! `kubectl get` prints them (the CRDs' printer columns), as a `kind: List` in JSON or YAML, or
+//! `kubectl relaunch status [NAME]`: RollingRestarts, ContainerRecreateRequests, ScaleDowns and
+//! Drains as `kubectl get` prints them (the CRDs' printer columns), as a `kind: List` in JSON or YAML, or
 //! one object in detail.
 
 use jiff::{SignedDuration, Timestamp};
@@ -11,9 +11,14 @@ use serde_json::{Value, json};
 use super::error::CliError;
 use super::parse::{self, RelaunchKind};
 use super::progress::{bar, short_id};
-use super::session::{Call, REQUESTS, ROLLOUTS, Session};
+use super::session::{Call, REQUESTS, ROLLOUTS, ResourceKind, Session};
 use relaunch_api::reload::ANNOTATION_RELOAD_CHANGED;
-use relaunch_api::{ContainerRecreateRequest, LABEL_NODE_NAME, RollingRestart, ScaleDown};
+use relaunch_api::{ContainerRecreateRequest, Drain, LABEL_NODE_NAME, RollingRestart, ScaleDown};
+
+pub const DRAINS: ResourceKind = ResourceKind {
+    plural: "drains",
+    kind: "drain",
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
@@ -73,26 +78,11 @@ async fn show_all(session: &Session, args: &StatusArgs) -> Result<(), CliError> 
         .call(Call::list(REQUESTS, namespace), requests.list(&params))
         .await?
         .items;
-    // ScaleDowns: an installation whose CRDs predate them, or a role that predates them (read
-    // rights on requests and rollouts only), lists none.
-    let scaledown_api: Api<ScaleDown> = match namespace {
-        Some(ns) => Api::namespaced(session.client.clone(), ns),
-        None => Api::all(session.client.clone()),
-    };
-    let mut scaledowns = match session
-        .call(
-            Call::list(super::scale::SCALEDOWNS, namespace),
-            scaledown_api.list(&params),
-        )
-        .await
-    {
-        Ok(list) => list.items,
-        Err(
-            CliError::NotInstalled { .. } | CliError::NotFound { .. } | CliError::Forbidden { .. },
-        ) => Vec::new(),
-        Err(e) => return Err(e),
-    };
+    let mut scaledowns: Vec<ScaleDown> =
+        list_if_installed(session, super::scale::SCALEDOWNS, namespace).await?;
+    let mut drains: Vec<Drain> = list_if_installed(session, DRAINS, namespace).await?;
     scaledowns.sort_by_key(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()));
+    drains.sort_by_key(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()));
     rollouts.sort_by_key(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()));
     requests.sort_by_key(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()));
     match args.output {
@@ -107,6 +97,9 @@ async fn show_all(session: &Session, args: &StatusArgs) -> Result<(), CliError> 
             for s in &scaledowns {
                 items.push(to_value(s)?);
             }
+            for d in &drains {
+                items.push(to_value(d)?);
+            }
             let list = json!({
                 "apiVersion": "v1",
                 "kind": "List",
@@ -116,7 +109,11 @@ async fn show_all(session: &Session, args: &StatusArgs) -> Result<(), CliError> 
             print_structured(&list, args.output)
         }
         output => {
-            if rollouts.is_empty() && requests.is_empty() && scaledowns.is_empty() {
+            if rollouts.is_empty()
+                && requests.is_empty()
+                && scaledowns.is_empty()
+                && drains.is_empty()
+            {
                 match namespace {
                     Some(ns) => eprintln!("No resources found in {ns} namespace."),
                     None => eprintln!("No resources found"),
@@ -134,6 +131,9 @@ async fn show_all(session: &Session, args: &StatusArgs) -> Result<(), CliError> 
             }
             if !scaledowns.is_empty() {
                 tables.push(scaledown_table(&scaledowns, namespace.is_none(), wide, now));
+            }
+            if !drains.is_empty() {
+                tables.push(drain_table(&drains, namespace.is_none(), wide, now));
             }
             print!("{}", tables.join("\n"));
             Ok(())
@@ -698,9 +698,133 @@ pub fn scaledown_table(
     table(&headers, rows)
 }
 
+/// The drains table (`kubectl get drains` columns).
+pub fn drain_table(drains: &[Drain], all_namespaces: bool, wide: bool, now: Timestamp) -> String {
+    let mut headers = Vec::new();
+    if all_namespaces {
+        headers.push("NAMESPACE");
+    }
+    headers.extend([
+        "DRAIN",
+        "STATEFULSET",
+        "ORDINAL",
+        "PHASE",
+        "ATTEMPTS",
+        "POD",
+        "AGE",
+    ]);
+    if wide {
+        headers.push("MESSAGE");
+    }
+    let rows = drains
+        .iter()
+        .map(|d| {
+            let status = d.status.clone().unwrap_or_default();
+            let mut row = Vec::new();
+            if all_namespaces {
+                row.push(d.metadata.namespace.clone().unwrap_or_default());
+            }
+            row.extend([
+                d.metadata.name.clone().unwrap_or_default(),
+                d.spec.stateful_set_name.clone(),
+                d.spec.ordinal.to_string(),
+                format!("{:?}", status.phase),
+                status.attempts.to_string(),
+                status.pod_name.clone().unwrap_or_else(|| "-".into()),
+                age(d.metadata.creation_timestamp.as_ref(), now),
+            ]);
+            if wide {
+                row.push(status.message.clone().unwrap_or_default());
+            }
+            row
+        })
+        .collect();
+    table(&headers, rows)
+}
+
+/// The objects of a relaunch kind newer than requests and rollouts; none when the installation's
+/// CRDs or the user's role predate it (read rights on requests and rollouts only).
+async fn list_if_installed<K>(
+    session: &Session,
+    kind: ResourceKind,
+    namespace: Option<&str>,
+) -> Result<Vec<K>, CliError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(session.client.clone(), ns),
+        None => Api::all(session.client.clone()),
+    };
+    match session
+        .call(
+            Call::list(kind, namespace),
+            api.list(&ListParams::default()),
+        )
+        .await
+    {
+        Ok(list) => Ok(list.items),
+        Err(
+            CliError::NotInstalled { .. } | CliError::NotFound { .. } | CliError::Forbidden { .. },
+        ) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drains_list_like_kubectl_get_drains() {
+        let drain: Drain = serde_json::from_value(json!({
+            "apiVersion": "relaunch.dev/v1alpha1", "kind": "Drain",
+            "metadata": {"name": "store-2-ab12", "namespace": "db",
+                         "creationTimestamp": "2026-12-05T10:00:00Z"},
+            "spec": {"statefulSetName": "store", "statefulSetUID": "u", "ordinal": 2,
+                     "claims": [{"name": "data-store-2", "uid": "c"}]},
+            "status": {"phase": "Failed", "attempts": 3, "podName": "store-2-drain-3",
+                       "message": "the drain pod failed 3 times; the claims are kept"},
+        }))
+        .unwrap();
+        let now: Timestamp = "2026-12-05T10:05:00Z".parse().unwrap();
+        let text = drain_table(&[drain], true, true, now);
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().take(8).collect())
+            .collect();
+        assert_eq!(
+            lines[0],
+            [
+                "NAMESPACE",
+                "DRAIN",
+                "STATEFULSET",
+                "ORDINAL",
+                "PHASE",
+                "ATTEMPTS",
+                "POD",
+                "AGE"
+            ]
+        );
+        assert_eq!(
+            lines[1],
+            [
+                "db",
+                "store-2-ab12",
+                "store",
+                "2",
+                "Failed",
+                "3",
+                "store-2-drain-3",
+                "5m"
+            ]
+        );
+        assert!(text.contains("the drain pod failed 3 times; the claims are kept"));
+    }
 
     #[test]
     fn ages_read_like_kubectls() {
