@@ -281,6 +281,35 @@ async fn run_watch<S, K>(
     }
 }
 
+/// What the ScaleDown and drain controllers keep of a StatefulSet: replicas, ordinals, selector,
+/// service and claim template names, and the annotations `keep` selects; no pod template, no
+/// status.
+pub fn prune_statefulset(
+    o: &mut k8s_openapi::api::apps::v1::StatefulSet,
+    keep: impl Fn(&str) -> bool,
+) {
+    o.metadata.managed_fields = None;
+    if let Some(annotations) = &mut o.metadata.annotations {
+        annotations.retain(|k, _| keep(k));
+    }
+    if let Some(spec) = &mut o.spec {
+        spec.template = Default::default();
+        for t in spec.volume_claim_templates.iter_mut().flatten() {
+            t.spec = None;
+            t.status = None;
+        }
+    }
+    o.status = None;
+}
+
+/// What the ScaleDown and drain controllers keep of a claim: its identity and labels.
+pub fn prune_claim(o: &mut k8s_openapi::api::core::v1::PersistentVolumeClaim) {
+    o.metadata.managed_fields = None;
+    o.metadata.annotations = None;
+    o.spec = None;
+    o.status = None;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

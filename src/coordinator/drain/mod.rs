@@ -25,7 +25,7 @@ use relaunch_api::{
     ScaleDown, ordinal_start,
 };
 
-use crate::caches::{WatchTasks, watch_into};
+use crate::caches::{WatchTasks, prune_claim, prune_statefulset, watch_into};
 use crate::context::Context;
 use crate::error::{ClusterError, CoordinatorError};
 use crate::error_policy::error_policy;
@@ -100,32 +100,13 @@ pub async fn run(
         &ctx,
         "statefulsets",
         |o: &mut StatefulSet| {
-            o.metadata.managed_fields = None;
-            if let Some(a) = &mut o.metadata.annotations {
-                a.retain(|k, _| OURS.contains(&k.as_str()) || k == ANNOTATION_DRAIN_CLAIM_POLICY);
-            }
-            if let Some(spec) = &mut o.spec {
-                spec.template = Default::default();
-                for t in spec.volume_claim_templates.iter_mut().flatten() {
-                    t.spec = None;
-                    t.status = None;
-                }
-            }
-            o.status = None;
+            prune_statefulset(o, |k| {
+                OURS.contains(&k) || k == ANNOTATION_DRAIN_CLAIM_POLICY
+            })
         },
         wake(),
     );
-    let (claims, t2) = watch_into(
-        &ctx,
-        "persistentvolumeclaims",
-        |o: &mut PersistentVolumeClaim| {
-            o.metadata.managed_fields = None;
-            o.metadata.annotations = None;
-            o.spec = None;
-            o.status = None;
-        },
-        wake(),
-    );
+    let (claims, t2) = watch_into(&ctx, "persistentvolumeclaims", prune_claim, wake());
     let (drains, t3) = watch_into(
         &ctx,
         "drains",

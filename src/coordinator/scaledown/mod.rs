@@ -28,7 +28,7 @@ use relaunch_api::{
     tail_chars,
 };
 
-use crate::caches::{WatchTasks, watch_into};
+use crate::caches::{WatchTasks, prune_claim, prune_statefulset, watch_into};
 use crate::context::Context;
 use crate::error::{ClusterError, CoordinatorError};
 use crate::error_policy::error_policy;
@@ -128,31 +128,10 @@ pub async fn run(
     let (statefulsets, t2) = watch_into(
         &ctx,
         "statefulsets",
-        |o: &mut StatefulSet| {
-            o.metadata.managed_fields = None;
-            o.metadata.annotations = None;
-            if let Some(spec) = &mut o.spec {
-                spec.template = Default::default();
-                for t in spec.volume_claim_templates.iter_mut().flatten() {
-                    t.spec = None;
-                    t.status = None;
-                }
-            }
-            o.status = None;
-        },
+        |o: &mut StatefulSet| prune_statefulset(o, |_| false),
         wake(),
     );
-    let (claims, t3) = watch_into(
-        &ctx,
-        "persistentvolumeclaims",
-        |o: &mut PersistentVolumeClaim| {
-            o.metadata.managed_fields = None;
-            o.metadata.annotations = None;
-            o.spec = None;
-            o.status = None;
-        },
-        wake(),
-    );
+    let (claims, t3) = watch_into(&ctx, "persistentvolumeclaims", prune_claim, wake());
     let _tasks = WatchTasks(vec![t1, t2, t3]);
     let stores = Stores {
         scaledowns,
