@@ -9,7 +9,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -17,18 +17,8 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use relaunch_api::{DRAIN_FAILED, Drain, DrainPhase, DrainStatus};
 use relaunch_testbed::TEST_IMAGE;
 use serde_json::{Value, json};
+use support::store::{STORE, claim_dir, keys};
 use support::{Bed, eventually};
-
-/// A store member: seeds its own three keys on first start, then keeps taking in the keys
-/// handed to it (`/exchange/inbox-<pod>`) into its volume.
-const STORE: &str = r#"trap 'exit 0' TERM
-if [ ! -f /data/seeded ]; then for i in 1 2 3; do echo "$POD_NAME-$i" > /data/key-$POD_NAME-$i; done; touch /data/seeded; fi
-mkdir -p /exchange/inbox-$POD_NAME
-touch /tmp/ready
-while true; do
-  for f in /exchange/inbox-$POD_NAME/key-*; do [ -e "$f" ] && cp "$f" /data/ && rm -f "$f"; done
-  sleep 0.2
-done"#;
 
 /// The drain pod: hands every key on the orphaned volume to the remaining members (round
 /// robin, atomically), waits until they took them in, exits 0.
@@ -89,26 +79,6 @@ fn store(exchange: &Path, replicas: usize, drain_script: &str) -> Value {
             }],
         },
     })
-}
-
-fn claim_dir(bed: &Bed, claim: &str) -> PathBuf {
-    bed.dir()
-        .join("nodes")
-        .join("node-1")
-        .join("volumes/pvc/default")
-        .join(claim)
-}
-
-fn keys(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("key-"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn start_store(bed: &Bed, replicas: usize, drain_script: &str) {

@@ -10,6 +10,7 @@
 mod bed;
 mod fixtures;
 mod monitor;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
