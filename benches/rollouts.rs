@@ -8,7 +8,8 @@
 //!
 //! Run as root: `cargo bench --bench rollouts`. `RELAUNCH_BENCH_ROLLOUTS` (default 20),
 //! `RELAUNCH_BENCH_PODS` (pods per StatefulSet, default 50), `RELAUNCH_BENCH_NODES` (default 5),
-//! `RELAUNCH_BENCH_MAX_UNAVAILABLE` (default "10%").
+//! `RELAUNCH_BENCH_MAX_UNAVAILABLE` (default "10%"), `RELAUNCH_BENCH_SETTLE_SECONDS` (how long to
+//! wait for the load average to fall to the core count before the rollouts start; default 180).
 
 // Benchmark code: an unwrap, expect or panic stops the run where it failed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -85,6 +86,16 @@ async fn main() {
     assert_eq!(before.len(), total_pods, "every pod exists");
     let rss_idle = rss_window(coordinator).await;
 
+    // Filling the StatefulSets loads the machine; the rollouts start once the load average is
+    // back at the core count (or after the settle time, flagged then).
+    let settle = Duration::from_secs(number("RELAUNCH_BENCH_SETTLE_SECONDS", 180) as u64);
+    let settled = eventually("the load average to settle", settle, || async {
+        (!overloaded(&[load_average()])).then_some(())
+    })
+    .await;
+    if settled.is_err() {
+        eprintln!("  the load average stayed above the core count for {settle:?}; going on");
+    }
     let timeline = Timeline::watch(&client, total_pods).await;
     let writes_before = coordinator_requests(&bed.sandbox);
     let coordinator_cpu = cpu_seconds(coordinator);
