@@ -26,39 +26,7 @@ use relaunch_api::reload::ANNOTATION_RELOAD_APPLIED;
 use relaunch_api::{ContainerRecreateRequest, LABEL_ROLLING_RESTART};
 use relaunch_testbed::TEST_IMAGE;
 use serde_json::json;
-use support::{Bed, EXITS_ON_SIGTERM, Samples, eventually, iterations, ready};
-
-fn number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} must be a number"))
-        })
-        .unwrap_or(default)
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-/// The highest RSS over a 5 s window: a measurement window, not a wait for a condition (the
-/// caches fill from watch events).
-async fn rss_window(pid: u32) -> f64 {
-    let mut peak = 0.0_f64;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    for _ in 0..50 {
-        tick.tick().await;
-        peak = peak.max(rss_mib(pid));
-    }
-    peak
-}
+use support::{Bed, EXITS_ON_SIGTERM, Samples, eventually, iterations, number, ready, rss_window};
 
 #[tokio::main]
 async fn main() {

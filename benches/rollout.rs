@@ -22,21 +22,15 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use relaunch_api::{ContainerRecreateRequest, RecreatePhase, RolloutPhase};
-use relaunch_testbed::{RequestKind, Sandbox, TEST_IMAGE};
+use relaunch_testbed::{RequestKind, TEST_IMAGE};
 use serde_json::json;
-use support::{Bed, EXITS_ON_SIGTERM, Samples, eventually, ready, restart_count};
+use support::{
+    Bed, EXITS_ON_SIGTERM, Samples, agent_writes, batches, coordinator_requests, cores,
+    cpu_seconds, eventually, is_write, latest_before, load_average, number, ready, restart_count,
+    rss_mib, sample_rss, setting, subtract,
+};
 
 const NAME: &str = "bench";
-
-fn setting(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-fn number(name: &str, default: usize) -> usize {
-    setting(name, &default.to_string())
-        .parse()
-        .unwrap_or_else(|_| panic!("{name} must be a number"))
-}
 
 #[tokio::main]
 async fn main() {
@@ -177,14 +171,7 @@ async fn main() {
             *n as f64 / restarted
         );
     }
-    let agent_writes: u64 = bed
-        .sandbox
-        .api()
-        .request_counts()
-        .iter()
-        .filter(|(k, _)| k.user.ends_with(":relaunch-agent") && is_write(k))
-        .map(|(_, n)| n)
-        .sum();
+    let agent_writes = agent_writes(&bed.sandbox);
     println!("agent API writes: {agent_writes} (agents hold read-only access)");
     println!(
         "CPU during the rollout: coordinator {coordinator_cpu:.1} s; the test bed (API server, \
@@ -378,99 +365,6 @@ struct Gaps {
     after_ready: Samples,
     restart: Samples,
     max_unready: usize,
-}
-
-/// Requests created with no request finishing in between belong to one batch.
-fn batches(created: &[Instant], finished: &[Instant]) -> Vec<Vec<Instant>> {
-    let mut batches: Vec<Vec<Instant>> = Vec::new();
-    let mut previous: Option<Instant> = None;
-    for at in created {
-        let finished_between = previous.is_some_and(|p| finished.iter().any(|f| *f > p && f <= at));
-        match batches.last_mut() {
-            Some(batch) if !finished_between => batch.push(*at),
-            _ => batches.push(vec![*at]),
-        }
-        previous = Some(*at);
-    }
-    batches
-}
-
-fn latest_before(events: &[Instant], at: Instant) -> Option<Instant> {
-    events.iter().filter(|e| **e <= at).max().copied()
-}
-
-fn coordinator_requests(sandbox: &Sandbox) -> BTreeMap<RequestKind, u64> {
-    sandbox
-        .api()
-        .request_counts()
-        .into_iter()
-        .filter(|(k, _)| k.user.ends_with(":relaunch-coordinator"))
-        .collect()
-}
-
-fn subtract(
-    after: &BTreeMap<RequestKind, u64>,
-    before: &BTreeMap<RequestKind, u64>,
-) -> BTreeMap<RequestKind, u64> {
-    after
-        .iter()
-        .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect()
-}
-
-fn is_write(kind: &RequestKind) -> bool {
-    !matches!(kind.verb.as_str(), "get" | "list" | "watch")
-}
-
-/// The 1-minute load average.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// User + system CPU seconds of process `pid` so far (its threads included).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 (index 11 and 12 after the name); 100 ticks/s.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-async fn sample_rss(pid: u32, peak: Arc<Mutex<f64>>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tick.tick().await;
-        let rss = rss_mib(pid);
-        let mut peak = peak.lock().expect("rss");
-        *peak = peak.max(rss);
-    }
 }
 
 /// Adds running-looking pods `range` (created through the API, status written as a kubelet

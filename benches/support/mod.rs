@@ -1,14 +1,16 @@
 //! The benchmarks' support: the tests' shared support (tests/support: the sandbox `Bed`, the
 //! binaries, pod helpers and container scripts), and what only the benchmarks need — timing
-//! samples and the raw CRI floor.
+//! samples, the raw CRI floor, and (`measure`) the load, CPU, RSS and API-write counters.
 
 #![allow(dead_code)] // each benchmark uses a part of it
 
 #[path = "../../tests/support/mod.rs"]
 mod shared;
 
+mod measure;
+
 #[allow(unused_imports)] // as with dead code: each benchmark uses a part
-pub use shared::*;
+pub use {measure::*, shared::*};
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +35,14 @@ impl Samples {
 
     pub fn push(&mut self, d: Duration) {
         self.values.push(d);
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
     }
 
     /// The `q` quantile (0.0..=1.0) by nearest rank.
