@@ -26,7 +26,7 @@ use relaunch_api::reload::ANNOTATION_RELOAD_APPLIED;
 use relaunch_api::{ContainerRecreateRequest, LABEL_ROLLING_RESTART};
 use relaunch_testbed::TEST_IMAGE;
 use serde_json::json;
-use support::{Bed, EXITS_ON_SIGTERM, Samples, eventually, iterations, ready};
+use support::{Bed, EXITS_ON_SIGTERM, Samples, eventually, iterations, ready, rss_mib};
 
 fn number(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -36,16 +36,6 @@ fn number(name: &str, default: usize) -> usize {
                 .unwrap_or_else(|_| panic!("{name} must be a number"))
         })
         .unwrap_or(default)
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 /// The highest RSS over a 5 s window: a measurement window, not a wait for a condition (the

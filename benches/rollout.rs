@@ -24,7 +24,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use relaunch_api::{ContainerRecreateRequest, RecreatePhase, RolloutPhase};
 use relaunch_testbed::{RequestKind, Sandbox, TEST_IMAGE};
 use serde_json::json;
-use support::{Bed, EXITS_ON_SIGTERM, Samples, eventually, ready, restart_count};
+use support::{
+    Bed, EXITS_ON_SIGTERM, Samples, cores, cpu_seconds, eventually, load_average, overloaded,
+    ready, restart_count, rss_mib, sample_rss,
+};
 
 const NAME: &str = "bench";
 
@@ -138,7 +141,7 @@ async fn main() {
          {load_end:.2} at the end ({} cores)",
         cores()
     );
-    if load_rollout.max(load_end) > cores() as f64 {
+    if overloaded(&[load_rollout, load_end]) {
         println!(
             "FLAGGED: the load average was above the core count during the rollout; the \
              latency figures below are an upper bound, not a measurement of relaunch"
@@ -421,56 +424,6 @@ fn subtract(
 
 fn is_write(kind: &RequestKind) -> bool {
     !matches!(kind.verb.as_str(), "get" | "list" | "watch")
-}
-
-/// The 1-minute load average.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// User + system CPU seconds of process `pid` so far (its threads included).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 (index 11 and 12 after the name); 100 ticks/s.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-async fn sample_rss(pid: u32, peak: Arc<Mutex<f64>>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tick.tick().await;
-        let rss = rss_mib(pid);
-        let mut peak = peak.lock().expect("rss");
-        *peak = peak.max(rss);
-    }
 }
 
 /// Adds running-looking pods `range` (created through the API, status written as a kubelet

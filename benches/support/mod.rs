@@ -162,3 +162,71 @@ pub async fn measure_floor(containerd: &Containerd, client: &RuntimeClient, runs
     }
     floor
 }
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Whether any of these load averages exceeds the core count: latency measured then is an upper
+/// bound (the machine was busy with more than the benchmark), and is flagged as such.
+pub fn overloaded(loads: &[f64]) -> bool {
+    loads.iter().any(|load| *load > cores() as f64)
+}
+
+/// User + system CPU seconds of process `pid` so far (its threads included).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 (index 11 and 12 after the name); 100 ticks/s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A `/proc/<pid>/status` memory line (`VmRSS`, `VmHWM`) in MiB; 0 if the process is gone.
+fn status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Resident memory of process `pid` now, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS")
+}
+
+/// The highest resident memory of process `pid` since it started (`VmHWM`), in MiB.
+pub fn hwm_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM")
+}
+
+/// Samples process `pid`'s RSS every 100 ms into `peak` (the highest seen), until aborted.
+pub async fn sample_rss(pid: u32, peak: std::sync::Arc<std::sync::Mutex<f64>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let rss = rss_mib(pid);
+        let mut peak = peak.lock().expect("rss");
+        *peak = peak.max(rss);
+    }
+}
