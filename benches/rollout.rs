@@ -26,8 +26,8 @@ use relaunch_testbed::{RequestKind, TEST_IMAGE};
 use serde_json::json;
 use support::{
     Bed, EXITS_ON_SIGTERM, Samples, agent_writes, batches, coordinator_requests, cores,
-    cpu_seconds, eventually, is_write, latest_before, load_average, number, ready, restart_count,
-    rss_mib, sample_rss, setting, subtract,
+    cpu_seconds, eventually, is_write, latest_before, load_average, number, overloaded, ready,
+    restart_count, rss_mib, sample_rss, setting, subtract,
 };
 
 const NAME: &str = "bench";
@@ -132,7 +132,7 @@ async fn main() {
          {load_end:.2} at the end ({} cores)",
         cores()
     );
-    if load_rollout.max(load_end) > cores() as f64 {
+    if overloaded(&[load_rollout, load_end]) {
         println!(
             "FLAGGED: the load average was above the core count during the rollout; the \
              latency figures below are an upper bound, not a measurement of relaunch"

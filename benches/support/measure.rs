@@ -57,15 +57,25 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Resident memory of process `pid`, MiB.
-pub fn rss_mib(pid: u32) -> f64 {
+/// A `/proc/<pid>/status` memory line (`VmRSS`, `VmHWM`) in MiB; 0 if the process is gone.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// Resident memory of process `pid` now, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS")
+}
+
+/// The highest resident memory of process `pid` since it started (`VmHWM`), in MiB.
+pub fn hwm_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM")
 }
 
 /// Keeps the highest RSS of `pid` in `peak`, sampled every 100 ms, until aborted.
