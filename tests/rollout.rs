@@ -8,16 +8,19 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use relaunch_api::{RollingRestart, RolloutPhase};
+use kube::runtime::{WatchStreamExt, watcher};
+use relaunch_api::{ContainerRecreateRequest, RollingRestart, RolloutPhase};
 use relaunch_testbed::{COORDINATOR_LEASE, RELAUNCH_NAMESPACE, TEST_IMAGE};
 use serde_json::json;
 use support::{Bed, Monitor, database_pod_spec, eventually, ready, restart_count};
@@ -198,6 +201,66 @@ async fn a_pod_disruption_budget_holds_the_rollout_to_one_pod_at_a_time() {
         seen.reasons
     );
     bed.assert_each_restarted_once(&before).await;
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_rollouts_started_together_share_a_pod_disruption_budget() {
+    let bed = Bed::start(2).await;
+    let db = bed.statefulset("db", 3, database_pod_spec()).await;
+    let cache = bed.statefulset("cache", 3, database_pod_spec()).await;
+    bed.create::<PodDisruptionBudget>(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "storage"},
+        "spec": {"maxUnavailable": 1, "selector": {"matchExpressions": [
+            {"key": "app", "operator": "In", "values": ["db", "cache"]}]}},
+    }))
+    .await;
+    // The budget is on the requests: every unfinished request of either rollout, as a client
+    // watch sees them.
+    let requests: Api<ContainerRecreateRequest> = Api::default_namespaced(bed.client.clone());
+    let most_at_once = Arc::new(Mutex::new((0usize, Vec::<String>::new())));
+    let watch = tokio::spawn({
+        let most_at_once = most_at_once.clone();
+        async move {
+            let mut unfinished = BTreeSet::new();
+            let stream = watcher(requests, Default::default()).default_backoff();
+            let mut stream = std::pin::pin!(stream.applied_objects());
+            while let Some(Ok(request)) = stream.next().await {
+                let name = request.metadata.name.clone().unwrap_or_default();
+                match request.status.map(|s| s.phase) {
+                    Some(phase) if phase.is_finished() => unfinished.remove(&name),
+                    _ => unfinished.insert(name),
+                };
+                let mut most = most_at_once.lock().unwrap();
+                if unfinished.len() > most.0 {
+                    *most = (unfinished.len(), unfinished.iter().cloned().collect());
+                }
+            }
+        }
+    });
+    for name in ["db", "cache"] {
+        bed.rollout(
+            &format!("{name}-restart"),
+            json!({"target": {"workloadRef": {"kind": "StatefulSet", "name": name}},
+                   "strategy": {"maxUnavailable": 2}}),
+        )
+        .await;
+    }
+    for name in ["db-restart", "cache-restart"] {
+        let status = bed.rollout_finished(name, Duration::from_secs(240)).await;
+        assert_eq!(
+            status.phase,
+            RolloutPhase::Succeeded,
+            "{name}: {status:?}\n{}",
+            bed.coordinator_log()
+        );
+    }
+    watch.abort();
+    let (most, which) = most_at_once.lock().unwrap().clone();
+    assert_eq!(most, 1, "unfinished at once: {which:?}");
+    bed.assert_each_restarted_once(&db).await;
+    bed.assert_each_restarted_once(&cache).await;
     bed.shutdown().await;
 }
 

@@ -45,6 +45,8 @@ const MAX_IDLE: Duration = Duration::from_secs(5);
 const MIN_GAP: Duration = Duration::from_millis(10);
 /// Requests of one batch created at once.
 const CREATE_CONCURRENCY: usize = 16;
+/// Rollouts whose actions are applied at once.
+const ROLLOUT_CONCURRENCY: usize = 8;
 /// How long a rollout whose cached version predates our last status write waits for the watch
 /// to bring the write before it is planned on the cached version anyway.
 const OWN_WRITE_SETTLE: Duration = Duration::from_secs(5);
@@ -232,7 +234,7 @@ struct RolloutController {
     ctx: Arc<Context>,
     stores: Stores,
     /// Requests created per rollout UID and when, until the cache shows them.
-    created: HashMap<String, (Vec<String>, Instant)>,
+    created: HashMap<String, (Vec<Arc<ContainerRecreateRequest>>, Instant)>,
     /// Triggers refused for a bad companion annotation and already told about:
     /// (namespace, rollout name, message).
     told_refusals: HashSet<(String, String, String)>,
@@ -247,10 +249,21 @@ struct RolloutController {
 
 impl RolloutController {
     /// Runs the trigger, reconciles every rollout neither Succeeded nor Failed, shows the gauges.
+    ///
+    /// Every rollout is decided first, one after another on one snapshot of the caches, each
+    /// seeing the batches decided before it (and those created in earlier passes the cache does
+    /// not show yet) as other requests: a pod another rollout is about to restart is busy and
+    /// uses the budgets that select it. Then the rollouts' writes are applied concurrently
+    /// (bounded; each rollout's own actions stay in order), so a rollout whose batch just
+    /// finished does not wait for every other rollout's API round trips.
     async fn reconcile_all(&mut self) {
         self.trigger().await;
         self.reload().await;
         let mut gauges = RolloutGauges::default();
+        let snapshot = Snapshot::of(&self.stores);
+        // Requests decided or created but not (yet) in the cache, per namespace.
+        let mut pending = self.created_not_cached(&snapshot);
+        let mut decided = Vec::new();
         for rollout in self.stores.rollouts.state() {
             let phase = rollout.status.as_ref().map(|s| s.phase);
             if matches!(phase, Some(RolloutPhase::Succeeded | RolloutPhase::Failed)) {
@@ -269,14 +282,52 @@ impl RolloutController {
                 continue;
             }
             gauges.active += 1;
-            let Some(counts) = self.reconcile(&rollout).await else {
-                continue;
-            };
-            for (state, n) in counts.pods {
-                *gauges.pods.entry(state).or_default() += n;
+            let namespace = rollout.namespace().unwrap_or_default();
+            let observed = self.gather(
+                &rollout,
+                &snapshot,
+                pending.get(&namespace).map_or(&[], Vec::as_slice),
+                Timestamp::now(),
+            );
+            let reconciled = reconcile::reconcile(&observed);
+            let uid = rollout.uid().unwrap_or_default();
+            for action in &reconciled.actions {
+                if let Action::StartBatch(batch) = action {
+                    let planned = batch.requests.iter().map(|r| Arc::new(r.clone()));
+                    let requests = pending.entry(namespace.clone()).or_default();
+                    requests.extend(planned.map(|r| (uid.clone(), r)));
+                }
             }
-            if let Some(reason) = counts.blocked {
-                *gauges.blocked.entry(reason.as_str()).or_default() += 1;
+            if let Some(counts) = reconciled.counts {
+                for (state, n) in counts.pods {
+                    *gauges.pods.entry(state).or_default() += n;
+                }
+                if let Some(reason) = counts.blocked {
+                    *gauges.blocked.entry(reason.as_str()).or_default() += 1;
+                }
+            }
+            if !reconciled.actions.is_empty() {
+                decided.push((rollout, reconciled.actions));
+            }
+        }
+        let ctx = &self.ctx;
+        let applied: Vec<(String, Applied)> = futures::stream::iter(decided)
+            .map(|(rollout, actions)| async move {
+                let uid = rollout.uid().unwrap_or_default();
+                (uid, apply(ctx, &rollout, actions).await)
+            })
+            .buffer_unordered(ROLLOUT_CONCURRENCY)
+            .collect()
+            .await;
+        for (uid, applied) in applied {
+            if let Some(written) = applied.status_written {
+                self.status_written.insert(uid.clone(), written);
+            }
+            if let Some(created) = applied.created {
+                self.created.insert(uid, created);
+            }
+            if let Some(after) = applied.due {
+                self.due_in(after);
             }
         }
         self.ctx.metrics.rollouts.set(&gauges);
@@ -291,44 +342,55 @@ impl RolloutController {
         self.status_written.retain(|uid, _| live.contains(uid));
     }
 
-    /// Gathers, decides, applies; returns what the rollout adds to the gauges.
-    async fn reconcile(
-        &mut self,
-        rollout: &Arc<RollingRestart>,
-    ) -> Option<reconcile::RolloutCounts> {
-        let observed = self.gather(rollout, Timestamp::now());
-        let decided = reconcile::reconcile(&observed);
-        self.apply(rollout, decided.actions).await;
-        decided.counts
+    /// The requests created in earlier passes that the cache does not show yet, per namespace,
+    /// with the UID of the rollout that created them.
+    fn created_not_cached(&self, snapshot: &Snapshot) -> HashMap<String, Vec<Pending>> {
+        let mut pending: HashMap<String, Vec<Pending>> = HashMap::new();
+        for (uid, (requests, _)) in &self.created {
+            for request in requests {
+                let namespace = request.namespace().unwrap_or_default();
+                let cached = (snapshot.requests.get(&namespace).into_iter().flatten())
+                    .any(|r| r.metadata.name == request.metadata.name);
+                if !cached {
+                    let requests = pending.entry(namespace).or_default();
+                    requests.push((uid.clone(), request.clone()));
+                }
+            }
+        }
+        pending
     }
 
-    /// What the decision for `rollout` reads, as plain data.
-    fn gather(&mut self, rollout: &Arc<RollingRestart>, now: Timestamp) -> Observed {
+    /// What the decision for `rollout` reads, as plain data: the `snapshot` of its namespace,
+    /// and as other requests also the `pending` ones of other rollouts.
+    fn gather(
+        &mut self,
+        rollout: &Arc<RollingRestart>,
+        snapshot: &Snapshot,
+        pending: &[Pending],
+        now: Timestamp,
+    ) -> Observed {
         let ns = rollout.namespace().unwrap_or_default();
         let name = rollout.name_any();
         let uid = rollout.uid().unwrap_or_default();
-        let in_namespace = |namespace: Option<String>| namespace.as_deref() == Some(ns.as_str());
-        let (requests, others): (Vec<Arc<ContainerRecreateRequest>>, Vec<_>) = self
-            .stores
-            .requests
-            .state()
-            .into_iter()
-            .filter(|r| in_namespace(r.namespace()))
-            .partition(|r| {
+        let (requests, others): (Vec<Arc<ContainerRecreateRequest>>, Vec<_>) =
+            (snapshot.requests.get(&ns).into_iter().flatten().cloned()).partition(|r| {
                 r.labels().get(LABEL_ROLLING_RESTART) == Some(&name)
                     && r.owner_references().iter().any(|o| o.uid == uid)
             });
         let others = others
             .into_iter()
             .filter(|r| r.status.as_ref().is_none_or(|s| !s.phase.is_finished()))
+            .chain(
+                (pending.iter())
+                    .filter(|(owner, _)| *owner != uid)
+                    .map(|(_, r)| r.clone()),
+            )
             .collect();
         let settling = match self.created.get(&uid) {
-            Some((names, at)) => {
-                let seen = names.iter().all(|n| {
-                    requests
-                        .iter()
-                        .any(|r| r.metadata.name.as_deref() == Some(n))
-                });
+            Some((created, at)) => {
+                let seen = created
+                    .iter()
+                    .all(|c| requests.iter().any(|r| r.metadata.name == c.metadata.name));
                 !seen && at.elapsed() < CREATION_SETTLE
             }
             None => false,
@@ -339,12 +401,8 @@ impl RolloutController {
         let written = self.status_written.get(&uid);
         Observed {
             target: self.selector(rollout),
-            pods: (self.stores.pods.state().into_iter())
-                .filter(|p| in_namespace(p.namespace()))
-                .collect(),
-            budgets: (self.stores.budgets.state().into_iter())
-                .filter(|b| in_namespace(b.namespace()))
-                .collect(),
+            pods: snapshot.pods.get(&ns).cloned().unwrap_or_default(),
+            budgets: snapshot.budgets.get(&ns).cloned().unwrap_or_default(),
             requests,
             others,
             leaving: self.ctx.leaving.uids(),
@@ -385,87 +443,6 @@ impl RolloutController {
         selector
             .map(|s| (s, described.clone()))
             .ok_or_else(|| format!("waiting for {described} to exist in namespace {ns}"))
-    }
-
-    /// Applies `actions` in order through the cluster adapter; a pause or a batch that does not
-    /// happen ends them.
-    async fn apply(&mut self, rollout: &RollingRestart, actions: Vec<Action>) {
-        let mut actions = VecDeque::from(actions);
-        while let Some(action) = actions.pop_front() {
-            match action {
-                Action::Pause => {
-                    if let Err(e) = self.ctx.cluster.pause_rollout(rollout).await {
-                        return self.failed("pausing", &describe(rollout), &e);
-                    }
-                }
-                Action::StartBatch(batch) => {
-                    let Some(then) = self.start_batch(rollout, batch).await else {
-                        return;
-                    };
-                    for next in then.into_iter().rev() {
-                        actions.push_front(next);
-                    }
-                }
-                Action::Record(event) => {
-                    (self.ctx.cluster).record_on(rollout.object_ref(&()), vec![event]);
-                }
-                Action::WriteStatus { status, completed } => {
-                    let previous = rollout.status.as_ref();
-                    match self
-                        .ctx
-                        .cluster
-                        .write_status(rollout, previous, &status)
-                        .await
-                    {
-                        Ok(_) => {
-                            let uid = rollout.uid().unwrap_or_default();
-                            let rv = rollout.resource_version().unwrap_or_default();
-                            self.status_written.insert(uid, (Instant::now(), rv));
-                            // Observed once: only the write that ends the rollout counts.
-                            if let Some(c) = completed {
-                                let duration = &self.ctx.metrics.rollouts.duration;
-                                duration.with_label_values(&[c.result]).observe(c.seconds);
-                            }
-                        }
-                        Err(e) => self.failed("writing rollout status", &describe(rollout), &e),
-                    }
-                }
-                Action::RequeueAfter(after) => self.due_in(after),
-            }
-        }
-    }
-
-    /// Creates the batch's requests (concurrently, bounded: the gap between batches is one
-    /// round trip, not one per pod); what follows, or none when no request was created.
-    async fn start_batch(&mut self, rollout: &RollingRestart, batch: Batch) -> Option<Vec<Action>> {
-        let cluster = &self.ctx.cluster;
-        let creations: Vec<_> = (batch.requests.iter())
-            .map(|request| async move {
-                (
-                    describe_request(request),
-                    cluster.create_request(request).await,
-                )
-            })
-            .collect();
-        let results: Vec<(String, Result<(), ClusterError>)> = futures::stream::iter(creations)
-            .buffered(CREATE_CONCURRENCY)
-            .collect()
-            .await;
-        let mut created = Vec::new();
-        for ((object, result), request) in results.into_iter().zip(&batch.requests) {
-            match result {
-                Ok(()) => created.push(request.name_any()),
-                Err(e) => self.failed("creating the request", &object, &e),
-            }
-        }
-        if created.is_empty() {
-            return None;
-        }
-        tracing::info!(rollout = %describe(rollout), batch = ?batch.pods, "batch started");
-        let count = created.len();
-        let uid = rollout.uid().unwrap_or_default();
-        self.created.insert(uid, (created, Instant::now()));
-        Some(batch.started(count))
     }
 
     /// Hands a failed call to the error policy and schedules the retry it asks for.
@@ -576,6 +553,146 @@ impl RolloutController {
             }
         }
     }
+}
+
+/// A request of another rollout that is not in the cache: the UID of the rollout that decided
+/// or created it, and the request.
+type Pending = (String, Arc<ContainerRecreateRequest>);
+
+/// One pass's view of the namespaced caches, by namespace: each rollout reads its own
+/// namespace's share instead of filtering every cached object.
+struct Snapshot {
+    pods: HashMap<String, Vec<Arc<CachedPod>>>,
+    budgets: HashMap<String, Vec<Arc<PodDisruptionBudget>>>,
+    requests: HashMap<String, Vec<Arc<ContainerRecreateRequest>>>,
+}
+
+impl Snapshot {
+    fn of(stores: &Stores) -> Self {
+        Snapshot {
+            pods: by_namespace(&stores.pods),
+            budgets: by_namespace(&stores.budgets),
+            requests: by_namespace(&stores.requests),
+        }
+    }
+}
+
+fn by_namespace<K>(store: &Store<K>) -> HashMap<String, Vec<Arc<K>>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut grouped: HashMap<String, Vec<Arc<K>>> = HashMap::new();
+    for object in store.state() {
+        let namespace = object.meta().namespace.clone().unwrap_or_default();
+        grouped.entry(namespace).or_default().push(object);
+    }
+    grouped
+}
+
+/// What applying one rollout's actions leaves for the controller to remember.
+#[derive(Default)]
+struct Applied {
+    /// When the status was written, and the resourceVersion the write replaced.
+    status_written: Option<(Instant, String)>,
+    /// The requests of the batch created, and when.
+    created: Option<(Vec<Arc<ContainerRecreateRequest>>, Instant)>,
+    /// How soon a retry is due.
+    due: Option<Duration>,
+}
+
+impl Applied {
+    /// Hands a failed call to the error policy and keeps the retry it asks for.
+    fn failed(&mut self, ctx: &Context, action: &str, object: &str, error: &ClusterError) {
+        if let Retry::After(delay) = error_policy(&ctx.metrics, action, &object, error) {
+            self.due = Some(self.due.map_or(delay, |d| d.min(delay)));
+        }
+    }
+}
+
+/// Applies `actions` in order through the cluster adapter; a pause or a batch that does not
+/// happen ends them.
+async fn apply(ctx: &Context, rollout: &RollingRestart, actions: Vec<Action>) -> Applied {
+    let mut applied = Applied::default();
+    let mut actions = VecDeque::from(actions);
+    while let Some(action) = actions.pop_front() {
+        match action {
+            Action::Pause => {
+                if let Err(e) = ctx.cluster.pause_rollout(rollout).await {
+                    applied.failed(ctx, "pausing", &describe(rollout), &e);
+                    return applied;
+                }
+            }
+            Action::StartBatch(batch) => {
+                let Some(then) = start_batch(ctx, rollout, batch, &mut applied).await else {
+                    return applied;
+                };
+                for next in then.into_iter().rev() {
+                    actions.push_front(next);
+                }
+            }
+            Action::Record(event) => {
+                (ctx.cluster).record_on(rollout.object_ref(&()), vec![event]);
+            }
+            Action::WriteStatus { status, completed } => {
+                let previous = rollout.status.as_ref();
+                match ctx.cluster.write_status(rollout, previous, &status).await {
+                    Ok(_) => {
+                        let rv = rollout.resource_version().unwrap_or_default();
+                        applied.status_written = Some((Instant::now(), rv));
+                        // Observed once: only the write that ends the rollout counts.
+                        if let Some(c) = completed {
+                            let duration = &ctx.metrics.rollouts.duration;
+                            duration.with_label_values(&[c.result]).observe(c.seconds);
+                        }
+                    }
+                    Err(e) => {
+                        applied.failed(ctx, "writing rollout status", &describe(rollout), &e);
+                    }
+                }
+            }
+            Action::RequeueAfter(after) => {
+                applied.due = Some(applied.due.map_or(after, |d| d.min(after)));
+            }
+        }
+    }
+    applied
+}
+
+/// Creates the batch's requests (concurrently, bounded: the gap between batches is one round
+/// trip, not one per pod); what follows, or none when no request was created.
+async fn start_batch(
+    ctx: &Context,
+    rollout: &RollingRestart,
+    batch: Batch,
+    applied: &mut Applied,
+) -> Option<Vec<Action>> {
+    let cluster = &ctx.cluster;
+    let creations: Vec<_> = (batch.requests.iter())
+        .map(|request| async move {
+            (
+                describe_request(request),
+                cluster.create_request(request).await,
+            )
+        })
+        .collect();
+    let results: Vec<(String, Result<(), ClusterError>)> = futures::stream::iter(creations)
+        .buffered(CREATE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut created = Vec::new();
+    for ((object, result), request) in results.into_iter().zip(&batch.requests) {
+        match result {
+            Ok(()) => created.push(Arc::new(request.clone())),
+            Err(e) => applied.failed(ctx, "creating the request", &object, &e),
+        }
+    }
+    if created.is_empty() {
+        return None;
+    }
+    tracing::info!(rollout = %describe(rollout), batch = ?batch.pods, "batch started");
+    let count = created.len();
+    applied.created = Some((created, Instant::now()));
+    Some(batch.started(count))
 }
 
 /// Whether a Deployment controls the workload (its ReplicaSets).

@@ -317,7 +317,7 @@ fn plan(
             }
         })
         .collect();
-    let (budgets, health) = budgets_of(&o.budgets, targets, &o.pods);
+    let (budgets, health) = budgets_of(&o.budgets, targets, &o.pods, &o.others);
     let eligible = pods
         .iter()
         .filter(|p| match (spec.strategy.partition, p.ordinal) {
@@ -401,11 +401,14 @@ fn counts_of(status: &RollingRestartStatus, step: &Step) -> RolloutCounts {
     }
 }
 
-/// The budgets selecting any target pod, and the health of the pods they select.
+/// The budgets selecting any target pod, and the health of the pods they select. A pod that
+/// an unfinished request among `others` is restarting counts as unhealthy even while it is still
+/// Ready: that restart takes it down, so it already uses the budget.
 pub fn budgets_of(
     pdbs: &[Arc<PodDisruptionBudget>],
     targets: &[&Arc<CachedPod>],
     namespace_pods: &[Arc<CachedPod>],
+    others: &[Arc<ContainerRecreateRequest>],
 ) -> (Vec<Budget>, BTreeMap<String, bool>) {
     let mut budgets = Vec::new();
     let mut health = BTreeMap::new();
@@ -422,7 +425,8 @@ pub fn budgets_of(
             .filter(|p| selector.matches(p.labels()) && p.metadata.deletion_timestamp.is_none())
             .collect();
         for pod in &selected {
-            health.insert(pod.name_any(), state::is_ready(&***pod));
+            let busy = state::busy(others, &pod.name_any(), &pod.uid().unwrap_or_default());
+            health.insert(pod.name_any(), state::is_ready(&***pod) && !busy);
         }
         budgets.push(Budget {
             name: pdb.name_any(),

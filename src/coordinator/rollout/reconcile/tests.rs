@@ -529,3 +529,60 @@ fn a_restart_annotation_starts_one_rollout_and_a_bad_one_is_told_once() {
     assert!(again.refused.is_empty(), "told once");
     assert_eq!(again.seen_refusals, told.seen_refusals);
 }
+
+#[test]
+fn a_pod_another_request_restarts_uses_a_shared_budget_while_still_ready() {
+    // One PodDisruptionBudget (maxUnavailable 1) covers the rollout's pods and `cache-0`, which
+    // the rollout does not target; another rollout has just asked to restart `cache-0`.
+    let budget: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "storage", "namespace": "default"},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"tier": "storage"}}},
+    }))
+    .unwrap();
+    let pod = |name: &str, app: &str| -> Arc<CachedPod> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {
+                    "name": name, "namespace": "default", "uid": format!("{name}-uid"),
+                    "labels": {"app": app, "tier": "storage"},
+                },
+                "spec": {"nodeName": "node-1", "containers": [{"name": "db"}]},
+                "status": {"phase": "Running", "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                ]},
+            }))
+            .unwrap(),
+        )
+    };
+    let pods = vec![
+        pod("db-0", "db"),
+        pod("db-1", "db"),
+        pod("cache-0", "cache"),
+    ];
+    let mut o = observed(rollout(spec(2), None), pods);
+    o.budgets = vec![Arc::new(budget)];
+    // Nothing else under way: the budget allows one of the rollout's pods.
+    let decided = reconcile(&o);
+    let Some(Action::StartBatch(batch)) = decided.actions.first() else {
+        panic!("{:?}", decided.actions);
+    };
+    assert_eq!(batch.pods.len(), 1);
+    // cache-0 is still Ready, but its restart is asked for: the budget is used up.
+    let mut other = (*manual_request(0, Some("cache-0-uid"))).clone();
+    other.spec.pod_name = "cache-0".into();
+    other.status = None;
+    o.others = vec![Arc::new(other)];
+    let decided = reconcile(&o);
+    assert!(
+        !decided
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::StartBatch(_))),
+        "{:?}",
+        decided.actions
+    );
+    assert_eq!(
+        decided.counts.unwrap().blocked,
+        Some(ConditionReason::BlockedByPDB)
+    );
+}
