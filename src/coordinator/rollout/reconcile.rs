@@ -20,8 +20,8 @@ use kube::{Resource, ResourceExt};
 use crate::exec_policy::ExecPolicy;
 use relaunch_api::validation::{InvalidRollout, validate_rollout, validate_rollout_name};
 use relaunch_api::{
-    ANNOTATION_RESTART_AT, ContainerRecreateRequest, LABEL_ROLLING_RESTART, RecreatePhase,
-    RollingRestart, RollingRestartStatus, RolloutPhase, WorkloadKind,
+    ANNOTATION_RESTART_AT, CONDITION_PROGRESSING, ContainerRecreateRequest, LABEL_ROLLING_RESTART,
+    RecreatePhase, RollingRestart, RollingRestartStatus, RolloutPhase, WorkloadKind,
 };
 
 use super::planner::{self, Budget, TargetPod};
@@ -29,9 +29,11 @@ use super::state::{self, ConditionReason, Step};
 use super::trigger;
 use crate::events::Event;
 
-/// Progress counts alone are written at most this often per rollout (the durable state is in
-/// the requests; a new leader recomputes the counts).
-pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
+/// Progress alone (counts, per-pod results, see [`counts_only`]) is written at most this often
+/// per rollout: a batch's start, a pause, a failure and the end are written at once. The durable
+/// state is in the requests (a new leader recomputes the counts); 5 s keeps `kubectl get` close
+/// behind while a 50-pod batch costs a handful of status writes rather than one per pod.
+pub const COUNTS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the controller observed for one rollout: plain data, gathered from the caches and from
 /// its memory of its own writes.
@@ -486,14 +488,31 @@ pub fn request_for_pod(
         .build()
 }
 
-/// Whether `status` differs from `previous` only in progress counts (pods restarted or in
-/// progress, per-pod results): phase, conditions, batch and failures are all unchanged.
+/// Whether `status` differs from `previous` only in progress that may wait for the next
+/// coalesced write: counts (pods restarted or in progress), per-pod results, and — while the
+/// rollout stays Progressing on the same batch — the batch's unfinished pods and the wording of
+/// that progress (the Progressing condition's reason and message, which move from
+/// `BatchStarted` to `WaitingForReady` once the batch's requests are under way). Phase, batch, failures and the Blocked condition are
+/// written at once.
 pub fn counts_only(previous: &RollingRestartStatus, status: &RollingRestartStatus) -> bool {
     let mut same = status.clone();
     same.total = previous.total;
     same.restarted = previous.restarted;
     same.in_progress = previous.in_progress;
     same.pods.clone_from(&previous.pods);
+    let progressing = |s: &RollingRestartStatus| s.phase == RolloutPhase::Progressing;
+    if progressing(previous) && progressing(status) && previous.batches == status.batches {
+        // The same batch: its unfinished pods only shrink as its requests finish.
+        same.current_batch.clone_from(&previous.current_batch);
+        same.message.clone_from(&previous.message);
+        let condition = |s: &RollingRestartStatus| {
+            (s.conditions.iter())
+                .position(|c| c.type_ == CONDITION_PROGRESSING && c.status == "True")
+        };
+        if let (Some(i), Some(j)) = (condition(&same), condition(previous)) {
+            same.conditions[i] = previous.conditions[j].clone();
+        }
+    }
     same == *previous
 }
 

@@ -1,8 +1,8 @@
 use super::*;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use relaunch_api::{
-    ContainerRecreateRequestStatus, LABEL_NODE_NAME, LABEL_POD_UID, PodRestartResult,
-    RollingRestartSpec, RolloutTarget,
+    CONDITION_BLOCKED, ContainerRecreateRequestStatus, LABEL_NODE_NAME, LABEL_POD_UID,
+    PodRestartResult, RollingRestartSpec, RolloutTarget,
 };
 use serde_json::json;
 
@@ -388,7 +388,7 @@ fn a_cache_without_the_last_batch_is_neither_planned_on_nor_counted() {
 }
 
 #[test]
-fn progress_counts_alone_are_written_at_most_once_a_second() {
+fn progress_counts_alone_are_written_at_most_once_per_interval() {
     // db-1 restarted; db-0's restart is in progress.
     let pods = vec![pod(0), pod(1)];
     let requests = vec![
@@ -409,11 +409,11 @@ fn progress_counts_alone_are_written_at_most_once_a_second() {
     o.since_written = Some(Duration::from_millis(100));
     let held = reconcile(&o);
     assert!(
-        matches!(held.actions.as_slice(), [Action::RequeueAfter(d)] if *d == Duration::from_millis(900)),
+        matches!(held.actions.as_slice(), [Action::RequeueAfter(d)] if *d == COUNTS_INTERVAL - Duration::from_millis(100)),
         "{:?}",
         held.actions
     );
-    o.since_written = Some(Duration::from_secs(2));
+    o.since_written = Some(COUNTS_INTERVAL + Duration::from_millis(1));
     let late = reconcile(&o);
     let (status, _) = written(&late.actions).unwrap();
     assert_eq!(status.restarted, 1);
@@ -466,15 +466,61 @@ fn only_progress_counts_are_coalesced() {
     });
     assert!(counts_only(&previous, &progress));
     assert!(counts_only(&previous, &previous));
+    // The same batch, now waiting for its pods: the wording of progress waits too.
+    let started = |status: &mut RollingRestartStatus, reason: ConditionReason, message: &str| {
+        status.message = Some(message.into());
+        let c = &mut status.conditions;
+        state::set_condition(
+            c,
+            CONDITION_PROGRESSING,
+            true,
+            reason,
+            message,
+            Some(1),
+            now(),
+        );
+        state::set_condition(
+            c,
+            CONDITION_BLOCKED,
+            false,
+            ConditionReason::NotBlocked,
+            "",
+            Some(1),
+            now(),
+        );
+    };
+    let mut previous = previous;
+    started(&mut previous, ConditionReason::BatchStarted, "restarting a");
+    let mut waiting = progress.clone();
+    started(
+        &mut waiting,
+        ConditionReason::WaitingForReady,
+        "waiting for a to be ready",
+    );
+    assert!(counts_only(&previous, &waiting));
+    // Blocked by a budget is told at once.
+    let mut blocked = waiting.clone();
+    let c = &mut blocked.conditions;
+    state::set_condition(
+        c,
+        CONDITION_BLOCKED,
+        true,
+        ConditionReason::BlockedByPDB,
+        "pdb",
+        Some(1),
+        now(),
+    );
+    assert!(!counts_only(&previous, &blocked));
     let mut failed = progress.clone();
     failed.failed = 1;
     let mut batch = progress.clone();
     batch.batches = 2;
     let mut phase = progress.clone();
     phase.phase = RolloutPhase::Succeeded;
-    let mut message = progress.clone();
-    message.message = Some("paused".into());
-    for changed in [failed, batch, phase, message] {
+    let mut paused = progress.clone();
+    paused.phase = RolloutPhase::Paused;
+    paused.message = Some("paused".into());
+    for changed in [failed, batch, phase, paused] {
         assert!(!counts_only(&previous, &changed), "{changed:?}");
     }
 }
