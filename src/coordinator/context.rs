@@ -20,8 +20,10 @@ use crate::report_api::auth::{ServiceAccountRef, TokenCache};
 pub const DEFAULT_AGENT_SERVICE_ACCOUNT: &str = "relaunch-system:relaunch-agent";
 /// Default `--agent-timeout`.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a successful TokenReview is trusted.
-pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long a successful TokenReview is trusted: 2 minutes, the default of the API server's and
+/// the kubelet's own webhook token caches. One review per agent token and replica per 2 minutes
+/// (a node reports continuously during a rollout); a revoked token is accepted up to that long.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(120);
 
 /// What the coordinator is configured with.
 #[derive(Debug, Clone)]
