@@ -2,7 +2,8 @@
 //! measured on the same containerd in the same run; then the agent's footprint on a full node.
 //!
 //! Run as root: `cargo bench --bench recreate` (`RELAUNCH_BENCH_ITERATIONS` = recreates, default
-//! 20; `RELAUNCH_BENCH_PODS` = pods on the full node, default 110, 0 skips the footprint).
+//! 20; `RELAUNCH_BENCH_PODS` = pods on the full node, default 110, 0 skips the footprint;
+//! `RELAUNCH_BENCH_PAUSE_MS` = pause before each recreate, default 0).
 
 // Benchmark code: an unwrap, expect or panic stops the run where it failed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -214,7 +215,11 @@ async fn measure_recreates(bed: &Bed, admin: SocketAddr, runs: usize) -> Vec<Str
     synced.notified().await;
     let load_start = support::load_average();
     let mut measured = Vec::new();
+    // RELAUNCH_BENCH_PAUSE_MS between runs: a measurement setting, so that a request meets a
+    // quiet coordinator instead of the previous run's last events.
+    let pause = Duration::from_millis(support::number("RELAUNCH_BENCH_PAUSE_MS", 0) as u64);
     for (run, pod) in pods.iter().enumerate() {
+        tokio::time::sleep(pause).await;
         let before = scrape(admin).await;
         let name = format!("bench-{run}");
         let sent = micros(SystemTime::now());
