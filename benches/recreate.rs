@@ -121,14 +121,12 @@ fn span(from: i64, to: i64) -> Duration {
     Duration::from_micros(u64::try_from(to - from).unwrap_or(0))
 }
 
+/// When a client watch first saw each request finished (µs since the epoch), and how, by name.
+type Finished = Arc<Mutex<HashMap<String, (i64, RecreatePhase)>>>;
+
 /// Records when a client watch first sees each request finished, keyed by name.
-fn watch_finished(
-    bed: &Bed,
-) -> (
-    Arc<Mutex<HashMap<String, (i64, RecreatePhase)>>>,
-    Arc<Notify>,
-) {
-    let seen: Arc<Mutex<HashMap<String, (i64, RecreatePhase)>>> = Arc::default();
+fn watch_finished(bed: &Bed) -> (Finished, Arc<Notify>) {
+    let seen: Finished = Arc::default();
     let synced = Arc::new(Notify::new());
     let api: Api<ContainerRecreateRequest> = bed.requests();
     let (record, ready) = (seen.clone(), synced.clone());
