@@ -19,8 +19,8 @@ mod processes;
 mod sandbox;
 
 pub use apiserver::{
-    API_AUDIENCE, ApiServer, FaultCounts, FaultRates, Faults, RequestKind, ServiceRange,
-    client_for, kubeconfig,
+    API_AUDIENCE, ApiServer, FaultCounts, FaultRates, Faults, ObjectRequest, RequestKind,
+    ServiceRange, client_for, kubeconfig,
 };
 pub use containerd::Containerd;
 pub use controllers::Controllers;

@@ -278,6 +278,56 @@ async fn injected_faults_answer_500_then_429_then_recover() {
     );
 }
 
+#[tokio::test]
+async fn object_requests_record_when_and_by_whom_each_object_was_written_and_read() {
+    let (server, client) = server().await;
+    let started = std::time::SystemTime::now();
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    pods.create(&PostParams::default(), &pod("p", None))
+        .await
+        .unwrap();
+    pods.patch_status(
+        "p",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    pods.get("p").await.unwrap();
+    pods.get("nope").await.unwrap_err();
+    pods.list(&ListParams::default()).await.unwrap();
+    let sa = token(&client, "writer", vec![], None).await;
+    let as_writer = relaunch_testbed::client_for(&server.url(), Some(&sa)).unwrap();
+    let refused = Api::<Pod>::default_namespaced(as_writer)
+        .delete("p", &DeleteParams::default())
+        .await;
+    assert!(refused.is_err(), "the service account may not delete pods");
+
+    let seen: Vec<(String, String, String, u16)> = server
+        .object_requests()
+        .into_iter()
+        .filter(|r| r.resource.starts_with("pods") && r.namespace == "default")
+        .map(|r| (r.user, r.verb, format!("{}:{}", r.resource, r.name), r.code))
+        .collect();
+    let admin = "system:admin".to_string();
+    assert_eq!(
+        seen,
+        vec![
+            (admin.clone(), "create".into(), "pods:p".into(), 201),
+            (admin.clone(), "patch".into(), "pods/status:p".into(), 200),
+            (admin.clone(), "get".into(), "pods:p".into(), 200),
+            (admin, "get".into(), "pods:nope".into(), 404),
+        ],
+        "lists are not recorded, refused requests never reach the record"
+    );
+    let times: Vec<_> = server.object_requests().iter().map(|r| r.at).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "in the order answered"
+    );
+    assert!(times.iter().all(|t| *t >= started));
+}
+
 async fn token(
     client: &kube::Client,
     sa: &str,

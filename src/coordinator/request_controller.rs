@@ -32,7 +32,8 @@ use crate::readiness::{self, GateHolder};
 
 /// Longest sleep between passes (time-based decisions are re-checked at least this often).
 const MAX_IDLE: Duration = Duration::from_secs(30);
-/// Shortest gap between passes, so bursts of watch events are handled together.
+/// Shortest gap between the starts of two passes, so bursts of watch events are handled
+/// together. The first event after a quiet spell is handled at once (see [`wait_before_pass`]).
 const MIN_GAP: Duration = Duration::from_millis(50);
 /// An action taken on one version of a request is not repeated for this long (the watch
 /// normally brings the new version much sooner).
@@ -69,16 +70,27 @@ pub async fn run(
         attempted: HashMap::new(),
     };
     let mut wake = Duration::ZERO;
+    let mut last_pass: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = notify.notified() => {}
             _ = tokio::time::sleep(wake) => {}
         }
-        tokio::time::sleep(MIN_GAP).await;
+        tokio::time::sleep(wait_before_pass(last_pass, Instant::now())).await;
+        last_pass = Some(Instant::now());
         wake = controller.reconcile_all().await.clamp(MIN_GAP, MAX_IDLE);
     }
     Ok(())
+}
+
+/// How long a pass that is due `now` waits so that passes start at least [`MIN_GAP`] apart:
+/// nothing after a quiet spell (a new request is admitted as soon as the watch brings it), the
+/// rest of the gap during a burst (whose events the next pass then handles together).
+fn wait_before_pass(last_pass: Option<Instant>, now: Instant) -> Duration {
+    last_pass.map_or(Duration::ZERO, |last| {
+        MIN_GAP.saturating_sub(now.saturating_duration_since(last))
+    })
 }
 
 /// One thing to do for one request or pod.
@@ -533,6 +545,30 @@ async fn pod_still_there(ctx: &Context, crr: &ContainerRecreateRequest) -> bool 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_first_event_after_a_quiet_spell_is_handled_at_once() {
+        let now = Instant::now();
+        assert_eq!(wait_before_pass(None, now), Duration::ZERO);
+        let long_ago = now.checked_sub(Duration::from_secs(5)).unwrap();
+        assert_eq!(wait_before_pass(Some(long_ago), now), Duration::ZERO);
+        let just_over = now.checked_sub(MIN_GAP).unwrap();
+        assert_eq!(wait_before_pass(Some(just_over), now), Duration::ZERO);
+    }
+
+    #[test]
+    fn events_during_a_burst_wait_for_the_rest_of_the_gap() {
+        let now = Instant::now();
+        let recent = now.checked_sub(Duration::from_millis(20)).unwrap();
+        assert_eq!(
+            wait_before_pass(Some(recent), now),
+            MIN_GAP - Duration::from_millis(20)
+        );
+        assert_eq!(wait_before_pass(Some(now), now), MIN_GAP);
+        // A clock read before the last pass started (never after it) waits the whole gap.
+        let later = now + Duration::from_millis(5);
+        assert_eq!(wait_before_pass(Some(later), now), MIN_GAP);
+    }
 
     #[test]
     fn a_request_for_a_pod_a_scaledown_holds_is_not_admitted() {

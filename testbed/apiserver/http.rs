@@ -178,6 +178,52 @@ impl Shared {
             *counts.entry(kind).or_default() += 1;
         }
     }
+
+    /// Records a request to one named object (see [`super::ObjectRequest`]); lists, watches
+    /// and collection deletes are not recorded.
+    fn record_object_request(
+        &self,
+        user: &UserInfo,
+        requested: &ResourceAttributes,
+        target: &Target,
+        body: &Bytes,
+        code: StatusCode,
+    ) {
+        if !matches!(
+            requested.verb.as_str(),
+            "get" | "create" | "update" | "patch" | "delete"
+        ) {
+            return;
+        }
+        let name = match &target.name {
+            Some(name) => name.clone(),
+            // A create names its object in the body.
+            None => serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|o| o["metadata"]["name"].as_str().map(str::to_string))
+                .unwrap_or_default(),
+        };
+        let resource = if requested.subresource.is_empty() {
+            requested.resource.clone()
+        } else {
+            format!("{}/{}", requested.resource, requested.subresource)
+        };
+        let request = super::ObjectRequest {
+            at: std::time::SystemTime::now(),
+            user: user.username.clone(),
+            verb: requested.verb.clone(),
+            resource,
+            namespace: target.namespace.clone().unwrap_or_default(),
+            name,
+            code: code.as_u16(),
+        };
+        if let Ok(mut log) = self.object_requests.lock() {
+            if log.len() >= super::OBJECT_REQUESTS_KEPT {
+                log.pop_front();
+            }
+            log.push_back(request);
+        }
+    }
 }
 
 /// A parsed resource path.
@@ -328,6 +374,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     .await;
     let mut response = answer.unwrap_or_else(|e| error_response(&e));
     add_warnings(&mut response, &admission.warnings);
+    shared.record_object_request(&user, requested, &target, &body, response.status());
     Ok(response)
 }
 

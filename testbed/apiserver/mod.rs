@@ -268,6 +268,32 @@ pub struct RequestKind {
     pub resource: String,
 }
 
+/// One answered request to a single named object (get, create, update, patch, delete): when
+/// the server answered it, who made it and what it was. A test-only record, so benchmarks can
+/// say when each write to an object happened and who made it (and when a component read the
+/// object just before); lists and watches are not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRequest {
+    /// When the answer was ready: for a write, after it was stored and its watch event sent.
+    pub at: std::time::SystemTime,
+    /// As in [`RequestKind::user`].
+    pub user: String,
+    /// get, create, update, patch, delete.
+    pub verb: String,
+    /// The plural resource, with `/<subresource>` when there is one.
+    pub resource: String,
+    /// Empty for cluster-scoped objects.
+    pub namespace: String,
+    /// The object's name (for a create, `metadata.name` of the body; empty with `generateName`).
+    pub name: String,
+    /// The HTTP status of the answer.
+    pub code: u16,
+}
+
+/// How many [`ObjectRequest`]s are kept (the oldest are dropped): a few MiB at most, however
+/// long the server runs.
+const OBJECT_REQUESTS_KEPT: usize = 100_000;
+
 /// State shared by all connections.
 pub(crate) struct Shared {
     store: Store,
@@ -280,6 +306,8 @@ pub(crate) struct Shared {
     requests: Mutex<BTreeMap<RequestKind, u64>>,
     /// The requests authorization refused (403), of each kind.
     refused: Mutex<BTreeMap<RequestKind, u64>>,
+    /// The latest requests to single objects, oldest first.
+    object_requests: Mutex<std::collections::VecDeque<ObjectRequest>>,
     shutdown: CancellationToken,
     addr: SocketAddr,
     /// The server's CA and serving certificate (the listener speaks HTTP and HTTPS).
@@ -319,6 +347,7 @@ impl ApiServer {
             admissions: admission::Admissions::default(),
             requests: Mutex::default(),
             refused: Mutex::default(),
+            object_requests: Mutex::default(),
             shutdown: CancellationToken::new(),
             addr,
             tls,
@@ -416,6 +445,16 @@ impl ApiServer {
             .refused
             .lock()
             .map(|counts| counts.clone())
+            .unwrap_or_default()
+    }
+
+    /// The latest answered requests to single named objects (at most 100,000), oldest first:
+    /// when each write and each read of one object happened, and who made it.
+    pub fn object_requests(&self) -> Vec<ObjectRequest> {
+        self.shared
+            .object_requests
+            .lock()
+            .map(|log| log.iter().cloned().collect())
             .unwrap_or_default()
     }
 
