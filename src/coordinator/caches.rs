@@ -57,14 +57,23 @@ impl Drop for WatchTasks {
     }
 }
 
-/// Starts the shared watches; every change wakes each of `wake`. The returned tasks run until
-/// aborted.
-pub fn watch_shared(ctx: &Context, wake: Vec<Arc<Notify>>) -> (Caches, Vec<JoinHandle<()>>) {
-    let (requests, request_watch) = watch_into(
+/// Starts the shared watches; every change wakes each of `wake`, and a request without status
+/// (one to admit) also wakes `new_request`. The returned tasks run until aborted.
+pub fn watch_shared(
+    ctx: &Context,
+    wake: Vec<Arc<Notify>>,
+    new_request: Arc<Notify>,
+) -> (Caches, Vec<JoinHandle<()>>) {
+    let (requests, request_watch) = spawn_watch(
         ctx,
         "containerrecreaterequests",
+        watcher::Config::default(),
         |r: &mut ContainerRecreateRequest| r.metadata.managed_fields = None,
         wake.clone(),
+        Some(Urgent {
+            notify: new_request,
+            when: |r: &ContainerRecreateRequest| r.status.is_none(),
+        }),
     );
     let (pods, pod_watch) = watch_into(ctx, "pods", CachedPod::prune, wake);
     (Caches { pods, requests }, vec![request_watch, pod_watch])
@@ -112,12 +121,42 @@ where
         + 'static,
     K::DynamicType: Eq + Hash + Clone,
 {
+    spawn_watch(ctx, resource, config, prune, wake, None)
+}
+
+/// Besides the wake-ups every change brings, a wake-up of its own, once the cache holds the
+/// object, for the objects `when` picks: those a controller acts on at once rather than in its
+/// next throttled pass.
+struct Urgent<K> {
+    notify: Arc<Notify>,
+    when: fn(&K) -> bool,
+}
+
+fn spawn_watch<K>(
+    ctx: &Context,
+    resource: &'static str,
+    config: watcher::Config,
+    prune: impl FnMut(&mut K) + Send + 'static,
+    wake: Vec<Arc<Notify>>,
+    urgent: Option<Urgent<K>>,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + StandIn
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
     let (store, writer) = reflector::store::<K>();
     let stream = guarded_watch::<K>(&ctx.cluster, config, resource, ctx.metrics.clone())
         .default_backoff()
         .modify(prune)
         .reflect(writer);
-    let task = tokio::spawn(run_watch(resource, stream, wake, ctx.metrics.clone()));
+    let task = tokio::spawn(run_watch(resource, stream, wake, urgent, ctx.metrics.clone()));
     (store, task)
 }
 
@@ -261,11 +300,13 @@ where
 }
 
 /// Runs a watch stream (its reflector fills the cache) and wakes the controllers on every
-/// change; its errors go to the error policy (the watcher retries with back-off).
+/// change, and `urgent`'s controller on the objects it picks; its errors go to the error policy
+/// (the watcher retries with back-off).
 async fn run_watch<S, K>(
     resource: &'static str,
     stream: S,
     wake: Vec<Arc<Notify>>,
+    urgent: Option<Urgent<K>>,
     metrics: Metrics,
 ) where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
@@ -273,7 +314,16 @@ async fn run_watch<S, K>(
     let mut stream = std::pin::pin!(stream.into_stream());
     while let Some(item) = stream.next().await {
         match item {
-            Ok(_) => wake.iter().for_each(|n| n.notify_one()),
+            Ok(event) => {
+                // The reflector has stored the object before the event comes out here.
+                if let Some(urgent) = &urgent
+                    && let watcher::Event::Apply(k) | watcher::Event::InitApply(k) = &event
+                    && (urgent.when)(k)
+                {
+                    urgent.notify.notify_one();
+                }
+                wake.iter().for_each(|n| n.notify_one());
+            }
             Err(e) => {
                 error_policy(&metrics, "watch", &resource, &ClusterError::Watch(e));
             }

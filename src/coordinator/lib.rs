@@ -120,6 +120,7 @@ async fn run_leading(
     let (crr_wake, rollout_wake) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let scaledown_wake = Arc::new(Notify::new());
     let drain_wake = Arc::new(Notify::new());
+    let new_request = Arc::new(Notify::new());
     let (caches, watches) = caches::watch_shared(
         &ctx,
         vec![
@@ -128,6 +129,7 @@ async fn run_leading(
             scaledown_wake.clone(),
             drain_wake.clone(),
         ],
+        new_request.clone(),
     );
     // Aborted when this returns or is itself aborted.
     let watches = caches::WatchTasks(watches);
@@ -137,6 +139,7 @@ async fn run_leading(
                 ctx.clone(),
                 caches.clone(),
                 crr_wake,
+                new_request,
                 synced,
                 stop.clone(),
             )

@@ -41,12 +41,13 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Actions run concurrently in one pass.
 const CONCURRENCY: usize = 8;
 
-/// Runs the controller on `caches` until `shutdown`, waking on `notify`; `synced` fires once
-/// both caches are filled.
+/// Runs the controller on `caches` until `shutdown`, waking on `notify` for a pass and on
+/// `new_request` to admit new requests at once; `synced` fires once both caches are filled.
 pub async fn run(
     ctx: Arc<Context>,
     caches: Caches,
     notify: Arc<Notify>,
+    new_request: Arc<Notify>,
     synced: oneshot::Sender<()>,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
@@ -69,17 +70,35 @@ pub async fn run(
         watching_since: Timestamp::now(),
         attempted: HashMap::new(),
     };
-    let mut wake = Duration::ZERO;
+    // Passes are throttled (see `wait_before_pass`); admission is not: a new request is
+    // admitted as soon as the watch brings it, also while a pass waits for its turn, so that
+    // every restart does not wait up to `MIN_GAP` behind other activity.
+    let mut due = Instant::now();
     let mut last_pass: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = new_request.notified() => {
+                let retry = controller.admit_new().await;
+                due = due.min(Instant::now() + retry);
+                continue;
+            }
             _ = notify.notified() => {}
-            _ = tokio::time::sleep(wake) => {}
+            _ = tokio::time::sleep_until(due.into()) => {}
         }
-        tokio::time::sleep(wait_before_pass(last_pass, Instant::now())).await;
+        let gap = tokio::time::sleep(wait_before_pass(last_pass, Instant::now()));
+        let mut gap = std::pin::pin!(gap);
+        loop {
+            tokio::select! {
+                _ = &mut gap => break,
+                _ = new_request.notified() => {
+                    controller.admit_new().await;
+                }
+            }
+        }
         last_pass = Some(Instant::now());
-        wake = controller.reconcile_all().await.clamp(MIN_GAP, MAX_IDLE);
+        let wake = controller.reconcile_all().await.clamp(MIN_GAP, MAX_IDLE);
+        due = Instant::now() + wake;
     }
     Ok(())
 }
@@ -108,6 +127,15 @@ enum Action {
     OpenGate(Arc<CachedPod>),
     /// A pod held NotReady by a request that is gone.
     ReleaseGoneHolder(Arc<CachedPod>, GateHolder),
+}
+
+/// Which requests a decision looks at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Every request (a pass).
+    All,
+    /// Only requests without status, to admit (between passes).
+    New,
 }
 
 /// An action that failed: what was being done, on which object, and why.
@@ -159,8 +187,28 @@ impl RequestController {
         let now = Timestamp::now();
         let all = self.requests.state();
         let pods = self.pods.state();
-        let (mut actions, mut next) = self.decide_requests(&all, now);
+        let (mut actions, next) = self.decide_requests(&all, now, Scope::All);
         actions.extend(self.decide_pods(&pods, &all));
+        let next = next.min(self.apply_all(actions).await);
+
+        let mut live: HashSet<String> = all.iter().filter_map(|c| c.uid()).collect();
+        live.extend(pods.iter().filter_map(|p| p.uid()));
+        self.attempted.retain(|uid, _| live.contains(uid));
+        self.ctx.heartbeats.retain(|uid| live.contains(uid));
+        next
+    }
+
+    /// Admits (or refuses) the requests without status, outside a pass; returns how long until
+    /// a failed admission should be tried again ([`MAX_IDLE`] if none failed).
+    async fn admit_new(&mut self) -> Duration {
+        let all = self.requests.state();
+        let (actions, _) = self.decide_requests(&all, Timestamp::now(), Scope::New);
+        self.apply_all(actions).await
+    }
+
+    /// Applies `actions` concurrently and hands what failed to the error policy; returns the
+    /// shortest retry delay it asked for ([`MAX_IDLE`] if none).
+    async fn apply_all(&self, actions: Vec<Action>) -> Duration {
         let ctx = &self.ctx;
         let failures: Vec<Failure> = futures::stream::iter(actions)
             .map(|action| apply(ctx, action))
@@ -168,6 +216,7 @@ impl RequestController {
             .filter_map(|result| std::future::ready(result.err()))
             .collect()
             .await;
+        let mut next = MAX_IDLE;
         for failure in failures {
             let retry = error_policy(
                 &ctx.metrics,
@@ -179,11 +228,6 @@ impl RequestController {
                 next = next.min(delay);
             }
         }
-
-        let mut live: HashSet<String> = all.iter().filter_map(|c| c.uid()).collect();
-        live.extend(pods.iter().filter_map(|p| p.uid()));
-        self.attempted.retain(|uid, _| live.contains(uid));
-        self.ctx.heartbeats.retain(|uid| live.contains(uid));
         next
     }
 
@@ -194,10 +238,14 @@ impl RequestController {
         &mut self,
         all: &[Arc<ContainerRecreateRequest>],
         now: Timestamp,
+        scope: Scope,
     ) -> (Vec<Action>, Duration) {
         let mut next = MAX_IDLE;
         let mut actions = Vec::new();
         for crr in all {
+            if scope == Scope::New && crr.status.is_some() {
+                continue;
+            }
             let uid = crr.uid().unwrap_or_default();
             let pod = self.pod_of(crr);
             let action = if held_by_scaledown(crr, pod.as_deref(), &self.ctx.leaving) {
