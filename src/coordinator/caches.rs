@@ -156,7 +156,13 @@ where
         .default_backoff()
         .modify(prune)
         .reflect(writer);
-    let task = tokio::spawn(run_watch(resource, stream, wake, urgent, ctx.metrics.clone()));
+    let task = tokio::spawn(run_watch(
+        resource,
+        stream,
+        wake,
+        urgent,
+        ctx.metrics.clone(),
+    ));
     (store, task)
 }
 
