@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::{Bed, EXITS_ON_SIGTERM, binaries, number, rss_mib, setting};
+use support::{Bed, binaries, cached_pod, number, rss_mib, setting};
 
 struct Variant {
     label: String,
@@ -188,38 +188,4 @@ fn readyz_probe(
             answer.starts_with(b"HTTP/1.1 200")
         })
     }
-}
-
-/// A running-looking pod on a node no kubelet serves, as benches/rollout.rs writes them.
-async fn cached_pod(pods: &Api<Pod>, i: usize) {
-    let name = format!("cached-{i}");
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "cached", "apps.kubernetes.io/pod-index": i.to_string()}},
-        "spec": {"nodeName": "node-without-kubelet", "terminationGracePeriodSeconds": 30, "containers": [{
-            "name": "app", "image": relaunch_testbed::TEST_IMAGE, "command": ["sh", "-c", EXITS_ON_SIGTERM],
-        }]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let now = jiff::Timestamp::now().to_string();
-    let status = json!({"status": {
-        "phase": "Running", "hostIP": "127.0.0.250", "podIP": "127.0.0.250",
-        "startTime": now,
-        "conditions": [
-            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-            {"type": "Ready", "status": "True", "lastTransitionTime": now},
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-        ],
-        "containerStatuses": [{
-            "name": "app", "ready": true, "restartCount": 0, "started": true,
-            "image": relaunch_testbed::TEST_IMAGE, "imageID": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-            "containerID": format!("containerd://{:064x}", i),
-            "state": {"running": {"startedAt": now}},
-        }],
-    }});
-    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
 }

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use relaunch_api::{ContainerRecreateRequest, RecreatePhase, RolloutPhase};
 use relaunch_testbed::{RequestKind, TEST_IMAGE};
 use serde_json::json;
 use support::{
-    Bed, EXITS_ON_SIGTERM, Samples, agent_writes, batches, coordinator_requests, cores,
+    Bed, EXITS_ON_SIGTERM, Samples, agent_writes, batches, cached_pod, coordinator_requests, cores,
     cpu_seconds, eventually, is_write, latest_before, load_average, number, overloaded, ready,
     restart_count, rss_mib, sample_rss, setting, subtract,
 };
@@ -398,39 +398,4 @@ async fn rss_with_cached_pods(
     tokio::time::sleep(Duration::from_secs(5)).await;
     sampler.abort();
     *peak.lock().expect("rss")
-}
-
-async fn cached_pod(pods: &Api<Pod>, i: usize) {
-    let name = format!("cached-{i}");
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "cached", "apps.kubernetes.io/pod-index": i.to_string()}},
-        "spec": {"nodeName": "node-without-kubelet", "terminationGracePeriodSeconds": 30, "containers": [{
-            "name": "app", "image": TEST_IMAGE, "command": ["sh", "-c", EXITS_ON_SIGTERM],
-        }]},
-    }))
-    .expect("pod");
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .expect("create cached pod");
-    let now = jiff::Timestamp::now().to_string();
-    let status = json!({"status": {
-        "phase": "Running", "hostIP": "127.0.0.250", "podIP": "127.0.0.250",
-        "startTime": now,
-        "conditions": [
-            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-            {"type": "Ready", "status": "True", "lastTransitionTime": now},
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-        ],
-        "containerStatuses": [{
-            "name": "app", "ready": true, "restartCount": 0, "started": true,
-            "image": TEST_IMAGE, "imageID": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-            "containerID": format!("containerd://{:064x}", i),
-            "state": {"running": {"startedAt": now}},
-        }],
-    }});
-    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("write cached pod status");
 }

@@ -18,6 +18,10 @@ use relaunch_cri::{ContainerState, RuntimeClient};
 use relaunch_testbed::Containerd;
 use relaunch_testbed::pod::{self, ContainerTemplate, PodIdentity};
 
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
 /// Durations of one measured step over repeated runs.
 #[derive(Default)]
 pub struct Samples {
@@ -171,4 +175,42 @@ pub async fn measure_floor(containerd: &Containerd, client: &RuntimeClient, runs
             .expect("remove sandbox");
     }
     floor
+}
+
+/// Pod `cached-{i}`, running as far as the API says, on a node no kubelet serves: what the
+/// coordinator caches without anything to restart (created, then its status written, as a
+/// kubelet would).
+pub async fn cached_pod(pods: &Api<Pod>, i: usize) {
+    let name = format!("cached-{i}");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "cached", "apps.kubernetes.io/pod-index": i.to_string()}},
+        "spec": {"nodeName": "node-without-kubelet", "terminationGracePeriodSeconds": 30, "containers": [{
+            "name": "app", "image": relaunch_testbed::TEST_IMAGE, "command": ["sh", "-c", EXITS_ON_SIGTERM],
+        }]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create cached pod");
+    let now = jiff::Timestamp::now().to_string();
+    let status = json!({"status": {
+        "phase": "Running", "hostIP": "127.0.0.250", "podIP": "127.0.0.250",
+        "startTime": now,
+        "conditions": [
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+        ],
+        "containerStatuses": [{
+            "name": "app", "ready": true, "restartCount": 0, "started": true,
+            "image": relaunch_testbed::TEST_IMAGE, "imageID": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "containerID": format!("containerd://{:064x}", i),
+            "state": {"running": {"startedAt": now}},
+        }],
+    }});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("write cached pod status");
 }
