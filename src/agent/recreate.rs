@@ -266,7 +266,7 @@ async fn wait_for_permit(
     permit.ok()
 }
 
-/// Settles the finished request: journals the result, queues the final report, counts it.
+/// Settles the finished request: queues the final report, journals the result, counts it.
 fn finish(
     ctx: &Context,
     shared: &Mutex<RequestProgress>,
@@ -286,12 +286,15 @@ fn finish(
         p.report()
     };
     let final_progress = lock(shared).clone();
+    // Queued first: the journal's fsync is not on the way to the coordinator.
+    ctx.reporter.submit(report);
     // Kept until the coordinator's status shows the request finished, so a restart between
-    // here and the report's delivery never starts the request over.
+    // here and the report's delivery never starts the request over. A restart before this
+    // write resumes from the journaled stop, finds the new container and stops nothing again.
+    // The journal entry cannot be dropped before this write: that waits for the worker to end.
     if let Err(e) = ctx.journal.write(&final_progress) {
         error_policy(&ctx.metrics, "cannot journal the result", &e.into());
     }
-    ctx.reporter.submit(report);
     observe_durations(&ctx.metrics, &final_progress, started.elapsed());
     let result = if final_progress.phase == RecreatePhase::Succeeded {
         "succeeded"
