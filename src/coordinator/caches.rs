@@ -3,7 +3,6 @@
 //! The pod and request caches are shared by the request controller and the rollout controller.
 
 use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -79,6 +78,25 @@ pub fn watch_shared(
     (Caches { pods, requests }, vec![request_watch, pod_watch])
 }
 
+/// What a cache holds: an API object read from a watch, which can also be made from its
+/// metadata alone ([`StandIn`]) when it cannot be read.
+pub trait Cacheable:
+    Resource<DynamicType = ()> + StandIn + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Cacheable for K where
+    K: Resource<DynamicType = ()>
+        + StandIn
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Starts a cluster-wide watch of `resource` into a new cache (through [`guarded_watch`]: an
 /// object that cannot be read is left out), each object pruned by `prune`; every change wakes
 /// each of `wake`. The task runs until aborted.
@@ -89,15 +107,7 @@ pub fn watch_into<K>(
     wake: Vec<Arc<Notify>>,
 ) -> (Store<K>, JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()>
-        + StandIn
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Eq + Hash + Clone,
+    K: Cacheable,
 {
     watch_into_with(ctx, resource, watcher::Config::default(), prune, wake)
 }
@@ -111,15 +121,7 @@ pub fn watch_into_with<K>(
     wake: Vec<Arc<Notify>>,
 ) -> (Store<K>, JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()>
-        + StandIn
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Eq + Hash + Clone,
+    K: Cacheable,
 {
     spawn_watch(ctx, resource, config, prune, wake, None)
 }
@@ -141,15 +143,7 @@ fn spawn_watch<K>(
     urgent: Option<Urgent<K>>,
 ) -> (Store<K>, JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()>
-        + StandIn
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Eq + Hash + Clone,
+    K: Cacheable,
 {
     let (store, writer) = reflector::store::<K>();
     let stream = guarded_watch::<K>(&ctx.cluster, config, resource, ctx.metrics.clone())
