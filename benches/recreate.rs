@@ -274,11 +274,11 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
     let mut overhead = Samples::new("relaunch overhead (e2e-stop-restart-ready)");
     let mut segments: Vec<Samples> = [
         "1 client: create sent -> answered",
-        "2 answered -> coordinator admits (write)",
-        "  2a answered -> admission reads the pod",
-        "  2b pod read -> status written",
-        "3 admitted -> agent worker starts",
-        "4 agent starts -> StopContainer",
+        "2 answered -> agent's first report reads the request",
+        "3 first report: read -> admitted+Recreating written",
+        "4 admitted -> StopContainer",
+        "  4a admitted -> agent worker goes on (answer)",
+        "  4b -> StopContainer (journal fsync)",
         "5 agent sees ready -> report at coordinator",
         "  5a ready -> agent finished (journal)",
         "  5b finished -> coordinator reads request",
@@ -322,9 +322,9 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
             .map(|r| micros(r.at))
             .collect();
         writes_per_request.push(status_writes.len());
-        // Every status write after admission answers a report: the report's read of the request
-        // comes just before it.
-        for w in status_writes.iter().skip(1) {
+        // Every status write answers a report (the first one admits the request): the report's
+        // read of the request comes just before it.
+        for w in &status_writes {
             if let Some(read) = reads.iter().filter(|r| *r <= w).max() {
                 report_to_write.push(span(*read, *w));
             }
@@ -359,15 +359,8 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
             missing += 1;
             continue;
         };
-        // Admission starts by reading the pod (the report API reads the request first).
-        let Some(admission_read) = requests
-            .iter()
-            .filter(coordinator)
-            .filter(|r| r.verb == "get" && r.resource == "pods" && r.name == run.pod)
-            .map(|r| micros(r.at))
-            .filter(|at| (run.answered..=admitted).contains(at))
-            .max()
-        else {
+        // The agent's first report, which admits the request, starts with reading the request.
+        let Some(claim_read) = reads.iter().filter(|r| **r <= admitted).max().copied() else {
             missing += 1;
             continue;
         };
@@ -375,9 +368,9 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
         let ready_seen = stopping + excluded;
         let cuts = [
             (run.sent, run.answered),
-            (run.answered, admitted),
-            (run.answered, admission_read),
-            (admission_read, admitted),
+            (run.answered, claim_read),
+            (claim_read, admitted),
+            (admitted, stopping),
             (admitted, started),
             (started, stopping),
             (ready_seen, final_read),
@@ -407,7 +400,7 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
     );
     lines.push(String::new());
     lines.push(format!(
-        "where relaunch's overhead goes (1+2+3+4+5+6+7 = overhead; 2 = 2a+2b, 5 = 5a+5b), {} runs{}",
+        "where relaunch's overhead goes (1+2+3+4+5+6+7 = overhead; 4 = 4a+4b, 5 = 5a+5b), {} runs{}",
         runs.len() - missing,
         if missing > 0 {
             format!(" ({missing} without every instant, left out)")

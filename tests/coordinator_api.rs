@@ -1178,6 +1178,67 @@ async fn a_report_before_admission_admits_the_request_or_fails_an_invalid_one() 
     );
 }
 
+/// Issue 15: the report that admits a request (the agent's first) does not admit it while a
+/// ScaleDown decommissions its pod: 409 and nothing written, as the request controller waits
+/// too; once the ScaleDown is done with the pod, the same report admits it. (A replica without
+/// the Lease, so the report API reads the ScaleDowns from the API.)
+#[tokio::test]
+async fn a_first_report_does_not_admit_a_request_whose_pod_a_scaledown_decommissions() {
+    use relaunch_api::ScaleDown;
+    let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
+    Api::<CustomResourceDefinition>::all(bed.client.clone())
+        .create(&PostParams::default(), &ScaleDown::crd())
+        .await
+        .unwrap();
+    let scaledowns: Api<ScaleDown> = Api::namespaced(bed.client.clone(), "default");
+    let sd: ScaleDown = serde_json::from_value(json!({
+        "apiVersion": "relaunch.dev/v1alpha1", "kind": "ScaleDown",
+        "metadata": {"name": "shrink"},
+        "spec": {"statefulSetName": "db", "replicas": 1, "decommission": {"command": ["handoff"]}},
+    }))
+    .unwrap();
+    eventually("the ScaleDown CRD to serve", WAIT, || async {
+        scaledowns.create(&PostParams::default(), &sd).await.ok()
+    })
+    .await
+    .unwrap();
+    let db = bed.pods().get("db-0").await.unwrap();
+    let phase = |phase: &str| {
+        Patch::Merge(json!({"status": {"phase": phase, "current": {
+            "ordinal": 0, "podName": "db-0", "podUID": db.uid().unwrap(),
+        }}}))
+    };
+    scaledowns
+        .patch_status("shrink", &PatchParams::default(), &phase("Running"))
+        .await
+        .unwrap();
+    let token = bed.node_token("node-1", "relaunch-coordinator").await;
+    let held = bed
+        .create_request("held", "db-0", &["app"], json!({}))
+        .await;
+    let first = bytes(&report(
+        &held,
+        "Recreating",
+        json!({"name": "app", "phase": "ShuttingDown"}),
+    ));
+    let writes = bed.status_writes();
+    let (code, body) = bed.post(REPORTS_PATH, Some(&token), first.clone()).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.to_string().contains("default/shrink"), "{body}");
+    assert!(bed.requests().get("held").await.unwrap().status.is_none());
+    assert_eq!(bed.status_writes(), writes, "nothing written");
+
+    scaledowns
+        .patch_status("shrink", &PatchParams::default(), &phase("Cancelled"))
+        .await
+        .unwrap();
+    let (code, body) = bed.post(REPORTS_PATH, Some(&token), first).await;
+    assert_eq!(code, 200, "{body}");
+    let status = bed.requests().get("held").await.unwrap().status.unwrap();
+    assert_eq!(status.phase, RecreatePhase::Recreating);
+    assert_eq!(status.admitted_generation, Some(1));
+}
+
 /// The pod's `relaunch.dev/ready` condition: (status, reason, message).
 async fn gate_of(bed: &CoordinatorBed, pod: &str) -> Option<(String, String, String)> {
     let pod = bed.pods().get(pod).await.ok()?;

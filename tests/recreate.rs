@@ -325,6 +325,81 @@ async fn back_to_back_and_deleted_requests_never_stay_pending() {
     bed.shutdown().await;
 }
 
+/// Issue 15: a request created with its node and pod-UID labels (as the CLI and the rollout
+/// controller create them) is admitted by the agent's first report: its first status already
+/// says `Recreating` (one status write fewer than admission and then `Recreating`), and the
+/// request controller does not admit it separately.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_first_report_admits_a_labelled_request_in_the_same_write() {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{WatchEvent, WatchParams};
+    let bed = Bed::start(1).await;
+    let before = bed.database_pod("claimed", "node-1").await;
+    let requests = bed.requests();
+    let version = requests
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut events = requests
+        .watch(&WatchParams::default(), &version)
+        .await
+        .unwrap()
+        .boxed();
+    bed.recreate(
+        "claimed-restart",
+        &before,
+        json!([{"name": "db"}]),
+        json!({}),
+    )
+    .await;
+    // Every status the request had, in order: the watch brings each write.
+    let statuses = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        while let Some(event) = events.try_next().await.unwrap() {
+            let (WatchEvent::Added(crr) | WatchEvent::Modified(crr)) = event else {
+                continue;
+            };
+            if let Some(status) = crr
+                .status
+                .filter(|_| crr.metadata.name.as_deref() == Some("claimed-restart"))
+            {
+                let finished = status.phase.is_finished();
+                seen.push(status);
+                if finished {
+                    break;
+                }
+            }
+        }
+        seen
+    })
+    .await
+    .expect("the request to finish");
+    let first = &statuses[0];
+    assert_eq!(first.phase, RecreatePhase::Recreating, "{statuses:#?}");
+    assert_eq!(first.admitted_generation, Some(1), "{statuses:#?}");
+    let last = statuses.last().unwrap();
+    assert_eq!(last.phase, RecreatePhase::Succeeded, "{statuses:#?}");
+    assert!(
+        statuses.iter().all(|s| s.phase != RecreatePhase::Pending),
+        "{statuses:#?}"
+    );
+    let log = std::fs::read_to_string(bed.dir().join("coordinator/log")).unwrap();
+    assert!(
+        !log.lines().any(|l| l.contains("request_controller")
+            && l.contains("admitted")
+            && l.contains("claimed-restart")),
+        "the request controller admitted it too:\n{log}"
+    );
+    assert_eq!(
+        container_status(&bed.pods().get("claimed").await.unwrap(), "db").restart_count,
+        1
+    );
+    bed.shutdown().await;
+}
+
 /// Issue 12: the agent acts only on requests the coordinator admitted. A request created with
 /// its node and pod-UID labels (the agent sees it at once) while the coordinator is down is not
 /// acted on; once the coordinator runs, it admits the request and the agent carries it out.

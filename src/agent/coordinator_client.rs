@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use relaunch_api::ContainerRecreateRequestStatus;
 use relaunch_api::report::{
     ErrorBody, ExecReport, READINESS_PATH, REPORTS_PATH, ReadinessAnswer, ReadinessRequest,
     RecreateReport, SCALEDOWN_EXEC_PATH,
@@ -41,6 +42,9 @@ pub enum CoordinatorError {
     /// Any other 4xx: retrying the same request will not help.
     #[error("coordinator rejected the request ({status}): {message}")]
     Rejected { status: u16, message: String },
+    /// A 2xx whose body is not what the API answers.
+    #[error("cannot read the coordinator's answer: {0}")]
+    Answer(String),
 }
 
 impl CoordinatorError {
@@ -156,6 +160,16 @@ impl CoordinatorClient {
     /// `POST /v1/reports`.
     pub async fn report(&self, report: &RecreateReport) -> Result<(), CoordinatorError> {
         self.post(REPORTS_PATH, report).await.map(|_| ())
+    }
+
+    /// `POST /v1/reports`, for a request's first report, which also admits the request: the
+    /// request's status as the coordinator wrote it.
+    pub async fn claim(
+        &self,
+        report: &RecreateReport,
+    ) -> Result<ContainerRecreateRequestStatus, CoordinatorError> {
+        let body = self.post(REPORTS_PATH, report).await?;
+        serde_json::from_slice(&body).map_err(|e| CoordinatorError::Answer(e.to_string()))
     }
 
     /// `POST /v1/scaledown-execs`.

@@ -60,7 +60,9 @@ impl ShellError {
                 CoordinatorError::Unreachable(_)
                 | CoordinatorError::Timeout(_)
                 | CoordinatorError::Unavailable { .. } => "coordinator_unavailable",
-                CoordinatorError::Rejected { .. } => "coordinator_rejected",
+                CoordinatorError::Rejected { .. } | CoordinatorError::Answer(_) => {
+                    "coordinator_rejected"
+                }
                 CoordinatorError::Token { .. } => "token",
                 CoordinatorError::BadUrl { .. } | CoordinatorError::Ca { .. } => "config",
             },

@@ -430,6 +430,8 @@ async fn schedule(
     let mut workers = workers::Workers::default();
     let mut not_understood: HashSet<String> = HashSet::new();
     let mut waiting_admission: HashSet<String> = HashSet::new();
+    // Requests whose first report was sent to admit them: claimed once per agent process.
+    let mut claimed: HashSet<String> = HashSet::new();
     let mut last_runtime_check = tokio::time::Instant::now();
     loop {
         let requests = ctx.stores.requests.state();
@@ -476,8 +478,16 @@ async fn schedule(
                 continue;
             }
             // Only what the coordinator admitted, for the request as it is now: its checks
-            // (the pod, exec authorization) cannot be skipped by setting the node label.
-            if !crr.is_admitted() {
+            // (the pod, exec authorization) cannot be skipped by setting the node label. A
+            // request without status is claimed: its first report asks the coordinator to
+            // admit it, and the worker does nothing before the answer. Once only: if that
+            // fails, the request waits for the request controller to admit it.
+            let claim = !crr.is_admitted();
+            if claim
+                && (crr.status.is_some()
+                    || resumed.contains_key(&head.uid)
+                    || !claimed.insert(head.uid.clone()))
+            {
                 if waiting_admission.insert(head.uid.clone()) {
                     info!(crr = %head.name, namespace = %head.namespace, "waiting for the coordinator to admit the request; not acting on it yet");
                 }
@@ -487,13 +497,15 @@ async fn schedule(
                 pod,
                 request: recreate::request_ref(crr),
             };
-            let worker = recreate::run_request(ctx.clone(), crr.clone(), resumed.remove(&head.uid));
+            let worker =
+                recreate::run_request(ctx.clone(), crr.clone(), resumed.remove(&head.uid), claim);
             workers.spawn(running, worker);
         }
         // Forget what is gone; drop journal entries the coordinator has acknowledged.
         done_here.retain(|uid| live.contains_key(uid));
         not_understood.retain(|uid| live.contains_key(uid));
         waiting_admission.retain(|uid| live.contains_key(uid));
+        claimed.retain(|uid| live.contains_key(uid));
         for uid in ctx.journal.uids() {
             let acknowledged = live.get(&uid).copied().unwrap_or(true);
             if acknowledged && !workers.runs(&uid) {
@@ -519,7 +531,7 @@ async fn schedule(
                             done_here.insert(uid);
                         }
                         recreate::Outcome::Gone => ctx.reporter.forget(&uid),
-                        recreate::Outcome::Interrupted => {}
+                        recreate::Outcome::Interrupted | recreate::Outcome::NotClaimed => {}
                     }
                 }
                 workers::Joined::Crashed { running, message } => {

@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
-use super::coordinator_client::CoordinatorClient;
+use super::coordinator_client::{CoordinatorClient, CoordinatorError};
 use super::error_policy::error_policy;
 use super::journal::{self, Journal, Journaled};
 use super::machine::{
@@ -59,6 +59,21 @@ pub enum Outcome {
     Gone,
     /// The agent is shutting down; progress is journaled.
     Interrupted,
+    /// The coordinator did not take the request's first report, which was to admit it: nothing
+    /// was done, and the request waits for the coordinator to admit it.
+    NotClaimed,
+}
+
+/// What the coordinator made of the first report of a request not admitted yet, which admits
+/// it (the report API checks the request as the request controller would).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Admitted at this generation, and the report written.
+    Taken,
+    /// Finished: refused by admission, or the refusal the report carried.
+    Finished,
+    /// Not taken (unreachable, refused, its pod held by a ScaleDown, another generation).
+    NotTaken,
 }
 
 /// Why one container's driver returned.
@@ -91,15 +106,18 @@ pub fn request_pod(stores: &Stores, crr: &ContainerRecreateRequest) -> Option<Ar
     }
 }
 
-/// Carries out one request from its start (or its journaled progress) to the end.
+/// Carries out one request from its start (or its journaled progress) to the end. With
+/// `claim` (a request without status), the first report admits the request, and nothing is done
+/// before the coordinator answered it.
 pub async fn run_request(
     ctx: Arc<Context>,
     crr: Arc<ContainerRecreateRequest>,
     resumed: Option<Journaled>,
+    claim: bool,
 ) -> Outcome {
     let request = request_ref(&crr);
     let span = tracing::info_span!("recreate", crr = %request.name, namespace = %request.namespace, pod = %crr.spec.pod_name, node = %ctx.node);
-    run_request_inner(ctx, crr, request, resumed)
+    run_request_inner(ctx, crr, request, resumed, claim)
         .instrument(span)
         .await
 }
@@ -109,6 +127,7 @@ async fn run_request_inner(
     crr: Arc<ContainerRecreateRequest>,
     request: RequestRef,
     resumed: Option<Journaled>,
+    claim: bool,
 ) -> Outcome {
     let Some(pod) = request_pod(&ctx.stores, &crr) else {
         return Outcome::Gone;
@@ -120,7 +139,13 @@ async fn run_request_inner(
             info!(reason = refusal.reason(), "refused: {refusal}");
             let mut progress =
                 RequestProgress::refused(request, &pod_uid, refusal.to_string(), Timestamp::now());
-            ctx.reporter.submit(progress.report());
+            if claim {
+                if claim_request(&ctx, &crr, progress.report()).await == Claim::NotTaken {
+                    return Outcome::NotClaimed;
+                }
+            } else {
+                ctx.reporter.submit(progress.report());
+            }
             ctx.metrics.recreates.with_label_values(&["refused"]).inc();
             return Outcome::Finished(RecreatePhase::Failed);
         }
@@ -144,7 +169,28 @@ async fn run_request_inner(
     let now = Timestamp::now();
     let mut progress = starting_progress(resumed, &request, &pod_uid, &plan, now);
     let deadline = deadline_of(&crr, &plan, &progress, now);
-    let Some(_permit) = wait_for_permit(&ctx, &mut progress).await else {
+    // A request to claim: its first report (running, or queued when no permit is free) admits
+    // it; nothing is done before the answer.
+    let mut claimed_permit = None;
+    if claim {
+        let permit = ctx.permits.clone().try_acquire_owned().ok();
+        let first = match permit {
+            Some(_) => progress.report(),
+            None => queued_report(&mut progress),
+        };
+        match claim_request(&ctx, &crr, first).await {
+            Claim::Taken => claimed_permit = permit,
+            Claim::Finished => return Outcome::Gone,
+            Claim::NotTaken => return Outcome::NotClaimed,
+        }
+    }
+    // The claim, when it held a permit, was the report that says the request runs.
+    let reported = claimed_permit.is_some();
+    let permit = match claimed_permit {
+        Some(permit) => Some(permit),
+        None => wait_for_permit(&ctx, &mut progress).await,
+    };
+    let Some(_permit) = permit else {
         return Outcome::Interrupted;
     };
     ctx.metrics.in_flight.inc();
@@ -155,7 +201,9 @@ async fn run_request_inner(
         ordered = plan.ordered,
         "recreating"
     );
-    ctx.reporter.submit(progress.report());
+    if !reported {
+        ctx.reporter.submit(progress.report());
+    }
     failpoint::hit(Failpoint::PanicInWorker);
     let shared = Arc::new(Mutex::new(progress));
 
@@ -251,12 +299,7 @@ async fn wait_for_permit(
         Ok(permit) => Ok(permit),
         Err(_) => {
             // Tell the coordinator the request is accepted and waiting, not lost.
-            let mut queued = progress.report();
-            queued.phase = RecreatePhase::Pending;
-            queued.message = Some(
-                "queued: the node is recreating as many containers as --max-parallel allows".into(),
-            );
-            ctx.reporter.submit(queued);
+            ctx.reporter.submit(queued_report(progress));
             tokio::select! {
                 _ = ctx.stop.cancelled() => return None,
                 permit = ctx.permits.clone().acquire_owned() => permit,
@@ -264,6 +307,61 @@ async fn wait_for_permit(
         }
     };
     permit.ok()
+}
+
+/// The report that says the request waits for one of the node's `--max-parallel` permits.
+fn queued_report(progress: &mut RequestProgress) -> relaunch_api::report::RecreateReport {
+    let mut queued = progress.report();
+    queued.phase = RecreatePhase::Pending;
+    queued.message =
+        Some("queued: the node is recreating as many containers as --max-parallel allows".into());
+    queued
+}
+
+/// Sends `report`, the first of a request not admitted yet, and waits for the answer: the
+/// coordinator admits the request (or refuses it) and writes the report in one status write.
+async fn claim_request(
+    ctx: &Context,
+    crr: &ContainerRecreateRequest,
+    report: relaunch_api::report::RecreateReport,
+) -> Claim {
+    match ctx.coordinator.claim(&report).await {
+        Ok(status) => {
+            ctx.reporter.delivered(&report);
+            if status.phase.is_finished() {
+                info!(
+                    phase = status.phase.as_str(),
+                    message = status.message.as_deref().unwrap_or_default(),
+                    "the coordinator finished the request on its first report"
+                );
+                Claim::Finished
+            } else if status.admitted_generation.is_some()
+                && status.admitted_generation == crr.metadata.generation
+            {
+                Claim::Taken
+            } else {
+                info!(
+                    "the request changed before the coordinator admitted it; waiting for its admission"
+                );
+                Claim::NotTaken
+            }
+        }
+        Err(CoordinatorError::Rejected {
+            status: 409,
+            message,
+        }) => {
+            info!("the coordinator does not admit the request now: {message}");
+            Claim::NotTaken
+        }
+        Err(e) => {
+            error_policy(
+                &ctx.metrics,
+                "the coordinator did not take the request's first report",
+                &e.into(),
+            );
+            Claim::NotTaken
+        }
+    }
 }
 
 /// Settles the finished request: queues the final report, journals the result, counts it.

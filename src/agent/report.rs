@@ -167,14 +167,7 @@ impl Reporter {
 
     /// Queues the latest view of a request.
     pub fn submit(&self, report: RecreateReport) {
-        {
-            let mut unfinished = lock(&self.unfinished);
-            if report.phase.is_finished() {
-                unfinished.remove(&report.request.uid);
-            } else {
-                unfinished.insert(report.request.uid.clone(), report.clone());
-            }
-        }
+        self.remember(&report);
         let depth = {
             let mut queue = lock(&self.queue);
             queue.push(report);
@@ -182,6 +175,23 @@ impl Reporter {
         };
         self.metrics.report_queue_depth.set(depth as i64);
         self.wake.notify_one();
+    }
+
+    /// Takes note of a report the worker delivered itself (a request's first report, whose
+    /// answer it waits for): counted, and re-sent by the heartbeat while the request runs.
+    pub fn delivered(&self, report: &RecreateReport) {
+        self.remember(report);
+        self.metrics.reports.with_label_values(&["delivered"]).inc();
+    }
+
+    /// Keeps `report` as the latest view of its request while the request is unfinished.
+    fn remember(&self, report: &RecreateReport) {
+        let mut unfinished = lock(&self.unfinished);
+        if report.phase.is_finished() {
+            unfinished.remove(&report.request.uid);
+        } else {
+            unfinished.insert(report.request.uid.clone(), report.clone());
+        }
     }
 
     /// How many reports wait for delivery.

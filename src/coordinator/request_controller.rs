@@ -17,7 +17,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use relaunch_api::{ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_POD_UID};
+use relaunch_api::{
+    ContainerRecreateRequest, ContainerRecreateRequestStatus, LABEL_NODE_NAME, LABEL_POD_UID,
+};
 
 use crate::admission::{Admission, admit, has_exec};
 use crate::caches::Caches;
@@ -40,6 +42,10 @@ const MIN_GAP: Duration = Duration::from_millis(50);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Actions run concurrently in one pass.
 const CONCURRENCY: usize = 8;
+/// How long a new request labelled with its pod's node is left to the agent there: its first
+/// report admits the request in the same status write that says `Recreating` (see
+/// [`left_to_agent`]). The controller admits it itself when no agent has within this time.
+const AGENT_CLAIM: Duration = Duration::from_secs(5);
 
 /// Runs the controller on `caches` until `shutdown`, waking on `notify` for a pass and on
 /// `new_request` to admit new requests at once; `synced` fires once both caches are filled.
@@ -69,6 +75,7 @@ pub async fn run(
         pods: caches.pods,
         watching_since: Timestamp::now(),
         attempted: HashMap::new(),
+        first_seen: HashMap::new(),
     };
     // Passes are throttled (see `wait_before_pass`); admission is not: a new request is
     // admitted as soon as the watch brings it, also while a pass waits for its turn, so that
@@ -178,6 +185,8 @@ struct RequestController {
     watching_since: Timestamp,
     /// What was last attempted per request or pod UID: (request version, pod version, when).
     attempted: HashMap<String, (String, String, Instant)>,
+    /// When each request left to its agent (without status) was first seen.
+    first_seen: HashMap<String, Instant>,
 }
 
 impl RequestController {
@@ -194,16 +203,22 @@ impl RequestController {
         let mut live: HashSet<String> = all.iter().filter_map(|c| c.uid()).collect();
         live.extend(pods.iter().filter_map(|p| p.uid()));
         self.attempted.retain(|uid, _| live.contains(uid));
+        let new: HashSet<String> = (all.iter())
+            .filter(|c| c.status.is_none())
+            .filter_map(|c| c.uid())
+            .collect();
+        self.first_seen.retain(|uid, _| new.contains(uid));
         self.ctx.heartbeats.retain(|uid| live.contains(uid));
         next
     }
 
     /// Admits (or refuses) the requests without status, outside a pass; returns how long until
-    /// a failed admission should be tried again ([`MAX_IDLE`] if none failed).
+    /// a failed admission should be tried again or a request left to its agent is due
+    /// ([`MAX_IDLE`] if neither).
     async fn admit_new(&mut self) -> Duration {
         let all = self.requests.state();
-        let (actions, _) = self.decide_requests(&all, Timestamp::now(), Scope::New);
-        self.apply_all(actions).await
+        let (actions, next) = self.decide_requests(&all, Timestamp::now(), Scope::New);
+        next.min(self.apply_all(actions).await)
     }
 
     /// Applies `actions` concurrently and hands what failed to the error policy; returns the
@@ -255,6 +270,17 @@ impl RequestController {
                 next = next.min(Duration::from_secs(2));
                 continue;
             } else if crr.status.is_none() {
+                if left_to_agent(crr, pod.as_deref()) {
+                    let seen = *self
+                        .first_seen
+                        .entry(uid.clone())
+                        .or_insert_with(Instant::now);
+                    let left = AGENT_CLAIM.saturating_sub(seen.elapsed());
+                    if !left.is_zero() {
+                        next = next.min(left);
+                        continue;
+                    }
+                }
                 Action::Admit(crr.clone())
             } else {
                 let observed = Observed {
@@ -330,6 +356,22 @@ impl RequestController {
         self.pods
             .get(&ObjectRef::new(&crr.spec.pod_name).within(&ns))
     }
+}
+
+/// Whether the agent on the node of `crr`'s pod sees `crr` and may admit it with its first
+/// report: it is labelled with the node `pod` runs on and, if it names one, with `pod`'s UID
+/// (what the agent's own check of the request's pod asks for).
+fn left_to_agent(crr: &ContainerRecreateRequest, pod: Option<&CachedPod>) -> bool {
+    let Some(pod) = pod else {
+        return false;
+    };
+    let labels = crr.labels();
+    labels
+        .get(LABEL_NODE_NAME)
+        .is_some_and(|node| pod.node_name() == Some(node.as_str()))
+        && labels
+            .get(LABEL_POD_UID)
+            .is_none_or(|uid| pod.uid().as_deref() == Some(uid.as_str()))
 }
 
 /// Whether `crr` is not admitted yet and its pod is one a ScaleDown is decommissioning.
@@ -642,6 +684,48 @@ mod tests {
         let mut admitted = crr.clone();
         admitted.status = Some(Default::default());
         assert!(!held_by_scaledown(&admitted, Some(&pod), &leaving));
+    }
+
+    #[test]
+    fn only_a_request_labelled_for_its_pods_node_and_uid_is_left_to_the_agent() {
+        let pod: CachedPod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db-0", "namespace": "default", "uid": "uid-1"},
+            "spec": {"nodeName": "node-1"},
+        }))
+        .unwrap();
+        let labelled = |labels: &[(&str, &str)]| {
+            let mut crr = ContainerRecreateRequest::new(
+                "r",
+                ContainerRecreateRequestSpec {
+                    pod_name: "db-0".into(),
+                    ..Default::default()
+                },
+            );
+            crr.metadata.labels = Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+            crr
+        };
+        let node = (LABEL_NODE_NAME, "node-1");
+        assert!(left_to_agent(&labelled(&[node]), Some(&pod)));
+        assert!(left_to_agent(
+            &labelled(&[node, (LABEL_POD_UID, "uid-1")]),
+            Some(&pod)
+        ));
+        // No agent sees it, or the agent there does not take it as this pod's request.
+        assert!(!left_to_agent(&labelled(&[]), Some(&pod)));
+        assert!(!left_to_agent(
+            &labelled(&[(LABEL_NODE_NAME, "node-2")]),
+            Some(&pod)
+        ));
+        assert!(!left_to_agent(
+            &labelled(&[node, (LABEL_POD_UID, "uid-old")]),
+            Some(&pod)
+        ));
+        assert!(!left_to_agent(&labelled(&[node]), None), "pod gone");
     }
     use super::*;
     use crate::pods::CachedPod;

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -22,6 +22,20 @@ impl Cluster {
         Ok(Api::<ScaleDown>::namespaced(self.client.clone(), namespace)
             .get_opt(name)
             .await?)
+    }
+
+    /// The ScaleDowns of `namespace` (none when their CRD is not installed).
+    pub async fn list_scaledowns(&self, namespace: &str) -> Result<Vec<ScaleDown>, ClusterError> {
+        match Api::<ScaleDown>::namespaced(self.client.clone(), namespace)
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(list) => Ok(list.items),
+            Err(e) => match ClusterError::from(e) {
+                e if e.is_not_found() => Ok(Vec::new()),
+                e => Err(e),
+            },
+        }
     }
 
     /// Sets `spec.replicas` of `sts` to `to`, only if it is still at the version read (409

@@ -24,6 +24,7 @@ use crate::events::{self, Event, is_rollout_request};
 use crate::lifecycle;
 use crate::merge::{check_containers, check_report, merge_report};
 use crate::readiness::{GateChange, GateHolder, gate_change};
+use crate::scaledown::leaving::held_pod;
 
 /// How often a status write is retried after losing a race (409) before giving up with 503.
 const WRITE_ATTEMPTS: usize = 8;
@@ -420,13 +421,23 @@ fn settle<T>(
 /// What a failed status write is logged as and what the agent is told.
 const WRITING_STATUS: (&str, &str) = ("writing status", "cannot write status");
 
-/// Admits a request that has no status yet, as the request controller would.
+/// Admits a request that has no status yet, as the request controller would: not while a
+/// ScaleDown decommissions its pod (409, nothing written; the request controller admits it
+/// once the pod stays or fails it once the pod is gone).
 async fn admit_here(
     ctx: &Context,
     crr: ContainerRecreateRequest,
     pod: &Pod,
     now: Timestamp,
 ) -> Result<Attempt<Admitted>, Refusal> {
+    if let Some(scaledown) = scaledown_holding(ctx, pod).await? {
+        return Err(Refusal::Conflict(format!(
+            "pod {}/{} is being decommissioned by ScaleDown {scaledown}; request {} is admitted once it is done with the pod",
+            pod.namespace().unwrap_or_default(),
+            pod.name_any(),
+            crr.name_any()
+        )));
+    }
     let Some(exec) = ctx
         .exec_policy
         .verdict()
@@ -475,6 +486,29 @@ async fn admit_here(
             })))
         }
     }
+}
+
+/// The ScaleDown decommissioning `pod`, if any: as this replica's ScaleDown controller last
+/// published it, or, on a replica that does not lead, as the API says now.
+async fn scaledown_holding(ctx: &Context, pod: &Pod) -> Result<Option<String>, Refusal> {
+    let uid = pod.uid().unwrap_or_default();
+    if let Some(published) = ctx.leaving.published(&uid) {
+        return Ok(published);
+    }
+    let namespace = pod.namespace().unwrap_or_default();
+    let scaledowns = ctx.cluster.list_scaledowns(&namespace).await.map_err(|e| {
+        let object = format!("ScaleDowns in {namespace}");
+        unavailable(
+            ctx,
+            ("reading the ScaleDowns", "cannot read the ScaleDowns"),
+            &object,
+            e,
+        )
+    })?;
+    Ok(scaledowns
+        .iter()
+        .filter_map(held_pod)
+        .find_map(|(held, by)| (held == uid).then_some(by)))
 }
 
 /// Holds or releases the pod's readiness gate for the agent on `node`. The change is decided

@@ -171,12 +171,7 @@ pub async fn run(
                 continue;
             }
             active += 1;
-            if let Some(current) = sd.status.as_ref().and_then(|s| s.current.as_ref()) {
-                held.insert(
-                    current.pod_uid.clone(),
-                    format!("{}/{}", sd.namespace().unwrap_or_default(), sd.name_any()),
-                );
-            }
+            held.extend(leaving::held_pod(&sd));
             if sd
                 .status
                 .as_ref()
@@ -211,7 +206,7 @@ pub async fn run(
     }
     metrics.active.set(0);
     metrics.stalled.set(0);
-    ctx.leaving.set(HashMap::new());
+    ctx.leaving.forget();
     Ok(())
 }
 
