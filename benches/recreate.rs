@@ -99,7 +99,6 @@ fn phase_sum(metrics: &HashMap<String, f64>, phase: &str) -> f64 {
 /// are other processes: the wall clock is the one clock all of them share).
 struct Run {
     name: String,
-    pod: String,
     /// The client sent the create; it was answered; its watch saw the request finished.
     sent: i64,
     answered: i64,
@@ -242,7 +241,6 @@ async fn measure_recreates(bed: &Bed, admin: SocketAddr, runs: usize) -> Vec<Str
         };
         measured.push(Run {
             name,
-            pod: format!("bench-recreate-{run}"),
             sent,
             answered,
             seen,
