@@ -16,18 +16,25 @@ use relaunch_api::report::RecreateReport;
 
 /// Longest pause between delivery attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Shortest time between two deliveries for one request while it is unfinished: the views in
+/// between fold into the latest, so a restart that takes less writes its status only at the
+/// start and at the outcome (which goes at once). A person still sees every step that lasts.
+pub const MIN_SPACING: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Reports waiting for delivery: at most one (the latest) per request, delivered in the order
 /// requests first entered the queue — except that a request whose delivery failed waits out its
 /// own back-off while the others go on, so one request whose status cannot be written never
-/// stalls the node's other reports.
+/// stalls the node's other reports, and that an unfinished view waits until [`MIN_SPACING`]
+/// after the request's previous delivery.
 #[derive(Debug, Default)]
 pub struct ReportQueue {
     order: VecDeque<String>,
     latest: HashMap<String, RecreateReport>,
     /// Requests whose last delivery failed: their current pause and when to try again.
     retry: HashMap<String, (Duration, Instant)>,
+    /// When each unfinished request's last report was delivered.
+    delivered: HashMap<String, Instant>,
 }
 
 impl ReportQueue {
@@ -40,26 +47,60 @@ impl ReportQueue {
         }
     }
 
-    /// The next report to deliver at `now`: the first queued whose request is not backing off.
+    /// The next report to deliver at `now`: the first queued that is due (see [`Self::due_at`]).
     pub fn next_due(&self, now: Instant) -> Option<&RecreateReport> {
         self.order
             .iter()
-            .find(|uid| self.retry.get(*uid).is_none_or(|(_, at)| *at <= now))
+            .find(|uid| self.due_at(uid).is_none_or(|at| at <= now))
             .and_then(|uid| self.latest.get(uid))
     }
 
-    /// When the first request backing off may be tried again.
+    /// When the queued report of `uid` may go, if not at once: after its back-off; an
+    /// unfinished view also [`MIN_SPACING`] after the request's last delivery.
+    fn due_at(&self, uid: &str) -> Option<Instant> {
+        let backoff = self.retry.get(uid).map(|(_, at)| *at);
+        let unfinished = self.latest.get(uid).is_some_and(|r| !r.phase.is_finished());
+        let spaced = (self.delivered.get(uid))
+            .filter(|_| unfinished)
+            .map(|at| *at + MIN_SPACING);
+        backoff.max(spaced)
+    }
+
+    /// When the first queued report that is not due yet becomes due.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.retry.values().map(|(_, at)| *at).min()
+        self.order.iter().filter_map(|uid| self.due_at(uid)).min()
+    }
+
+    /// A report of `uid` was delivered at `now` outside the queue (a request's first report):
+    /// the request's next unfinished view waits [`MIN_SPACING`] after it.
+    pub fn delivered(&mut self, report: &RecreateReport, now: Instant) {
+        let uid = &report.request.uid;
+        if report.phase.is_finished() {
+            self.delivered.remove(uid);
+        } else {
+            self.delivered.insert(uid.clone(), now);
+        }
+    }
+
+    /// Forgets `uid` (the request is gone).
+    pub fn forget(&mut self, uid: &str) {
+        self.delivered.remove(uid);
     }
 
     /// The report of `uid` with `sequence` was delivered (or refused for good): it is removed if
     /// it is still the latest (a newer view queued meanwhile stays, due at once), and the
     /// request's back-off ends.
-    pub fn settle(&mut self, uid: &str, sequence: u64) {
+    pub fn settle(&mut self, uid: &str, sequence: u64, now: Instant) {
         self.retry.remove(uid);
+        self.delivered.insert(uid.to_string(), now);
         if self.latest.get(uid).is_some_and(|r| r.sequence == sequence) {
-            self.latest.remove(uid);
+            if self
+                .latest
+                .remove(uid)
+                .is_some_and(|r| r.phase.is_finished())
+            {
+                self.delivered.remove(uid);
+            }
             self.order.retain(|u| u != uid);
         }
     }
@@ -146,6 +187,7 @@ impl Reporter {
     /// Stops re-sending the view of a request that is gone.
     pub fn forget(&self, uid: &str) {
         lock(&self.unfinished).remove(uid);
+        lock(&self.queue).forget(uid);
     }
 
     async fn heartbeat(self, interval: Duration, stop: CancellationToken) {
@@ -181,6 +223,7 @@ impl Reporter {
     /// answer it waits for): counted, and re-sent by the heartbeat while the request runs.
     pub fn delivered(&self, report: &RecreateReport) {
         self.remember(report);
+        lock(&self.queue).delivered(report, Instant::now());
         self.metrics.reports.with_label_values(&["delivered"]).inc();
     }
 
@@ -249,7 +292,7 @@ impl Reporter {
                 Ok(()) => {
                     self.metrics.reports.with_label_values(&["delivered"]).inc();
                     tracing::debug!(crr = %report.request.name, namespace = %report.request.namespace, phase = report.phase.as_str(), "report delivered");
-                    lock(&self.queue).settle(uid, report.sequence);
+                    lock(&self.queue).settle(uid, report.sequence, Instant::now());
                 }
                 Err(e) => {
                     let span = tracing::info_span!("report", crr = %report.request.name, namespace = %report.request.namespace);
@@ -264,7 +307,7 @@ impl Reporter {
                         }
                         Retry::Never => {
                             self.metrics.reports.with_label_values(&["rejected"]).inc();
-                            lock(&self.queue).settle(uid, report.sequence);
+                            lock(&self.queue).settle(uid, report.sequence, Instant::now());
                         }
                     }
                 }
@@ -316,7 +359,7 @@ mod tests {
         assert_eq!(q.len(), 2);
         let front = q.next_due(now).unwrap();
         assert_eq!((front.request.uid.as_str(), front.sequence), ("a", 2));
-        q.settle("a", 2);
+        q.settle("a", 2, now);
         assert_eq!(q.next_due(now).unwrap().request.uid, "b");
     }
 
@@ -327,9 +370,9 @@ mod tests {
         q.push(report("a", 1, RecreatePhase::Recreating));
         let sending = q.next_due(now).unwrap().sequence;
         q.push(report("a", 2, RecreatePhase::Succeeded));
-        q.settle("a", sending);
+        q.settle("a", sending, now);
         assert_eq!(q.next_due(now).unwrap().sequence, 2);
-        q.settle("a", 2);
+        q.settle("a", 2, now);
         assert!(q.is_empty());
     }
 
@@ -344,10 +387,10 @@ mod tests {
         assert_eq!(q.backing_off(), 1);
         // The next one goes first.
         assert_eq!(q.next_due(now).unwrap().request.uid, "b");
-        q.settle("b", 1);
+        q.settle("b", 1, now);
         q.push(report("c", 1, RecreatePhase::Recreating));
         assert_eq!(q.next_due(now).unwrap().request.uid, "c");
-        q.settle("c", 1);
+        q.settle("c", 1, now);
         assert!(q.next_due(now).is_none());
         assert_eq!(q.next_retry(), Some(now + Duration::from_millis(100)));
         // Its back-off over, it is tried again, and backs off longer after another failure.
@@ -359,10 +402,45 @@ mod tests {
         assert!(q.next_due(later).is_none());
         let due = later + Duration::from_millis(200);
         assert_eq!(q.next_due(due).unwrap().sequence, 2);
-        q.settle("stuck", 2);
+        q.settle("stuck", 2, now);
         assert_eq!((q.backing_off(), q.len()), (0, 0));
         assert_eq!(q.failed("gone", due), Duration::ZERO);
         assert_eq!(q.backing_off(), 0);
+    }
+
+    #[test]
+    fn an_unfinished_view_waits_for_the_spacing_and_the_outcome_goes_at_once() {
+        let now = Instant::now();
+        let mut q = ReportQueue::default();
+        // The first report goes at once; the next unfinished view waits MIN_SPACING after it.
+        q.push(report("a", 1, RecreatePhase::Recreating));
+        assert_eq!(q.next_due(now).unwrap().sequence, 1);
+        q.settle("a", 1, now);
+        q.push(report("a", 2, RecreatePhase::Recreating));
+        q.push(report("b", 1, RecreatePhase::Recreating));
+        assert_eq!(q.next_due(now).unwrap().request.uid, "b", "a waits, b goes");
+        q.settle("b", 1, now);
+        assert!(q.next_due(now).is_none());
+        assert_eq!(q.next_retry(), Some(now + MIN_SPACING));
+        // Views in between fold into the latest, which goes once the spacing is over.
+        q.push(report("a", 3, RecreatePhase::Recreating));
+        assert_eq!(q.next_due(now + MIN_SPACING).unwrap().sequence, 3);
+        // The outcome does not wait.
+        q.push(report("a", 4, RecreatePhase::Succeeded));
+        assert_eq!(q.next_due(now).unwrap().sequence, 4);
+        q.settle("a", 4, now);
+        // A request delivered outside the queue (its claim) is spaced from then on.
+        let mut first = report("c", 1, RecreatePhase::Recreating);
+        q.delivered(&first, now);
+        first.sequence = 2;
+        q.push(first);
+        assert!(q.next_due(now).is_none());
+        q.forget("c");
+        assert_eq!(
+            q.next_due(now).unwrap().request.uid,
+            "c",
+            "forgotten: no spacing"
+        );
     }
 
     /// A stand-in coordinator that answers 503 to every report of request `stuck` and 200 to
