@@ -195,6 +195,28 @@ impl CoordinatorBed {
             .sum()
     }
 
+    /// Installs the ScaleDown CRD and creates ScaleDown `shrink` (of StatefulSet `db`, no status).
+    async fn scaledown_shrink(&self) -> (Api<relaunch_api::ScaleDown>, relaunch_api::ScaleDown) {
+        use relaunch_api::ScaleDown;
+        Api::<CustomResourceDefinition>::all(self.client.clone())
+            .create(&PostParams::default(), &ScaleDown::crd())
+            .await
+            .unwrap();
+        let scaledowns: Api<ScaleDown> = Api::namespaced(self.client.clone(), "default");
+        let sd: ScaleDown = serde_json::from_value(json!({
+            "apiVersion": "relaunch.dev/v1alpha1", "kind": "ScaleDown",
+            "metadata": {"name": "shrink"},
+            "spec": {"statefulSetName": "db", "replicas": 1, "decommission": {"command": ["handoff"]}},
+        }))
+        .unwrap();
+        let sd = eventually("the ScaleDown CRD to serve", WAIT, || async {
+            scaledowns.create(&PostParams::default(), &sd).await.ok()
+        })
+        .await
+        .unwrap();
+        (scaledowns, sd)
+    }
+
     fn requests(&self) -> Api<ContainerRecreateRequest> {
         Api::default_namespaced(self.client.clone())
     }
@@ -1184,24 +1206,8 @@ async fn a_report_before_admission_admits_the_request_or_fails_an_invalid_one() 
 /// the Lease, so the report API reads the ScaleDowns from the API.)
 #[tokio::test]
 async fn a_first_report_does_not_admit_a_request_whose_pod_a_scaledown_decommissions() {
-    use relaunch_api::ScaleDown;
     let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
-    Api::<CustomResourceDefinition>::all(bed.client.clone())
-        .create(&PostParams::default(), &ScaleDown::crd())
-        .await
-        .unwrap();
-    let scaledowns: Api<ScaleDown> = Api::namespaced(bed.client.clone(), "default");
-    let sd: ScaleDown = serde_json::from_value(json!({
-        "apiVersion": "relaunch.dev/v1alpha1", "kind": "ScaleDown",
-        "metadata": {"name": "shrink"},
-        "spec": {"statefulSetName": "db", "replicas": 1, "decommission": {"command": ["handoff"]}},
-    }))
-    .unwrap();
-    eventually("the ScaleDown CRD to serve", WAIT, || async {
-        scaledowns.create(&PostParams::default(), &sd).await.ok()
-    })
-    .await
-    .unwrap();
+    let (scaledowns, _) = bed.scaledown_shrink().await;
     let db = bed.pods().get("db-0").await.unwrap();
     let phase = |phase: &str| {
         Patch::Merge(json!({"status": {"phase": phase, "current": {
@@ -1721,25 +1727,9 @@ async fn controllers_that_no_longer_lead_write_nothing() {
 /// result, only while the ScaleDown asks for that very command, once.
 #[tokio::test]
 async fn a_scaledown_command_result_is_taken_only_from_its_pods_node_and_only_once() {
-    use relaunch_api::ScaleDown;
     use relaunch_api::report::SCALEDOWN_EXEC_PATH;
     let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
-    let crds = Api::<CustomResourceDefinition>::all(bed.client.clone());
-    crds.create(&PostParams::default(), &ScaleDown::crd())
-        .await
-        .unwrap();
-    let scaledowns: Api<ScaleDown> = Api::namespaced(bed.client.clone(), "default");
-    let sd: ScaleDown = serde_json::from_value(json!({
-        "apiVersion": "relaunch.dev/v1alpha1", "kind": "ScaleDown",
-        "metadata": {"name": "shrink"},
-        "spec": {"statefulSetName": "db", "replicas": 1, "decommission": {"command": ["handoff"]}},
-    }))
-    .unwrap();
-    let sd = eventually("the ScaleDown CRD to serve", WAIT, || async {
-        scaledowns.create(&PostParams::default(), &sd).await.ok()
-    })
-    .await
-    .unwrap();
+    let (scaledowns, sd) = bed.scaledown_shrink().await;
     let db = bed.pods().get("db-0").await.unwrap();
     let exec = |node: &str| {
         json!({"status": {"phase": "Running", "exec": {
