@@ -327,8 +327,8 @@ async fn claim_request(
 ) -> Claim {
     match ctx.coordinator.claim(&report).await {
         Ok(status) => {
-            ctx.reporter.delivered(&report);
             if status.phase.is_finished() {
+                ctx.reporter.delivered(&report);
                 info!(
                     phase = status.phase.as_str(),
                     message = status.message.as_deref().unwrap_or_default(),
@@ -338,6 +338,7 @@ async fn claim_request(
             } else if status.admitted_generation.is_some()
                 && status.admitted_generation == crr.metadata.generation
             {
+                ctx.reporter.delivered(&report);
                 Claim::Taken
             } else {
                 info!(

@@ -87,9 +87,9 @@ impl ReportQueue {
         self.delivered.remove(uid);
     }
 
-    /// The report of `uid` with `sequence` was delivered (or refused for good): it is removed if
-    /// it is still the latest (a newer view queued meanwhile stays, due at once), and the
-    /// request's back-off ends.
+    /// The report of `uid` with `sequence` was delivered (or refused for good) at `now`: it is
+    /// removed if it is still the latest (a newer view queued meanwhile stays: due at once if
+    /// finished, else [`MIN_SPACING`] after `now`), and the request's back-off ends.
     pub fn settle(&mut self, uid: &str, sequence: u64, now: Instant) {
         self.retry.remove(uid);
         self.delivered.insert(uid.to_string(), now);

@@ -266,7 +266,9 @@ impl RequestController {
             let action = if held_by_scaledown(crr, pod.as_deref(), &self.ctx.leaving) {
                 // Not admitted (so no agent acts on it) while a ScaleDown decommissions the
                 // pod: the pod either leaves (admission then fails the request: pod gone) or
-                // stays (a cancel), and the request runs.
+                // stays (a cancel), and the request runs. Its agent's claim was refused (409)
+                // meanwhile: the time left to the agent runs from now, not from the release.
+                self.first_seen.entry(uid).or_insert_with(Instant::now);
                 next = next.min(Duration::from_secs(2));
                 continue;
             } else if crr.status.is_none() {

@@ -54,6 +54,15 @@ impl LeavingPods {
     }
 }
 
+/// Forgets the published holds when dropped: the ScaleDown controller holds one while it runs.
+pub struct ForgetOnDrop(pub std::sync::Arc<LeavingPods>);
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        self.0.forget();
+    }
+}
+
 /// The UID of the pod `sd` holds and `namespace/name` of `sd`: the pod it is decommissioning
 /// (or bringing back) while it is neither finished nor in a phase this version does not know.
 pub fn held_pod(sd: &ScaleDown) -> Option<(String, String)> {
@@ -83,5 +92,13 @@ mod tests {
         assert_eq!(leaving.published("u1"), Some(None), "published: not held");
         leaving.forget();
         assert_eq!(leaving.published("u1"), None, "nothing published any more");
+        let leaving = std::sync::Arc::new(leaving);
+        leaving.set(HashMap::from([("u1".into(), "ns/sd".into())]));
+        drop(ForgetOnDrop(leaving.clone()));
+        assert_eq!(
+            leaving.published("u1"),
+            None,
+            "forgotten when the controller ends"
+        );
     }
 }

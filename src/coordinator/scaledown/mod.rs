@@ -133,6 +133,9 @@ pub async fn run(
     );
     let (claims, t3) = watch_into(&ctx, "persistentvolumeclaims", prune_claim, wake());
     let _tasks = WatchTasks(vec![t1, t2, t3]);
+    // The holds are this term's: forgotten however the controller ends (also when aborted), so
+    // the report API of a replica that no longer leads reads the ScaleDowns instead.
+    let _holds = leaving::ForgetOnDrop(ctx.leaving.clone());
     let stores = Stores {
         scaledowns,
         statefulsets,
@@ -206,7 +209,6 @@ pub async fn run(
     }
     metrics.active.set(0);
     metrics.stalled.set(0);
-    ctx.leaving.forget();
     Ok(())
 }
 
