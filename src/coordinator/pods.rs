@@ -8,27 +8,70 @@
 //! allocated, and a cached pod costs a few hundred bytes instead of the ≈ 6 KiB of a pruned
 //! `k8s_openapi` `Pod` (docs/performance.md).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodReadinessGate};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
+use kube::core::{Expression, Selector};
 use serde::{Deserialize, Serialize};
 
 use relaunch_api::READINESS_GATE;
 use relaunch_api::containers::is_native_sidecar;
 
-/// What the controllers read of a pod: identity, labels (rollout and budget selectors, ordinal),
+/// What the controllers read of a pod: identity, labels (rollout and budget selectors, ordinal;
+/// held as [`Labels`], not in `metadata`),
 /// owner kinds (ordinal, ScaleDown ownership), deletion and resourceVersion (conditional
 /// writes); node, grace period, readiness gates, the names of the containers that can be
 /// recreated (regular containers and native sidecars); phase and the `Ready` and
 /// `relaunch.dev/ready` conditions.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(from = "PodFields", into = "PodFields")]
 pub struct CachedPod {
-    #[serde(default, deserialize_with = "null_as_default")]
+    /// Without labels: they are in `labels`.
     pub metadata: ObjectMeta,
+    /// Moved out of `metadata` as the pod is read (and back in as it is written).
+    labels: Labels,
+    spec: CachedSpec,
+    status: CachedStatus,
+}
+
+/// A [`CachedPod`] as JSON: the labels in `metadata`, as the API has them.
+#[derive(Deserialize, Serialize)]
+struct PodFields {
+    #[serde(default, deserialize_with = "null_as_default")]
+    metadata: ObjectMeta,
     #[serde(default, deserialize_with = "null_as_default")]
     spec: CachedSpec,
     #[serde(default, deserialize_with = "null_as_default")]
     status: CachedStatus,
+}
+
+impl From<PodFields> for CachedPod {
+    fn from(fields: PodFields) -> Self {
+        let mut metadata = fields.metadata;
+        let labels = metadata.labels.take().map(Labels::from).unwrap_or_default();
+        Self {
+            metadata,
+            labels,
+            spec: fields.spec,
+            status: fields.status,
+        }
+    }
+}
+
+impl From<CachedPod> for PodFields {
+    fn from(pod: CachedPod) -> Self {
+        let mut metadata = pod.metadata;
+        if !pod.labels.0.is_empty() {
+            metadata.labels = Some(pod.labels.to_map());
+        }
+        Self {
+            metadata,
+            spec: pod.spec,
+            status: pod.status,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -82,6 +125,63 @@ struct CachedStatus {
     conditions: Vec<PodCondition>,
 }
 
+/// A pod's labels as the cache holds them: one allocation of key/value pairs sorted by key, in
+/// place of `ObjectMeta`'s `BTreeMap`, whose first node alone takes 544 bytes however few the
+/// labels (docs/performance.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    /// The value of label `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let found = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+        self.0.get(found).map(|(_, v)| &**v)
+    }
+
+    /// The labels as `ObjectMeta` holds them.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        (self.0.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        // A BTreeMap iterates in key order: the pairs come out sorted.
+        Self(
+            map.into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        )
+    }
+}
+
+/// A label selector evaluated on [`PodFacts::label`], so on a cached pod's [`Labels`] and a
+/// full pod's alike. Parsing stays `kube`'s (`Selector::try_from` a `LabelSelector`).
+#[derive(Clone, Debug)]
+pub struct PodSelector(Vec<Expression>);
+
+impl From<Selector> for PodSelector {
+    fn from(selector: Selector) -> Self {
+        Self(selector.into_iter().collect())
+    }
+}
+
+impl PodSelector {
+    /// Whether `pod`'s labels satisfy every expression (an empty selector selects every pod).
+    pub fn matches(&self, pod: &impl PodFacts) -> bool {
+        self.0.iter().all(|e| match e {
+            Expression::In(key, values) => pod.label(key).is_some_and(|v| values.contains(v)),
+            Expression::NotIn(key, values) => pod.label(key).is_none_or(|v| !values.contains(v)),
+            Expression::Exists(key) => pod.label(key).is_some(),
+            Expression::DoesNotExist(key) => pod.label(key).is_none(),
+            Expression::Equal(key, value) => pod.label(key) == Some(value.as_str()),
+            Expression::NotEqual(key, value) => pod.label(key) != Some(value.as_str()),
+        })
+    }
+}
+
 /// A field the API may send as `null` reads as its default (as `k8s_openapi` reads it as `None`).
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
@@ -115,10 +215,18 @@ impl k8s_openapi::Metadata for CachedPod {
 impl CachedPod {
     /// A pod made from metadata alone (what a guarded watch deletes an unreadable pod with).
     pub fn from_metadata(metadata: ObjectMeta) -> Self {
-        Self {
+        let mut pod = Self {
             metadata,
             ..Default::default()
-        }
+        };
+        pod.prune();
+        pod
+    }
+
+    /// The pod's labels. (`ResourceExt::labels` would read `metadata`, which holds none once
+    /// pruned; this inherent method takes precedence on a `CachedPod`.)
+    pub fn labels(&self) -> &Labels {
+        &self.labels
     }
 
     /// Drops what the controllers never read and the parser still had to take: managed fields,
@@ -126,6 +234,9 @@ impl CachedPod {
     /// `Ready` and `relaunch.dev/ready`, and of those the fields nothing reads.
     pub fn prune(&mut self) {
         let meta = &mut self.metadata;
+        if let Some(labels) = meta.labels.take() {
+            self.labels = Labels::from(labels);
+        }
         meta.managed_fields = None;
         meta.annotations = None;
         meta.finalizers = None;
@@ -158,6 +269,7 @@ impl From<&Pod> for CachedPod {
         let status = pod.status.as_ref();
         let mut cached = Self {
             metadata: pod.metadata.clone(),
+            labels: Labels::default(),
             spec: CachedSpec {
                 node_name: spec.and_then(|s| s.node_name.clone()),
                 termination_grace_period_seconds: spec
@@ -188,6 +300,8 @@ impl From<&Pod> for CachedPod {
 /// What the controllers read of a pod beyond its metadata (`Resource::meta`), for a cached pod
 /// and a full one alike.
 pub trait PodFacts: Resource<DynamicType = ()> {
+    /// The value of label `key`.
+    fn label(&self, key: &str) -> Option<&str>;
     /// `spec.nodeName`.
     fn node_name(&self) -> Option<&str>;
     /// `spec.terminationGracePeriodSeconds`.
@@ -205,6 +319,10 @@ pub trait PodFacts: Resource<DynamicType = ()> {
 }
 
 impl PodFacts for CachedPod {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key)
+    }
+
     fn node_name(&self) -> Option<&str> {
         self.spec.node_name.as_deref()
     }
@@ -242,6 +360,10 @@ impl PodFacts for CachedPod {
 }
 
 impl PodFacts for Pod {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.metadata.labels.as_ref()?.get(key).map(String::as_str)
+    }
+
     fn node_name(&self) -> Option<&str> {
         self.spec.as_ref()?.node_name.as_deref()
     }
@@ -289,6 +411,60 @@ impl PodFacts for Pod {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A selector gives the same answer on a cached pod's compact labels as `kube`'s own
+    /// matching on the full pod's labels.
+    #[test]
+    fn selectors_match_cached_labels_as_kube_matches_the_full_ones() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        use kube::core::SelectorExt;
+        let label_sets = [
+            json!({}),
+            json!({"app": "db"}),
+            json!({"app": "db", "role": "primary", "zone": "a"}),
+            json!({"app": "web", "role": "replica", "apps.kubernetes.io/pod-index": "3"}),
+        ];
+        let selectors = [
+            json!({}),
+            json!({"matchLabels": {"app": "db"}}),
+            json!({"matchLabels": {"app": "db", "role": "primary"}}),
+            json!({"matchExpressions": [{"key": "role", "operator": "In", "values": ["primary", "replica"]}]}),
+            json!({"matchExpressions": [{"key": "role", "operator": "NotIn", "values": ["primary"]}]}),
+            json!({"matchExpressions": [{"key": "zone", "operator": "Exists"}]}),
+            json!({"matchExpressions": [{"key": "zone", "operator": "DoesNotExist"}]}),
+            json!({"matchLabels": {"app": "db"}, "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}),
+        ];
+        for labels in &label_sets {
+            let full: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "p", "labels": labels},
+            }))
+            .unwrap();
+            let cached = CachedPod::from(&full);
+            assert!(cached.metadata.labels.is_none());
+            assert_eq!(
+                &cached.labels().to_map(),
+                full.metadata.labels.as_ref().unwrap()
+            );
+            for selector in &selectors {
+                let parsed: LabelSelector = serde_json::from_value(selector.clone()).unwrap();
+                let kube = Selector::try_from(parsed).unwrap();
+                let ours = PodSelector::from(kube.clone());
+                let expected = kube.matches(full.metadata.labels.as_ref().unwrap());
+                assert_eq!(ours.matches(&cached), expected, "{selector} on {labels}");
+                assert_eq!(ours.matches(&full), expected, "{selector} on {labels}");
+            }
+        }
+        // Pruning twice keeps the labels.
+        let mut twice = CachedPod::from(
+            &serde_json::from_value::<Pod>(json!({
+                "metadata": {"name": "p", "labels": {"app": "db"}},
+            }))
+            .unwrap(),
+        );
+        twice.prune();
+        assert_eq!(twice.labels().get("app"), Some("db"));
+        assert_eq!(twice.label("missing"), None);
+    }
 
     #[test]
     fn fields_sent_as_null_read_as_absent_as_in_a_full_pod() {

@@ -962,7 +962,8 @@ mod tests {
             assert!(cached.metadata.managed_fields.is_none(), "{what}");
 
             // The rollout's reads.
-            assert_eq!(cached.labels(), full.labels(), "{what}");
+            assert_eq!(&cached.labels().to_map(), full.labels(), "{what}");
+            assert!(cached.metadata.labels.is_none(), "{what}: labels moved out");
             assert_eq!(cached.uid(), full.uid(), "{what}");
             assert_eq!(cached.resource_version(), full.resource_version(), "{what}");
             assert_eq!(state::is_target(&cached), state::is_target(&full), "{what}");

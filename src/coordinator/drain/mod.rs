@@ -226,7 +226,7 @@ fn pods_by_name(pods: &Store<CachedPod>, namespace: &str, set: &str) -> BTreeMap
                     uid: p.uid().unwrap_or_default(),
                     phase: p.phase().map(str::to_string),
                     deleting: p.metadata.deletion_timestamp.is_some(),
-                    drain: labels.get(LABEL_DRAIN).cloned(),
+                    drain: labels.get(LABEL_DRAIN).map(str::to_string),
                     attempt: labels.get(LABEL_DRAIN_ATTEMPT).and_then(|a| a.parse().ok()),
                 },
             )

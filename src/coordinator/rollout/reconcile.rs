@@ -11,10 +11,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
 
-use crate::pods::{CachedPod, PodFacts};
+use crate::pods::{CachedPod, PodFacts, PodSelector};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use kube::core::{Selector, SelectorExt};
+use kube::core::Selector;
 use kube::{Resource, ResourceExt};
 
 use crate::exec_policy::ExecPolicy;
@@ -257,13 +257,13 @@ pub fn reconcile(o: &Observed) -> Reconciled {
             return fail_with(actions);
         }
     };
-    let Ok(selector) = Selector::try_from(selector) else {
+    let Ok(selector) = Selector::try_from(selector).map(PodSelector::from) else {
         return fail(&InvalidRollout::InvalidSelector);
     };
     let mut targets: Vec<&Arc<CachedPod>> = o
         .pods
         .iter()
-        .filter(|p| selector.matches(p.labels()) && state::is_target(&***p))
+        .filter(|p| selector.matches(&***p) && state::is_target(&***p))
         .collect();
     targets.sort_by_key(|p| p.name_any());
     let mut containers = BTreeMap::new();
@@ -311,7 +311,7 @@ fn plan(
             TargetPod {
                 name: pod.name_any(),
                 ordinal: state::ordinal(&***pod),
-                labels: pod.labels().clone(),
+                labels: pod.labels().to_map(),
                 ready_seconds: state::ready_seconds(&***pod, o.now),
                 restart: state::restart_state(request),
                 busy: state::busy(&o.others, &pod.name_any(), &pod_uid)
@@ -416,15 +416,16 @@ pub fn budgets_of(
     let mut health = BTreeMap::new();
     for pdb in pdbs {
         let Some(spec) = &pdb.spec else { continue };
-        let Ok(selector) = Selector::try_from(spec.selector.clone().unwrap_or_default()) else {
+        let selector = Selector::try_from(spec.selector.clone().unwrap_or_default());
+        let Ok(selector) = selector.map(PodSelector::from) else {
             continue;
         };
-        if !targets.iter().any(|p| selector.matches(p.labels())) {
+        if !targets.iter().any(|p| selector.matches(&***p)) {
             continue;
         }
         let selected: Vec<&Arc<CachedPod>> = namespace_pods
             .iter()
-            .filter(|p| selector.matches(p.labels()) && p.metadata.deletion_timestamp.is_none())
+            .filter(|p| selector.matches(&***p) && p.metadata.deletion_timestamp.is_none())
             .collect();
         for pod in &selected {
             let busy = state::busy(others, &pod.name_any(), &pod.uid().unwrap_or_default());

@@ -163,8 +163,7 @@ pub fn is_target(pod: &impl PodFacts) -> bool {
 /// The pod's ordinal: the `apps.kubernetes.io/pod-index` label, else the name suffix of a
 /// StatefulSet's pod.
 pub fn ordinal(pod: &impl PodFacts) -> Option<i32> {
-    let labels = pod.meta().labels.as_ref();
-    if let Some(index) = labels.and_then(|l| l.get(LABEL_POD_INDEX)) {
+    if let Some(index) = pod.label(LABEL_POD_INDEX) {
         return index.parse().ok();
     }
     let owned_by_statefulset = pod
