@@ -619,6 +619,7 @@ async fn an_unreadable_or_mismatched_journal_entry_fails_its_request_and_touches
             name: "replaced-1".into(),
             uid: uid_replaced.clone(),
         },
+        pod_name: "replaced".into(),
         pod_uid: "an-earlier-pod".into(),
         phase: RecreatePhase::Recreating,
         message: None,

@@ -755,6 +755,15 @@ async fn bad_requests_get_the_right_code_and_change_nothing() {
     extra_field["surprise"] = json!(true);
     let mut traversal = stopping();
     traversal["request"]["name"] = json!("../../../api/v1/secrets");
+    // The pod the agent names does not decide whose pod it is: the request's does.
+    let mut hint_of_own_pod = report(
+        &web,
+        "Recreating",
+        json!({"name": "app", "phase": "Stopping"}),
+    );
+    hint_of_own_pod["podName"] = json!("db-0");
+    let mut hint_traversal = stopping();
+    hint_traversal["podName"] = json!("../../../api/v1/secrets");
     let huge = {
         let mut r = stopping();
         r["message"] = json!("x".repeat(MAX_BODY_BYTES));
@@ -797,6 +806,20 @@ async fn bad_requests_get_the_right_code_and_change_nothing() {
             valid.clone(),
             403,
             "Forbidden",
+        ),
+        (
+            "another node's request naming this node's pod",
+            Some(&good),
+            bytes(&hint_of_own_pod),
+            403,
+            "Forbidden",
+        ),
+        (
+            "pod name traversal",
+            Some(&good),
+            bytes(&hint_traversal),
+            400,
+            "BadRequest",
         ),
         (
             "garbage JSON",
@@ -903,8 +926,14 @@ async fn bad_requests_get_the_right_code_and_change_nothing() {
             "{reason}"
         );
     }
-    // And the right agent still gets through.
+    // And the right agent still gets through, naming the pod or not.
     assert_eq!(bed.post(REPORTS_PATH, Some(&good), valid).await.0, 200);
+    let mut named = stopping();
+    named["podName"] = json!("db-0");
+    assert_eq!(
+        bed.post(REPORTS_PATH, Some(&good), bytes(&named)).await.0,
+        200
+    );
 }
 
 #[tokio::test]

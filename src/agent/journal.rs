@@ -337,6 +337,7 @@ mod tests {
                 name: "r".into(),
                 uid: "0b1c-uid".into(),
             },
+            pod_name: "pod-0".into(),
             pod_uid: "pod".into(),
             phase,
             message: None,

@@ -365,7 +365,7 @@ fn worker_crashed(ctx: &recreate::Context, running: &workers::Running, message: 
             ctx.metrics.recreates.with_label_values(&["failed"]).inc();
             let mut p = machine::RequestProgress::refused(
                 running.request.clone(),
-                "",
+                ("", ""),
                 message.clone(),
                 now,
             );

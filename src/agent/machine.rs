@@ -445,6 +445,10 @@ pub fn decide(
 #[serde(rename_all = "camelCase")]
 pub struct RequestProgress {
     pub request: RequestRef,
+    /// The request's `spec.podName`, sent with every report so that the coordinator reads the
+    /// request and the pod at once (empty in journals written before it was kept).
+    #[serde(default)]
+    pub pod_name: String,
     pub pod_uid: String,
     pub phase: RecreatePhase,
     pub message: Option<String>,
@@ -457,9 +461,15 @@ pub struct RequestProgress {
 }
 
 impl RequestProgress {
-    pub fn new(request: RequestRef, pod_uid: &str, plan: &RequestPlan, now: Timestamp) -> Self {
+    pub fn new(
+        request: RequestRef,
+        (pod_name, pod_uid): (&str, &str),
+        plan: &RequestPlan,
+        now: Timestamp,
+    ) -> Self {
         Self {
             request,
+            pod_name: pod_name.to_string(),
             pod_uid: pod_uid.to_string(),
             phase: RecreatePhase::Recreating,
             message: None,
@@ -475,9 +485,15 @@ impl RequestProgress {
     }
 
     /// A request refused before anything was touched.
-    pub fn refused(request: RequestRef, pod_uid: &str, message: String, now: Timestamp) -> Self {
+    pub fn refused(
+        request: RequestRef,
+        (pod_name, pod_uid): (&str, &str),
+        message: String,
+        now: Timestamp,
+    ) -> Self {
         Self {
             request,
+            pod_name: pod_name.to_string(),
             pod_uid: pod_uid.to_string(),
             phase: RecreatePhase::Failed,
             message: Some(message),
@@ -579,6 +595,7 @@ impl RequestProgress {
         self.sequence = self.sequence.saturating_add(1);
         RecreateReport {
             request: self.request.clone(),
+            pod_name: (!self.pod_name.is_empty()).then(|| self.pod_name.clone()),
             sequence: self.sequence,
             phase: self.phase,
             message: self.message.clone(),

@@ -133,12 +133,13 @@ async fn run_request_inner(
         return Outcome::Gone;
     };
     let pod_uid = pod.uid().unwrap_or_default();
+    let pod_id = (crr.spec.pod_name.as_str(), pod_uid.as_str());
     let plan = match plan::plan(&crr.spec, &pod) {
         Ok(plan) => plan,
         Err(refusal) => {
             info!(reason = refusal.reason(), "refused: {refusal}");
             let mut progress =
-                RequestProgress::refused(request, &pod_uid, refusal.to_string(), Timestamp::now());
+                RequestProgress::refused(request, pod_id, refusal.to_string(), Timestamp::now());
             if claim {
                 if claim_request(&ctx, &crr, progress.report()).await == Claim::NotTaken {
                     return Outcome::NotClaimed;
@@ -157,7 +158,7 @@ async fn run_request_inner(
     {
         // Its progress cannot be trusted: starting over could restart a container twice.
         warn!("refused: {why}");
-        let mut progress = RequestProgress::refused(request, &pod_uid, why, Timestamp::now());
+        let mut progress = RequestProgress::refused(request, pod_id, why, Timestamp::now());
         ctx.reporter.submit(progress.report());
         ctx.metrics.recreates.with_label_values(&["refused"]).inc();
         return Outcome::Finished(RecreatePhase::Failed);
@@ -167,7 +168,7 @@ async fn run_request_inner(
         _ => None,
     };
     let now = Timestamp::now();
-    let mut progress = starting_progress(resumed, &request, &pod_uid, &plan, now);
+    let mut progress = starting_progress(resumed, &request, pod_id, &plan, now);
     let deadline = deadline_of(&crr, &plan, &progress, now);
     // A request to claim: its first report (running, or queued when no permit is free) admits
     // it; nothing is done before the answer.
@@ -249,12 +250,12 @@ async fn run_request_inner(
 fn starting_progress(
     resumed: Option<RequestProgress>,
     request: &RequestRef,
-    pod_uid: &str,
+    (pod_name, pod_uid): (&str, &str),
     plan: &RequestPlan,
     now: Timestamp,
 ) -> RequestProgress {
     match resumed {
-        Some(p)
+        Some(mut p)
             if p.pod_uid == pod_uid
                 && p.containers
                     .iter()
@@ -262,9 +263,13 @@ fn starting_progress(
                     .eq(plan.containers.iter().map(|c| &c.name)) =>
         {
             info!("resuming from the journal");
+            // Journals of agents before 2026-12 did not keep the pod's name.
+            if p.pod_name.is_empty() {
+                p.pod_name = pod_name.to_string();
+            }
             p
         }
-        _ => RequestProgress::new(request.clone(), pod_uid, plan, now),
+        _ => RequestProgress::new(request.clone(), (pod_name, pod_uid), plan, now),
     }
 }
 

@@ -340,6 +340,7 @@ mod tests {
                 name: uid.into(),
                 uid: uid.into(),
             },
+            pod_name: None,
             sequence,
             phase,
             message: None,

@@ -49,6 +49,10 @@ pub struct ExecReport {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecreateReport {
     pub request: RequestRef,
+    /// The request's `spec.podName` as the agent read it. Optional: it lets the coordinator read
+    /// the pod while it reads the request; the request's own `spec.podName` is what counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
     /// Increases with every report the agent sends for this request (reset by an agent restart;
     /// the coordinator does not rely on it for ordering, only for logs).
     #[serde(default)]

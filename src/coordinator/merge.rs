@@ -422,6 +422,7 @@ mod tests {
                 name: "r".into(),
                 uid: "u".into(),
             },
+            pod_name: None,
             sequence: 1,
             phase,
             message: None,

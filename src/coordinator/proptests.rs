@@ -273,6 +273,7 @@ fn report(names: Vec<String>) -> BoxedStrategy<RecreateReport> {
                     name: "r".into(),
                     uid: "u".into(),
                 },
+                pod_name: None,
                 sequence,
                 phase,
                 message,

@@ -696,7 +696,7 @@ fn request(plan: &RequestPlan) -> RequestProgress {
             name: "r".into(),
             uid: "u".into(),
         },
-        "pod-uid",
+        ("pod", "pod-uid"),
         plan,
         t(0),
     )

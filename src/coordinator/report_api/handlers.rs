@@ -205,11 +205,14 @@ pub fn valid_object_name(name: &str) -> bool {
         && !name.contains("..")
 }
 
-/// The request and its pod, if the pod runs on `node`.
+/// The request and its pod, if the pod runs on `node`. With `pod_hint` (the pod's name as the
+/// agent read it from the request) the pod is read while the request is; the request's own
+/// `spec.podName` is what counts, and a hint that differs costs one more read.
 async fn authorize(
     ctx: &Context,
     node: &str,
     r: &RequestRef,
+    pod_hint: Option<&str>,
 ) -> Result<(ContainerRecreateRequest, Pod), Refusal> {
     if !valid_object_name(&r.namespace) || !valid_object_name(&r.name) {
         return Err(Refusal::BadRequest(format!(
@@ -217,10 +220,20 @@ async fn authorize(
             r.namespace, r.name
         )));
     }
-    let crr = ctx
-        .cluster
-        .get_request(&r.namespace, &r.name)
-        .await
+    if let Some(pod) = pod_hint.filter(|name| !valid_object_name(name)) {
+        return Err(Refusal::BadRequest(format!(
+            "podName must be a Kubernetes object name, got {pod:?}"
+        )));
+    }
+    let hint = pod_hint;
+    let read_hinted = async {
+        match hint {
+            Some(name) => Some(ctx.cluster.get_pod(&r.namespace, name).await),
+            None => None,
+        }
+    };
+    let (crr, hinted) = tokio::join!(ctx.cluster.get_request(&r.namespace, &r.name), read_hinted);
+    let crr = crr
         .map_err(|e| {
             let object = format!("ContainerRecreateRequest {}/{}", r.namespace, r.name);
             unavailable(
@@ -256,10 +269,11 @@ async fn authorize(
     if !valid_object_name(pod_name) {
         return Err(forbidden());
     }
-    let pod = ctx
-        .cluster
-        .get_pod(&r.namespace, pod_name)
-        .await
+    let pod = match hinted.filter(|_| hint == Some(pod_name.as_str())) {
+        Some(read) => read,
+        None => ctx.cluster.get_pod(&r.namespace, pod_name).await,
+    };
+    let pod = pod
         .map_err(|e| {
             let object = format!("Pod {}/{pod_name}", r.namespace);
             unavailable(ctx, ("reading the pod", "cannot read the pod"), &object, e)
@@ -304,7 +318,7 @@ pub async fn apply_report(
         Refusal::BadRequest(e.to_string())
     })?;
     for _ in 0..WRITE_ATTEMPTS {
-        let (crr, pod) = authorize(ctx, node, &report.request).await?;
+        let (crr, pod) = authorize(ctx, node, &report.request, report.pod_name.as_deref()).await?;
         // A report the request cannot contain is refused before it admits the request.
         check_containers(&crr.spec, report).map_err(|e| Refusal::BadRequest(e.to_string()))?;
         let now = Timestamp::now();
@@ -522,7 +536,7 @@ pub async fn apply_readiness(
     let (ns, name) = (&request.request.namespace, &request.request.name);
     let holder = GateHolder::new(ns, name);
     for attempt in 0..WRITE_ATTEMPTS {
-        let (crr, pod) = authorize(ctx, node, &request.request).await?;
+        let (crr, pod) = authorize(ctx, node, &request.request, None).await?;
         if attempt == 0 {
             ctx.heartbeats
                 .record(&request.request.uid, Timestamp::now());
