@@ -205,6 +205,39 @@ impl Journal {
             .map_err(err)
     }
 
+    /// [`Journal::write`] on tokio's blocking pool. Its two fsyncs take milliseconds; done on a
+    /// runtime worker they would hold up every task queued behind the caller on that thread,
+    /// among them the report sender woken just before (a task woken by the running one waits
+    /// for that thread).
+    pub async fn write_async(&self, progress: &RequestProgress) -> Result<(), JournalError> {
+        let journal = self.clone();
+        let progress = progress.clone();
+        let path = self.path(&progress.request.uid);
+        tokio::task::spawn_blocking(move || journal.write(&progress))
+            .await
+            .unwrap_or_else(|e| {
+                Err(JournalError::Write {
+                    path,
+                    source: std::io::Error::other(e),
+                })
+            })
+    }
+
+    /// [`Journal::remove`] on tokio's blocking pool (its directory fsync; see [`Journal::write_async`]).
+    pub async fn remove_async(&self, uid: &str) -> Result<(), JournalError> {
+        let journal = self.clone();
+        let owned = uid.to_string();
+        let path = self.path(uid);
+        tokio::task::spawn_blocking(move || journal.remove(&owned))
+            .await
+            .unwrap_or_else(|e| {
+                Err(JournalError::Remove {
+                    path,
+                    source: std::io::Error::other(e),
+                })
+            })
+    }
+
     /// The readable entry of request `uid`, if there is one.
     pub fn read(&self, uid: &str) -> Option<RequestProgress> {
         std::fs::read(self.path(uid))

@@ -509,7 +509,7 @@ async fn schedule(
         for uid in ctx.journal.uids() {
             let acknowledged = live.get(&uid).copied().unwrap_or(true);
             if acknowledged && !workers.runs(&uid) {
-                if let Err(e) = ctx.journal.remove(&uid) {
+                if let Err(e) = ctx.journal.remove_async(&uid).await {
                     error_policy(&ctx.metrics, "journal", &e.into());
                 }
                 resumed.remove(&uid);

@@ -221,14 +221,14 @@ async fn run_request_inner(
         .await;
         if exits.contains(&Exit::Interrupted) {
             let snapshot = lock(&shared).clone();
-            if let Err(e) = ctx.journal.write(&snapshot) {
+            if let Err(e) = ctx.journal.write_async(&snapshot).await {
                 error_policy(&ctx.metrics, "cannot checkpoint progress", &e.into());
             }
             return Outcome::Interrupted;
         }
         if exits.contains(&Exit::Gone) {
             info!("the request was deleted or finished elsewhere; stopping work on it");
-            if let Err(e) = ctx.journal.remove(&request.uid) {
+            if let Err(e) = ctx.journal.remove_async(&request.uid).await {
                 error_policy(&ctx.metrics, "journal", &e.into());
             }
             return Outcome::Gone;
@@ -242,7 +242,7 @@ async fn run_request_inner(
         }
     }
 
-    finish(&ctx, &shared, &plan, started)
+    finish(&ctx, &shared, &plan, started).await
 }
 
 /// The request's progress to start from: the journaled one (checked by [`journal::refusal`] to
@@ -371,7 +371,7 @@ async fn claim_request(
 }
 
 /// Settles the finished request: queues the final report, journals the result, counts it.
-fn finish(
+async fn finish(
     ctx: &Context,
     shared: &Mutex<RequestProgress>,
     plan: &RequestPlan,
@@ -396,7 +396,7 @@ fn finish(
     // here and the report's delivery never starts the request over. A restart before this
     // write resumes from the journaled stop, finds the new container and stops nothing again.
     // The journal entry cannot be dropped before this write: that waits for the worker to end.
-    if let Err(e) = ctx.journal.write(&final_progress) {
+    if let Err(e) = ctx.journal.write_async(&final_progress).await {
         error_policy(&ctx.metrics, "cannot journal the result", &e.into());
     }
     observe_durations(&ctx.metrics, &final_progress, started.elapsed());
