@@ -57,6 +57,18 @@ pub enum JournalError {
     Locked { path: PathBuf, holder: String },
 }
 
+/// Runs a journal operation on tokio's blocking pool; `lost` names the error when the pool
+/// could not run it to the end (the runtime shutting down).
+async fn on_blocking_pool(
+    operation: impl FnOnce() -> Result<(), JournalError> + Send + 'static,
+    lost: impl FnOnce(std::io::Error) -> JournalError,
+) -> Result<(), JournalError> {
+    match tokio::task::spawn_blocking(operation).await {
+        Ok(done) => done,
+        Err(e) => Err(lost(std::io::Error::other(e))),
+    }
+}
+
 /// Name of the lock file in the state directory.
 pub const LOCK_FILE: &str = "agent.lock";
 
@@ -213,14 +225,11 @@ impl Journal {
         let journal = self.clone();
         let progress = progress.clone();
         let path = self.path(&progress.request.uid);
-        tokio::task::spawn_blocking(move || journal.write(&progress))
-            .await
-            .unwrap_or_else(|e| {
-                Err(JournalError::Write {
-                    path,
-                    source: std::io::Error::other(e),
-                })
-            })
+        on_blocking_pool(
+            move || journal.write(&progress),
+            |source| JournalError::Write { path, source },
+        )
+        .await
     }
 
     /// [`Journal::remove`] on tokio's blocking pool (its directory fsync; see [`Journal::write_async`]).
@@ -228,14 +237,11 @@ impl Journal {
         let journal = self.clone();
         let owned = uid.to_string();
         let path = self.path(uid);
-        tokio::task::spawn_blocking(move || journal.remove(&owned))
-            .await
-            .unwrap_or_else(|e| {
-                Err(JournalError::Remove {
-                    path,
-                    source: std::io::Error::other(e),
-                })
-            })
+        on_blocking_pool(
+            move || journal.remove(&owned),
+            |source| JournalError::Remove { path, source },
+        )
+        .await
     }
 
     /// The readable entry of request `uid`, if there is one.
@@ -490,6 +496,24 @@ mod tests {
         journal.remove(&p.request.uid).unwrap();
         journal.remove(&p.request.uid).unwrap();
         assert_eq!(journal.load().unwrap(), Loaded::default());
+    }
+
+    #[tokio::test]
+    async fn the_blocking_pool_writes_and_removes_the_same_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let p = progress(RecreatePhase::Recreating);
+        journal.write_async(&p).await.unwrap();
+        assert_eq!(journal.read(&p.request.uid), Some(p.clone()));
+        journal.remove_async(&p.request.uid).await.unwrap();
+        journal.remove_async(&p.request.uid).await.unwrap();
+        assert_eq!(journal.load().unwrap(), Loaded::default());
+        // A directory that is gone is an error, not a lost write.
+        drop(dir);
+        assert!(matches!(
+            journal.write_async(&p).await,
+            Err(JournalError::Write { .. })
+        ));
     }
 
     #[test]
