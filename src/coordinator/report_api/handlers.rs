@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use futures::future::OptionFuture;
 use http::HeaderMap;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
@@ -225,13 +226,8 @@ async fn authorize(
             "podName must be a Kubernetes object name, got {pod:?}"
         )));
     }
-    let hint = pod_hint;
-    let read_hinted = async {
-        match hint {
-            Some(name) => Some(ctx.cluster.get_pod(&r.namespace, name).await),
-            None => None,
-        }
-    };
+    let read_hinted =
+        OptionFuture::from(pod_hint.map(|name| ctx.cluster.get_pod(&r.namespace, name)));
     let (crr, hinted) = tokio::join!(ctx.cluster.get_request(&r.namespace, &r.name), read_hinted);
     let crr = crr
         .map_err(|e| {
@@ -269,7 +265,7 @@ async fn authorize(
     if !valid_object_name(pod_name) {
         return Err(forbidden());
     }
-    let pod = match hinted.filter(|_| hint == Some(pod_name.as_str())) {
+    let pod = match hinted.filter(|_| pod_hint == Some(pod_name.as_str())) {
         Some(read) => read,
         None => ctx.cluster.get_pod(&r.namespace, pod_name).await,
     };
