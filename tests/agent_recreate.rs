@@ -263,6 +263,20 @@ impl Agent {
         .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", self.log()));
     }
 
+    /// The agent's metrics once every line in `lines` is among them: an outcome is counted just
+    /// after its report is sent, so a test that has seen the report waits for the count.
+    async fn wait_metrics(&self, lines: &[&str]) -> String {
+        let last = std::sync::Mutex::new(String::new());
+        eventually("agent metrics", WAIT, || async {
+            let (_, body) = self.get("/metrics").await?;
+            let all = lines.iter().all(|l| body.contains(l));
+            *last.lock().unwrap() = body.clone();
+            all.then_some(body)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: want {lines:?}\n{}", last.lock().unwrap()))
+    }
+
     fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
@@ -343,16 +357,13 @@ async fn recreates_a_container_in_place_and_refuses_restart_policy_never() {
     assert_eq!(c.restart_count, 0);
     assert!(c.state.as_ref().unwrap().running.is_some());
 
-    let (_, metrics) = agent.get("/metrics").await.unwrap();
-    assert!(
-        metrics.contains("relaunch_agent_recreates_total{result=\"succeeded\"} 1"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("relaunch_agent_recreates_total{result=\"refused\"} 1"));
-    assert!(
-        metrics
-            .contains("relaunch_agent_cri_requests_total{code=\"OK\",method=\"StopContainer\"} 1")
-    );
+    agent
+        .wait_metrics(&[
+            "relaunch_agent_recreates_total{result=\"succeeded\"} 1",
+            "relaunch_agent_recreates_total{result=\"refused\"} 1",
+            "relaunch_agent_cri_requests_total{code=\"OK\",method=\"StopContainer\"} 1",
+        ])
+        .await;
 
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     let status = agent.wait_exit().await;
@@ -515,15 +526,12 @@ async fn a_worker_that_panics_fails_its_request_and_frees_the_pod() {
     }
     let now = container_status(&bed.pods().get("crash").await.unwrap(), "app");
     assert_eq!(now.container_id, before.container_id, "nothing was stopped");
-    let (_, metrics) = agent.get("/metrics").await.unwrap();
-    assert!(
-        metrics.contains("relaunch_agent_errors_total{kind=\"worker\"} 2"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("relaunch_agent_recreates_in_flight 0"),
-        "{metrics}"
-    );
+    agent
+        .wait_metrics(&[
+            "relaunch_agent_errors_total{kind=\"worker\"} 2",
+            "relaunch_agent_recreates_in_flight 0",
+        ])
+        .await;
     assert!(matches!(agent.get("/readyz").await, Some((200, _))));
     drop(agent);
     bed.shutdown().await;
