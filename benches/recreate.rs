@@ -274,6 +274,8 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
         "1 client: create sent -> answered",
         "2 answered -> agent's first report reads the request",
         "3 first report: read -> admitted+Recreating written",
+        "  3a read -> the write reaches the API server",
+        "  3b API server handles the write",
         "4 admitted -> StopContainer",
         "  4a admitted -> agent worker goes on (answer)",
         "  4b -> StopContainer (journal fsync)",
@@ -281,6 +283,8 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
         "  5a ready -> agent finished (journal)",
         "  5b finished -> coordinator reads request",
         "6 coordinator: read -> final status write",
+        "  6a read -> the write reaches the API server",
+        "  6b API server handles the write",
         "7 final write -> client watch sees it",
     ]
     .iter()
@@ -307,13 +311,16 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
             // client may see the final write a few µs before its record: allow for it.
             .filter(|r| (run.sent..=run.seen + 100_000).contains(&micros(r.at)))
             .collect();
-        let status_writes: Vec<i64> = of_run
+        let status_records: Vec<&&ObjectRequest> = of_run
             .iter()
             .filter(|r| {
                 r.resource.ends_with("/status") && matches!(r.verb.as_str(), "patch" | "update")
             })
-            .map(|r| micros(r.at))
             .collect();
+        let status_writes: Vec<i64> = status_records.iter().map(|r| micros(r.at)).collect();
+        // When a write reached the server: its answer less the server's own time on it.
+        let arrived =
+            |r: &ObjectRequest| micros(r.at) - i64::try_from(r.took.as_micros()).unwrap_or(0);
         let reads: Vec<i64> = of_run
             .iter()
             .filter(|r| r.verb == "get")
@@ -328,13 +335,24 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
             }
         }
         let at = |message: &str| agent.get(&(run.name.clone(), message.to_string())).copied();
-        let (Some(admitted), Some(last_write), Some(started), Some(stopping), Some(done)) = (
+        let (
+            Some(admitted),
+            Some(last_write),
+            Some(started),
+            Some(stopping),
+            Some(done),
+            Some(first_record),
+            Some(last_record),
+        ) = (
             status_writes.first().copied(),
             status_writes.last().copied(),
             at("recreating"),
             at("stopping"),
             at("finished"),
-        ) else {
+            status_records.first(),
+            status_records.last(),
+        )
+        else {
             if missing == 0 {
                 eprintln!(
                     "{}: {} status writes, agent log: recreating {:?} stopping {:?} finished {:?} (its messages {:?})",
@@ -368,6 +386,8 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
             (run.sent, run.answered),
             (run.answered, claim_read),
             (claim_read, admitted),
+            (claim_read, arrived(first_record)),
+            (arrived(first_record), admitted),
             (admitted, stopping),
             (admitted, started),
             (started, stopping),
@@ -375,6 +395,8 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
             (ready_seen, done),
             (done, final_read),
             (final_read, last_write),
+            (final_read, arrived(last_record)),
+            (arrived(last_record), last_write),
             (last_write, run.seen),
         ];
         for (samples, (from, to)) in segments.iter_mut().zip(cuts) {
@@ -398,7 +420,7 @@ fn breakdown(bed: &Bed, runs: &[Run], (load_start, load_end): (f64, f64)) -> Vec
     );
     lines.push(String::new());
     lines.push(format!(
-        "where relaunch's overhead goes (1+2+3+4+5+6+7 = overhead; 4 = 4a+4b, 5 = 5a+5b), {} runs{}",
+        "where relaunch's overhead goes (1+2+3+4+5+6+7 = overhead; 3 = 3a+3b, 4 = 4a+4b, 5 = 5a+5b, 6 = 6a+6b), {} runs{}",
         runs.len() - missing,
         if missing > 0 {
             format!(" ({missing} without every instant, left out)")

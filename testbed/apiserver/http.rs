@@ -188,6 +188,7 @@ impl Shared {
         target: &Target,
         body: &Bytes,
         code: StatusCode,
+        started: std::time::Instant,
     ) {
         if !matches!(
             requested.verb.as_str(),
@@ -216,6 +217,7 @@ impl Shared {
             namespace: target.namespace.clone().unwrap_or_default(),
             name,
             code: code.as_u16(),
+            took: started.elapsed(),
         };
         if let Ok(mut log) = self.object_requests.lock() {
             if log.len() >= super::OBJECT_REQUESTS_KEPT {
@@ -238,6 +240,7 @@ struct Target {
 /// the handler (with decoding, validation and admission for writes). Warnings from admission go
 /// back as `Warning` headers, with the answer or the refusal.
 async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let started = std::time::Instant::now();
     let raw_path = req.uri().path().to_string();
     let path = raw_path.trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -374,7 +377,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     .await;
     let mut response = answer.unwrap_or_else(|e| error_response(&e));
     add_warnings(&mut response, &admission.warnings);
-    shared.record_object_request(&user, requested, &target, &body, response.status());
+    shared.record_object_request(&user, requested, &target, &body, response.status(), started);
     Ok(response)
 }
 

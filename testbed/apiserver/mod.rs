@@ -288,6 +288,9 @@ pub struct ObjectRequest {
     pub name: String,
     /// The HTTP status of the answer.
     pub code: u16,
+    /// How long the server worked on it: from the request's headers to the answer (reading
+    /// the body, authentication, authorization, admission, storing, the watch event).
+    pub took: std::time::Duration,
 }
 
 /// How many [`ObjectRequest`]s are kept (the oldest are dropped): a few MiB at most, however
