@@ -1440,6 +1440,22 @@ mod tests {
     }
 
     #[test]
+    fn compiled_patterns_give_the_same_answers_before_and_after_the_cache_is_cleared() {
+        // More patterns than the cache keeps: it is cleared on the way, and compiles again.
+        for round in 0..2 {
+            for n in 0..1_100 {
+                let pattern = format!("^a{{{n}}}$");
+                let matching = "a".repeat(n);
+                assert_eq!(regex_match(&pattern, &matching), Some(true), "{round} {n}");
+                assert_eq!(regex_match(&pattern, "b"), Some(false), "{round} {n}");
+            }
+        }
+        // A pattern that does not compile checks nothing, each time it is asked.
+        assert_eq!(regex_match("([", "x"), None);
+        assert_eq!(regex_match("([", "x"), None);
+    }
+
+    #[test]
     fn string_limits_count_code_points_and_match_patterns() {
         assert_eq!(
             errors_of(with(json!({"note": "äöü"}))),
