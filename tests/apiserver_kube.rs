@@ -259,6 +259,84 @@ async fn label_selectors_and_pagination() {
 }
 
 #[tokio::test]
+async fn a_watch_from_a_paged_list_sees_what_changed_between_its_pages() {
+    let (server, client) = server().await;
+    let api: Api<ConfigMap> = Api::default_namespaced(client);
+    for name in ["a", "b"] {
+        api.create(&PostParams::default(), &config_map(name))
+            .await
+            .unwrap();
+    }
+    let first = api.list(&ListParams::default().limit(1)).await.unwrap();
+    let names: Vec<_> = first
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["a"]);
+    // "a", already listed, changes before the next page is read.
+    let changed = api
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k": "v"}})),
+        )
+        .await
+        .unwrap();
+    let token = first.metadata.continue_.clone().unwrap();
+    let mut rest = api
+        .list(&ListParams::default().limit(1).continue_token(&token))
+        .await
+        .unwrap();
+    while let Some(token) = rest.metadata.continue_.clone().filter(|t| !t.is_empty()) {
+        let more = api
+            .list(&ListParams::default().limit(1).continue_token(&token))
+            .await
+            .unwrap();
+        rest.metadata = more.metadata;
+    }
+    // Every page carries the first page's version, as upstream's do ...
+    assert_eq!(
+        rest.metadata.resource_version,
+        first.metadata.resource_version
+    );
+    // ... so the watch a reflector starts from it replays the change the list missed.
+    let version = first.metadata.resource_version.clone().unwrap();
+    let mut events = api
+        .watch(&kube::api::WatchParams::default(), &version)
+        .await
+        .unwrap()
+        .boxed();
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = events.next().await {
+            if let kube::api::WatchEvent::Modified(cm) = event.unwrap()
+                && cm.metadata.name.as_deref() == Some("a")
+            {
+                return cm;
+            }
+        }
+        panic!("the watch ended without the change");
+    })
+    .await
+    .expect("the change to \"a\" between the pages is replayed");
+    assert_eq!(
+        seen.metadata.resource_version,
+        changed.metadata.resource_version
+    );
+
+    // A continue token older than the server's history is refused with 410, as upstream's.
+    server.expire_history();
+    let refused = api
+        .list(&ListParams::default().limit(1).continue_token(&token))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 410),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
 async fn injected_faults_answer_500_then_429_then_recover() {
     let (server, client) = server().await;
     let api: Api<ConfigMap> = Api::default_namespaced(client);

@@ -584,23 +584,37 @@ fn list(
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|l| *l > 0);
-    let after = match query.get("continue").filter(|c| !c.is_empty()) {
+    let continued = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => Some(decode_continue(token)?),
         None => None,
     };
-    let (items, rv, next) = shared.store.list(rt, &selection, limit, after);
+    // Every page of a list carries its first page's resourceVersion, as upstream's do, so a
+    // watch started from the list replays whatever changed while the pages were read (the
+    // later pages are read from the current objects: a change to an object of an earlier page
+    // would otherwise be lost between the list and the watch).
+    let first_rv = match &continued {
+        Some((rv, _)) if !shared.store.history_covers(*rv) => {
+            return Err(ApiError::gone(*rv, shared.store.current_rv()));
+        }
+        Some((rv, _)) => Some(*rv),
+        None => None,
+    };
+    let after = continued.map(|(_, last)| last);
+    let (items, current_rv, next) = shared.store.list(rt, &selection, limit, after);
+    let rv = first_rv.unwrap_or(current_rv);
+    let next = next.map(|last| encode_continue(rv, &last));
     let rv = rv.to_string();
     if table {
         let crd = crd_of(shared, rt);
         let mut t = table::table(&rt.key(), crd.as_ref(), &rt.version, &items, &rv, true);
         if let Some(next) = &next {
-            t["metadata"]["continue"] = json!(encode_continue(next));
+            t["metadata"]["continue"] = json!(next);
         }
         return Ok(json_response(StatusCode::OK, &t));
     }
     let mut metadata = json!({"resourceVersion": rv});
     if let Some(next) = &next {
-        metadata["continue"] = json!(encode_continue(next));
+        metadata["continue"] = json!(next);
     }
     let list = json!({
         "kind": format!("{}List", rt.kind),
@@ -1049,12 +1063,13 @@ pub(super) fn percent_decode(text: &str) -> String {
 }
 
 /// Continue tokens point at the last returned (namespace, name); opaque to clients.
-fn encode_continue(last: &(String, String)) -> String {
-    let raw = format!("{}/{}", last.0, last.1);
+/// A continue token: the list's resourceVersion and the last key returned (namespace, name).
+fn encode_continue(rv: u64, last: &(String, String)) -> String {
+    let raw = format!("{rv}/{}/{}", last.0, last.1);
     raw.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
+fn decode_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
     let invalid = || ApiError::bad_request("invalid continue token");
     if !token.len().is_multiple_of(2) || !token.is_ascii() {
         return Err(invalid());
@@ -1064,8 +1079,10 @@ fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
         .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
         .collect();
     let raw = String::from_utf8(bytes.map_err(|_| invalid())?).map_err(|_| invalid())?;
-    let (ns, name) = raw.split_once('/').ok_or_else(invalid)?;
-    Ok((ns.to_string(), name.to_string()))
+    let (rv, key) = raw.split_once('/').ok_or_else(invalid)?;
+    let rv = rv.parse::<u64>().map_err(|_| invalid())?;
+    let (ns, name) = key.split_once('/').ok_or_else(invalid)?;
+    Ok((rv, (ns.to_string(), name.to_string())))
 }
 
 #[cfg(test)]
@@ -1083,10 +1100,16 @@ mod tests {
 
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
-        let token = encode_continue(&("ns".into(), "pod-1".into()));
+        let token = encode_continue(42, &("ns".into(), "pod-1".into()));
         assert_eq!(
             decode_continue(&token).unwrap(),
-            ("ns".to_string(), "pod-1".to_string())
+            (42, ("ns".to_string(), "pod-1".to_string()))
+        );
+        // Cluster-scoped objects have no namespace.
+        let token = encode_continue(7, &(String::new(), "node-1".into()));
+        assert_eq!(
+            decode_continue(&token).unwrap(),
+            (7, (String::new(), "node-1".to_string()))
         );
         assert!(decode_continue("zz").is_err());
         assert!(decode_continue("abc").is_err());

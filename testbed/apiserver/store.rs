@@ -223,6 +223,11 @@ impl Store {
         self.lock().rv
     }
 
+    /// Whether a watch from `rv` can still be served from the history (no `410 Gone`).
+    pub fn history_covers(&self, rv: u64) -> bool {
+        rv >= self.lock().compacted
+    }
+
     /// Forgets the history, so any watch from an older version gets `410 Gone`.
     pub fn expire_history(&self) {
         let mut state = self.lock();
