@@ -592,13 +592,13 @@ fn list(
     // watch started from the list replays whatever changed while the pages were read (the
     // later pages are read from the current objects: a change to an object of an earlier page
     // would otherwise be lost between the list and the watch).
-    let first_rv = match &continued {
-        Some((rv, _)) if !shared.store.history_covers(*rv) => {
-            return Err(ApiError::gone(*rv, shared.store.current_rv()));
+    let first_rv = continued.as_ref().map(|(rv, _)| *rv);
+    if let Some(rv) = first_rv {
+        let oldest = shared.store.compacted();
+        if rv < oldest {
+            return Err(ApiError::gone(rv, oldest));
         }
-        Some((rv, _)) => Some(*rv),
-        None => None,
-    };
+    }
     let after = continued.map(|(_, last)| last);
     let (items, current_rv, next) = shared.store.list(rt, &selection, limit, after);
     let rv = first_rv.unwrap_or(current_rv);
@@ -1062,8 +1062,8 @@ pub(super) fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Continue tokens point at the last returned (namespace, name); opaque to clients.
-/// A continue token: the list's resourceVersion and the last key returned (namespace, name).
+/// A continue token, opaque to clients: the list's resourceVersion and the last key returned
+/// (namespace, name).
 fn encode_continue(rv: u64, last: &(String, String)) -> String {
     let raw = format!("{rv}/{}/{}", last.0, last.1);
     raw.bytes().map(|b| format!("{b:02x}")).collect()

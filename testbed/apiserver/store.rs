@@ -223,9 +223,9 @@ impl Store {
         self.lock().rv
     }
 
-    /// Whether a watch from `rv` can still be served from the history (no `410 Gone`).
-    pub fn history_covers(&self, rv: u64) -> bool {
-        rv >= self.lock().compacted
+    /// The oldest version a watch can start from: older ones get `410 Gone`.
+    pub fn compacted(&self) -> u64 {
+        self.lock().compacted
     }
 
     /// Forgets the history, so any watch from an older version gets `410 Gone`.
