@@ -195,6 +195,22 @@ impl CoordinatorBed {
             .sum()
     }
 
+    /// How many lists of `resource` the coordinator's service account made so far (a watch's
+    /// initial list, and its relists).
+    fn lists(&self, resource: &str) -> u64 {
+        self.api
+            .server
+            .request_counts()
+            .iter()
+            .filter(|(kind, _)| {
+                kind.user.contains("relaunch-coordinator")
+                    && kind.verb == "list"
+                    && kind.resource == resource
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Installs the ScaleDown CRD and creates ScaleDown `shrink` (of StatefulSet `db`, no status).
     async fn scaledown_shrink(&self) -> (Api<relaunch_api::ScaleDown>, relaunch_api::ScaleDown) {
         use relaunch_api::ScaleDown;
@@ -1693,10 +1709,13 @@ async fn reports_to_another_replica_keep_the_agent_alive_for_the_leader() {
 }
 
 #[tokio::test]
-async fn a_leader_whose_api_server_stops_answering_steps_down_within_the_renew_deadline() {
+async fn a_leader_whose_api_server_stops_answering_steps_down_and_leads_again_on_its_pod_cache() {
     let bed = CoordinatorBed::start_with(Duration::from_secs(300), false).await;
     let replica = bed.replica("replica-a", Duration::from_secs(300)).await;
     leader_of(&[&replica]).await;
+    bed.admitted("first-term", "plain-0", &["app"]).await;
+    let (pod_lists, request_lists) = (bed.lists("pods"), bed.lists("containerrecreaterequests"));
+    assert!(pod_lists >= 1 && request_lists >= 1);
 
     bed.api.server.faults().delay(Duration::from_secs(3600));
     let silent = std::time::Instant::now();
@@ -1718,6 +1737,11 @@ async fn a_leader_whose_api_server_stops_answering_steps_down_within_the_renew_d
     })
     .await
     .unwrap();
+    // The new term admits on a list of the requests taken after it won the Lease, and on the
+    // pod cache the replica kept: no second list of every pod.
+    bed.admitted("second-term", "plain-0", &["app"]).await;
+    assert!(bed.lists("containerrecreaterequests") > request_lists);
+    assert_eq!(bed.lists("pods"), pod_lists, "the pods were listed again");
 }
 
 #[tokio::test]

@@ -1,6 +1,9 @@
 //! The caches the controllers decide on: one cluster-wide watch per resource feeding a reflector
 //! store, objects pruned to what the controllers read, and every change waking the controllers.
-//! The pod and request caches are shared by the request controller and the rollout controller.
+//! The pod and request caches are shared by every controller. The pod cache and the caches of
+//! what relaunch never writes live as long as the process; the caches of what it writes
+//! (requests, rollouts, workloads, ScaleDowns, Drains, claims) are filled anew for every
+//! leadership term (see `Standing` in lib.rs).
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -56,26 +59,33 @@ impl Drop for WatchTasks {
     }
 }
 
-/// Starts the shared watches; every change wakes each of `wake`, and a request without status
-/// (one to admit) also wakes `new_request`. The returned tasks run until aborted.
-pub fn watch_shared(
+/// Starts the cluster-wide pod watch into the shared pod cache; every change wakes each of
+/// `wake`. The coordinator keeps it for the process's life, on every replica (see `Standing`
+/// in lib.rs), so that a new leadership term does not list every pod again.
+pub fn watch_pods(ctx: &Context, wake: Vec<Arc<Notify>>) -> (Store<CachedPod>, JoinHandle<()>) {
+    watch_into(ctx, "pods", CachedPod::prune, wake)
+}
+
+/// Starts the cluster-wide request watch; every change wakes each of `wake`, and a request
+/// without status (one to admit) also wakes `new_request`. Started afresh for every leadership
+/// term: a new leader plans on a list taken after it won the Lease, which shows the last
+/// writes of the replica that led before it.
+pub fn watch_requests(
     ctx: &Context,
     wake: Vec<Arc<Notify>>,
     new_request: Arc<Notify>,
-) -> (Caches, Vec<JoinHandle<()>>) {
-    let (requests, request_watch) = spawn_watch(
+) -> (Store<ContainerRecreateRequest>, JoinHandle<()>) {
+    spawn_watch(
         ctx,
         "containerrecreaterequests",
         watcher::Config::default(),
         |r: &mut ContainerRecreateRequest| r.metadata.managed_fields = None,
-        wake.clone(),
+        wake,
         Some(Urgent {
             notify: new_request,
             when: |r: &ContainerRecreateRequest| r.status.is_none(),
         }),
-    );
-    let (pods, pod_watch) = watch_into(ctx, "pods", CachedPod::prune, wake);
-    (Caches { pods, requests }, vec![request_watch, pod_watch])
+    )
 }
 
 /// What a cache holds: an API object read from a watch, which can also be made from its

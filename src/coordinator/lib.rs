@@ -60,6 +60,59 @@ pub(crate) fn cut_at_char_boundary(text: &str, max_bytes: usize) -> &str {
     text.get(..end).unwrap_or_default()
 }
 
+/// What every leadership term's controllers share and a replica keeps for its whole life,
+/// following or leading: the pod cache, the caches of what relaunch reads and never writes
+/// (PodDisruptionBudgets, ConfigMaps, Secrets), and the wake-ups their changes bring. A new term
+/// lists again only what relaunch writes — requests, rollouts, workloads, ScaleDowns, Drains,
+/// claims — so that it decides on the last writes of the replica that led before it. Pods are
+/// the exception: they are most of what is cached, and relaunch's few pod writes (Drain creates
+/// and deletes its own pods, ScaleDown deletes a decommissioned one) are idempotent, by name and
+/// UID precondition. Re-elections under load thus no longer list 10,000 pods each, adding load
+/// to the API server whose slowness ended the term. The price: a follower holds the pod cache
+/// too (about 2 KiB per pod, see docs/performance.md).
+#[derive(Clone)]
+struct Standing {
+    pods: kube::runtime::reflector::Store<pods::CachedPod>,
+    references: rollout::controller::References,
+    wake: Wakes,
+}
+
+/// One wake-up per controller, woken by every change to the caches it reads.
+#[derive(Clone, Default)]
+struct Wakes {
+    requests: Arc<Notify>,
+    rollouts: Arc<Notify>,
+    scaledowns: Arc<Notify>,
+    drains: Arc<Notify>,
+}
+
+impl Wakes {
+    fn all(&self) -> Vec<Arc<Notify>> {
+        vec![
+            self.requests.clone(),
+            self.rollouts.clone(),
+            self.scaledowns.clone(),
+            self.drains.clone(),
+        ]
+    }
+}
+
+impl Standing {
+    /// Starts the standing watches; they run until the returned tasks are dropped.
+    fn start(ctx: &Context) -> (Standing, caches::WatchTasks) {
+        let wake = Wakes::default();
+        let (pods, pod_watch) = caches::watch_pods(ctx, wake.all());
+        let (references, mut tasks) = rollout::controller::watch_references(ctx, &wake.rollouts);
+        tasks.push(pod_watch);
+        let standing = Standing {
+            pods,
+            references,
+            wake,
+        };
+        (standing, caches::WatchTasks(tasks))
+    }
+}
+
 /// Runs the controllers, on the Lease holder only when leader election is configured. `synced`
 /// fires once the controllers' watches have synced, or once another replica is seen leading
 /// (a follower serves the report API and is ready).
@@ -68,10 +121,11 @@ async fn run_controllers(
     synced: tokio::sync::oneshot::Sender<()>,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
+    let (standing, _standing_watches) = Standing::start(&ctx);
     let Some(election) = ctx.settings.leader_election.clone() else {
         // The only replica: it always leads.
         ctx.metrics.leader.set(1);
-        return run_leading(ctx, synced, shutdown).await;
+        return run_leading(ctx, standing, synced, shutdown).await;
     };
     let synced = Arc::new(Mutex::new(Some(synced)));
     let fire = {
@@ -93,6 +147,7 @@ async fn run_controllers(
             // The controllers write only while this term's leadership holds.
             let ctx = ctx.for_leader(leadership);
             let fire = fire.clone();
+            let standing = standing.clone();
             async move {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let forward = tokio::spawn(async move {
@@ -100,7 +155,7 @@ async fn run_controllers(
                         fire();
                     }
                 });
-                let result = run_leading(ctx, tx, leading).await;
+                let result = run_leading(ctx, standing, tx, leading).await;
                 forward.abort();
                 result
             }
@@ -109,36 +164,32 @@ async fn run_controllers(
     .await
 }
 
-/// Runs the CRR controllers and the rollout controller until `stop` or until one fails.
+/// Runs the CRR controllers, the rollout controller, ScaleDown and Drain for one term, until
+/// `stop` or until one fails.
 async fn run_leading(
     ctx: Arc<Context>,
+    standing: Standing,
     synced: tokio::sync::oneshot::Sender<()>,
     stop: CancellationToken,
 ) -> Result<(), CoordinatorError> {
     let stop = stop.child_token();
-    // One pruned pod cache and one request cache, filled by one watch each, serve both.
-    let (crr_wake, rollout_wake) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let scaledown_wake = Arc::new(Notify::new());
-    let drain_wake = Arc::new(Notify::new());
+    let Standing {
+        pods,
+        references,
+        wake,
+    } = standing;
+    // The term's request cache, shared with the standing pod cache by every controller.
     let new_request = Arc::new(Notify::new());
-    let (caches, watches) = caches::watch_shared(
-        &ctx,
-        vec![
-            crr_wake.clone(),
-            rollout_wake.clone(),
-            scaledown_wake.clone(),
-            drain_wake.clone(),
-        ],
-        new_request.clone(),
-    );
+    let (requests, request_watch) = caches::watch_requests(&ctx, wake.all(), new_request.clone());
+    let caches = caches::Caches { pods, requests };
     // Aborted when this returns or is itself aborted.
-    let watches = caches::WatchTasks(watches);
+    let watches = caches::WatchTasks(vec![request_watch]);
     let result = tokio::try_join!(
         async {
             let r = request_controller::run(
                 ctx.clone(),
                 caches.clone(),
-                crr_wake,
+                wake.requests.clone(),
                 new_request,
                 synced,
                 stop.clone(),
@@ -148,17 +199,11 @@ async fn run_leading(
             r
         },
         async {
-            let r =
-                rollout::controller::run(ctx.clone(), caches.clone(), rollout_wake, stop.clone())
-                    .await;
-            stop.cancel();
-            r
-        },
-        async {
-            let r = scaledown::run(
+            let r = rollout::controller::run(
                 ctx.clone(),
-                caches.pods.clone(),
-                scaledown_wake,
+                caches.clone(),
+                references,
+                wake.rollouts.clone(),
                 stop.clone(),
             )
             .await;
@@ -166,7 +211,24 @@ async fn run_leading(
             r
         },
         async {
-            let r = drain::run(ctx.clone(), caches.pods.clone(), drain_wake, stop.clone()).await;
+            let r = scaledown::run(
+                ctx.clone(),
+                caches.pods.clone(),
+                wake.scaledowns.clone(),
+                stop.clone(),
+            )
+            .await;
+            stop.cancel();
+            r
+        },
+        async {
+            let r = drain::run(
+                ctx.clone(),
+                caches.pods.clone(),
+                wake.drains.clone(),
+                stop.clone(),
+            )
+            .await;
             stop.cancel();
             r
         },

@@ -103,13 +103,52 @@ fn prune_workload<K: Resource>(object: &mut K, keep_selector: impl FnOnce(&mut K
     keep_selector(object);
 }
 
-/// Starts the rollout controller's own watches (rollouts, budgets, workloads) next to the shared
-/// pod and request `caches`; every change wakes `notify`.
-fn watch_stores(
-    ctx: &Context,
+/// What the rollout controller reads and relaunch never writes: budgets and the configuration
+/// workloads reference (pruned to metadata and a content hash).
+#[derive(Clone)]
+pub struct References {
+    budgets: Store<PodDisruptionBudget>,
+    config_maps: Store<ConfigMap>,
+    secrets: Store<Secret>,
+}
+
+/// Starts the watches behind [`References`]; every change wakes `notify`. The coordinator keeps
+/// them for the process's life (see `Standing` in lib.rs).
+pub fn watch_references(ctx: &Context, notify: &Arc<Notify>) -> (References, Vec<JoinHandle<()>>) {
+    let wake = || vec![notify.clone()];
+    let (budgets, t1) = watch_into(
+        ctx,
+        "poddisruptionbudgets",
+        |o: &mut PodDisruptionBudget| o.metadata.managed_fields = None,
+        wake(),
+    );
+    let (config_maps, t2) = watch_into(ctx, "configmaps", reload::prune_config_map, wake());
+    let (secrets, t3) = watch_into_with(
+        ctx,
+        "secrets",
+        reload::secrets_watched(),
+        reload::prune_secret,
+        wake(),
+    );
+    let references = References {
+        budgets,
+        config_maps,
+        secrets,
+    };
+    (references, vec![t1, t2, t3])
+}
+
+/// Runs the rollout controller and the trigger for one leadership term, on the shared pod and
+/// request `caches` and the standing `references`, until `shutdown`, waking on `notify`. What
+/// relaunch writes — rollouts, and workloads (the configuration-change trigger annotates them)
+/// — is listed afresh: this term decides on the last writes of the one before.
+pub async fn run(
+    ctx: Arc<Context>,
     caches: Caches,
-    notify: &Arc<Notify>,
-) -> (Stores, Vec<JoinHandle<()>>) {
+    references: References,
+    notify: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
     let mut tasks = Vec::new();
     macro_rules! watch {
         ($started:expr) => {{
@@ -122,7 +161,7 @@ fn watch_stores(
     macro_rules! workload {
         ($kind:ty, $what:expr, $spec:ident) => {
             watch_into(
-                ctx,
+                &ctx,
                 $what,
                 |o: &mut $kind| {
                     prune_workload(o, |o| {
@@ -139,51 +178,28 @@ fn watch_stores(
             )
         };
     }
+    let References {
+        budgets,
+        config_maps,
+        secrets,
+    } = references;
     let stores = Stores {
         rollouts: watch!(watch_into(
-            ctx,
+            &ctx,
             "rollingrestarts",
             |o: &mut RollingRestart| o.metadata.managed_fields = None,
             wake(),
         )),
         pods: caches.pods,
-        budgets: watch!(watch_into(
-            ctx,
-            "poddisruptionbudgets",
-            |o: &mut PodDisruptionBudget| o.metadata.managed_fields = None,
-            wake(),
-        )),
+        budgets,
         requests: caches.requests,
         statefulsets: watch!(workload!(StatefulSet, "statefulsets", StatefulSetSpec)),
         deployments: watch!(workload!(Deployment, "deployments", DeploymentSpec)),
         daemonsets: watch!(workload!(DaemonSet, "daemonsets", DaemonSetSpec)),
         replicasets: watch!(workload!(ReplicaSet, "replicasets", ReplicaSetSpec)),
-        config_maps: watch!(watch_into(
-            ctx,
-            "configmaps",
-            reload::prune_config_map,
-            wake(),
-        )),
-        secrets: watch!(watch_into_with(
-            ctx,
-            "secrets",
-            reload::secrets_watched(),
-            reload::prune_secret,
-            wake(),
-        )),
+        config_maps,
+        secrets,
     };
-    (stores, tasks)
-}
-
-/// Runs the rollout controller and the trigger on the shared pod and request `caches` until
-/// `shutdown`, waking on `notify`.
-pub async fn run(
-    ctx: Arc<Context>,
-    caches: Caches,
-    notify: Arc<Notify>,
-    shutdown: CancellationToken,
-) -> Result<(), CoordinatorError> {
-    let (stores, tasks) = watch_stores(&ctx, caches, &notify);
     // Aborted when this returns or is itself aborted.
     let tasks = WatchTasks(tasks);
     let result = tokio::select! {
