@@ -2,8 +2,10 @@
 //! rollout: the sandbox (one simulated node, relaunch running), status-only pods written
 //! through the API as benches/rollout.rs writes them, and at each count a fresh coordinator
 //! process per variant (a binary, an environment) started beside the sandbox's own, its RSS
-//! sampled until its caches are filled and it has settled. Variants run one after the other
-//! against the same cluster, so two builds (or two allocator settings) compare on equal terms.
+//! sampled until its caches are filled and it has settled, once leading (without leader
+//! election) and once following the sandbox's coordinator (which holds the Lease). Variants
+//! run one after the other against the same cluster, so two builds (or two allocator settings)
+//! compare on equal terms.
 //!
 //! Run as root: `cargo bench --bench coordinator_memory`. `RELAUNCH_BENCH_CACHED_PODS` (default
 //! 10000); `RELAUNCH_BENCH_COORDINATORS`: variants separated by `;`, each a binary path (empty:
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
+use relaunch_testbed::{COORDINATOR_LEASE, RELAUNCH_NAMESPACE};
 use serde_json::json;
 use support::{Bed, binaries, cached_pod, number, rss_mib, setting};
 
@@ -65,12 +68,15 @@ async fn main() {
         }
         written = count;
         for variant in &variants {
-            let (settled, peak, anon, file) = measure(variant, &kubeconfig).await;
-            println!(
-                "{count:>6} pods  {:<40} RSS settled {settled:>5.1} MiB (anonymous {anon:.1}, \
-                 file {file:.1}), peak {peak:>5.1} MiB",
-                variant.label
-            );
+            for role in [Role::Leading, Role::Following] {
+                let (settled, peak, anon, file) = measure(variant, role, &kubeconfig).await;
+                println!(
+                    "{count:>6} pods  {:<40} {:<9} RSS settled {settled:>5.1} MiB (anonymous \
+                     {anon:.1}, file {file:.1}), peak {peak:>5.1} MiB",
+                    variant.label,
+                    role.name()
+                );
+            }
         }
     }
     bed.shutdown().await;
@@ -103,10 +109,45 @@ fn variants(setting: &str) -> Vec<Variant> {
     setting.split(';').map(parse).collect()
 }
 
-/// Starts the variant's coordinator (no leader election: it runs its controllers, which have
-/// nothing to do), waits until its RSS has not grown for 5 s after its caches synced, and
-/// returns the settled RSS, the peak, and the settled anonymous and file-backed parts (MiB).
-async fn measure(variant: &Variant, kubeconfig: &std::path::Path) -> (f64, f64, f64, f64) {
+/// How the measured coordinator runs.
+#[derive(Clone, Copy)]
+enum Role {
+    /// Without leader election: it runs its controllers (which have nothing to do).
+    Leading,
+    /// A follower of the sandbox's coordinator, which holds the Lease: it serves the report API
+    /// and keeps the caches every replica keeps (the pods among them), and runs no controller.
+    Following,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Leading => "leading",
+            Role::Following => "following",
+        }
+    }
+
+    fn args(self) -> Vec<String> {
+        match self {
+            Role::Leading => vec![],
+            Role::Following => vec![
+                "--leader-election-namespace".into(),
+                RELAUNCH_NAMESPACE.into(),
+                "--leader-election-name".into(),
+                COORDINATOR_LEASE.into(),
+            ],
+        }
+    }
+}
+
+/// Starts the variant's coordinator in `role`, waits until its RSS has not grown for 5 s after
+/// it is ready (a follower is ready at once: it then waits for its caches to fill), and returns
+/// the settled RSS, the peak, and the settled anonymous and file-backed parts (MiB).
+async fn measure(
+    variant: &Variant,
+    role: Role,
+    kubeconfig: &std::path::Path,
+) -> (f64, f64, f64, f64) {
     let port = || {
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .unwrap()
@@ -124,6 +165,7 @@ async fn measure(variant: &Variant, kubeconfig: &std::path::Path) -> (f64, f64, 
             "--admin-listen",
             &admin.to_string(),
         ])
+        .args(role.args())
         .envs(variant.env.iter().cloned())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
