@@ -171,6 +171,23 @@ async fn main() {
             *n as f64 / restarted
         );
     }
+    // Lists over the whole run, pod start included: every leadership term lists the rollouts
+    // and requests again (one page per 500 objects), the pods only when a watch must relist.
+    let whole_run = coordinator_requests(&bed.sandbox);
+    let lists = |resource: &str| -> u64 {
+        whole_run
+            .iter()
+            .filter(|(k, _)| k.verb == "list" && k.resource == resource)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    println!(
+        "coordinator list pages over the whole run: rollingrestarts {} (one per leadership term \
+         or relist), containerrecreaterequests {}, pods {}",
+        lists("rollingrestarts"),
+        lists("containerrecreaterequests"),
+        lists("pods")
+    );
     let agent_writes = agent_writes(&bed.sandbox);
     println!("agent API writes: {agent_writes} (agents hold read-only access)");
     println!(

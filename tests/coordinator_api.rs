@@ -182,29 +182,24 @@ impl CoordinatorBed {
 
     /// How many status writes the coordinator's service account made to requests so far.
     fn status_writes(&self) -> u64 {
-        self.api
-            .server
-            .request_counts()
-            .iter()
-            .filter(|(kind, _)| {
-                kind.user.contains("relaunch-coordinator")
-                    && kind.verb == "patch"
-                    && kind.resource == "containerrecreaterequests/status"
-            })
-            .map(|(_, n)| n)
-            .sum()
+        self.coordinator_calls("patch", "containerrecreaterequests/status")
     }
 
     /// How many lists of `resource` the coordinator's service account made so far (a watch's
     /// initial list, and its relists).
     fn lists(&self, resource: &str) -> u64 {
+        self.coordinator_calls("list", resource)
+    }
+
+    /// How many calls of `verb` on `resource` the coordinator's service account made so far.
+    fn coordinator_calls(&self, verb: &str, resource: &str) -> u64 {
         self.api
             .server
             .request_counts()
             .iter()
             .filter(|(kind, _)| {
                 kind.user.contains("relaunch-coordinator")
-                    && kind.verb == "list"
+                    && kind.verb == verb
                     && kind.resource == resource
             })
             .map(|(_, n)| n)
