@@ -732,14 +732,15 @@ impl DaemonSetController {
     /// One pass over every set; false if any write failed.
     pub(super) async fn sync_all(&self) -> bool {
         let nodes: Vec<Node> = self.nodes.state().iter().map(|n| Node::clone(n)).collect();
-        let pods: Vec<Pod> = self.pods.state().iter().map(|p| Pod::clone(p)).collect();
+        // Shared, not copied: only the pods of a set's namespace are copied, for that set.
+        let pods = self.pods.state();
         let mut healthy = true;
         for set in self.sets.state() {
             let Some(owner) = owner(&set) else { continue };
             let namespace_pods: Vec<Pod> = pods
                 .iter()
                 .filter(|p| p.metadata.namespace == set.metadata.namespace)
-                .cloned()
+                .map(|p| Pod::clone(p))
                 .collect();
             let now = Timestamp::now();
             let satisfied = self.writer.satisfied(&owner.uid);

@@ -1279,7 +1279,6 @@ impl DeploymentController {
             .iter()
             .map(|s| ReplicaSet::clone(s))
             .collect();
-        let pods: Vec<Pod> = self.pods.state().iter().map(|p| Pod::clone(p)).collect();
         let mut sets_by_namespace: HashMap<Option<String>, Vec<ReplicaSet>> = HashMap::new();
         for set in sets {
             sets_by_namespace
@@ -1287,15 +1286,13 @@ impl DeploymentController {
                 .or_default()
                 .push(set);
         }
-        let mut pods_by_namespace: HashMap<Option<String>, Vec<Pod>> = HashMap::new();
-        for pod in pods {
-            pods_by_namespace
-                .entry(pod.metadata.namespace.clone())
-                .or_default()
-                .push(pod);
-        }
+        let deployments = self.deployments.state();
+        let pods_by_namespace = super::pods_of_namespaces(
+            &self.pods.state(),
+            deployments.iter().map(|d| &d.metadata.namespace),
+        );
         let mut healthy = true;
-        for deployment in self.deployments.state() {
+        for deployment in deployments {
             let namespace = &deployment.metadata.namespace;
             let sets = sets_by_namespace
                 .get(namespace)

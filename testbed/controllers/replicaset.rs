@@ -216,14 +216,10 @@ impl ReplicaSetController {
     /// the same moment never has both sets' pods at once.
     pub(super) async fn sync_all(&self) -> bool {
         let sets = self.sets.state();
-        let all_pods: Vec<Pod> = self.pods.state().iter().map(|p| Pod::clone(p)).collect();
-        let mut by_namespace: HashMap<Option<String>, Vec<Pod>> = HashMap::new();
-        for pod in all_pods {
-            by_namespace
-                .entry(pod.metadata.namespace.clone())
-                .or_default()
-                .push(pod);
-        }
+        let by_namespace = super::pods_of_namespaces(
+            &self.pods.state(),
+            sets.iter().map(|s| &s.metadata.namespace),
+        );
         let set_refs: Vec<&ReplicaSet> = sets.iter().map(|s| s.as_ref()).collect();
         let now = Timestamp::now();
         let empty = Vec::new();

@@ -11,6 +11,7 @@
 //! Not modelled: preferred node affinity, pod (anti-)affinity, topology spread, resource fit,
 //! preemption.
 
+use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -68,9 +69,10 @@ impl NodeLoad {
 }
 
 /// The load of every node that runs a non-terminated pod, by node name.
-pub fn node_loads(pods: &[Pod]) -> BTreeMap<String, NodeLoad> {
+pub fn node_loads<P: Borrow<Pod>>(pods: &[P]) -> BTreeMap<String, NodeLoad> {
     let mut loads: BTreeMap<String, NodeLoad> = BTreeMap::new();
-    for pod in pods.iter().filter(|p| !is_terminated(p)) {
+    let pods = pods.iter().map(|p| -> &Pod { p.borrow() });
+    for pod in pods.filter(|p| !is_terminated(p)) {
         let node = pod
             .spec
             .as_ref()
@@ -286,7 +288,9 @@ impl Scheduler {
 
     /// One scheduling pass over every pending pod; false if any write failed.
     pub(super) async fn schedule_pending(&self) -> bool {
-        let pods: Vec<Pod> = self.pods.state().iter().map(|p| Pod::clone(p)).collect();
+        // Shared, not copied: with 10,000 pods cached, copying them all on every pass made the
+        // test bed the busiest process of the rollout benchmark.
+        let pods = self.pods.state();
         let nodes: Vec<Node> = self.nodes.state().iter().map(|n| Node::clone(n)).collect();
         let mut loads = node_loads(&pods);
         let mut assumed = self.take_assumed(&pods);
@@ -298,6 +302,7 @@ impl Scheduler {
 
         let mut pending: Vec<&Pod> = pods
             .iter()
+            .map(|p| p.as_ref())
             .filter(|p| needs_scheduling(p))
             .filter(|p| p.uid().is_none_or(|uid| !assumed.contains_key(&uid)))
             .collect();
@@ -354,7 +359,7 @@ impl Scheduler {
 
     /// The assumed bindings still worth remembering: the pod exists and its cache entry has not
     /// caught up with the binding yet.
-    fn take_assumed(&self, pods: &[Pod]) -> HashMap<String, (String, Instant)> {
+    fn take_assumed(&self, pods: &[Arc<Pod>]) -> HashMap<String, (String, Instant)> {
         let mut assumed = self
             .assumed
             .lock()
@@ -362,6 +367,7 @@ impl Scheduler {
             .unwrap_or_default();
         let unbound: HashMap<String, &Pod> = pods
             .iter()
+            .map(|p| p.as_ref())
             .filter(|p| needs_scheduling(p))
             .filter_map(|p| Some((p.uid()?, p)))
             .collect();

@@ -6,7 +6,9 @@
 //! always recreated from the current template), adoption and release of pods by selector,
 //! `maxUnavailable` (an alpha field), and status conditions.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
@@ -199,9 +201,9 @@ pub fn new_claim(
 /// What the controller would write next for `set`, given the pods it owns (others are ignored)
 /// and the claims in its namespace. Mirrors `updateStatefulSet`: claim ownership first, then
 /// create or replace pods in range, then remove condemned pods, then roll out a new revision.
-pub fn statefulset_actions(
+pub fn statefulset_actions<P: Borrow<Pod>>(
     set: &StatefulSet,
-    pods: &[Pod],
+    pods: &[P],
     claims: &[PersistentVolumeClaim],
     now: Timestamp,
 ) -> Vec<Action> {
@@ -230,7 +232,8 @@ pub fn statefulset_actions(
 
     let mut replicas: BTreeMap<i32, &Pod> = BTreeMap::new();
     let mut condemned: BTreeMap<i32, &Pod> = BTreeMap::new();
-    for pod in pods.iter().filter(|p| is_controlled_by(p, &set_uid)) {
+    let pods = pods.iter().map(|p| -> &Pod { p.borrow() });
+    for pod in pods.filter(|p| is_controlled_by(p, &set_uid)) {
         let Some(ordinal) = ordinal_of(set_name, &pod.name_any()) else {
             continue;
         };
@@ -413,7 +416,11 @@ pub fn statefulset_actions(
 }
 
 /// The set's status as the controller reports it from the pods it owns.
-pub fn statefulset_status(set: &StatefulSet, pods: &[Pod], now: Timestamp) -> StatefulSetStatus {
+pub fn statefulset_status<P: Borrow<Pod>>(
+    set: &StatefulSet,
+    pods: &[P],
+    now: Timestamp,
+) -> StatefulSetStatus {
     let previous = set.status.clone().unwrap_or_default();
     let spec = set.spec.as_ref();
     let min_ready = spec.and_then(|s| s.min_ready_seconds).unwrap_or(0);
@@ -425,7 +432,8 @@ pub fn statefulset_status(set: &StatefulSet, pods: &[Pod], now: Timestamp) -> St
         .unwrap_or(update_revision.clone());
     let (mut replicas, mut ready, mut available, mut current, mut updated) = (0, 0, 0, 0, 0);
     let set_uid = set.uid().unwrap_or_default();
-    for pod in pods.iter().filter(|p| is_controlled_by(p, &set_uid)) {
+    let pods = pods.iter().map(|p| -> &Pod { p.borrow() });
+    for pod in pods.filter(|p| is_controlled_by(p, &set_uid)) {
         replicas += 1;
         if is_running_and_ready(pod) {
             ready += 1;
@@ -698,10 +706,11 @@ impl StatefulSetController {
         let mut healthy = true;
         for set in self.sets.state() {
             let Some(uid) = set.uid() else { continue };
-            let owned: Vec<Pod> = pods
+            // Shared, not copied (see `pods_of_namespaces`).
+            let owned: Vec<Arc<Pod>> = pods
                 .iter()
                 .filter(|p| is_controlled_by(p, &uid))
-                .map(|p| Pod::clone(p))
+                .cloned()
                 .collect();
             let namespace_claims: Vec<PersistentVolumeClaim> = claims
                 .iter()
@@ -716,7 +725,7 @@ impl StatefulSetController {
     async fn sync(
         &self,
         set: &StatefulSet,
-        pods: &[Pod],
+        pods: &[Arc<Pod>],
         claims: &[PersistentVolumeClaim],
     ) -> bool {
         let namespace = set.namespace().unwrap_or_default();

@@ -782,7 +782,7 @@ fn status_counts_pods_by_readiness_and_revision() {
 
 #[test]
 fn status_reports_zero_explicitly_so_a_merge_patch_clears_old_counts() {
-    let status = statefulset_status(&set(0), &[], now());
+    let status = statefulset_status::<Pod>(&set(0), &[], now());
     assert_eq!(status.replicas, 0);
     assert_eq!(status.ready_replicas, Some(0));
     assert_eq!(status.available_replicas, Some(0));
@@ -821,11 +821,11 @@ fn status_is_rewritten_only_when_a_field_the_controller_owns_changes() {
         current_replicas: None,
         updated_replicas: None,
         collision_count: None,
-        ..statefulset_status(&set(0), &[], now())
+        ..statefulset_status::<Pod>(&set(0), &[], now())
     };
     assert!(!status_differs(
         Some(&trimmed),
-        &statefulset_status(&set(0), &[], now())
+        &statefulset_status::<Pod>(&set(0), &[], now())
     ));
 
     let mut scaled = status.clone();
