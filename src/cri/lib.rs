@@ -42,6 +42,10 @@ pub const STOP_DEADLINE_MARGIN: Duration = Duration::from_secs(120);
 /// Extra gRPC deadline on top of an exec's own timeout, so the runtime's timeout fires first and
 /// the exec'd process is killed by the runtime.
 const EXEC_DEADLINE_MARGIN: Duration = Duration::from_secs(30);
+/// After a stop that failed, how long the container's state is read for the exit the runtime
+/// may not have recorded yet, and how often.
+const EXIT_SETTLE: Duration = Duration::from_secs(5);
+const EXIT_POLL: Duration = Duration::from_millis(50);
 
 /// containerd caps each of stdout and stderr at 16 MiB; leave room for both plus framing.
 const MAX_RESPONSE_BYTES: usize = 40 * 1024 * 1024;
@@ -350,11 +354,21 @@ impl RuntimeClient {
             // shutdown, say) can take its shim down mid-call: the stop fails with `ttrpc: closed`
             // although the container stopped. What counts is the container's state afterwards
             // (and a container already removed is as stopped as it gets: NotFound, as above).
-            Err(e) => match self.container_status(id).await {
-                Ok(details) if details.state == ContainerState::Exited => Ok(()),
-                Err(gone @ CriError::NotFound { .. }) => Err(gone),
-                _ => Err(e),
-            },
+            // containerd records the task's exit from the shim's event, asynchronously: on a
+            // loaded node the container can still read Running for a moment after such a stop,
+            // so its state is read again for up to `EXIT_SETTLE` before the error stands (at once
+            // when the runtime does not answer the read either).
+            Err(e) => {
+                let settled = Instant::now() + EXIT_SETTLE;
+                loop {
+                    match self.container_status(id).await {
+                        Ok(details) if details.state == ContainerState::Exited => return Ok(()),
+                        Err(gone @ CriError::NotFound { .. }) => return Err(gone),
+                        Ok(_) if Instant::now() < settled => tokio::time::sleep(EXIT_POLL).await,
+                        _ => return Err(e),
+                    }
+                }
+            }
         }
     }
 
