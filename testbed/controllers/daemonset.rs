@@ -732,21 +732,21 @@ impl DaemonSetController {
     /// One pass over every set; false if any write failed.
     pub(super) async fn sync_all(&self) -> bool {
         let nodes: Vec<Node> = self.nodes.state().iter().map(|n| Node::clone(n)).collect();
-        // Shared, not copied: only the pods of a set's namespace are copied, for that set.
-        let pods = self.pods.state();
+        let sets = self.sets.state();
+        let by_namespace = super::pods_of_namespaces(
+            &self.pods.state(),
+            sets.iter().map(|s| &s.metadata.namespace),
+        );
+        let empty = Vec::new();
         let mut healthy = true;
-        for set in self.sets.state() {
+        for set in sets {
             let Some(owner) = owner(&set) else { continue };
-            let namespace_pods: Vec<Pod> = pods
-                .iter()
-                .filter(|p| p.metadata.namespace == set.metadata.namespace)
-                .map(|p| Pod::clone(p))
-                .collect();
+            let namespace_pods = by_namespace.get(&set.metadata.namespace).unwrap_or(&empty);
             let now = Timestamp::now();
             let satisfied = self.writer.satisfied(&owner.uid);
             let actions = match self.backoff.lock() {
                 Ok(mut backoff) => {
-                    daemonset_actions(&set, &nodes, &namespace_pods, satisfied, &mut backoff, now)
+                    daemonset_actions(&set, &nodes, namespace_pods, satisfied, &mut backoff, now)
                 }
                 Err(_) => Vec::new(),
             };
@@ -754,7 +754,7 @@ impl DaemonSetController {
             healthy &= ok;
             healthy &= self.writer.create(&owner, creations).await;
             healthy &= self
-                .write_status(&set, &nodes, &namespace_pods, satisfied, now)
+                .write_status(&set, &nodes, namespace_pods, satisfied, now)
                 .await;
         }
         healthy

@@ -17,6 +17,7 @@ mod scheduler;
 mod statefulset;
 mod workload;
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
@@ -326,8 +327,8 @@ impl Drop for Controllers {
 fn pods_of_namespaces<'a>(
     pods: &[Arc<Pod>],
     namespaces: impl IntoIterator<Item = &'a Option<String>>,
-) -> std::collections::HashMap<Option<String>, Vec<Pod>> {
-    let mut by_namespace: std::collections::HashMap<Option<String>, Vec<Pod>> = namespaces
+) -> HashMap<Option<String>, Vec<Pod>> {
+    let mut by_namespace: HashMap<Option<String>, Vec<Pod>> = namespaces
         .into_iter()
         .map(|ns| (ns.clone(), Vec::new()))
         .collect();
